@@ -1,0 +1,169 @@
+"""What a function sees: its address, its caller, its state (``context.storage``) and its ways to act.
+
+A Context lives for one invocation. It does not act at once: sends, delayed sends, cancellations, egress
+records and state writes are collected and applied by the runtime only when the function returns, so a
+function that raises leaves no trace (its message is dead-lettered with the error instead).
+
+State is held per instance as one flat list (``cells``): the payload of each ValueSpec in order, then,
+for function types with expiring state, the expiry deadline of each (ms since the epoch, 0 = none). The
+storage object of an invocation works on a *copy* of that list; the runtime keeps the copy on success.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Sequence
+
+from .functions import ValueSpec
+from .messages import Address, EgressMessage, Message
+from .types import BUILTIN_TYPES, to_payload
+
+__all__ = ["Context", "make_storage_class", "StorageBase"]
+
+
+class StorageBase:
+    """Typed state cells behind attribute access: read, assign, ``del``. One subclass per function type."""
+
+    __slots__ = ("_cells", "_now", "dirty")
+    _typename = ""
+    _names: tuple[str, ...] = ()
+
+    def __init__(self, cells: list, now: int):
+        self._cells = cells
+        self._now = now
+        self.dirty = False
+
+    def __getattr__(self, name: str) -> Any:  # only reached for undeclared names
+        raise AttributeError(
+            f"{self._typename} has no state named {name!r}; declared ValueSpecs: {list(self._names)}")
+
+    def __repr__(self) -> str:
+        return f"Storage({self._typename}: {', '.join(self._names)})"
+
+
+def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
+    builtin = BUILTIN_TYPES.get(spec.type.typename)
+    serializer = spec.type.serializer()
+    deserialize = serializer.deserialize
+    after_write = spec.expire_after_write is not None
+    ttl = spec.expire_after_millis
+    expiring = spec.expire_mode is not None
+    deadline_at = n + index
+
+    if builtin is not None and not expiring:
+        def get(self):
+            return self._cells[index]
+    elif builtin is not None:
+        def get(self):
+            cells = self._cells
+            if cells[index] is not None and 0 < cells[deadline_at] <= self._now:
+                cells[index] = None
+                cells[deadline_at] = 0
+                self.dirty = True
+            return cells[index]
+    else:
+        def get(self):
+            cells = self._cells
+            if expiring and cells[index] is not None and 0 < cells[deadline_at] <= self._now:
+                cells[index] = None
+                cells[deadline_at] = 0
+                self.dirty = True
+            value = cells[index]
+            if value is None:
+                return None
+            try:
+                return deserialize(value)
+            except Exception as exc:
+                raise TypeError(f"state {spec.name!r} of {typename} cannot be read as {spec.type.typename}: "
+                                f"{exc}") from exc
+
+    if builtin is not None:
+        check = builtin.check
+
+        def set_(self, value):
+            if value is None:
+                raise ValueError(f"cannot set state {spec.name!r} of {typename} to None; use del")
+            try:
+                self._cells[index] = check(value)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"state {spec.name!r} of {typename}: {exc}") from None
+            if after_write:
+                self._cells[deadline_at] = self._now + ttl
+            self.dirty = True
+    else:
+        def set_(self, value):
+            self._cells[index] = to_payload(value, spec.type)
+            if after_write:
+                self._cells[deadline_at] = self._now + ttl
+            self.dirty = True
+
+    def del_(self):
+        self._cells[index] = None
+        if expiring:
+            self._cells[deadline_at] = 0
+        self.dirty = True
+
+    return property(get, set_, del_, doc=f"state {spec.name!r} ({spec.type.typename})")
+
+
+def make_storage_class(typename: str, specs: Sequence[ValueSpec]) -> type[StorageBase]:
+    """Build the storage class of one function type: a property per ValueSpec (fast attribute access)."""
+    n = len(specs)
+    attrs: dict[str, Any] = {"__slots__": (), "_typename": typename, "_names": tuple(s.name for s in specs)}
+    for i, spec in enumerate(specs):
+        attrs[spec.name] = _property(i, spec, n, typename)
+    return type(f"Storage[{typename}]", (StorageBase,), attrs)
+
+
+class Context:
+    """The context of one invocation, as in the StateFun SDK."""
+
+    __slots__ = ("_typename", "_id", "_caller", "storage", "sends", "timers", "egress")
+
+    def __init__(self, typename: str, id: str, caller: tuple[str, str] | None, storage: StorageBase):
+        self._typename = typename
+        self._id = id
+        self._caller = caller
+        self.storage = storage
+        self.sends: list[Message] = []
+        self.timers: list[tuple] = []
+        self.egress: list[EgressMessage] = []
+
+    @property
+    def address(self) -> Address:
+        """This instance's address: ``.namespace``, ``.name``, ``.id``, ``.typename``."""
+        return Address.of(self._typename, self._id)
+
+    @property
+    def caller(self) -> Address | None:
+        """The sender's address, or None for a message from an ingress (or from ``app.send``)."""
+        return None if self._caller is None else Address.of(*self._caller)
+
+    def send(self, message: Message) -> None:
+        """Send a message to any function instance (this one included)."""
+        if not isinstance(message, Message):
+            raise TypeError(f"send() takes a Message (use message_builder), got {type(message).__name__}")
+        self.sends.append(message)
+
+    def send_after(self, delay: timedelta, message: Message, cancellation_token: str = "") -> None:
+        """Send ``message`` after ``delay``; a non-empty token lets this instance cancel it meanwhile."""
+        if not isinstance(message, Message):
+            raise TypeError(f"send_after() takes a Message, got {type(message).__name__}")
+        if not isinstance(delay, timedelta) or delay < timedelta(0):
+            raise ValueError(f"send_after() needs a non-negative timedelta, got {delay!r}")
+        if not isinstance(cancellation_token, str):
+            raise TypeError("cancellation_token must be a str")
+        self.timers.append((int(delay.total_seconds() * 1000), message, cancellation_token))
+
+    def cancel_delayed_message(self, cancellation_token: str) -> None:
+        """Cancel this instance's pending delayed message with that token; a no-op if it was delivered."""
+        if not cancellation_token or not isinstance(cancellation_token, str):
+            raise ValueError("cancel_delayed_message() needs a non-empty token")
+        self.timers.append((None, None, cancellation_token))
+
+    def send_egress(self, message: EgressMessage) -> None:
+        """Emit a record to an egress (published per the egress's delivery semantics)."""
+        if not isinstance(message, EgressMessage):
+            raise TypeError(f"send_egress() takes an EgressMessage (use egress_message_builder), "
+                            f"got {type(message).__name__}")
+        self.egress.append(message)

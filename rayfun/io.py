@@ -1,0 +1,82 @@
+"""The contracts between the runtime and the outside world: sources (ingresses) and sinks (egresses).
+
+Connectors (``connectors/``: memory, Kafka, files, HTTP) are built only on these classes, so a user can
+write their own the same way.
+
+Sources are *partitioned* and *replayable*: each partition reports its position as plain picklable state
+(``snapshot()``), the runtime stores that position in every checkpoint, and after a failure it rebuilds
+the partition from that state (``build_partition(name, resume_state)``). That is what makes ingestion
+exactly-once. Partitions run inside the shard actors, so reading, routing and processing share a process.
+
+Sinks publish what functions emit. A sink partition lives in each shard. In exactly-once mode it is handed
+the records of an epoch only after the checkpoint that covers them is complete, and may be handed the same
+epoch again after a crash, so ``write_batch`` must be idempotent per ``(partition, epoch)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+from .messages import EgressMessage, Message
+
+__all__ = ["Source", "SourcePartition", "Sink", "SinkPartition", "DeliverySemantic"]
+
+
+class SourcePartition(ABC):
+    """One partition of an ingress: an ordered stream of messages with a resumable position."""
+
+    @abstractmethod
+    def next_batch(self) -> list[Message] | None:
+        """Messages available now, in order (``[]`` when none are ready yet); None once exhausted for good."""
+
+    @abstractmethod
+    def snapshot(self) -> Any:
+        """The position *after* the last message returned by ``next_batch`` (picklable, small)."""
+
+    def close(self) -> None:
+        """Release connections; the partition is not used after this."""
+
+
+class Source(ABC):
+    """An ingress: a set of named partitions, each rebuilt from its stored position on recovery."""
+
+    #: the ingress id (a typename such as ``example/names``); it names the source in checkpoints.
+    id: str = "rayfun/source"
+
+    @abstractmethod
+    def partitions(self) -> Sequence[str]:
+        """Names of all partitions (stable across restarts)."""
+
+    @abstractmethod
+    def build_partition(self, partition: str, resume_state: Any | None) -> SourcePartition:
+        """Open one partition at ``resume_state`` (None: from the configured start position)."""
+
+
+class DeliverySemantic:
+    EXACTLY_ONCE = "exactly-once"
+    AT_LEAST_ONCE = "at-least-once"
+
+
+class SinkPartition(ABC):
+    """The part of an egress that lives in one shard."""
+
+    @abstractmethod
+    def write_batch(self, records: list[EgressMessage], epoch: int) -> None:
+        """Publish ``records`` of ``epoch``; idempotent per epoch in exactly-once mode (see module doc)."""
+
+    def close(self) -> None:
+        """Flush and release connections."""
+
+
+class Sink(ABC):
+    """An egress, addressed by functions through its id (``context.send_egress(...)`` to that typename)."""
+
+    #: the egress id (a typename such as ``example/greetings``).
+    id: str = "rayfun/sink"
+    #: when records become visible: after the checkpoint of their epoch, or at once.
+    delivery: str = DeliverySemantic.EXACTLY_ONCE
+
+    @abstractmethod
+    def build_partition(self, index: int, count: int) -> SinkPartition:
+        """The partition for shard ``index`` of ``count``."""

@@ -1,0 +1,353 @@
+"""Typed values: the (typename, bytes) pairs that StateFun puts on the wire, and the Python types behind them.
+
+The built-in types use StateFun's type names and encoding (a one-field protobuf wrapper, field 1), so a
+value written by an embedded rayfun function reads back unchanged in a remote function built with the
+official SDK and vice versa. They are hand-encoded here (a few struct calls) because they sit on the hot
+path of every message; user types bring their own serializer (`simple_type`, `make_json_type`).
+
+Inside the runtime a value travels as ``(typename, payload)`` where ``payload`` is the *Python value* for
+the immutable built-in types (no encode/decode per message) and the serialized ``bytes`` for every other
+type (so a mutable object is never shared between sender and receiver). ``None`` means "no value".
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+__all__ = [
+    "Type",
+    "TypeSerializer",
+    "BoolType",
+    "IntType",
+    "LongType",
+    "FloatType",
+    "DoubleType",
+    "StringType",
+    "simple_type",
+    "make_json_type",
+    "make_protobuf_type",
+    "BUILTIN_TYPES",
+    "type_for_typename",
+    "encode_payload",
+    "decode_payload",
+    "infer_type",
+]
+
+
+class TypeSerializer(ABC, Generic[T]):
+    """Turns a Python value of one type into bytes and back."""
+
+    @abstractmethod
+    def serialize(self, value: T) -> bytes: ...
+
+    @abstractmethod
+    def deserialize(self, data: bytes) -> T: ...
+
+
+class Type(ABC, Generic[T]):
+    """A named type: the typename travels with every value so the receiver knows how to read the bytes."""
+
+    def __init__(self, typename: str):
+        validate_typename(typename)
+        self.typename = typename
+
+    @abstractmethod
+    def serializer(self) -> TypeSerializer[T]: ...
+
+    def __repr__(self) -> str:
+        return f"Type({self.typename!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Type) and other.typename == self.typename
+
+    def __hash__(self) -> int:
+        return hash(self.typename)
+
+
+def validate_typename(typename: str) -> tuple[str, str]:
+    """Split ``namespace/name`` on the last ``/`` (as the SDK does); reject anything else clearly."""
+    if not isinstance(typename, str):
+        raise TypeError(f"a typename must be a str 'namespace/name', got {type(typename).__name__}")
+    namespace, sep, name = typename.rpartition("/")
+    if not sep or not namespace or not name:
+        raise ValueError(f"invalid typename {typename!r}: expected 'namespace/name'")
+    return namespace, name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Built-in types: one-field protobuf wrappers (io.statefun.sdk.types), hand-encoded.
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _write_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field1(data: bytes, wire_type: int, typename: str) -> bytes | int | None:
+    """Return the raw field-1 payload of a wrapper message (last occurrence wins, unknown fields skipped)."""
+    pos, found = 0, None
+    n = len(data)
+    try:
+        while pos < n:
+            key, pos = _read_varint(data, pos)
+            field, wt = key >> 3, key & 7
+            if wt == 0:
+                v, pos = _read_varint(data, pos)
+            elif wt == 1:
+                v, pos = data[pos:pos + 8], pos + 8
+            elif wt == 5:
+                v, pos = data[pos:pos + 4], pos + 4
+            elif wt == 2:
+                ln, pos = _read_varint(data, pos)
+                v, pos = data[pos:pos + ln], pos + ln
+            else:
+                raise ValueError(f"unsupported wire type {wt}")
+            if pos > n:
+                raise ValueError("truncated field")
+            if field == 1:
+                if wt != wire_type:
+                    raise ValueError(f"field 1 has wire type {wt}, expected {wire_type}")
+                found = v
+    except ValueError as exc:
+        raise ValueError(f"malformed {typename} value ({len(data)} bytes): {exc}") from None
+    return found
+
+
+class _BuiltinType(Type[T], TypeSerializer[T]):
+    """A StateFun built-in wrapper type; it is its own serializer."""
+
+    python_type: type = object
+
+    def serializer(self) -> TypeSerializer[T]:
+        return self
+
+    def check(self, value: Any) -> Any:
+        """Validate a Python value for this type (raises TypeError/ValueError naming the type)."""
+        if not isinstance(value, self.python_type) or (self.python_type is int and isinstance(value, bool)):
+            raise TypeError(f"{self.typename} expects {self.python_type.__name__}, got {type(value).__name__}")
+        return value
+
+
+class _Bool(_BuiltinType[bool]):
+    python_type = bool
+
+    def serialize(self, value: bool) -> bytes:
+        return b"\x08\x01" if value else b""
+
+    def deserialize(self, data: bytes) -> bool:
+        v = _field1(data, 0, self.typename)
+        return bool(v) if v is not None else False
+
+
+class _Fixed(_BuiltinType[T]):
+    def __init__(self, typename: str, fmt: str, wire_type: int, python_type: type, lo=None, hi=None):
+        super().__init__(typename)
+        self._struct = struct.Struct(fmt)
+        self._tag = bytes([(1 << 3) | wire_type])
+        self._wire_type = wire_type
+        self.python_type = python_type
+        self._lo, self._hi = lo, hi
+
+    def check(self, value: Any) -> Any:
+        if self.python_type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{self.typename} expects float, got {type(value).__name__}")
+            return float(value)
+        super().check(value)
+        if self._lo is not None and not self._lo <= value <= self._hi:
+            raise ValueError(f"{value} is out of range for {self.typename} ({self._lo}..{self._hi})")
+        return value
+
+    def serialize(self, value: T) -> bytes:
+        if not value:
+            return b""
+        return self._tag + self._struct.pack(value)
+
+    def deserialize(self, data: bytes) -> T:
+        if not data:
+            return self.python_type()
+        v = _field1(data, self._wire_type, self.typename)
+        return self._struct.unpack(v)[0] if v is not None else self.python_type()
+
+
+class _String(_BuiltinType[str]):
+    python_type = str
+
+    def serialize(self, value: str) -> bytes:
+        if not value:
+            return b""
+        raw = value.encode("utf-8")
+        return b"\x0a" + _write_varint(len(raw)) + raw
+
+    def deserialize(self, data: bytes) -> str:
+        v = _field1(data, 2, self.typename)
+        if v is None:
+            return ""
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"malformed {self.typename} value: {exc}") from None
+
+
+BoolType: _BuiltinType[bool] = _Bool("io.statefun.types/bool")
+IntType: _BuiltinType[int] = _Fixed("io.statefun.types/int", "<i", 5, int, -(2**31), 2**31 - 1)
+LongType: _BuiltinType[int] = _Fixed("io.statefun.types/long", "<q", 1, int, -(2**63), 2**63 - 1)
+FloatType: _BuiltinType[float] = _Fixed("io.statefun.types/float", "<f", 5, float)
+DoubleType: _BuiltinType[float] = _Fixed("io.statefun.types/double", "<d", 1, float)
+StringType: _BuiltinType[str] = _String("io.statefun.types/string")
+
+BUILTIN_TYPES: dict[str, _BuiltinType] = {
+    t.typename: t for t in (BoolType, IntType, LongType, FloatType, DoubleType, StringType)
+}
+
+# Every type created in this process, by typename, so values can be shown decoded (egress, state reads).
+_KNOWN_TYPES: dict[str, Type] = dict(BUILTIN_TYPES)
+
+
+def type_for_typename(typename: str) -> Type | None:
+    """The Type registered under ``typename`` in this process (built-ins, JSON and simple types), if any."""
+    return _KNOWN_TYPES.get(typename)
+
+
+def _remember(t: Type) -> Type:
+    _KNOWN_TYPES.setdefault(t.typename, t)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------------------
+# User types.
+
+class _SimpleSerializer(TypeSerializer[T]):
+    def __init__(self, serialize_fn: Callable[[T], bytes], deserialize_fn: Callable[[bytes], T]):
+        self._serialize, self._deserialize = serialize_fn, deserialize_fn
+
+    def serialize(self, value: T) -> bytes:
+        return self._serialize(value)
+
+    def deserialize(self, data: bytes) -> T:
+        return self._deserialize(data)
+
+
+class SimpleType(Type[T]):
+    def __init__(self, typename: str, serialize_fn: Callable[[T], bytes], deserialize_fn: Callable[[bytes], T]):
+        super().__init__(typename)
+        self._serializer = _SimpleSerializer(serialize_fn, deserialize_fn)
+
+    def serializer(self) -> TypeSerializer[T]:
+        return self._serializer
+
+
+def simple_type(typename: str, serialize_fn: Callable[[T], bytes], deserialize_fn: Callable[[bytes], T]) -> Type[T]:
+    """A user type with its own serialize/deserialize functions (as in the StateFun SDK)."""
+    return _remember(SimpleType(typename, serialize_fn, deserialize_fn))
+
+
+def _json_dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+def make_json_type(typename: str) -> Type[Any]:
+    """A type whose values are UTF-8 JSON under ``typename`` (the SDK's ``make_json_type``)."""
+    return _remember(SimpleType(typename, _json_dumps, lambda b: json.loads(bytes(b).decode("utf-8"))))
+
+
+def make_protobuf_type(cls: Any, namespace: str = "type.googleapis.com") -> Type[Any]:
+    """A type for a protobuf message class, named ``namespace/<full proto name>`` like the SDK does."""
+    typename = f"{namespace}/{cls.DESCRIPTOR.full_name}"
+    return _remember(SimpleType(typename, lambda m: m.SerializeToString(), cls.FromString))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Payload helpers shared by messages, state and the wire.
+
+def encode_payload(typename: str, payload: Any) -> bytes:
+    """The wire bytes of a runtime payload (built-ins are held decoded, everything else as bytes)."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload)
+    builtin = BUILTIN_TYPES.get(typename)
+    if builtin is None:
+        raise TypeError(f"value of type {typename} must travel as bytes, got {type(payload).__name__}")
+    return builtin.serialize(payload)
+
+
+def decode_payload(typename: str, data: bytes) -> Any:
+    """The runtime payload for wire bytes: decoded for built-in types, the bytes themselves otherwise."""
+    builtin = BUILTIN_TYPES.get(typename)
+    return builtin.deserialize(data) if builtin is not None else bytes(data)
+
+
+def to_payload(value: Any, value_type: Type) -> Any:
+    """Turn a user's Python value of ``value_type`` into a runtime payload (checks built-in values)."""
+    if value is None:
+        raise ValueError(f"cannot use None as a value of {value_type.typename}; delete the state instead")
+    if isinstance(value_type, _BuiltinType):
+        return value_type.check(value)
+    data = value_type.serializer().serialize(value)
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"serializer of {value_type.typename} returned {type(data).__name__}, expected bytes")
+    return bytes(data)
+
+
+def from_payload(payload: Any, typename: str, as_type: Type) -> Any:
+    """Read a runtime payload of ``typename`` as ``as_type`` (decoding bytes, or re-reading a built-in)."""
+    if payload is None:
+        return None
+    if not isinstance(payload, (bytes, bytearray)):
+        if as_type.typename == typename:
+            return payload
+        payload = encode_payload(typename, payload)
+    return as_type.serializer().deserialize(payload)
+
+
+def infer_type(value: Any) -> Type:
+    """The built-in type a plain Python value travels as when no type is given (``app.send``)."""
+    if isinstance(value, bool):
+        return BoolType
+    if isinstance(value, int):
+        return IntType if -(2**31) <= value < 2**31 else LongType
+    if isinstance(value, float):
+        return DoubleType
+    if isinstance(value, str):
+        return StringType
+    raise TypeError(
+        f"cannot infer a StateFun type for {type(value).__name__}; pass value_type= (e.g. make_json_type(...))"
+    )
+
+
+def display_value(typename: str, payload: Any) -> Any:
+    """Decode a payload for people (egress reads, state views): known types decoded, others as bytes."""
+    if payload is None or not isinstance(payload, (bytes, bytearray)):
+        return payload
+    t = _KNOWN_TYPES.get(typename)
+    if t is None:
+        return bytes(payload)
+    try:
+        return t.serializer().deserialize(payload)
+    except Exception:  # undecodable: show the bytes rather than hide the record
+        return bytes(payload)

@@ -20,14 +20,36 @@ from typing import Any, Sequence
 
 from .messages import EgressMessage, Message
 
-__all__ = ["Source", "SourcePartition", "Sink", "SinkPartition", "DeliverySemantic"]
+__all__ = ["Source", "SourcePartition", "Sink", "SinkPartition", "DeliverySemantic", "DeadLetter",
+           "DEAD_LETTER_EGRESS"]
+
+#: the egress that receives what could not be processed (malformed records, failing functions, ...).
+DEAD_LETTER_EGRESS = "rayfun/dead-letters"
+
+
+class DeadLetter:
+    """An input that cannot become a message (e.g. a Kafka record without a key), with the reason why.
+
+    A source partition may return these among its messages; the runtime counts them, logs one clear line
+    and publishes them to the ``rayfun/dead-letters`` egress, so nothing is silently dropped.
+    """
+
+    __slots__ = ("reason", "source", "payload")
+
+    def __init__(self, reason: str, source: str, payload: bytes | None = None):
+        self.reason = reason
+        self.source = source
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"DeadLetter({self.source}: {self.reason})"
 
 
 class SourcePartition(ABC):
     """One partition of an ingress: an ordered stream of messages with a resumable position."""
 
     @abstractmethod
-    def next_batch(self) -> list[Message] | None:
+    def next_batch(self) -> list[Message | DeadLetter] | None:
         """Messages available now, in order (``[]`` when none are ready yet); None once exhausted for good."""
 
     @abstractmethod

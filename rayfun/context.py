@@ -12,7 +12,7 @@ storage object of an invocation works on a *copy* of that list; the runtime keep
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Container, Sequence
 
 from .functions import ValueSpec
 from .messages import Address, EgressMessage, Message
@@ -118,9 +118,11 @@ def make_storage_class(typename: str, specs: Sequence[ValueSpec]) -> type[Storag
 class Context:
     """The context of one invocation, as in the StateFun SDK."""
 
-    __slots__ = ("_typename", "_id", "_caller", "storage", "sends", "timers", "egress")
+    __slots__ = ("_typename", "_id", "_caller", "storage", "sends", "timers", "egress", "_known")
 
-    def __init__(self, typename: str, id: str, caller: tuple[str, str] | None, storage: StorageBase):
+    def __init__(self, typename: str, id: str, caller: tuple[str, str] | None, storage: StorageBase,
+                 known: Container[str] | None = None):
+        self._known = known  # function types that exist: a send to any other fails here, in user code
         self._typename = typename
         self._id = id
         self._caller = caller
@@ -143,12 +145,18 @@ class Context:
         """Send a message to any function instance (this one included)."""
         if not isinstance(message, Message):
             raise TypeError(f"send() takes a Message (use message_builder), got {type(message).__name__}")
+        if self._known is not None and message.target_typename not in self._known:
+            raise ValueError(f"unknown function type {message.target_typename!r}: no function or remote "
+                             f"endpoint is bound to it")
         self.sends.append(message)
 
     def send_after(self, delay: timedelta, message: Message, cancellation_token: str = "") -> None:
         """Send ``message`` after ``delay``; a non-empty token lets this instance cancel it meanwhile."""
         if not isinstance(message, Message):
             raise TypeError(f"send_after() takes a Message, got {type(message).__name__}")
+        if self._known is not None and message.target_typename not in self._known:
+            raise ValueError(f"unknown function type {message.target_typename!r}: no function or remote "
+                             f"endpoint is bound to it")
         if not isinstance(delay, timedelta) or delay < timedelta(0):
             raise ValueError(f"send_after() needs a non-negative timedelta, got {delay!r}")
         if not isinstance(cancellation_token, str):

@@ -147,6 +147,9 @@ class _BuiltinType(Type[T], TypeSerializer[T]):
     def serializer(self) -> TypeSerializer[T]:
         return self
 
+    def __reduce__(self):  # built-ins are singletons: unpickle to the same object in every process
+        return (_builtin, (self.typename,))
+
     def check(self, value: Any) -> Any:
         """Validate a Python value for this type (raises TypeError/ValueError naming the type)."""
         if not isinstance(value, self.python_type) or (self.python_type is int and isinstance(value, bool)):
@@ -225,6 +228,10 @@ StringType: _BuiltinType[str] = _String("io.statefun.types/string")
 BUILTIN_TYPES: dict[str, _BuiltinType] = {
     t.typename: t for t in (BoolType, IntType, LongType, FloatType, DoubleType, StringType)
 }
+
+def _builtin(typename: str) -> "_BuiltinType":
+    return BUILTIN_TYPES[typename]
+
 
 # Every type created in this process, by typename, so values can be shown decoded (egress, state reads).
 _KNOWN_TYPES: dict[str, Type] = dict(BUILTIN_TYPES)

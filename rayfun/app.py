@@ -1,0 +1,164 @@
+"""Starting and talking to an application: ``app = rayfun.start(functions, shards=2)``.
+
+The same program runs in a notebook, under plain ``python`` (a local Ray is started when none is
+running) and under ``ray job submit`` (``ray.init()`` then joins the job's cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Sequence
+
+import ray
+
+from .functions import StatefulFunctions
+from .io import Sink, Source
+from .messages import Message
+from .runtime.coordinator import AppConfig, Coordinator
+from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
+from .runtime.registry import TypeRegistry
+from .runtime.shard import DRIVER
+from .types import Type, display_value
+
+log = logging.getLogger("rayfun")
+
+__all__ = ["App", "start"]
+
+
+def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[Source] = (),
+          egresses: Sequence[Sink] = (), endpoints: Sequence[Any] = (), key_groups: int = DEFAULT_KEY_GROUPS,
+          shard_options: dict | None = None, ray_init: dict | None = None) -> "App":
+    """Start an application on Ray and return its handle.
+
+    ``ingresses`` are sources (``connectors.memory.MemorySource``, ``connectors.kafka.KafkaSource``, ...),
+    ``egresses`` are sinks keyed by their id; an egress that functions use but nobody declared is kept in
+    memory and read with ``app.egress(id)``. ``shard_options`` go to Ray's ``.options()`` of every shard
+    actor (e.g. ``{"num_cpus": 1}`` to reserve a core each). ``ray_init`` is passed to ``ray.init`` when
+    no Ray is running yet.
+    """
+    if not isinstance(functions, StatefulFunctions):
+        raise TypeError("start() takes a StatefulFunctions")
+    if shards < 1:
+        raise ValueError("shards must be >= 1")
+    ids = [s.id for s in egresses]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"two egresses share an id: {ids}")
+    if not ray.is_initialized():
+        ray.init(**(ray_init or {}))
+    config = AppConfig(functions=functions, shards=shards, key_groups=key_groups, endpoints=list(endpoints),
+                       sources=list(ingresses), sinks=list(egresses), shard_options=dict(shard_options or {}))
+    coordinator = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1000).remote(config)
+    handles = ray.get(coordinator.start.remote())
+    return App(config, coordinator, handles)
+
+
+class App:
+    """A running application: send messages in, read egress and state out, wait, stop."""
+
+    def __init__(self, config: AppConfig, coordinator, shards: list) -> None:
+        self._config = config
+        self._coordinator = coordinator
+        self._shards = shards
+        self._partitioner = Partitioner(config.key_groups, config.shards)
+        self._registry = TypeRegistry(config.functions, config.endpoints)
+        self._seq = [0] * config.shards
+        self._sent = [0] * config.shards
+        self._pending_refs: list = []
+
+    # -- in ---------------------------------------------------------------------------------------------
+
+    def send(self, typename: str, id: str, value: Any, value_type: Type | None = None) -> None:
+        """Send one message to ``typename``/``id`` (the type is inferred for int, float, str and bool)."""
+        self.send_many([(typename, id, value)], value_type=value_type)
+
+    def send_many(self, records: Iterable[Message | tuple[str, str, Any]], value_type: Type | None = None) -> None:
+        """Send many messages, batched: one Ray call per shard."""
+        from connectors.memory import to_message
+
+        out: dict[int, tuple[list, ...]] = {}
+        for record in records:
+            m = to_message(record, value_type)
+            if m.target_typename not in self._registry:
+                raise ValueError(f"unknown function type {m.target_typename!r} (bound: "
+                                 f"{self._registry.describe()})")
+            dest = self._partitioner.shard_of(m.target_typename, m.target_id)
+            cols = out.setdefault(dest, ([], [], [], [], []))
+            cols[0].append(m.target_typename)
+            cols[1].append(m.target_id)
+            cols[2].append(None)
+            cols[3].append(m.value_type_name)
+            cols[4].append(m.payload)
+        for dest, cols in out.items():
+            seq = self._seq[dest]
+            self._seq[dest] += 1
+            self._sent[dest] += len(cols[1])
+            self._pending_refs.append(self._shards[dest].deliver.remote(DRIVER, seq, cols))
+        if len(self._pending_refs) > 64:
+            ray.get(self._pending_refs)
+            self._pending_refs.clear()
+
+    # -- waiting ----------------------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = 60.0, timers: bool = True) -> None:
+        """Block until the application is idle: every message processed (and, with ``timers``, every delayed
+        message delivered) and every finite source read to its end. Raises TimeoutError otherwise."""
+        ray.get(self._pending_refs)
+        self._pending_refs.clear()
+        if not ray.get(self._coordinator.wait_idle.remote(list(self._sent), timeout, timers)):
+            raise TimeoutError(f"the application did not become idle within {timeout} s "
+                               f"(pass timers=False to ignore pending delayed messages)")
+
+    # -- out --------------------------------------------------------------------------------------------
+
+    def egress(self, egress_id: str, wait: bool = True, timeout: float | None = 60.0) -> list[Any]:
+        """Records emitted so far to an in-memory egress, decoded where the type is known.
+
+        ``egress_id`` is the egress typename (``example/greetings``) or just its name (``greetings``) when
+        that is unambiguous. With ``wait`` (default) it first waits until the application is idle.
+        """
+        if wait:
+            self.wait(timeout=timeout, timers=False)
+        egress_id = self._resolve_egress(egress_id)
+        per_shard = ray.get([s.egress_records.remote(egress_id) for s in self._shards])
+        return [display_value(vtype, payload) for records in per_shard for vtype, payload in records]
+
+    def _resolve_egress(self, egress_id: str) -> str:
+        if "/" in egress_id:
+            return egress_id
+        ids = set()
+        for shard_ids in ray.get([s.egress_ids.remote() for s in self._shards]):
+            ids.update(shard_ids)
+        ids.update(s.id for s in self._config.sinks)
+        matches = sorted(i for i in ids if i.rpartition("/")[2] == egress_id)
+        if len(matches) > 1:
+            raise ValueError(f"egress name {egress_id!r} is ambiguous: {matches}")
+        return matches[0] if matches else egress_id
+
+    def state(self, typename: str, id: str, wait: bool = True, timeout: float | None = 60.0) -> dict[str, Any]:
+        """The current state of one instance, ``{state name: value}`` (empty state: ``{}``)."""
+        if wait:
+            self.wait(timeout=timeout, timers=False)
+        shard = self._shards[self._partitioner.shard_of(typename, id)]
+        return ray.get(shard.get_state.remote(typename, id))
+
+    def metrics(self) -> list[dict]:
+        """Per-shard counters: processed, dead letters, egress records, timers, backlog, ..."""
+        return ray.get(self._coordinator.statuses.remote())
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the shards and the coordinator (sinks are flushed and closed)."""
+        if self._coordinator is None:
+            return
+        try:
+            ray.get(self._coordinator.stop.remote())
+        finally:
+            ray.kill(self._coordinator)
+            self._coordinator = None
+
+    def __enter__(self) -> "App":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""The runtime: key-group partitioning, shard actors, timers, the coordinator."""

@@ -1,0 +1,197 @@
+"""Running embedded (in-shard) Python functions: one invocation at a time per address, many addresses at once.
+
+This is the hot path. A sync function runs inline, with no task or future per message. An ``async def``
+function runs as an asyncio task; while it is suspended, later messages for the same address wait in a
+per-address queue (arrival order), while other addresses proceed.
+
+An invocation works on a copy of the instance's cells and collects its effects in the Context; only when
+it returns are they committed (state, then sends, timers, egress) by the shard. If it raises, nothing is
+committed and the message is dead-lettered with the error: it is neither lost nor half-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..context import Context, make_storage_class
+from ..functions import FunctionSpec
+from ..messages import Message
+
+if TYPE_CHECKING:
+    from .shard import ShardCore
+
+__all__ = ["FunctionState", "EmbeddedFunction"]
+
+
+class FunctionState:
+    """All instances of one function type on one shard: ``id -> cells``, plus which changed since the
+    last checkpoint (for incremental snapshots)."""
+
+    def __init__(self, typename: str, specs) -> None:
+        self.typename = typename
+        self.specs = tuple(specs)
+        self.n = len(self.specs)
+        self.expiring = any(s.expire_mode for s in self.specs)
+        self.width = self.n * 2 if self.expiring else self.n
+        self.empty = [None] * self.n + ([0] * self.n if self.expiring else [])
+        self.after_call = tuple((i, s.expire_after_millis) for i, s in enumerate(self.specs)
+                                if s.expire_mode == "after_call")
+        self.instances: dict[str, list] = {}
+        self.changed: set[str] = set()
+
+    def put(self, id: str, cells: list) -> None:
+        """Store an instance's cells (dropping it entirely once it holds no value: idle costs nothing)."""
+        n = self.n
+        for i in range(n):
+            if cells[i] is not None:
+                self.instances[id] = cells
+                break
+        else:
+            self.instances.pop(id, None)
+        self.changed.add(id)
+
+    def expire(self, now_ms: int) -> int:
+        """Drop expired values everywhere (reads already hide them; this frees memory). Returns count."""
+        if not self.expiring:
+            return 0
+        n, dropped = self.n, 0
+        for id, cells in list(self.instances.items()):
+            hit = False
+            for i in range(n):
+                d = cells[n + i]
+                if cells[i] is not None and 0 < d <= now_ms:
+                    cells = cells.copy() if not hit else cells
+                    cells[i], cells[n + i], hit = None, 0, True
+                    dropped += 1
+            if hit:
+                self.put(id, cells)
+        return dropped
+
+    def view(self, id: str, now_ms: int) -> dict[str, Any]:
+        """The instance's current values by state name (decoded; expired values left out)."""
+        cells = self.instances.get(id)
+        out: dict[str, Any] = {}
+        if cells is None:
+            return out
+        n = self.n
+        for i, spec in enumerate(self.specs):
+            value = cells[i]
+            if value is None or (self.expiring and 0 < cells[n + i] <= now_ms):
+                continue
+            if isinstance(value, (bytes, bytearray)):
+                value = spec.type.serializer().deserialize(value)
+            out[spec.name] = value
+        return out
+
+
+class EmbeddedFunction:
+    """Invokes one embedded function type for the addresses of one shard."""
+
+    def __init__(self, spec: FunctionSpec, shard: "ShardCore") -> None:
+        self.typename = spec.typename
+        self.fn = spec.fn
+        self.is_async = spec.is_async
+        self.state = FunctionState(spec.typename, spec.specs)
+        self.storage_cls = make_storage_class(spec.typename, spec.specs)
+        self.shard = shard
+        self.known = shard.registry
+        # async functions: address -> queued (caller, value typename, payload) behind the running one
+        self.busy: dict[str, deque] = {}
+        self.running: dict[str, tuple] = {}
+
+    # -- invocation -------------------------------------------------------------------------------------
+
+    def invoke(self, id: str, caller: tuple[str, str] | None, vtype: str, payload: Any, now_ms: int) -> None:
+        if self.is_async:
+            queue = self.busy.get(id)
+            if queue is not None:
+                queue.append((caller, vtype, payload))
+                return
+            self.busy[id] = deque()
+            self._start_async(id, caller, vtype, payload, now_ms)
+            return
+        state = self.state
+        cells = state.instances.get(id)
+        cells = cells.copy() if cells is not None else state.empty.copy()
+        storage = self.storage_cls(cells, now_ms)
+        ctx = Context(self.typename, id, caller, storage, self.known)
+        try:
+            self.fn(ctx, Message(self.typename, id, vtype, payload))
+        except Exception as exc:
+            self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
+            return
+        self._commit(id, ctx, storage, cells, now_ms, caller, vtype, payload)
+
+    def _commit(self, id: str, ctx: Context, storage, cells: list, now_ms: int, caller, vtype, payload) -> None:
+        state = self.state
+        if state.after_call:
+            n = state.n
+            for i, ttl in state.after_call:
+                if cells[i] is not None:
+                    cells[n + i] = now_ms + ttl
+                    storage.dirty = True
+        if ctx.sends or ctx.timers or ctx.egress:
+            try:
+                self.shard.apply_effects(self.typename, id, ctx.sends, ctx.timers, ctx.egress, now_ms)
+            except Exception as exc:  # e.g. a reused cancellation token: nothing was applied
+                self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
+                return
+        if storage.dirty:
+            state.put(id, cells)
+
+    # -- async functions --------------------------------------------------------------------------------
+
+    def _start_async(self, id: str, caller, vtype: str, payload: Any, now_ms: int) -> None:
+        self.running[id] = (caller, vtype, payload)
+        task = asyncio.get_running_loop().create_task(self._run_async(id, caller, vtype, payload, now_ms))
+        self.shard.track_task(task)
+
+    async def _run_async(self, id: str, caller, vtype: str, payload: Any, now_ms: int) -> None:
+        state = self.state
+        epoch = self.shard.epoch_token
+        cells = state.instances.get(id)
+        cells = cells.copy() if cells is not None else state.empty.copy()
+        storage = self.storage_cls(cells, now_ms)
+        ctx = Context(self.typename, id, caller, storage, self.known)
+        try:
+            await self.fn(ctx, Message(self.typename, id, vtype, payload))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if epoch is self.shard.epoch_token:
+                self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
+        else:
+            if epoch is not self.shard.epoch_token:
+                return  # the shard was rolled back meanwhile: this result belongs to a discarded world
+            self._commit(id, ctx, storage, cells, self.shard.now_ms(), caller, vtype, payload)
+        if epoch is not self.shard.epoch_token:
+            return
+        self.running.pop(id, None)
+        queue = self.busy.get(id)
+        if queue:
+            c, v, p = queue.popleft()
+            self._start_async(id, c, v, p, self.shard.now_ms())
+        else:
+            self.busy.pop(id, None)
+        self.shard.wake()
+
+    # -- introspection ----------------------------------------------------------------------------------
+
+    @property
+    def in_progress(self) -> int:
+        return len(self.running)
+
+    def pending_messages(self) -> list[tuple[str, tuple | None, str, Any]]:
+        """Accepted but not yet completed messages (running + queued), in per-address order."""
+        out = []
+        for id, (caller, vtype, payload) in self.running.items():
+            out.append((id, caller, vtype, payload))
+            for c, v, p in self.busy.get(id, ()):
+                out.append((id, c, v, p))
+        return out
+
+    def reset(self) -> None:
+        self.busy.clear()
+        self.running.clear()

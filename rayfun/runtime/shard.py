@@ -1,0 +1,470 @@
+"""A shard: the Ray actor that owns a range of key groups and runs every function instance in it.
+
+Data path inside a shard (one asyncio event loop, one thread, so no locks)::
+
+    deliver() / sources / timers --> mailbox --> runner.invoke() --> effects
+                                                                      |-> outbox[destination shard]
+                                                                      |-> timers (send_after)
+                                                                      '-> egress buffer --> sinks
+
+- Messages between shards travel in columnar batches ``(target types, target ids, callers, value types,
+  payloads)``: one Ray call per destination shard per flush, never one per message. Messages for this
+  shard skip Ray entirely.
+- Every channel (sender shard -> this shard, and the driver's) carries sequence numbers: Ray does not keep
+  call order for async actors, so ``deliver`` re-orders. The same channels will carry checkpoint markers.
+- Backpressure: ``deliver`` returns only once the mailbox is below its high-water mark; a shard reads its
+  sources only while its own mailbox is short and its batches to every peer have been accepted. Processing
+  itself never waits on a peer, so cyclic messaging cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from ..functions import StatefulFunctions
+from ..io import DEAD_LETTER_EGRESS, DeadLetter, DeliverySemantic, Sink, Source
+from ..messages import EgressMessage, Message
+from ..types import display_value
+from .deadletters import dead_letter_record
+from .embedded import EmbeddedFunction
+from .partitioning import Partitioner
+from .registry import TypeRegistry
+from .timers import TimerService, TokenInUseError
+
+log = logging.getLogger("rayfun")
+
+__all__ = ["ShardConfig", "ShardCore", "DRIVER"]
+
+DRIVER = -1  # channel id of messages sent by the driver (app.send)
+
+
+@dataclass
+class ShardConfig:
+    """Everything a shard needs to run, shipped once when it starts."""
+
+    functions: StatefulFunctions
+    shards: int
+    key_groups: int
+    endpoints: list = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    sinks: list[Sink] = field(default_factory=list)
+    checkpointing: bool = False
+    chunk_size: int = 4096          # messages processed between flushes
+    mailbox_high: int = 65536       # deliver() waits while the mailbox holds more than this
+    mailbox_low: int = 16384        # ... until it is back under this; sources read only below it
+    max_outstanding: int = 4        # unacknowledged batches per peer before sources pause
+
+
+class _Channel:
+    """Re-orders the batches of one sender by sequence number."""
+
+    __slots__ = ("expected", "early", "received")
+
+    def __init__(self) -> None:
+        self.expected = 0
+        self.early: dict[int, tuple] = {}
+        self.received = 0  # messages accepted from this channel
+
+
+class _SourceSlot:
+    __slots__ = ("source_id", "name", "partition", "exhausted", "idle")
+
+    def __init__(self, source_id: str, name: str, partition) -> None:
+        self.source_id, self.name, self.partition = source_id, name, partition
+        self.exhausted = False
+        self.idle = False  # the last poll returned nothing
+
+
+class ShardCore:
+    """The shard's logic. ``ray.remote(ShardCore)`` makes it the (async) shard actor."""
+
+    def __init__(self, index: int, config: ShardConfig) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        self.index = index
+        self.config = config
+        self.partitioner = Partitioner(config.key_groups, config.shards)
+        self.registry = TypeRegistry(config.functions, config.endpoints)
+        self.runners: dict[str, Any] = {spec.typename: EmbeddedFunction(spec, self) for spec in config.functions}
+        self.timers = TimerService()
+        self.epoch_token = object()
+        self.peers: list = []
+        n = config.shards
+        self._out: list[tuple | None] = [None] * n
+        self._send_seq = [0] * n
+        self._sent = [0] * n
+        self._outstanding = [0] * n
+        self._channels: dict[int, _Channel] = {}
+        self._mailbox: deque = deque()
+        self._backlog = 0
+        self._sources: list[_SourceSlot] = []
+        self._sinks: dict[str, tuple[Sink, Any]] = {}
+        self._sink_specs = {s.id: s for s in config.sinks}
+        self._egress_now: dict[str, list[EgressMessage]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._wake_event: asyncio.Event | None = None
+        self._below_high: asyncio.Event | None = None
+        self._timer_handle: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._failure: str | None = None
+        self.counters = {"processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    async def start(self, peers: list, source_partitions: list[tuple[int, str, Any]]) -> None:
+        """Connect to the other shards, open the assigned source partitions, start processing."""
+        self.peers = peers
+        loop = asyncio.get_running_loop()
+        self._wake_event = asyncio.Event()
+        self._below_high = asyncio.Event()
+        self._below_high.set()
+        for source_index, name, resume_state in source_partitions:
+            source = self.config.sources[source_index]
+            self._sources.append(_SourceSlot(source.id, name, source.build_partition(name, resume_state)))
+        self._loop_task = loop.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for slot in self._sources:
+            try:
+                slot.partition.close()
+            except Exception:
+                log.exception("closing source partition %s/%s", slot.source_id, slot.name)
+        self._publish_now()
+        for _, partition in self._sinks.values():
+            try:
+                partition.close()
+            except Exception:
+                log.exception("closing sink partition")
+
+    def ready(self) -> bool:
+        return True
+
+    # -- inbound ----------------------------------------------------------------------------------------
+
+    async def deliver(self, sender: int, seq: int, batch: tuple) -> None:
+        """Accept a batch from ``sender`` (a shard index, or DRIVER) in channel order."""
+        channel = self._channels.get(sender)
+        if channel is None:
+            channel = self._channels[sender] = _Channel()
+        if seq != channel.expected:
+            channel.early[seq] = batch
+        else:
+            self._accept(channel, batch)
+            channel.expected += 1
+            while channel.expected in channel.early:
+                self._accept(channel, channel.early.pop(channel.expected))
+                channel.expected += 1
+        self.wake()
+        if self._backlog > self.config.mailbox_high:
+            self._below_high.clear()
+            await self._below_high.wait()
+
+    def _accept(self, channel: _Channel, batch: tuple) -> None:
+        n = len(batch[1])
+        if n:
+            self._mailbox.append((batch, 0))
+            self._backlog += n
+            channel.received += n
+
+    # -- the processing loop ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    @staticmethod
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                worked = False
+                if self._mailbox:
+                    self._process(self.config.chunk_size)
+                    worked = True
+                if self._sources and self._may_read_sources():
+                    worked = self._read_sources() or worked
+                worked = self._flush() or worked
+                if worked:
+                    await asyncio.sleep(0)
+                    continue
+                self._wake_event.clear()
+                polling = any(not s.exhausted for s in self._sources)
+                try:
+                    await asyncio.wait_for(self._wake_event.wait(), 0.01 if polling else None)
+                except asyncio.TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug: make it visible to the coordinator rather than hang
+            log.exception("shard %d processing loop failed", self.index)
+            self._failure = f"{type(exc).__name__}: {exc}"
+
+    def _process(self, budget: int) -> None:
+        runners = self.runners
+        processed = 0
+        while self._mailbox and processed < budget:
+            batch, start = self._mailbox.popleft()
+            ttypes, tids, callers, vtypes, payloads = batch
+            end = min(len(tids), start + budget - processed)
+            now = self.now_ms()
+            for i in range(start, end):
+                runner = runners.get(ttypes[i])
+                if runner is None:
+                    self._unknown_target(ttypes[i], tids[i], callers[i], vtypes[i], payloads[i])
+                else:
+                    runner.invoke(tids[i], callers[i], vtypes[i], payloads[i], now)
+            if end < len(tids):
+                self._mailbox.appendleft((batch, end))
+            processed += end - start
+        self._backlog -= processed
+        self.counters["processed"] += processed
+        if self._backlog <= self.config.mailbox_low and not self._below_high.is_set():
+            self._below_high.set()
+
+    def _may_read_sources(self) -> bool:
+        if self._backlog > self.config.mailbox_low:
+            return False
+        limit = self.config.max_outstanding
+        return all(o < limit for o in self._outstanding)
+
+    def _read_sources(self) -> bool:
+        got = False
+        registry = self.registry
+        for slot in self._sources:
+            if slot.exhausted:
+                continue
+            try:
+                batch = slot.partition.next_batch()
+            except Exception as exc:
+                log.error("source %s partition %s failed: %s", slot.source_id, slot.name, exc)
+                raise
+            if batch is None:
+                slot.exhausted = True
+                continue
+            slot.idle = not batch
+            for item in batch:
+                if isinstance(item, Message):
+                    if item.target_typename in registry:
+                        self.route(item.target_typename, item.target_id, None, item.value_type_name, item.payload)
+                    else:
+                        self._dead_letter(f"unknown function type {item.target_typename!r} "
+                                          f"(bound: {registry.describe()})", source=slot.source_id,
+                                          function=item.target_typename, id=item.target_id,
+                                          value_typename=item.value_type_name, payload=item.payload)
+                elif isinstance(item, DeadLetter):
+                    self._dead_letter(item.reason, source=item.source, payload=item.payload)
+                else:
+                    self._dead_letter(f"source returned {type(item).__name__}, not a Message",
+                                      source=slot.source_id)
+            got = got or bool(batch)
+        return got
+
+    # -- outbound ---------------------------------------------------------------------------------------
+
+    def route(self, ttype: str, tid: str, caller: tuple[str, str] | None, vtype: str, payload: Any) -> None:
+        dest = self.partitioner.shard_of(ttype, tid)
+        cols = self._out[dest]
+        if cols is None:
+            cols = self._out[dest] = ([], [], [], [], [])
+        cols[0].append(ttype)
+        cols[1].append(tid)
+        cols[2].append(caller)
+        cols[3].append(vtype)
+        cols[4].append(payload)
+
+    def _flush(self) -> bool:
+        """Send every outbox; returns whether messages were queued locally (more work for this loop)."""
+        local = False
+        out = self._out
+        for dest in range(len(out)):
+            cols = out[dest]
+            if cols is None:
+                continue
+            out[dest] = None
+            n = len(cols[1])
+            if dest == self.index:
+                self._mailbox.append((cols, 0))
+                self._backlog += n
+                local = True
+                continue
+            seq = self._send_seq[dest]
+            self._send_seq[dest] = seq + 1
+            self._sent[dest] += n
+            self._outstanding[dest] += 1
+            ref = self.peers[dest].deliver.remote(self.index, seq, cols)
+            self.track_task(asyncio.get_running_loop().create_task(self._await_delivery(dest, ref)))
+        if self._egress_now:
+            self._publish_now()
+        return local
+
+    async def _await_delivery(self, dest: int, ref) -> None:
+        try:
+            await ref
+        except Exception as exc:
+            self._failure = f"shard {dest} is unreachable: {exc}"
+            log.error("shard %d: delivery to shard %d failed: %s", self.index, dest, exc)
+        finally:
+            self._outstanding[dest] -= 1
+            self.wake()
+
+    def track_task(self, task: asyncio.Task) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- effects of an invocation -----------------------------------------------------------------------
+
+    def apply_effects(self, typename: str, id: str, sends: list, timers: list, egress: list, now_ms: int) -> None:
+        """Commit a successful invocation's sends, timers and egress records (validated first)."""
+        if timers:
+            self._check_tokens(typename, id, timers)
+        caller = (typename, id)
+        for m in sends:
+            self.route(m.target_typename, m.target_id, caller, m.value_type_name, m.payload)
+        for delay_ms, message, token in timers:
+            if message is None:
+                self.timers.cancel(typename, id, token)
+            else:
+                self.timers.add(now_ms + delay_ms, typename, id, token, message.target_typename,
+                                message.target_id, message.value_type_name, message.payload)
+        if timers:
+            self._schedule_timers()
+        for record in egress:
+            self.emit(record)
+
+    def _check_tokens(self, typename: str, id: str, timers: list) -> None:
+        pending: dict[str, bool] = {}
+        for delay_ms, message, token in timers:
+            if not token:
+                continue
+            live = pending.get(token)
+            if live is None:
+                live = self.timers.token_pending(typename, id, token)
+            if message is None:
+                pending[token] = False
+            elif live:
+                raise TokenInUseError(f"cancellation token {token!r} of {typename}/{id} is still pending")
+            else:
+                pending[token] = True
+
+    def invocation_failed(self, typename: str, id: str, caller, vtype: str, payload: Any, exc: BaseException,
+                          endpoint: str | None = None) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        self._dead_letter(f"function {typename} (id {id!r}) failed: {reason}", function=typename, id=id,
+                          caller=caller, endpoint=endpoint, value_typename=vtype, payload=payload)
+
+    def _unknown_target(self, ttype: str, tid: str, caller, vtype: str, payload: Any) -> None:
+        self._dead_letter(f"unknown function type {ttype!r} (bound: {self.registry.describe()})",
+                          function=ttype, id=tid, caller=caller, value_typename=vtype, payload=payload)
+
+    def _dead_letter(self, reason: str, **fields: Any) -> None:
+        self.counters["dead_letters"] += 1
+        log.warning("dead letter: %s", reason)
+        self.emit(dead_letter_record(reason, **fields))
+
+    # -- timers -----------------------------------------------------------------------------------------
+
+    def _schedule_timers(self) -> None:
+        due = self.timers.next_due()
+        if due is None or (self._timer_at is not None and self._timer_at <= due):
+            return
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (due - self.now_ms()) / 1000.0)
+        self._timer_at = due
+        self._timer_handle = loop.call_later(delay, self._fire_timers)
+
+    def _fire_timers(self) -> None:
+        self._timer_handle = None
+        self._timer_at = None
+        fired = self.timers.pop_due(self.now_ms())
+        for t in fired:
+            self.route(t.target_typename, t.target_id, (t.sender_typename, t.sender_id), t.value_typename, t.payload)
+        self.counters["timers_fired"] += len(fired)
+        self._schedule_timers()
+        if fired:
+            self.wake()
+
+    # -- egress -----------------------------------------------------------------------------------------
+
+    def emit(self, record: EgressMessage) -> None:
+        self.counters["egress"] += 1
+        self._egress_now.setdefault(record.typename, []).append(record)
+
+    def _sink(self, egress_id: str) -> tuple[Sink, Any]:
+        entry = self._sinks.get(egress_id)
+        if entry is None:
+            sink = self._sink_specs.get(egress_id)
+            if sink is None:  # undeclared egress: keep it in memory for app.egress()
+                from connectors.memory import MemorySink
+
+                sink = MemorySink(egress_id)
+            entry = self._sinks[egress_id] = (sink, sink.build_partition(self.index, self.config.shards))
+        return entry
+
+    def _publish_now(self) -> None:
+        pending, self._egress_now = self._egress_now, {}
+        for egress_id, records in pending.items():
+            sink, partition = self._sink(egress_id)
+            try:
+                partition.write_batch(records, -1)
+            except Exception as exc:
+                log.error("egress %s: publishing %d records failed: %s", egress_id, len(records), exc)
+                if egress_id != DEAD_LETTER_EGRESS:
+                    for r in records:
+                        self._dead_letter(f"egress {egress_id} rejected the record: {exc}",
+                                          value_typename=r.value_type_name, payload=r.payload)
+
+    # -- introspection ----------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """Counters for idleness detection (the coordinator compares sent/received per channel)."""
+        return {
+            "index": self.index,
+            "backlog": self._backlog,
+            "in_progress": sum(getattr(r, "in_progress", 0) for r in self.runners.values()),
+            "sent": list(self._sent),
+            "received": {s: c.received for s, c in self._channels.items()},
+            "early": sum(len(c.early) for c in self._channels.values()),
+            "outstanding": sum(self._outstanding),
+            "sources_busy": any(not s.exhausted and not s.idle for s in self._sources),
+            "sources_exhausted": all(s.exhausted for s in self._sources),
+            "timers": len(self.timers),
+            "failure": self._failure,
+            **self.counters,
+        }
+
+    def get_state(self, typename: str, id: str) -> dict[str, Any]:
+        runner = self.runners.get(typename)
+        if runner is None:
+            raise ValueError(f"unknown function type {typename!r} (bound: {self.registry.describe()})")
+        return runner.state.view(id, self.now_ms())
+
+    def egress_records(self, egress_id: str) -> list[tuple[str, Any]]:
+        """(value typename, payload) of every record an in-memory egress holds on this shard."""
+        entry = self._sinks.get(egress_id)
+        if entry is None:
+            return []
+        records = getattr(entry[1], "records", None)
+        if records is None:
+            raise ValueError(f"egress {egress_id} is not an in-memory egress; read it where it publishes")
+        return [(r.value_type_name, r.payload) for r in records]
+
+    def egress_ids(self) -> list[str]:
+        return list(self._sinks)
+
+    def instance_count(self) -> dict[str, int]:
+        return {t: len(r.state.instances) for t, r in self.runners.items()}

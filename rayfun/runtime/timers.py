@@ -1,0 +1,99 @@
+"""Durable delayed messages (``send_after``) of one shard, fired in time order, cancellable by token.
+
+Timers live in the *sender's* shard (as in StateFun), keyed by the sending address; a cancellation token is
+scoped to that address. A token may not be reused while its message is pending (an error, as in StateFun);
+cancelling a token that is unknown or already delivered does nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any, NamedTuple
+
+__all__ = ["Timer", "TimerService", "TokenInUseError"]
+
+
+class TokenInUseError(ValueError):
+    """A cancellation token was reused while the delayed message it names is still pending."""
+
+
+class Timer(NamedTuple):
+    due_ms: int
+    seq: int
+    sender_typename: str
+    sender_id: str
+    token: str
+    target_typename: str
+    target_id: str
+    value_typename: str
+    payload: Any
+
+
+class TimerService:
+    """A min-heap of pending timers with lazy deletion for cancellations."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int]] = []
+        self._timers: dict[int, Timer] = {}
+        self._tokens: dict[tuple[str, str, str], int] = {}
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._timers)
+
+    def token_pending(self, sender_typename: str, sender_id: str, token: str) -> bool:
+        return (sender_typename, sender_id, token) in self._tokens
+
+    def add(self, due_ms: int, sender_typename: str, sender_id: str, token: str, target_typename: str,
+            target_id: str, value_typename: str, payload: Any, seq: int | None = None) -> Timer:
+        if token and (sender_typename, sender_id, token) in self._tokens:
+            raise TokenInUseError(f"cancellation token {token!r} of {sender_typename}/{sender_id} "
+                                  f"is still pending")
+        if seq is None:
+            seq = next(self._seq)
+        else:  # restored timer: keep its sequence, and never hand it out again
+            self._seq = itertools.count(max(seq + 1, next(self._seq)))
+        timer = Timer(due_ms, seq, sender_typename, sender_id, token, target_typename, target_id,
+                      value_typename, payload)
+        self._timers[seq] = timer
+        if token:
+            self._tokens[(sender_typename, sender_id, token)] = seq
+        heapq.heappush(self._heap, (due_ms, seq))
+        return timer
+
+    def cancel(self, sender_typename: str, sender_id: str, token: str) -> bool:
+        seq = self._tokens.pop((sender_typename, sender_id, token), None)
+        if seq is None:
+            return False
+        self._timers.pop(seq, None)
+        return True
+
+    def next_due(self) -> int | None:
+        heap = self._heap
+        while heap and heap[0][1] not in self._timers:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def pop_due(self, now_ms: int) -> list[Timer]:
+        """Remove and return every timer due at ``now_ms``, in (due time, creation) order."""
+        fired: list[Timer] = []
+        heap, timers = self._heap, self._timers
+        while heap and heap[0][0] <= now_ms:
+            _, seq = heapq.heappop(heap)
+            timer = timers.pop(seq, None)
+            if timer is None:
+                continue
+            if timer.token:
+                self._tokens.pop((timer.sender_typename, timer.sender_id, timer.token), None)
+            fired.append(timer)
+        return fired
+
+    def all(self) -> list[Timer]:
+        """Every pending timer (for checkpoints), in firing order."""
+        return sorted(self._timers.values())
+
+    def clear(self) -> None:
+        self._heap.clear()
+        self._timers.clear()
+        self._tokens.clear()

@@ -12,13 +12,26 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rayfun.io import DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
 from rayfun.messages import EgressMessage, Message
-from rayfun.types import Type, infer_type, to_payload, validate_typename
+from rayfun.types import IntType, StringType, Type, infer_type, to_payload, validate_typename
 
 __all__ = ["MemorySource", "MemorySink", "to_message"]
 
 
+_VALID_TYPENAMES: set[str] = set()
+_INT = IntType.typename
+_STRING = StringType.typename
+
+
 def to_message(record: Any, value_type: Type | None = None) -> Message:
     """Turn a ``Message`` or a ``(typename, id, value)`` tuple into a message (types inferred if not given)."""
+    if type(record) is tuple and len(record) == 3 and value_type is None:
+        typename, id, value = record  # the hot path: a validated typename, a str id, an int or str value
+        if typename in _VALID_TYPENAMES and type(id) is str and id:
+            kind = type(value)
+            if kind is int and -2147483648 <= value <= 2147483647:
+                return Message(typename, id, _INT, value)
+            if kind is str:
+                return Message(typename, id, _STRING, value)
     if isinstance(record, Message):
         return record
     try:
@@ -26,10 +39,25 @@ def to_message(record: Any, value_type: Type | None = None) -> Message:
     except (TypeError, ValueError):
         raise ValueError(f"an in-memory record must be a Message or (typename, id, value), got {record!r}") from None
     validate_typename(typename)
+    _VALID_TYPENAMES.add(typename)
     if not isinstance(id, str) or not id:
         raise ValueError(f"record {record!r}: the id must be a non-empty str")
     t = value_type or infer_type(value)
     return Message(typename, id, t.typename, to_payload(value, t))
+
+
+def to_row(record: Any, value_type: Type | None = None) -> tuple:
+    """A record as a runtime row ``(typename, id, None, value typename, payload)`` (see SourcePartition)."""
+    if type(record) is tuple and len(record) == 3 and value_type is None:
+        typename, id, value = record  # the hot path, as in to_message
+        if typename in _VALID_TYPENAMES and type(id) is str and id:
+            kind = type(value)
+            if kind is int and -2147483648 <= value <= 2147483647:
+                return (typename, id, None, _INT, value)
+            if kind is str:
+                return (typename, id, None, _STRING, value)
+    m = to_message(record, value_type)
+    return (m.target_typename, m.target_id, None, m.value_type_name, m.payload)
 
 
 class _MemoryPartition(SourcePartition):
@@ -50,6 +78,16 @@ class _MemoryPartition(SourcePartition):
         self._position += len(chunk)
         vt = self._value_type
         return [to_message(r, vt) for r in chunk]
+
+    def next_rows(self) -> list[tuple] | None:
+        if self._done:
+            return None
+        chunk = list(itertools.islice(self._it, self._batch_size))
+        if not chunk:
+            self._done = True
+            return None
+        self._position += len(chunk)
+        return [to_row(r, self._value_type) for r in chunk]
 
     def snapshot(self) -> int:
         return self._position

@@ -7,6 +7,7 @@ running) and under ``ray job submit`` (``ray.init()`` then joins the job's clust
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any, Iterable, Sequence
 
 import ray
@@ -75,24 +76,19 @@ class App:
         """Send many messages, batched: one Ray call per shard."""
         from connectors.memory import to_message
 
-        out: dict[int, tuple[list, ...]] = {}
+        out: dict[int, list[tuple]] = {}
         for record in records:
             m = to_message(record, value_type)
             if m.target_typename not in self._registry:
                 raise ValueError(f"unknown function type {m.target_typename!r} (bound: "
                                  f"{self._registry.describe()})")
             dest = self._partitioner.shard_of(m.target_typename, m.target_id)
-            cols = out.setdefault(dest, ([], [], [], [], []))
-            cols[0].append(m.target_typename)
-            cols[1].append(m.target_id)
-            cols[2].append(None)
-            cols[3].append(m.value_type_name)
-            cols[4].append(m.payload)
-        for dest, cols in out.items():
+            out.setdefault(dest, []).append((m.target_typename, m.target_id, None, m.value_type_name, m.payload))
+        for dest, rows in out.items():
             seq = self._seq[dest]
             self._seq[dest] += 1
-            self._sent[dest] += len(cols[1])
-            self._pending_refs.append(self._shards[dest].deliver.remote(DRIVER, seq, cols))
+            self._sent[dest] += len(rows)
+            self._pending_refs.append(self._shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5)))
         if len(self._pending_refs) > 64:
             ray.get(self._pending_refs)
             self._pending_refs.clear()

@@ -24,7 +24,7 @@ __all__ = ["Context", "make_storage_class", "StorageBase"]
 class StorageBase:
     """Typed state cells behind attribute access: read, assign, ``del``. One subclass per function type."""
 
-    __slots__ = ("_cells", "_now", "dirty")
+    __slots__ = ("_cells", "_now", "dirty", "deleted")
     _typename = ""
     _names: tuple[str, ...] = ()
 
@@ -32,6 +32,7 @@ class StorageBase:
         self._cells = cells
         self._now = now
         self.dirty = False
+        self.deleted = False  # a value was removed: the instance may now be empty
 
     def __getattr__(self, name: str) -> Any:  # only reached for undeclared names
         raise AttributeError(
@@ -77,7 +78,26 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                 raise TypeError(f"state {spec.name!r} of {typename} cannot be read as {spec.type.typename}: "
                                 f"{exc}") from exc
 
-    if builtin is not None:
+    if builtin is not None and not after_write:
+        check = builtin.check
+        fast_type = builtin.python_type
+        lo, hi = getattr(builtin, "_lo", None), getattr(builtin, "_hi", None)
+        if lo is None:
+            lo, hi = float("-inf"), float("inf")
+
+        def set_(self, value):
+            if type(value) is fast_type and lo <= value <= hi:  # hot path
+                self._cells[index] = value
+                self.dirty = True
+                return
+            if value is None:
+                raise ValueError(f"cannot set state {spec.name!r} of {typename} to None; use del")
+            try:
+                self._cells[index] = check(value)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"state {spec.name!r} of {typename}: {exc}") from None
+            self.dirty = True
+    elif builtin is not None:
         check = builtin.check
 
         def set_(self, value):
@@ -102,6 +122,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
         if expiring:
             self._cells[deadline_at] = 0
         self.dirty = True
+        self.deleted = True
 
     return property(get, set_, del_, doc=f"state {spec.name!r} ({spec.type.typename})")
 
@@ -127,9 +148,10 @@ class Context:
         self._id = id
         self._caller = caller
         self.storage = storage
-        self.sends: list[Message] = []
-        self.timers: list[tuple] = []
-        self.egress: list[EgressMessage] = []
+        # effects, created on first use (most invocations have few kinds of effect)
+        self.sends: list[Message] | None = None
+        self.timers: list[tuple] | None = None
+        self.egress: list[EgressMessage] | None = None
 
     @property
     def address(self) -> Address:
@@ -148,7 +170,10 @@ class Context:
         if self._known is not None and message.target_typename not in self._known:
             raise ValueError(f"unknown function type {message.target_typename!r}: no function or remote "
                              f"endpoint is bound to it")
-        self.sends.append(message)
+        if self.sends is None:
+            self.sends = [message]
+        else:
+            self.sends.append(message)
 
     def send_after(self, delay: timedelta, message: Message, cancellation_token: str = "") -> None:
         """Send ``message`` after ``delay``; a non-empty token lets this instance cancel it meanwhile."""
@@ -161,17 +186,26 @@ class Context:
             raise ValueError(f"send_after() needs a non-negative timedelta, got {delay!r}")
         if not isinstance(cancellation_token, str):
             raise TypeError("cancellation_token must be a str")
-        self.timers.append((int(delay.total_seconds() * 1000), message, cancellation_token))
+        self._timer((int(delay.total_seconds() * 1000), message, cancellation_token))
 
     def cancel_delayed_message(self, cancellation_token: str) -> None:
         """Cancel this instance's pending delayed message with that token; a no-op if it was delivered."""
         if not cancellation_token or not isinstance(cancellation_token, str):
             raise ValueError("cancel_delayed_message() needs a non-empty token")
-        self.timers.append((None, None, cancellation_token))
+        self._timer((None, None, cancellation_token))
+
+    def _timer(self, entry: tuple) -> None:
+        if self.timers is None:
+            self.timers = [entry]
+        else:
+            self.timers.append(entry)
 
     def send_egress(self, message: EgressMessage) -> None:
         """Emit a record to an egress (published per the egress's delivery semantics)."""
         if not isinstance(message, EgressMessage):
             raise TypeError(f"send_egress() takes an EgressMessage (use egress_message_builder), "
                             f"got {type(message).__name__}")
-        self.egress.append(message)
+        if self.egress is None:
+            self.egress = [message]
+        else:
+            self.egress.append(message)

@@ -178,6 +178,10 @@ class _Fixed(_BuiltinType[T]):
         self._lo, self._hi = lo, hi
 
     def check(self, value: Any) -> Any:
+        if type(value) is self.python_type:  # the hot path: exactly an int (not a bool) or a float
+            if self._lo is None or self._lo <= value <= self._hi:
+                return value
+            raise ValueError(f"{value} is out of range for {self.typename} ({self._lo}..{self._hi})")
         if self.python_type is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{self.typename} expects float, got {type(value).__name__}")
@@ -185,7 +189,7 @@ class _Fixed(_BuiltinType[T]):
         super().check(value)
         if self._lo is not None and not self._lo <= value <= self._hi:
             raise ValueError(f"{value} is out of range for {self.typename} ({self._lo}..{self._hi})")
-        return value
+        return int(value)
 
     def serialize(self, value: T) -> bytes:
         if not value:

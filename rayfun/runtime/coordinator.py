@@ -14,7 +14,7 @@ import ray
 
 from ..functions import StatefulFunctions
 from ..io import Sink, Source
-from .shard import DRIVER, ShardConfig, ShardCore
+from .shard import DRIVER, ShardActor, ShardConfig
 
 log = logging.getLogger("rayfun")
 
@@ -62,7 +62,7 @@ class Coordinator:
         shard_config = self._shard_config()
         options = {"num_cpus": 0, "max_concurrency": 10_000, "max_restarts": 0,
                    **self.config.shard_options}
-        actor_cls = ray.remote(ShardCore)
+        actor_cls = ray.remote(ShardActor)
         self.shards = [actor_cls.options(**options).remote(i, shard_config) for i in range(self.config.shards)]
         await asyncio.gather(*[s.ready.remote() for s in self.shards])
         assignment = self._assign_partitions()

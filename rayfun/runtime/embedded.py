@@ -41,15 +41,18 @@ class FunctionState:
         self.instances: dict[str, list] = {}
         self.changed: set[str] = set()
 
-    def put(self, id: str, cells: list) -> None:
-        """Store an instance's cells (dropping it entirely once it holds no value: idle costs nothing)."""
-        n = self.n
-        for i in range(n):
-            if cells[i] is not None:
-                self.instances[id] = cells
-                break
-        else:
-            self.instances.pop(id, None)
+    def put(self, id: str, cells: list, maybe_empty: bool = True) -> None:
+        """Store an instance's cells, dropping the instance once it holds no value (idle costs nothing).
+        ``maybe_empty=False`` (no value was deleted) skips the emptiness scan: the hot path."""
+        if maybe_empty:
+            for i in range(self.n):
+                if cells[i] is not None:
+                    break
+            else:
+                self.instances.pop(id, None)
+                self.changed.add(id)
+                return
+        self.instances[id] = cells
         self.changed.add(id)
 
     def expire(self, now_ms: int) -> int:
@@ -100,29 +103,83 @@ class EmbeddedFunction:
         # async functions: address -> queued (caller, value typename, payload) behind the running one
         self.busy: dict[str, deque] = {}
         self.running: dict[str, tuple] = {}
+        self.run = self._make_run()
 
     # -- invocation -------------------------------------------------------------------------------------
 
-    def invoke(self, id: str, caller: tuple[str, str] | None, vtype: str, payload: Any, now_ms: int) -> None:
+    def _make_run(self):
+        """Build ``run(rows, i, end, now_ms) -> next i``: invoke this function for the consecutive mailbox rows
+        ``rows[i:end]`` that target it, stopping at the first row for another type.
+
+        It is a closure over everything it needs, and for a sync function it reuses one Context and one
+        storage object (reset per message), because on this path attribute lookups, calls and allocations
+        are most of the cost. A context and its message are only valid during their invocation.
+        """
+        typename = self.typename
         if self.is_async:
-            queue = self.busy.get(id)
-            if queue is not None:
-                queue.append((caller, vtype, payload))
-                return
-            self.busy[id] = deque()
-            self._start_async(id, caller, vtype, payload, now_ms)
-            return
+            invoke_async = self._invoke_async
+
+            def run_async(rows: list, i: int, end: int, now_ms: int) -> int:
+                while i < end:
+                    ttype, id, caller, vtype, payload = rows[i]
+                    if ttype != typename:
+                        return i
+                    invoke_async(id, caller, vtype, payload, now_ms)
+                    i += 1
+                return i
+
+            return run_async
+
         state = self.state
-        cells = state.instances.get(id)
-        cells = cells.copy() if cells is not None else state.empty.copy()
-        storage = self.storage_cls(cells, now_ms)
-        ctx = Context(self.typename, id, caller, storage, self.known)
-        try:
-            self.fn(ctx, Message(self.typename, id, vtype, payload))
-        except Exception as exc:
-            self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
+        instances, empty, put, changed = state.instances, state.empty, state.put, state.changed
+        fn, commit, failed = self.fn, self._commit, self.shard.invocation_failed
+        always_commit = bool(state.after_call)
+        storage = self.storage_cls([], 0)
+        ctx = Context(typename, "", None, storage, self.known)
+        message = Message(typename, "", "", None)
+
+        def run(rows: list, i: int, end: int, now_ms: int) -> int:
+            storage._now = now_ms
+            while i < end:
+                ttype, id, caller, vtype, payload = rows[i]
+                if ttype != typename:
+                    return i
+                i += 1
+                cells = instances.get(id)
+                cells = cells.copy() if cells is not None else empty.copy()
+                storage._cells = cells
+                storage.dirty = storage.deleted = False
+                ctx._id = message.target_id = id
+                ctx._caller = caller
+                message.value_type_name = vtype
+                message.payload = payload
+                try:
+                    fn(ctx, message)
+                except Exception as exc:
+                    ctx.sends = ctx.timers = ctx.egress = None
+                    failed(typename, id, caller, vtype, payload, exc)
+                    continue
+                if always_commit or ctx.sends is not None or ctx.timers is not None or ctx.egress is not None:
+                    commit(id, ctx, storage, cells, now_ms, caller, vtype, payload)
+                    ctx.sends = ctx.timers = ctx.egress = None
+                elif storage.dirty:
+                    if storage.deleted:
+                        put(id, cells)
+                    else:
+                        instances[id] = cells
+                        changed.add(id)
+            return i
+
+        return run
+
+    def _invoke_async(self, id: str, caller: tuple[str, str] | None, vtype: str, payload: Any,
+                      now_ms: int) -> None:
+        queue = self.busy.get(id)
+        if queue is not None:
+            queue.append((caller, vtype, payload))
             return
-        self._commit(id, ctx, storage, cells, now_ms, caller, vtype, payload)
+        self.busy[id] = deque()
+        self._start_async(id, caller, vtype, payload, now_ms)
 
     def _commit(self, id: str, ctx: Context, storage, cells: list, now_ms: int, caller, vtype, payload) -> None:
         state = self.state
@@ -139,7 +196,7 @@ class EmbeddedFunction:
                 self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
                 return
         if storage.dirty:
-            state.put(id, cells)
+            state.put(id, cells, storage.deleted)
 
     # -- async functions --------------------------------------------------------------------------------
 

@@ -1,0 +1,85 @@
+"""Throughput of the full runtime: 1,000,000 messages from an ingress over 10,000 counter instances.
+
+Each message reads an int state, adds the message's value and writes it back. Two shards (this is sized
+for a 2-core machine). Checks the final state is exact, then prints messages/second alone on the last line.
+
+    python bench/counter.py [--messages N] [--addresses N] [--shards N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import ray
+
+import rayfun
+from connectors.memory import MemorySource
+from rayfun import IntType, StatefulFunctions, ValueSpec
+
+TYPENAME = "bench/counter"
+
+
+def build_functions() -> StatefulFunctions:
+    functions = StatefulFunctions()
+
+    @functions.bind(TYPENAME, specs=[ValueSpec("count", IntType)])
+    def counter(context, message):
+        context.storage.count = (context.storage.count or 0) + message.as_int()
+
+    return functions
+
+
+def value_of(i: int) -> int:
+    return i % 7 + 1
+
+
+def make_records(messages: int, addresses: int):
+    def records(partition: int, partitions: int):
+        ids = [str(a) for a in range(addresses)]
+        return ((TYPENAME, ids[i % addresses], value_of(i)) for i in range(partition, messages, partitions))
+
+    return records
+
+
+def expected_state(messages: int, addresses: int) -> dict[str, int]:
+    totals = [0] * addresses
+    for i in range(messages):
+        totals[i % addresses] += value_of(i)
+    return {str(a): t for a, t in enumerate(totals)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--addresses", type=int, default=10_000)
+    parser.add_argument("--shards", type=int, default=2)
+    args = parser.parse_args()
+
+    ray.init(num_cpus=max(2, args.shards), include_dashboard=False, log_to_driver=True)
+    source = MemorySource(make_records(args.messages, args.addresses), partitions=args.shards,
+                          id="bench/numbers", batch_size=4096)
+    app = rayfun.start(build_functions(), shards=args.shards, ingresses=[source])
+    # The shards start reading as soon as they start: count from here, minus what they already did.
+    started = time.perf_counter()
+    done_before = sum(m["processed"] for m in app.metrics())
+    app.wait(timeout=600)
+    elapsed = time.perf_counter() - started
+    metrics = app.metrics()
+    processed = sum(m["processed"] for m in metrics)
+    expected = expected_state(args.messages, args.addresses)
+    sample = list(expected)[:: max(1, args.addresses // 200)]
+    wrong = [a for a in sample if app.state(TYPENAME, a, wait=False).get("count") != expected[a]]
+    app.stop()
+    ray.shutdown()
+    if processed != args.messages or wrong:
+        raise SystemExit(f"WRONG: processed {processed} of {args.messages}; wrong state at {wrong[:5]}")
+    rate = (processed - done_before) / elapsed
+    print(f"processed {processed} messages over {args.addresses} addresses on {args.shards} shards; "
+          f"{processed - done_before} in {elapsed:.2f} s after start-up; state exact at {len(sample)} "
+          f"sampled addresses")
+    print(f"counter: {rate:.0f} msgs/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,15 +24,16 @@ __all__ = ["Context", "make_storage_class", "StorageBase"]
 class StorageBase:
     """Typed state cells behind attribute access: read, assign, ``del``. One subclass per function type."""
 
-    __slots__ = ("_cells", "_now", "dirty", "deleted")
+    __slots__ = ("_cells", "_now", "dirty")
     _typename = ""
     _names: tuple[str, ...] = ()
 
     def __init__(self, cells: list, now: int):
         self._cells = cells
         self._now = now
-        self.dirty = False
-        self.deleted = False  # a value was removed: the instance may now be empty
+        # 0: untouched; 1: the last change was a write (so the instance holds a value); 2: the last change
+        # was a delete (so the instance may now be empty, which the runtime must check)
+        self.dirty = 0
 
     def __getattr__(self, name: str) -> Any:  # only reached for undeclared names
         raise AttributeError(
@@ -60,7 +61,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
             if cells[index] is not None and 0 < cells[deadline_at] <= self._now:
                 cells[index] = None
                 cells[deadline_at] = 0
-                self.dirty = True
+                self.dirty = 2
             return cells[index]
     else:
         def get(self):
@@ -68,7 +69,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
             if expiring and cells[index] is not None and 0 < cells[deadline_at] <= self._now:
                 cells[index] = None
                 cells[deadline_at] = 0
-                self.dirty = True
+                self.dirty = 2
             value = cells[index]
             if value is None:
                 return None
@@ -88,7 +89,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
         def set_(self, value):
             if type(value) is fast_type and lo <= value <= hi:  # hot path
                 self._cells[index] = value
-                self.dirty = True
+                self.dirty = 1
                 return
             if value is None:
                 raise ValueError(f"cannot set state {spec.name!r} of {typename} to None; use del")
@@ -96,7 +97,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                 self._cells[index] = check(value)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"state {spec.name!r} of {typename}: {exc}") from None
-            self.dirty = True
+            self.dirty = 1
     elif builtin is not None:
         check = builtin.check
 
@@ -109,20 +110,19 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                 raise type(exc)(f"state {spec.name!r} of {typename}: {exc}") from None
             if after_write:
                 self._cells[deadline_at] = self._now + ttl
-            self.dirty = True
+            self.dirty = 1
     else:
         def set_(self, value):
             self._cells[index] = to_payload(value, spec.type)
             if after_write:
                 self._cells[deadline_at] = self._now + ttl
-            self.dirty = True
+            self.dirty = 1
 
     def del_(self):
         self._cells[index] = None
         if expiring:
             self._cells[deadline_at] = 0
-        self.dirty = True
-        self.deleted = True
+        self.dirty = 2
 
     return property(get, set_, del_, doc=f"state {spec.name!r} ({spec.type.typename})")
 

@@ -148,7 +148,7 @@ class EmbeddedFunction:
                 cells = instances.get(id)
                 cells = cells.copy() if cells is not None else empty.copy()
                 storage._cells = cells
-                storage.dirty = storage.deleted = False
+                storage.dirty = 0
                 ctx._id = message.target_id = id
                 ctx._caller = caller
                 message.value_type_name = vtype
@@ -163,11 +163,11 @@ class EmbeddedFunction:
                     commit(id, ctx, storage, cells, now_ms, caller, vtype, payload)
                     ctx.sends = ctx.timers = ctx.egress = None
                 elif storage.dirty:
-                    if storage.deleted:
-                        put(id, cells)
-                    else:
+                    if storage.dirty == 1:  # the last change was a write: the instance is not empty
                         instances[id] = cells
                         changed.add(id)
+                    else:
+                        put(id, cells)
             return i
 
         return run
@@ -188,7 +188,7 @@ class EmbeddedFunction:
             for i, ttl in state.after_call:
                 if cells[i] is not None:
                     cells[n + i] = now_ms + ttl
-                    storage.dirty = True
+                    storage.dirty = max(storage.dirty, 1)
         if ctx.sends or ctx.timers or ctx.egress:
             try:
                 self.shard.apply_effects(self.typename, id, ctx.sends, ctx.timers, ctx.egress, now_ms)
@@ -196,7 +196,7 @@ class EmbeddedFunction:
                 self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
                 return
         if storage.dirty:
-            state.put(id, cells, storage.deleted)
+            state.put(id, cells, storage.dirty == 2)
 
     # -- async functions --------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ Data path inside a shard (one asyncio event loop, one thread, so no locks)::
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import pickle
 import time
@@ -126,6 +127,9 @@ class ShardCore:
     async def start(self, peers: list, source_partitions: list[tuple[int, str, Any]]) -> None:
         """Connect to the other shards, open the assigned source partitions, start processing."""
         self.peers = peers
+        # Millions of short-lived row tuples would trigger a young-generation collection every 700
+        # allocations, and full collections would walk every instance's state: collect far less often.
+        gc.set_threshold(100_000, 50, 1000)
         loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
         self._below_high = asyncio.Event()

@@ -59,7 +59,7 @@ def main() -> None:
 
     ray.init(num_cpus=max(2, args.shards), include_dashboard=False, log_to_driver=True)
     source = MemorySource(make_records(args.messages, args.addresses), partitions=args.shards,
-                          id="bench/numbers", batch_size=4096)
+                          id="bench/numbers", batch_size=16384)
     app = rayfun.start(build_functions(), shards=args.shards, ingresses=[source])
     # The shards start reading as soon as they start: count from here, minus what they already did.
     started = time.perf_counter()

@@ -83,14 +83,8 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
         check = builtin.check
         fast_type = builtin.python_type
         lo, hi = getattr(builtin, "_lo", None), getattr(builtin, "_hi", None)
-        if lo is None:
-            lo, hi = float("-inf"), float("inf")
 
-        def set_(self, value):
-            if type(value) is fast_type and lo <= value <= hi:  # hot path
-                self._cells[index] = value
-                self.dirty = 1
-                return
+        def slow_set(self, value):
             if value is None:
                 raise ValueError(f"cannot set state {spec.name!r} of {typename} to None; use del")
             try:
@@ -98,6 +92,21 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"state {spec.name!r} of {typename}: {exc}") from None
             self.dirty = 1
+
+        if lo is not None:
+            def set_(self, value):
+                if type(value) is fast_type and lo <= value <= hi:  # hot path: an in-range int
+                    self._cells[index] = value
+                    self.dirty = 1
+                else:
+                    slow_set(self, value)
+        else:
+            def set_(self, value):
+                if type(value) is fast_type:  # hot path: exactly the built-in's Python type
+                    self._cells[index] = value
+                    self.dirty = 1
+                else:
+                    slow_set(self, value)
     elif builtin is not None:
         check = builtin.check
 

@@ -60,7 +60,7 @@ class ShardConfig:
     sources: list[Source] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
     checkpointing: bool = False
-    chunk_size: int = 4096          # messages processed between flushes
+    chunk_size: int = 16384         # messages processed between flushes
     mailbox_high: int = 65536       # deliver() waits while the mailbox holds more than this
     mailbox_low: int = 16384        # ... until it is back under this; sources read only below it
     max_outstanding: int = 4        # unacknowledged batches per peer before sources pause

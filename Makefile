@@ -1,0 +1,38 @@
+# rayfun: two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+SDK_VENV ?= .venv-sdk
+PY := $(VENV)/bin/python
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,kafka,s3]"
+	touch $@
+
+# The official StateFun SDK pins protobuf<4, so it lives in its own interpreter (tests run its servers there).
+$(SDK_VENV)/.installed:
+	$(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/pip install -q "apache-flink-statefun==3.3.0" aiohttp
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) examples/greeter.py
+	$(PY) examples/ping_pong.py
+
+test: $(VENV)/.installed $(SDK_VENV)/.installed
+	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed $(SDK_VENV)/.installed
+	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) -m pytest -q -m "not slow"
+
+bench: $(VENV)/.installed
+	$(PY) bench/counter.py
+
+clean:
+	rm -rf $(VENV) $(SDK_VENV) checkpoints .pytest_cache

@@ -1,0 +1,109 @@
+"""Timers, messages and egress records <-> Arrow tables. Written in full at every checkpoint.
+
+Row shapes are the runtime's own (so it needs no adapter):
+
+- timer:   ``(due_ms, seq, sender_typename, sender_id, token, target_typename, target_id, value_typename,
+  payload)`` — the field order of ``rayfun.runtime.timers.Timer``;
+- message: ``(target_typename, target_id, caller, value_typename, payload)`` with ``caller`` a
+  ``(typename, id)`` pair or None — the shard's batch row;
+- egress:  ``(seq, egress_id, value_typename, payload)``.
+
+Payloads follow the runtime convention (Python values for built-in types, bytes otherwise); on disk they
+are the StateFun wire bytes, and decoding gives the runtime convention back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import pyarrow as pa
+
+from ..types import decode_payload, encode_payload
+from .errors import CheckpointError
+from .schema import EGRESS_SCHEMA, MESSAGES_SCHEMA, TIMERS_SCHEMA
+from .state_codec import key_groups_mixed
+
+__all__ = ["encode_timers", "decode_timers", "encode_messages", "decode_messages", "encode_egress",
+           "decode_egress"]
+
+Timer = tuple  # (due_ms, seq, sender_typename, sender_id, token, target_typename, target_id, vtype, payload)
+MessageRow = tuple  # (target_typename, target_id, caller | None, value_typename, payload)
+EgressRow = tuple  # (seq, egress_id, value_typename, payload)
+
+
+def _wire(typenames: Sequence[str], payloads: Sequence[Any], what: str) -> list[bytes]:
+    try:
+        return [p if type(p) is bytes else encode_payload(t, p) for t, p in zip(typenames, payloads)]
+    except TypeError as exc:
+        raise CheckpointError(f"a {what} holds a payload that cannot be stored: {exc}") from None
+
+
+def _payloads(table: pa.Table) -> list[Any]:
+    return list(map(decode_payload, table["value_typename"].to_pylist(), table["value"].to_pylist()))
+
+
+def encode_timers(timers: Iterable[Timer], key_groups: int) -> pa.Table:
+    """Timer rows -> ``TIMERS_SCHEMA`` (key group of the sender)."""
+    rows = list(timers)
+    if not rows:
+        return TIMERS_SCHEMA.empty_table()
+    due, seq, stype, sid, token, ttype, tid, vtype, payload = (list(c) for c in zip(*rows))
+    return pa.Table.from_arrays(
+        [key_groups_mixed(stype, sid, key_groups), pa.array(due, pa.int64()), pa.array(seq, pa.int64()),
+         pa.array(stype, pa.string()), pa.array(sid, pa.string()), pa.array(token, pa.string()),
+         pa.array(ttype, pa.string()), pa.array(tid, pa.string()), pa.array(vtype, pa.string()),
+         pa.array(_wire(vtype, payload, "timer"), pa.binary())], schema=TIMERS_SCHEMA)
+
+
+def decode_timers(table: pa.Table) -> list[Timer]:
+    """``TIMERS_SCHEMA`` -> timer rows in (due_ms, seq) order."""
+    if table.num_rows == 0:
+        return []
+    table = table.sort_by([("due_ms", "ascending"), ("seq", "ascending")])
+    cols = [table[c].to_pylist() for c in ("due_ms", "seq", "sender_typename", "sender_id", "token",
+                                           "target_typename", "target_id", "value_typename")]
+    return list(zip(*cols, _payloads(table)))
+
+
+def encode_messages(messages: Iterable[MessageRow], key_groups: int) -> pa.Table:
+    """Message rows -> ``MESSAGES_SCHEMA`` (key group of the target), in the given order."""
+    rows = list(messages)
+    if not rows:
+        return MESSAGES_SCHEMA.empty_table()
+    ttype, tid, caller, vtype, payload = (list(c) for c in zip(*rows))
+    return pa.Table.from_arrays(
+        [key_groups_mixed(ttype, tid, key_groups), pa.array(ttype, pa.string()), pa.array(tid, pa.string()),
+         pa.array([c[0] if c else None for c in caller], pa.string()),
+         pa.array([c[1] if c else None for c in caller], pa.string()),
+         pa.array(vtype, pa.string()), pa.array(_wire(vtype, payload, "message"), pa.binary())],
+        schema=MESSAGES_SCHEMA)
+
+
+def decode_messages(table: pa.Table) -> list[MessageRow]:
+    """``MESSAGES_SCHEMA`` -> message rows, in stored order."""
+    if table.num_rows == 0:
+        return []
+    ctype, cid = table["caller_typename"].to_pylist(), table["caller_id"].to_pylist()
+    callers = [None if t is None else (t, i) for t, i in zip(ctype, cid)]
+    return list(zip(table["target_typename"].to_pylist(), table["target_id"].to_pylist(), callers,
+                    table["value_typename"].to_pylist(), _payloads(table)))
+
+
+def encode_egress(records: Iterable[EgressRow]) -> pa.Table:
+    """Egress rows -> ``EGRESS_SCHEMA``."""
+    rows = list(records)
+    if not rows:
+        return EGRESS_SCHEMA.empty_table()
+    seq, egress_id, vtype, payload = (list(c) for c in zip(*rows))
+    return pa.Table.from_arrays(
+        [pa.array(seq, pa.int64()), pa.array(egress_id, pa.string()), pa.array(vtype, pa.string()),
+         pa.array(_wire(vtype, payload, "egress record"), pa.binary())], schema=EGRESS_SCHEMA)
+
+
+def decode_egress(table: pa.Table) -> list[EgressRow]:
+    """``EGRESS_SCHEMA`` -> egress rows in ``seq`` order."""
+    if table.num_rows == 0:
+        return []
+    table = table.sort_by("seq")
+    return list(zip(table["seq"].to_pylist(), table["egress_id"].to_pylist(),
+                    table["value_typename"].to_pylist(), _payloads(table)))

@@ -1,0 +1,393 @@
+"""Fast conversion between a shard's in-memory state (``id -> cells`` per function type) and Arrow tables.
+
+The runtime holds an instance as a flat list ``cells``: the payload of each ValueSpec in order, then, for
+function types with an expiring spec, each spec's deadline in ms since the epoch (0 = none). Payloads of
+built-in types are Python values, all others bytes (see ``rayfun.types``).
+
+Encoding is column-at-a-time: one ``itemgetter`` pass per spec builds a Python list that Arrow converts in
+C (for ints and floats through ``array.array``, the fastest path measured), the id column is built from
+the same UTF-8 bytes the key-group hash needs, and key groups are spread with Arrow compute. The only
+per-row Python left is one CRC-32 per id (``zlib.crc32`` through ``map``, no bytecode per row).
+
+Incremental layers fold newest-first with ``is_in`` against the ids seen in newer layers: a changed
+instance in delta n replaces *all* its rows of earlier layers (so a state that was deleted simply has no
+row), and a tombstone row removes the instance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import zlib
+from array import array
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, Collection, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..types import BUILTIN_TYPES, decode_payload, encode_payload
+from .errors import CheckpointError
+from .schema import STATE_SCHEMA, VALUE_COLUMNS, value_column
+
+log = logging.getLogger("rayfun.checkpoint")
+
+__all__ = [
+    "StateLayout", "StateDelta", "encode_state", "fold_layers", "decode_instances", "filter_key_groups",
+    "key_groups_of", "key_groups_mixed",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layouts and deltas: what the runtime hands over.
+
+@dataclass(frozen=True)
+class StateLayout:
+    """How the cells of one function type are laid out: spec names and typenames in order, and whether the
+    deadlines follow the payloads (any spec expires). ``expire_modes``/``expire_after_ms`` are kept only so
+    the manifest can describe the specs fully (e.g. to rebuild a remote function's registered specs)."""
+
+    function_type: str
+    names: tuple[str, ...]
+    typenames: tuple[str, ...]
+    expiring: bool = False
+    expire_modes: tuple[str | None, ...] = ()
+    expire_after_ms: tuple[int, ...] = ()
+
+    @property
+    def width(self) -> int:
+        return len(self.names) * (2 if self.expiring else 1)
+
+    def empty_cells(self) -> list:
+        n = len(self.names)
+        return [None] * n + ([0] * n if self.expiring else [])
+
+    @classmethod
+    def of(cls, function_type: str, specs: Iterable[Any]) -> "StateLayout":
+        """Build from ``ValueSpec`` objects, ``(name, typename)`` or ``(name, typename, expire_mode,
+        expire_after_ms)`` tuples, or dicts with those keys (as stored in a manifest)."""
+        names, typenames, modes, ttls = [], [], [], []
+        for spec in specs:
+            if hasattr(spec, "type") and hasattr(spec, "name"):  # a rayfun ValueSpec
+                name, typename = spec.name, spec.type.typename
+                mode, ttl = spec.expire_mode, spec.expire_after_millis
+            elif isinstance(spec, Mapping):
+                name, typename = spec["name"], spec["typename"]
+                mode, ttl = spec.get("expire_mode"), int(spec.get("expire_after_ms") or 0)
+            else:
+                name, typename, *rest = spec
+                mode = rest[0] if rest else None
+                ttl = int(rest[1]) if len(rest) > 1 else 0
+            names.append(name)
+            typenames.append(typename)
+            modes.append(mode)
+            ttls.append(ttl)
+        if len(set(names)) != len(names):
+            raise CheckpointError(f"{function_type}: duplicate state names in {names}")
+        return cls(function_type, tuple(names), tuple(typenames), any(m for m in modes), tuple(modes),
+                   tuple(ttls))
+
+    def to_json(self) -> list[dict]:
+        modes = self.expire_modes or (None,) * len(self.names)
+        ttls = self.expire_after_ms or (0,) * len(self.names)
+        return [{"name": n, "typename": t, "expire_mode": m, "expire_after_ms": a}
+                for n, t, m, a in zip(self.names, self.typenames, modes, ttls)]
+
+    @classmethod
+    def from_json(cls, function_type: str, specs: list[dict]) -> "StateLayout":
+        return cls.of(function_type, specs)
+
+
+@dataclass
+class StateDelta:
+    """The state of one function type that a shard checkpoints: the instances changed since its previous
+    checkpoint (or all of them, for a full snapshot) and the ids whose instance is gone (tombstones).
+
+    ``instances`` is read synchronously during ``encode_state``; the runtime replaces cells lists rather
+    than mutating them, so passing the live dict (or a shallow copy when encoding off the event loop) is safe.
+    """
+
+    layout: StateLayout
+    instances: Mapping[str, list]
+    deleted: Collection[str] = field(default_factory=tuple)
+
+    @classmethod
+    def from_function_state(cls, state: Any, full: bool = False) -> "StateDelta":
+        """From the runtime's ``FunctionState`` (``typename``, ``specs``, ``instances``, ``changed``): the
+        changed instances and tombstones, or with ``full`` every live instance."""
+        layout = StateLayout.of(state.typename, state.specs)
+        instances = state.instances
+        if full:
+            return cls(layout, instances, ())
+        changed = {}
+        deleted = []
+        for id in state.changed:
+            cells = instances.get(id)
+            if cells is None:
+                deleted.append(id)
+            else:
+                changed[id] = cells
+        return cls(layout, changed, deleted)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Key groups, vectorized. Must equal rayfun.runtime.partitioning.key_group (a test checks it).
+
+_U64 = pa.uint64()
+_GOLDEN = pa.scalar(0x9E3779B1, _U64)
+_MASK32 = pa.scalar(0xFFFFFFFF, _U64)
+_SHIFT32 = pa.scalar(32, _U64)
+_seeds: dict[str, int] = {}
+
+
+def _seed(typename: str) -> int:
+    seed = _seeds.get(typename)
+    if seed is None:
+        seed = _seeds[typename] = zlib.crc32(typename.encode("utf-8") + b"\0")
+    return seed
+
+
+def _spread(crcs: array, key_groups: int) -> pa.Array:
+    crc = pa.Array.from_buffers(pa.uint32(), len(crcs), [None, pa.py_buffer(crcs)]).cast(_U64)
+    x = pc.bit_wise_and(pc.multiply(crc, _GOLDEN), _MASK32)
+    return pc.shift_right(pc.multiply(x, pa.scalar(key_groups, _U64)), _SHIFT32).cast(pa.int32())
+
+
+def key_groups_of(typename: str, encoded_ids: Sequence[bytes], key_groups: int) -> pa.Array:
+    """Key groups (int32) of the ids (UTF-8 bytes) of one function type."""
+    crcs = array("I", map(zlib.crc32, encoded_ids, itertools.repeat(_seed(typename))))
+    return _spread(crcs, key_groups)
+
+
+def key_groups_mixed(typenames: Sequence[str], ids: Sequence[str], key_groups: int) -> pa.Array:
+    """Key groups (int32) of addresses of mixed function types (timers, messages)."""
+    crc32, seed = zlib.crc32, _seed
+    crcs = array("I", [crc32(i.encode("utf-8"), seed(t)) for t, i in zip(typenames, ids)])
+    return _spread(crcs, key_groups)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoding.
+
+_ARROW_TYPE = {"value_int": pa.int64(), "value_float": pa.float64(), "value_str": pa.string(),
+               "value_bool": pa.bool_(), "value": pa.binary()}
+_ARRAY_CODE = {"value_int": "q", "value_float": "d"}
+_CONVERSION_ERRORS = (TypeError, ValueError, OverflowError, pa.ArrowInvalid, pa.ArrowTypeError)
+
+
+def _typed_array(values: list, column: str, typename: str, function_type: str, name: str) -> pa.Array:
+    """Arrow array of one spec's payloads (None = unset); tolerates wire bytes for built-in types."""
+    code = _ARRAY_CODE.get(column)
+    if code is not None:
+        try:  # no None, no stray type: a C loop into a buffer, then zero-copy into Arrow
+            buf = array(code, values)
+            return pa.Array.from_buffers(_ARROW_TYPE[column], len(buf), [None, pa.py_buffer(buf)])
+        except (TypeError, OverflowError):
+            pass
+    try:
+        return pa.array(values, _ARROW_TYPE[column])
+    except _CONVERSION_ERRORS:
+        pass
+    try:  # payloads not in the runtime convention (e.g. a remote function's wire bytes): normalize
+        if column == "value":
+            values = [None if v is None else encode_payload(typename, v) for v in values]
+        else:
+            values = [decode_payload(typename, v) if isinstance(v, (bytes, bytearray, memoryview)) else v
+                      for v in values]
+        return pa.array(values, _ARROW_TYPE[column])
+    except _CONVERSION_ERRORS as exc:
+        raise CheckpointError(f"state {name!r} of {function_type} ({typename}) holds a value that cannot "
+                              f"be stored: {exc}") from None
+
+
+def _empty_state() -> pa.Table:
+    return STATE_SCHEMA.empty_table()
+
+
+def _encode_delta(delta: StateDelta, key_groups: int) -> list[pa.Table]:
+    layout = delta.layout
+    ft = layout.function_type
+    pieces: list[pa.Table] = []
+    instances = delta.instances
+    n_inst = len(instances)
+    n_specs = len(layout.names)
+    if n_inst and n_specs:
+        ids = list(instances)
+        cells = list(instances.values())
+        encoded = list(map(str.encode, ids))
+        kg = key_groups_of(ft, encoded, key_groups)
+        id_arr = pa.array(encoded, pa.binary()).view(pa.string())
+        ft_arr = pa.repeat(pa.scalar(ft), n_inst)
+        not_deleted = pa.repeat(pa.scalar(False), n_inst)
+        no_deadline = pa.nulls(n_inst, pa.int64())
+        nulls = {c: pa.nulls(n_inst, _ARROW_TYPE[c]) for c in VALUE_COLUMNS}
+        for i, (name, typename) in enumerate(zip(layout.names, layout.typenames)):
+            try:
+                values = list(map(itemgetter(i), cells))
+                deadlines = list(map(itemgetter(n_specs + i), cells)) if layout.expiring else None
+            except IndexError:
+                bad = next(c for c in cells if len(c) < layout.width)
+                raise CheckpointError(f"{ft}: an instance has {len(bad)} cells, its layout expects "
+                                      f"{layout.width} ({len(layout.names)} specs"
+                                      f"{', expiring' if layout.expiring else ''})") from None
+            column = value_column(typename)
+            arr = _typed_array(values, column, typename, ft, name)
+            if deadlines is not None:
+                d = pa.array(deadlines, pa.int64())
+                expires = pc.if_else(pc.equal(d, 0), pa.scalar(None, pa.int64()), d)
+            else:
+                expires = no_deadline
+            cols = dict(nulls)
+            cols[column] = arr
+            table = pa.Table.from_arrays(
+                [kg, ft_arr, id_arr, pa.repeat(pa.scalar(name), n_inst), pa.repeat(pa.scalar(typename), n_inst),
+                 cols["value_int"], cols["value_float"], cols["value_str"], cols["value_bool"], cols["value"],
+                 expires, not_deleted], schema=STATE_SCHEMA)
+            if arr.null_count:
+                table = table.filter(arr.is_valid())
+            if table.num_rows:
+                pieces.append(table)
+    deleted = list(delta.deleted)
+    if deleted:
+        encoded = list(map(str.encode, deleted))
+        n = len(deleted)
+        pieces.append(pa.Table.from_arrays(
+            [key_groups_of(ft, encoded, key_groups), pa.repeat(pa.scalar(ft), n),
+             pa.array(encoded, pa.binary()).view(pa.string()), pa.nulls(n, pa.string()), pa.nulls(n, pa.string()),
+             *(pa.nulls(n, _ARROW_TYPE[c]) for c in VALUE_COLUMNS), pa.nulls(n, pa.int64()),
+             pa.repeat(pa.scalar(True), n)], schema=STATE_SCHEMA))
+    return pieces
+
+
+def encode_state(deltas: Mapping[str, StateDelta] | Iterable[StateDelta], key_groups: int) -> pa.Table:
+    """The state rows (``STATE_SCHEMA``) of a shard's deltas, one per non-empty value, plus tombstones."""
+    if isinstance(deltas, Mapping):
+        deltas = deltas.values()
+    pieces: list[pa.Table] = []
+    for delta in deltas:
+        pieces.extend(_encode_delta(delta, key_groups))
+    if not pieces:
+        return _empty_state()
+    return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Restoring: range filter, fold of layers, back to cells.
+
+def filter_key_groups(table: pa.Table, key_group_range: tuple[int, int]) -> pa.Table:
+    """The rows whose ``key_group`` lies in ``[start, end)``."""
+    start, end = key_group_range
+    if table.num_rows == 0:
+        return table
+    kg = table["key_group"]
+    lo, hi = pc.min_max(kg).values()
+    if lo.as_py() >= start and hi.as_py() < end:
+        return table
+    return table.filter(pc.and_(pc.greater_equal(kg, start), pc.less(kg, end)))
+
+
+def fold_layers(layers: Sequence[pa.Table]) -> pa.Table:
+    """Full state from state layers, oldest first (a base, then deltas): per (function type, id) only the
+    rows of the newest layer that holds the instance survive, and tombstones are dropped."""
+    layers = [t for t in layers if t.num_rows]
+    if not layers:
+        return _empty_state()
+    if len(layers) == 1:
+        only = layers[0]
+        return only.filter(pc.invert(only["deleted"])) if pc.any(only["deleted"]).as_py() else only
+    types = pc.unique(pa.chunked_array([t["function_type"] for t in layers])).to_pylist()
+    out: list[pa.Table] = []
+    for ft in types:
+        newer: list[pa.Array] = []
+        for table in reversed(layers):
+            if len(types) > 1:
+                table = table.filter(pc.equal(table["function_type"], ft))
+                if not table.num_rows:
+                    continue
+            ids = table["id"]
+            if newer:
+                seen = pa.concat_arrays(newer) if len(newer) > 1 else newer[0]
+                table = table.filter(pc.invert(pc.is_in(ids, value_set=seen)))
+            if table.num_rows:
+                deleted = table["deleted"]
+                if pc.any(deleted).as_py():
+                    table = table.filter(pc.invert(deleted))
+                if table.num_rows:
+                    out.append(table)
+            newer.append(pc.unique(ids).combine_chunks() if isinstance(ids, pa.ChunkedArray) else pc.unique(ids))
+    if not out:
+        return _empty_state()
+    return pa.concat_tables(out)
+
+
+def _needs_conversion(stored: str, declared: str) -> bool:
+    """Payloads of ``stored`` are not valid payloads of ``declared`` (int/long and float/double are; bytes
+    of one user type are bytes of another)."""
+    stored_builtin, declared_builtin = stored in BUILTIN_TYPES, declared in BUILTIN_TYPES
+    if stored_builtin and declared_builtin:
+        return value_column(stored) != value_column(declared)
+    return stored_builtin or declared_builtin
+
+
+def _convert(values: list, stored: str, declared: str, function_type: str, name: str) -> list:
+    """Read payloads stored as ``stored`` as ``declared`` (a type change): through the wire bytes."""
+    out = []
+    for v in values:
+        try:
+            out.append(decode_payload(declared, encode_payload(stored, v)))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"state {name!r} of {function_type} was stored as {stored} and cannot be "
+                                  f"read as its declared type {declared}: {exc}") from None
+    return out
+
+
+def decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
+    """``id -> cells`` for the rows of one function type (folded: no tombstones, one row per value).
+
+    Rows of a state name the layout does not declare are dropped with a warning (StateFun drops state of a
+    removed spec too); a value stored under another type is converted through its wire bytes or raises.
+    """
+    ft = layout.function_type
+    if table.num_rows == 0:
+        return {}
+    index = {name: i for i, name in enumerate(layout.names)}
+    n = len(layout.names)
+    width1 = layout.width == 1
+    empty = layout.empty_cells()
+    out: dict[str, list] = {}
+    names = pc.unique(table["state_name"]).to_pylist()
+    single = len(names) == 1
+    for name in names:
+        i = index.get(name)
+        sub = table if single else table.filter(pc.equal(table["state_name"], name))
+        if i is None:
+            log.warning("checkpoint: dropping %d values of state %r of %s: not declared (declared: %s)",
+                        sub.num_rows, name, ft, list(layout.names))
+            continue
+        declared = layout.typenames[i]
+        stored_types = pc.unique(sub["value_typename"]).to_pylist()
+        for stored in stored_types:
+            part = sub if len(stored_types) == 1 else sub.filter(pc.equal(sub["value_typename"], stored))
+            ids = part["id"].to_pylist()
+            values = part[value_column(stored)].to_pylist()
+            if stored != declared and _needs_conversion(stored, declared):
+                values = _convert(values, stored, declared, ft, name)
+            if width1 and not out:
+                out = {id: [v] for id, v in zip(ids, values)}
+                continue
+            if layout.expiring:
+                deadlines = part["expires_at_ms"].fill_null(0).to_pylist()
+                for id, v, d in zip(ids, values, deadlines):
+                    cells = out.get(id)
+                    if cells is None:
+                        cells = out[id] = empty.copy()
+                    cells[i] = v
+                    cells[n + i] = d
+            else:
+                for id, v in zip(ids, values):
+                    cells = out.get(id)
+                    if cells is None:
+                        cells = out[id] = empty.copy()
+                    cells[i] = v
+    return out

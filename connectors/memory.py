@@ -140,25 +140,27 @@ class MemorySource(Source):
 
 
 class _MemorySinkPartition(SinkPartition):
-    def __init__(self) -> None:
-        self.records: list[EgressMessage] = []
-        self._published_epochs: set[int] = set()
+    def __init__(self, sink_id: str, index: int, collector: Any) -> None:
+        self._sink_id, self._index, self._collector = sink_id, index, collector
 
     def write_batch(self, records: list[EgressMessage], epoch: int) -> None:
-        if epoch >= 0:
-            if epoch in self._published_epochs:
-                return
-            self._published_epochs.add(epoch)
-        self.records.extend(records)
+        rows = [(r.value_type_name, r.payload) for r in records]
+        # calls from one shard to the collector keep their order; the collector dedups by (partition, epoch)
+        self._collector.append.remote(self._sink_id, self._index, epoch, rows)
 
 
 class MemorySink(Sink):
-    """An egress that keeps records in the shards' memory; read them with ``app.egress(id)``."""
+    """An egress kept in memory, outside the shards (so it survives a shard's failure); read it with
+    ``app.egress(id)``. Exactly-once by default, like every egress when checkpoints are on."""
 
-    def __init__(self, id: str, delivery: str = DeliverySemantic.AT_LEAST_ONCE):
+    collector: Any = None  # the application's egress collector actor, set by the runtime
+
+    def __init__(self, id: str, delivery: str = DeliverySemantic.EXACTLY_ONCE):
         validate_typename(id)
         self.id = id
         self.delivery = delivery
 
     def build_partition(self, index: int, count: int) -> SinkPartition:
-        return _MemorySinkPartition()
+        if self.collector is None:
+            raise RuntimeError(f"MemorySink {self.id} used outside a running application")
+        return _MemorySinkPartition(self.id, index, self.collector)

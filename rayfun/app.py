@@ -7,7 +7,7 @@ running) and under ``ray job submit`` (``ray.init()`` then joins the job's clust
 from __future__ import annotations
 
 import logging
-import pickle
+import os
 from typing import Any, Iterable, Sequence
 
 import ray
@@ -18,7 +18,6 @@ from .messages import Message
 from .runtime.coordinator import AppConfig, Coordinator
 from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
 from .runtime.registry import TypeRegistry
-from .runtime.shard import DRIVER
 from .types import Type, display_value
 
 log = logging.getLogger("rayfun")
@@ -28,7 +27,9 @@ __all__ = ["App", "start"]
 
 def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[Source] = (),
           egresses: Sequence[Sink] = (), endpoints: Sequence[Any] = (), key_groups: int = DEFAULT_KEY_GROUPS,
-          shard_options: dict | None = None, ray_init: dict | None = None) -> "App":
+          checkpoint_dir: str | None = None, checkpoint_interval: float | None = 1.0, retain: int = 3,
+          storage_options: dict | None = None, shard_options: dict | None = None,
+          ray_init: dict | None = None) -> "App":
     """Start an application on Ray and return its handle.
 
     ``ingresses`` are sources (``connectors.memory.MemorySource``, ``connectors.kafka.KafkaSource``, ...),
@@ -36,6 +37,12 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
     memory and read with ``app.egress(id)``. ``shard_options`` go to Ray's ``.options()`` of every shard
     actor (e.g. ``{"num_cpus": 1}`` to reserve a core each). ``ray_init`` is passed to ``ray.init`` when
     no Ray is running yet.
+
+    With ``checkpoint_dir`` (a local path, ``s3://bucket/prefix``, ``memory://...``: any fsspec URL;
+    ``storage_options`` go to fsspec) state, timers, in-flight messages and source positions are
+    checkpointed every ``checkpoint_interval`` seconds (None: only on ``app.checkpoint()``), the newest
+    ``retain`` checkpoints are kept, egress is published exactly once, and a failed shard rolls everything
+    back to the last complete checkpoint. Starting again with the same ``checkpoint_dir`` resumes there.
     """
     if not isinstance(functions, StatefulFunctions):
         raise TypeError("start() takes a StatefulFunctions")
@@ -46,8 +53,12 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
         raise ValueError(f"two egresses share an id: {ids}")
     if not ray.is_initialized():
         ray.init(**(ray_init or {}))
+    if checkpoint_dir is not None and "://" not in str(checkpoint_dir):
+        checkpoint_dir = os.path.abspath(checkpoint_dir)  # shards may run in another working directory
     config = AppConfig(functions=functions, shards=shards, key_groups=key_groups, endpoints=list(endpoints),
-                       sources=list(ingresses), sinks=list(egresses), shard_options=dict(shard_options or {}))
+                       sources=list(ingresses), sinks=list(egresses), shard_options=dict(shard_options or {}),
+                       checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
+                       checkpoint_options={"retain": retain, "storage_options": storage_options or None})
     coordinator = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1000).remote(config)
     handles = ray.get(coordinator.start.remote())
     return App(config, coordinator, handles)
@@ -62,8 +73,7 @@ class App:
         self._shards = shards
         self._partitioner = Partitioner(config.key_groups, config.shards)
         self._registry = TypeRegistry(config.functions, config.endpoints)
-        self._seq = [0] * config.shards
-        self._sent = [0] * config.shards
+        self._collector = ray.get(coordinator.collector_handle.remote())
         self._pending_refs: list = []
 
     # -- in ---------------------------------------------------------------------------------------------
@@ -84,11 +94,8 @@ class App:
                                  f"{self._registry.describe()})")
             dest = self._partitioner.shard_of(m.target_typename, m.target_id)
             out.setdefault(dest, []).append((m.target_typename, m.target_id, None, m.value_type_name, m.payload))
-        for dest, rows in out.items():
-            seq = self._seq[dest]
-            self._seq[dest] += 1
-            self._sent[dest] += len(rows)
-            self._pending_refs.append(self._shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5)))
+        if out:  # through the coordinator, which re-sends them after a rollback until a checkpoint has them
+            self._pending_refs.append(self._coordinator.send.remote(out))
         if len(self._pending_refs) > 64:
             ray.get(self._pending_refs)
             self._pending_refs.clear()
@@ -100,7 +107,7 @@ class App:
         message delivered) and every finite source read to its end. Raises TimeoutError otherwise."""
         ray.get(self._pending_refs)
         self._pending_refs.clear()
-        if not ray.get(self._coordinator.wait_idle.remote(list(self._sent), timeout, timers)):
+        if not ray.get(self._coordinator.wait_idle.remote(timeout, timers)):
             raise TimeoutError(f"the application did not become idle within {timeout} s "
                                f"(pass timers=False to ignore pending delayed messages)")
 
@@ -115,15 +122,13 @@ class App:
         if wait:
             self.wait(timeout=timeout, timers=False)
         egress_id = self._resolve_egress(egress_id)
-        per_shard = ray.get([s.egress_records.remote(egress_id) for s in self._shards])
-        return [display_value(vtype, payload) for records in per_shard for vtype, payload in records]
+        records = ray.get(self._collector.records.remote(egress_id))
+        return [display_value(vtype, payload) for vtype, payload in records]
 
     def _resolve_egress(self, egress_id: str) -> str:
         if "/" in egress_id:
             return egress_id
-        ids = set()
-        for shard_ids in ray.get([s.egress_ids.remote() for s in self._shards]):
-            ids.update(shard_ids)
+        ids = set(ray.get(self._collector.egress_ids.remote()))
         ids.update(s.id for s in self._config.sinks)
         matches = sorted(i for i in ids if i.rpartition("/")[2] == egress_id)
         if len(matches) > 1:
@@ -134,8 +139,16 @@ class App:
         """The current state of one instance, ``{state name: value}`` (empty state: ``{}``)."""
         if wait:
             self.wait(timeout=timeout, timers=False)
-        shard = self._shards[self._partitioner.shard_of(typename, id)]
-        return ray.get(shard.get_state.remote(typename, id))
+        shards = ray.get(self._coordinator.shard_handles.remote())  # they change after a rollback
+        return ray.get(shards[self._partitioner.shard_of(typename, id)].get_state.remote(typename, id))
+
+    def checkpoint(self) -> int:
+        """Take a checkpoint now and return its id once it is complete (needs ``checkpoint_dir``)."""
+        return ray.get(self._coordinator.checkpoint.remote())
+
+    def info(self) -> dict:
+        """Generation (rollbacks so far), last complete checkpoint, recoveries and the last one's duration."""
+        return ray.get(self._coordinator.info.remote())
 
     def metrics(self) -> list[dict]:
         """Per-shard counters: processed, dead letters, egress records, timers, backlog, ..."""

@@ -1,5 +1,13 @@
-"""The coordinator: one Ray actor that starts the shards, hands out source partitions, tells when the
-application is idle, and (with checkpoints) triggers epochs and rolls everything back on a failure.
+"""The coordinator: one Ray actor per application that starts the shards, hands out source partitions,
+triggers checkpoints, watches the shards, and on any failure rolls every shard back to the last complete
+checkpoint. It also owns the driver's channel (``app.send``), so messages sent from a notebook since the
+last checkpoint are re-sent after a rollback instead of being lost.
+
+Checkpoint n (see shard.py for the shard side):
+1. ``checkpoint(n)`` on every shard; each snapshots at its cut and sends marker n to every peer, records
+   what arrives on a channel before that channel's marker, then writes its part and returns it.
+2. When every part is written, the manifest is committed (last): only now does checkpoint n exist.
+3. ``checkpoint_complete(n)`` lets shards publish the exactly-once egress of epochs <= n.
 """
 
 from __future__ import annotations
@@ -11,9 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from ..functions import StatefulFunctions
 from ..io import Sink, Source
+from .egress_collector import EgressCollector
 from .shard import DRIVER, ShardActor, ShardConfig
 
 log = logging.getLogger("rayfun")
@@ -31,7 +41,8 @@ class AppConfig:
     sinks: list[Sink] = field(default_factory=list)
     shard_options: dict = field(default_factory=dict)
     checkpoint_dir: str | None = None
-    checkpoint_interval: float = 1.0
+    checkpoint_interval: float | None = 1.0
+    checkpoint_options: dict = field(default_factory=dict)
 
 
 class Coordinator:
@@ -41,66 +52,252 @@ class Coordinator:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.config = config
         self.shards: list = []
+        self.generation = 0
+        self.collector = None
+        self.store = None
+        self.last_checkpoint: int | None = None
+        self.recoveries = 0
+        self._driver_seq = [0] * config.shards
+        self._driver_sent = [0] * config.shards
+        self._driver_log: list[list[tuple[int, list]]] = [[] for _ in range(config.shards)]
+        self._lock: asyncio.Lock | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._stopped = False
+        self._recovering = False
+        self.last_recovery_s: float | None = None
+
+    # -- start ------------------------------------------------------------------------------------------
 
     def _shard_config(self) -> ShardConfig:
         c = self.config
         return ShardConfig(functions=c.functions, shards=c.shards, key_groups=c.key_groups, endpoints=c.endpoints,
-                           sources=c.sources, sinks=c.sinks, checkpointing=c.checkpoint_dir is not None)
+                           sources=c.sources, sinks=c.sinks, checkpoint_url=c.checkpoint_dir,
+                           checkpoint_options=c.checkpoint_options, collector=self.collector)
 
-    def _assign_partitions(self) -> list[list[tuple[int, str, Any]]]:
-        """Spread every source partition over the shards, round-robin (source positions: from scratch)."""
+    def _new_shard(self, index: int):
+        options = {"num_cpus": 0, "max_concurrency": 10_000, "max_restarts": 0, **self.config.shard_options}
+        return ray.remote(ShardActor).options(**options).remote(index, self._shard_config())
+
+    def _assign_partitions(self, positions: dict[tuple[int, str], Any]) -> list[list[tuple[int, str, Any]]]:
+        """Spread every source partition over the shards, round-robin, each at its recorded position."""
         assignment: list[list[tuple[int, str, Any]]] = [[] for _ in range(self.config.shards)]
         k = 0
         for source_index, source in enumerate(self.config.sources):
             for name in source.partitions():
-                assignment[k % self.config.shards].append((source_index, name, None))
+                assignment[k % self.config.shards].append((source_index, name, positions.get((source_index, name))))
                 k += 1
         return assignment
 
     async def start(self) -> list:
-        """Create the shards and start them; returns their handles."""
-        shard_config = self._shard_config()
-        options = {"num_cpus": 0, "max_concurrency": 10_000, "max_restarts": 0,
-                   **self.config.shard_options}
-        actor_cls = ray.remote(ShardActor)
-        self.shards = [actor_cls.options(**options).remote(i, shard_config) for i in range(self.config.shards)]
+        """Create the shards and start them, resuming from the newest complete checkpoint if there is one."""
+        self._lock = asyncio.Lock()
+        self.collector = ray.remote(EgressCollector).options(num_cpus=0).remote()
+        if self.config.checkpoint_dir is not None:
+            from ..checkpoint import CheckpointStore
+
+            self.store = CheckpointStore(self.config.checkpoint_dir, **self.config.checkpoint_options)
+        self.shards = [self._new_shard(i) for i in range(self.config.shards)]
         await asyncio.gather(*[s.ready.remote() for s in self.shards])
-        assignment = self._assign_partitions()
-        await asyncio.gather(*[s.start.remote(self.shards, assignment[i]) for i, s in enumerate(self.shards)])
+        checkpoint = await self._latest_checkpoint()
+        if checkpoint is None:
+            assignment = self._assign_partitions({})
+            await asyncio.gather(*[s.start.remote(self.shards, assignment[i]) for i, s in enumerate(self.shards)])
+        else:
+            log.info("resuming from checkpoint %d in %s", checkpoint.checkpoint_id, self.config.checkpoint_dir)
+            await self._restore_all(checkpoint)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._monitor()))
+        if self.store is not None and self.config.checkpoint_interval:
+            self._tasks.append(loop.create_task(self._checkpoint_loop()))
         return self.shards
+
+    async def _latest_checkpoint(self):
+        if self.store is None:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(None, self.store.latest_valid)
+
+    # -- the driver's channel ---------------------------------------------------------------------------
+
+    async def send(self, rows_by_shard: dict[int, list]) -> None:
+        """Forward messages from the driver, keeping them until a checkpoint covers them."""
+        import pickle
+
+        async with self._lock:
+            for dest, rows in rows_by_shard.items():
+                seq = self._driver_seq[dest]
+                self._driver_seq[dest] = seq + 1
+                if self.store is not None:
+                    self._driver_log[dest].append((seq, rows))
+                self._driver_sent[dest] += len(rows)
+                self.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.generation)
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+
+    async def checkpoint(self) -> int:
+        """Take a checkpoint now; returns its id once it is complete (its manifest written)."""
+        if self.store is None:
+            raise RuntimeError("checkpoints are off: start the application with checkpoint_dir=...")
+        async with self._lock:
+            return await self._checkpoint_locked()
+
+    async def _checkpoint_locked(self) -> int:
+        n = (self.last_checkpoint or 0) + 1
+        generation = self.generation
+        parts = await asyncio.gather(*[s.checkpoint.remote(n) for s in self.shards])
+        if generation != self.generation:
+            raise RuntimeError(f"checkpoint {n} abandoned: the application was rolled back meanwhile")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: self.store.commit(
+            n, list(parts), key_groups=self.config.key_groups,
+            app_meta={"functions": self.config.functions.typenames, "shards": self.config.shards}))
+        self.last_checkpoint = n
+        for dest, part in enumerate(parts):  # the driver's messages up to each cut are safe now
+            covered = part.meta.get("driver_seq", 0)
+            self._driver_log[dest] = [(seq, rows) for seq, rows in self._driver_log[dest] if seq >= covered]
+        for s in self.shards:
+            s.checkpoint_complete.remote(n)
+        return n
+
+    async def _checkpoint_loop(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(self.config.checkpoint_interval)
+            if self._recovering:
+                continue
+            try:
+                await self.checkpoint()
+            except Exception as exc:
+                if not self._stopped:
+                    log.warning("checkpoint failed (%s); the failure monitor will recover", exc)
+
+    # -- failures ---------------------------------------------------------------------------------------
+
+    async def _monitor(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(0.2)
+            if self._recovering:
+                continue
+            failed = await self._failed_shards()
+            if failed and not self._stopped:
+                await self.recover(failed)
+
+    async def _failed_shards(self) -> dict[int, tuple[bool, str]]:
+        """Shards that died or report a failure: ``index -> (dead, reason)``."""
+        refs = [s.status.remote() for s in self.shards]
+        failed: dict[int, tuple[bool, str]] = {}
+        for i, ref in enumerate(refs):
+            try:
+                st = await asyncio.wait_for(ref, timeout=30)
+                if st["failure"]:
+                    failed[i] = (False, st["failure"])
+            except (RayActorError, asyncio.TimeoutError) as exc:
+                failed[i] = (True, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        return failed
+
+    async def recover(self, failed: dict[int, tuple[bool, str]]) -> None:
+        """Roll every shard back to the newest complete checkpoint; replace the shards that died."""
+        started = time.monotonic()
+        self._recovering = True
+        try:
+            async with self._lock:
+                for index, (_, reason) in failed.items():
+                    log.warning("shard %d failed (%s): rolling back to the last checkpoint", index, reason)
+                dead = [i for i, (is_dead, _) in failed.items() if is_dead]
+                for i in dead:
+                    try:
+                        ray.kill(self.shards[i])
+                    except Exception:
+                        pass
+                    self.shards[i] = self._new_shard(i)
+                await asyncio.gather(*[self.shards[i].ready.remote() for i in dead])
+                checkpoint = await self._latest_checkpoint()
+                await self._restore_all(checkpoint)
+                self.recoveries += 1
+        finally:
+            self._recovering = False
+        self.last_recovery_s = time.monotonic() - started
+        log.warning("recovered from checkpoint %s in %.2f s", self.last_checkpoint, self.last_recovery_s)
+
+    async def _restore_all(self, checkpoint) -> None:
+        self.generation += 1
+        positions: dict[tuple[int, str], Any] = {}
+        driver_from = [0] * self.config.shards
+        old_shards = 0
+        if checkpoint is not None:
+            self.last_checkpoint = checkpoint.checkpoint_id
+            old_shards = len(checkpoint.shards)
+            for entry in checkpoint.shards:
+                meta = entry.meta
+                for source_index, name, position, _exhausted in meta.get("sources", []):
+                    positions[(source_index, name)] = position
+                if old_shards == self.config.shards:
+                    driver_from[entry.index] = meta.get("driver_seq", 0)
+        assignment = self._assign_partitions(positions)
+        egress_from = [[j for j in range(old_shards) if j % self.config.shards == i]
+                       for i in range(self.config.shards)]
+        checkpoint_id = None if checkpoint is None else checkpoint.checkpoint_id
+        await asyncio.gather(*[
+            s.restore.remote(self.generation, self.shards, assignment[i], checkpoint_id, egress_from[i])
+            for i, s in enumerate(self.shards)])
+        # the driver's channel: replay what no checkpoint covers yet, renumbered for the new generation
+        import pickle
+
+        self._driver_sent = [0] * self.config.shards
+        for dest in range(self.config.shards):
+            log_rows = [(seq, rows) for seq, rows in self._driver_log[dest] if seq >= driver_from[dest]]
+            self._driver_log[dest] = []
+            self._driver_seq[dest] = 0
+            for _, rows in log_rows:
+                seq = self._driver_seq[dest]
+                self._driver_seq[dest] = seq + 1
+                if self.store is not None:
+                    self._driver_log[dest].append((seq, rows))
+                self._driver_sent[dest] += len(rows)
+                self.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.generation)
+
+    # -- introspection ----------------------------------------------------------------------------------
 
     def shard_handles(self) -> list:
         return self.shards
 
+    def collector_handle(self):
+        return self.collector
+
+    def info(self) -> dict:
+        return {"generation": self.generation, "last_checkpoint": self.last_checkpoint,
+                "recoveries": self.recoveries, "last_recovery_s": self.last_recovery_s}
+
     async def statuses(self) -> list[dict]:
         return await asyncio.gather(*[s.status.remote() for s in self.shards])
 
-    async def wait_idle(self, driver_sent: list[int], timeout: float | None = 60.0, timers: bool = True) -> bool:
+    async def wait_idle(self, timeout: float | None = 60.0, timers: bool = True) -> bool:
         """Wait until nothing is queued, running or in flight anywhere (and, with ``timers``, no delayed
         message is pending): the same counters twice in a row, with every message sent also received."""
         deadline = None if timeout is None else time.monotonic() + timeout
         previous = None
         delay = 0.005
         while True:
-            statuses = await self.statuses()
-            for st in statuses:
-                if st["failure"]:
-                    raise RuntimeError(f"shard {st['index']} failed: {st['failure']}")
-            if self._quiet(statuses, driver_sent, timers):
-                key = [(st["processed"], st["sent"], sorted(st["received"].items())) for st in statuses]
-                if key == previous:
-                    return True
-                previous = key
-            else:
-                previous = None
+            if not self._recovering:
+                try:
+                    statuses = await self.statuses()
+                except RayActorError:
+                    statuses = None
+                if statuses is not None and self._quiet(statuses, self._driver_sent, timers):
+                    key = [(st["generation"], st["processed"], st["sent"], sorted(st["received"].items()))
+                           for st in statuses]
+                    if key == previous:
+                        return True
+                    previous = key
+                else:
+                    previous = None
             if deadline is not None and time.monotonic() > deadline:
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    @staticmethod
-    def _quiet(statuses: list[dict], driver_sent: list[int], timers: bool) -> bool:
+    def _quiet(self, statuses: list[dict], driver_sent: list[int], timers: bool) -> bool:
         for st in statuses:
+            if st["generation"] != self.generation or st["failure"]:
+                return False
             if st["backlog"] or st["in_progress"] or st["early"] or st["outstanding"] or st["sources_busy"]:
                 return False
             if timers and st["timers"]:
@@ -115,7 +312,12 @@ class Coordinator:
         return True
 
     async def stop(self) -> None:
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*[s.stop.remote() for s in self.shards], return_exceptions=True)
         for s in self.shards:
             ray.kill(s)
+        if self.collector is not None:
+            ray.kill(self.collector)
         self.shards = []

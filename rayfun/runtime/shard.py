@@ -36,9 +36,10 @@ from ..functions import StatefulFunctions
 from ..io import DEAD_LETTER_EGRESS, DeadLetter, DeliverySemantic, Sink, Source
 from ..messages import EgressMessage, Message
 from ..types import display_value
+from ..checkpoint.state_codec import StateDelta
 from .deadletters import dead_letter_record
 from .embedded import EmbeddedFunction
-from .partitioning import Partitioner
+from .partitioning import Partitioner, shard_ranges
 from .registry import TypeRegistry
 from .timers import TimerService, TokenInUseError
 
@@ -59,7 +60,9 @@ class ShardConfig:
     endpoints: list = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
-    checkpointing: bool = False
+    checkpoint_url: str | None = None
+    checkpoint_options: dict = field(default_factory=dict)
+    collector: Any = None           # the in-memory egress collector actor (see egress_collector.py)
     chunk_size: int = 16384         # messages processed between flushes
     mailbox_high: int = 65536       # deliver() waits while the mailbox holds more than this
     mailbox_low: int = 16384        # ... until it is back under this; sources read only below it
@@ -67,7 +70,7 @@ class ShardConfig:
 
 
 class _Channel:
-    """Re-orders the batches of one sender by sequence number."""
+    """Re-orders the batches (and checkpoint markers) of one sender by sequence number."""
 
     __slots__ = ("expected", "early", "received")
 
@@ -77,11 +80,27 @@ class _Channel:
         self.received = 0  # messages accepted from this channel
 
 
+class _Snapshot:
+    """A checkpoint in progress on one shard: what was captured at the cut, and the channels whose marker
+    has not arrived yet (messages on them are recorded as the checkpoint's channel state)."""
+
+    def __init__(self, n: int) -> None:
+        self.id = n
+        self.waiting: set[int] = set()
+        self.recorded: list[tuple] = []
+        self.deltas: dict[str, Any] = {}
+        self.timers: list = []
+        self.pending: list[tuple] = []
+        self.egress: list[tuple] = []
+        self.meta: dict[str, Any] = {}
+
+
 class _SourceSlot:
-    __slots__ = ("source_id", "name", "partition", "exhausted", "idle")
+    __slots__ = ("source_id", "source_index", "name", "partition", "exhausted", "idle")
 
     def __init__(self, source_id: str, name: str, partition) -> None:
         self.source_id, self.name, self.partition = source_id, name, partition
+        self.source_index = 0
         self.exhausted = False
         self.idle = False  # the last poll returned nothing
 
@@ -94,6 +113,7 @@ class ShardCore:
         self.index = index
         self.config = config
         self.partitioner = Partitioner(config.key_groups, config.shards)
+        self.key_group_range = shard_ranges(config.key_groups, config.shards)[index]
         self.registry = TypeRegistry(config.functions, config.endpoints)
         self.runners: dict[str, Any] = {spec.typename: EmbeddedFunction(spec, self) for spec in config.functions}
         self._run_fns = {typename: runner.run for typename, runner in self.runners.items()}
@@ -120,6 +140,13 @@ class ShardCore:
         self._timer_at: int | None = None
         self._loop_task: asyncio.Task | None = None
         self._failure: str | None = None
+        self.generation = 0
+        self._epoch = 0                       # records emitted now belong to checkpoint epoch + 1
+        self._snapshot: "_Snapshot | None" = None
+        self._snapshots_done: dict[int, asyncio.Future] = {}
+        self._epoch_egress: list[EgressMessage] = []      # exactly-once records of the current epoch
+        self._unpublished: dict[int, list[EgressMessage]] = {}
+        self._store = None
         self.counters = {"idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -127,17 +154,33 @@ class ShardCore:
     async def start(self, peers: list, source_partitions: list[tuple[int, str, Any]]) -> None:
         """Connect to the other shards, open the assigned source partitions, start processing."""
         self.peers = peers
+        self._init_loop_objects()
+        self._open_sources(source_partitions)
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def _init_loop_objects(self) -> None:
+        if self.config.checkpoint_url is not None:
+            from ..checkpoint import CheckpointStore
+
+            self._store = CheckpointStore(self.config.checkpoint_url, **self.config.checkpoint_options)
         # Millions of short-lived row tuples would trigger a young-generation collection every 700
         # allocations, and full collections would walk every instance's state: collect far less often.
         gc.set_threshold(100_000, 50, 1000)
-        loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
         self._below_high = asyncio.Event()
         self._below_high.set()
+
+    def _layouts(self) -> dict:
+        from ..checkpoint.state_codec import StateLayout
+
+        return {t: StateLayout.of(t, r.state.specs) for t, r in self.runners.items()}
+
+    def _open_sources(self, source_partitions: list[tuple[int, str, Any]]) -> None:
         for source_index, name, resume_state in source_partitions:
             source = self.config.sources[source_index]
-            self._sources.append(_SourceSlot(source.id, name, source.build_partition(name, resume_state)))
-        self._loop_task = loop.create_task(self._run())
+            slot = _SourceSlot(source.id, name, source.build_partition(name, resume_state))
+            slot.source_index = source_index
+            self._sources.append(slot)
 
     async def stop(self) -> None:
         if self._loop_task:
@@ -158,24 +201,37 @@ class ShardCore:
 
     # -- inbound ----------------------------------------------------------------------------------------
 
-    async def deliver(self, sender: int, seq: int, data: bytes) -> None:
-        """Accept a pickled batch of rows from ``sender`` (a shard index, or DRIVER) in channel order."""
-        batch = pickle.loads(data)
+    async def deliver(self, sender: int, seq: int, data: bytes | None, generation: int,
+                      marker: int | None = None) -> None:
+        """Accept a pickled batch of rows, or checkpoint ``marker``, from ``sender`` (a shard index, or
+        DRIVER) in channel order. Anything from an older generation (before a rollback) is dropped."""
+        if generation != self.generation:
+            return
+        item = marker if data is None else pickle.loads(data)
         channel = self._channels.get(sender)
         if channel is None:
             channel = self._channels[sender] = _Channel()
         if seq != channel.expected:
-            channel.early[seq] = batch
+            channel.early[seq] = item
         else:
-            self._accept(channel, batch)
+            self._take(sender, channel, item)
             channel.expected += 1
             while channel.expected in channel.early:
-                self._accept(channel, channel.early.pop(channel.expected))
+                self._take(sender, channel, channel.early.pop(channel.expected))
                 channel.expected += 1
         self.wake()
         if self._backlog > self.config.mailbox_high:
             self._below_high.clear()
             await self._below_high.wait()
+
+    def _take(self, sender: int, channel: _Channel, item: Any) -> None:
+        if type(item) is int:
+            self._on_marker(sender, item)
+            return
+        self._accept(channel, item)
+        snap = self._snapshot
+        if snap is not None and sender in snap.waiting and item:
+            snap.recorded.extend(item)  # in flight across the cut: part of the checkpoint's channel state
 
     def _accept(self, channel: _Channel, batch: list) -> None:
         n = len(batch)
@@ -342,16 +398,19 @@ class ShardCore:
             self._sent[dest] += n
             self._outstanding[dest] += 1
             # pickled here: Ray's own path for a list (msgpack, then pickle per element) costs ~5x more
-            ref = self.peers[dest].deliver.remote(self.index, seq, pickle.dumps(rows, protocol=5))
+            ref = self.peers[dest].deliver.remote(self.index, seq, pickle.dumps(rows, protocol=5), self.generation)
             self.track_task(asyncio.get_running_loop().create_task(self._await_delivery(dest, ref)))
         if self._egress_now:
             self._publish_now()
         return local
 
     async def _await_delivery(self, dest: int, ref) -> None:
+        generation = self.generation
         try:
             await ref
         except Exception as exc:
+            if generation != self.generation:
+                return
             self._failure = f"shard {dest} is unreachable: {exc}"
             log.error("shard %d: delivery to shard %d failed: %s", self.index, dest, exc)
         finally:
@@ -443,7 +502,14 @@ class ShardCore:
 
     def emit(self, record: EgressMessage) -> None:
         self.counters["egress"] += 1
-        self._egress_now.setdefault(record.typename, []).append(record)
+        if self._store is not None and self._exactly_once(record.typename):
+            self._epoch_egress.append(record)  # published once the checkpoint of this epoch completes
+        else:
+            self._egress_now.setdefault(record.typename, []).append(record)
+
+    def _exactly_once(self, egress_id: str) -> bool:
+        sink = self._sink_specs.get(egress_id)
+        return sink is None or sink.delivery == DeliverySemantic.EXACTLY_ONCE
 
     def _sink(self, egress_id: str) -> tuple[Sink, Any]:
         entry = self._sinks.get(egress_id)
@@ -453,21 +519,211 @@ class ShardCore:
                 from connectors.memory import MemorySink
 
                 sink = MemorySink(egress_id)
+            if hasattr(sink, "collector") and sink.collector is None:
+                sink.collector = self.config.collector
             entry = self._sinks[egress_id] = (sink, sink.build_partition(self.index, self.config.shards))
         return entry
 
     def _publish_now(self) -> None:
         pending, self._egress_now = self._egress_now, {}
         for egress_id, records in pending.items():
-            sink, partition = self._sink(egress_id)
+            self._publish(egress_id, records, -1)
+
+    def _publish(self, egress_id: str, records: list[EgressMessage], epoch: int) -> None:
+        sink, partition = self._sink(egress_id)
+        try:
+            partition.write_batch(records, epoch)
+        except Exception as exc:
+            log.error("egress %s: publishing %d records failed: %s", egress_id, len(records), exc)
+            if egress_id != DEAD_LETTER_EGRESS:
+                for r in records:
+                    self._dead_letter(f"egress {egress_id} rejected the record: {exc}",
+                                      value_typename=r.value_type_name, payload=r.payload)
+
+    # -- checkpoints (Chandy-Lamport over the shard-to-shard channels) -----------------------------------
+
+    async def checkpoint(self, n: int) -> dict:
+        """Take this shard's part of checkpoint ``n`` (if a peer's marker has not started it already) and
+        return it once written: the state changed since the last checkpoint, timers, unprocessed and
+        in-flight messages, source positions and the epoch's egress records."""
+        if self._snapshot is None or self._snapshot.id != n:
+            if n not in self._snapshots_done:
+                self._begin_snapshot(n)
+        return await self._snapshots_done[n]
+
+    def _on_marker(self, sender: int, n: int) -> None:
+        if n in self._snapshots_done and (self._snapshot is None or self._snapshot.id != n):
+            return  # a marker of a snapshot already finished here (cannot happen with FIFO channels)
+        if self._snapshot is None:
+            self._begin_snapshot(n)
+        self._snapshot.waiting.discard(sender)
+        if not self._snapshot.waiting:
+            self._finish_snapshot()
+
+    def _begin_snapshot(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._snapshots_done[n] = loop.create_future()
+        self._flush()  # what was produced before the cut travels before the marker
+        snap = _Snapshot(n)
+        for typename, runner in self.runners.items():
+            state = runner.state
+            snap.deltas[typename] = StateDelta.from_function_state(state)
+            state.changed.clear()
+        snap.timers = self.timers.all()
+        for batch, start in self._mailbox:
+            snap.pending.extend(batch[start:] if start else batch)
+        for runner in self.runners.values():
+            snap.pending.extend((runner.typename, id, caller, vtype, payload)
+                                for id, caller, vtype, payload in runner.pending_messages())
+        snap.meta["sources"] = [[slot.source_index, slot.name, slot.partition.snapshot(), slot.exhausted]
+                                for slot in self._sources]
+        driver = self._channels.get(DRIVER)
+        snap.meta["driver_seq"] = driver.expected if driver else 0
+        # exactly-once egress: this epoch's records, plus any earlier epoch not yet confirmed published
+        if self._epoch_egress:
+            self._unpublished[n] = self._epoch_egress
+            self._epoch_egress = []
+        epochs = []
+        for epoch in sorted(self._unpublished):
+            records = self._unpublished[epoch]
+            epochs.append([epoch, len(records)])
+            snap.egress.extend((len(snap.egress), r.typename, r.value_type_name, r.payload) for r in records)
+        snap.meta["egress_epochs"] = epochs
+        self._epoch = n
+        for dest, peer in enumerate(self.peers):
+            if dest != self.index:
+                seq = self._send_seq[dest]
+                self._send_seq[dest] = seq + 1
+                peer.deliver.remote(self.index, seq, None, self.generation, n)
+                snap.waiting.add(dest)
+        self._snapshot = snap
+        if not snap.waiting:
+            self._finish_snapshot()
+
+    def _finish_snapshot(self) -> None:
+        snap, self._snapshot = self._snapshot, None
+        self.track_task(asyncio.get_running_loop().create_task(self._write_snapshot(snap)))
+
+    async def _write_snapshot(self, snap: "_Snapshot") -> None:
+        done = self._snapshots_done[snap.id]
+        generation = self.generation
+        try:
+            # encoding and I/O run in a thread: Parquet compression and storage calls release the GIL,
+            # so processing goes on meanwhile (the captured cells lists are never mutated in place)
+            part = await asyncio.get_running_loop().run_in_executor(None, self._write_part, snap)
+        except Exception as exc:
+            log.exception("shard %d: writing checkpoint %d failed", self.index, snap.id)
+            if not done.done():
+                done.set_exception(exc)
+            return
+        if generation == self.generation and not done.done():
+            done.set_result(part)
+
+    def _write_part(self, snap: "_Snapshot"):
+        return self._store.write_shard_part(
+            snap.id, self.index, self.key_group_range, state=snap.deltas, timers=snap.timers,
+            messages=snap.pending + snap.recorded, egress=snap.egress, meta=snap.meta)
+
+    def checkpoint_complete(self, n: int) -> None:
+        """Checkpoint ``n`` is durable everywhere: publish the exactly-once egress of epochs up to ``n``."""
+        for epoch in sorted(self._unpublished):
+            if epoch > n:
+                break
+            records = self._unpublished.pop(epoch)
+            self._publish_epoch(records, epoch)
+        for k in [k for k in self._snapshots_done if k <= n]:
+            del self._snapshots_done[k]
+
+    def _publish_epoch(self, records: list[EgressMessage], epoch: int, partition_index: int | None = None) -> None:
+        by_egress: dict[str, list[EgressMessage]] = {}
+        for r in records:
+            by_egress.setdefault(r.typename, []).append(r)
+        for egress_id, group in by_egress.items():
+            if partition_index is None or partition_index == self.index:
+                self._publish(egress_id, group, epoch)
+            else:  # an old shard's unpublished epoch after rescaling: publish it under that shard's index
+                sink, _ = self._sink(egress_id)
+                partition = sink.build_partition(partition_index, self.config.shards)
+                try:
+                    partition.write_batch(group, epoch)
+                finally:
+                    partition.close()
+
+    async def restore(self, generation: int, peers: list, source_partitions: list, checkpoint_id: int | None,
+                      egress_from: list[int]) -> None:
+        """Roll back to checkpoint ``checkpoint_id`` (None: to the very beginning). Everything in memory is
+        dropped; then this shard's key-group range of state, timers and unprocessed messages is loaded,
+        sources reopen at their recorded positions, and the egress epochs of the old shards
+        ``egress_from`` that may not have been published are published (idempotently)."""
+        if self._wake_event is None:  # a replacement shard: restore is its start
+            self._init_loop_objects()
+        self.generation = generation
+        self.epoch_token = object()
+        if self._loop_task:
+            self._loop_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for slot in self._sources:
             try:
-                partition.write_batch(records, -1)
-            except Exception as exc:
-                log.error("egress %s: publishing %d records failed: %s", egress_id, len(records), exc)
-                if egress_id != DEAD_LETTER_EGRESS:
-                    for r in records:
-                        self._dead_letter(f"egress {egress_id} rejected the record: {exc}",
-                                          value_typename=r.value_type_name, payload=r.payload)
+                slot.partition.close()
+            except Exception:
+                log.exception("closing source partition %s/%s", slot.source_id, slot.name)
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+        self._timer_handle = self._timer_at = None
+        self.peers = peers
+        n = self.config.shards
+        self._out = [None] * n
+        self._send_seq = [0] * n
+        self._sent = [0] * n
+        self._outstanding = [0] * n
+        self._channels.clear()
+        self._mailbox.clear()
+        self._backlog = 0
+        self._sources = []
+        self._egress_now = {}
+        self._epoch_egress = []
+        self._unpublished = {}
+        self._snapshot = None
+        for done in self._snapshots_done.values():
+            if not done.done():
+                done.cancel()
+        self._snapshots_done = {}
+        self._failure = None
+        self.timers.clear()
+        for runner in self.runners.values():
+            runner.reset()
+            runner.state.instances.clear()
+            runner.state.changed.clear()
+        if checkpoint_id is not None:
+            restored = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self._store.load_shard(checkpoint_id, self.key_group_range, self._layouts(),
+                                                     egress_from))
+            self._load(restored)
+        self._open_sources(source_partitions)
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        self.wake()
+
+    def _load(self, restored) -> None:
+        self._epoch = restored.checkpoint_id
+        for typename, instances in restored.states.items():
+            runner = self.runners.get(typename)
+            if runner is None:
+                log.warning("checkpoint holds state of %s, which is no longer bound: ignored", typename)
+                continue
+            runner.state.instances.update(instances)
+        for t in restored.timers:
+            self.timers.add(t[0], t[2], t[3], t[4], t[5], t[6], t[7], t[8], seq=t[1])
+        self._schedule_timers()
+        if restored.messages:
+            self._mailbox.append((list(restored.messages), 0))
+            self._backlog += len(restored.messages)
+        for old_index, epochs, rows in restored.egress:
+            pos = 0
+            for epoch, count in epochs:
+                records = [EgressMessage(r[1], r[2], r[3]) for r in rows[pos:pos + count]]
+                pos += count
+                self._publish_epoch(records, epoch, old_index)
 
     # -- introspection ----------------------------------------------------------------------------------
 
@@ -485,6 +741,8 @@ class ShardCore:
             "sources_exhausted": all(s.exhausted for s in self._sources),
             "timers": len(self.timers),
             "failure": self._failure,
+            "generation": self.generation,
+            "epoch": self._epoch,
             **self.counters,
         }
 
@@ -493,19 +751,6 @@ class ShardCore:
         if runner is None:
             raise ValueError(f"unknown function type {typename!r} (bound: {self.registry.describe()})")
         return runner.state.view(id, self.now_ms())
-
-    def egress_records(self, egress_id: str) -> list[tuple[str, Any]]:
-        """(value typename, payload) of every record an in-memory egress holds on this shard."""
-        entry = self._sinks.get(egress_id)
-        if entry is None:
-            return []
-        records = getattr(entry[1], "records", None)
-        if records is None:
-            raise ValueError(f"egress {egress_id} is not an in-memory egress; read it where it publishes")
-        return [(r.value_type_name, r.payload) for r in records]
-
-    def egress_ids(self) -> list[str]:
-        return list(self._sinks)
 
     def instance_count(self) -> dict[str, int]:
         return {t: len(r.state.instances) for t, r in self.runners.items()}
@@ -531,20 +776,25 @@ class ShardActor:
     async def stop(self) -> None:
         await self.core.stop()
 
-    async def deliver(self, sender: int, seq: int, data: bytes) -> None:
-        await self.core.deliver(sender, seq, data)
+    async def deliver(self, sender: int, seq: int, data: bytes | None, generation: int,
+                      marker: int | None = None) -> None:
+        await self.core.deliver(sender, seq, data, generation, marker)
+
+    async def checkpoint(self, n: int):
+        return await self.core.checkpoint(n)
+
+    def checkpoint_complete(self, n: int) -> None:
+        self.core.checkpoint_complete(n)
+
+    async def restore(self, generation: int, peers: list, source_partitions: list, checkpoint_id: int | None,
+                      egress_from: list[int]) -> None:
+        await self.core.restore(generation, peers, source_partitions, checkpoint_id, egress_from)
 
     def status(self) -> dict:
         return self.core.status()
 
     def get_state(self, typename: str, id: str) -> dict:
         return self.core.get_state(typename, id)
-
-    def egress_records(self, egress_id: str) -> list:
-        return self.core.egress_records(egress_id)
-
-    def egress_ids(self) -> list[str]:
-        return self.core.egress_ids()
 
     def instance_count(self) -> dict[str, int]:
         return self.core.instance_count()

@@ -1,0 +1,26 @@
+"""Checkpoints: Arrow/Parquet files plus a manifest written last, on any fsspec URL.
+
+The runtime uses ``CheckpointStore`` (write a shard's part, commit the manifest, find and load the newest
+intact checkpoint, compact, expire); users read state offline with ``read_state``. Modules:
+
+- ``schema``       the Arrow schemas of the files (what pyarrow / pandas / DuckDB users see);
+- ``state_codec``  in-memory ``id -> cells`` <-> state rows (vectorized), key groups, folding deltas;
+- ``records``      timers, messages, egress records <-> rows;
+- ``manifest``     the manifest and the state chain (base + deltas) rules;
+- ``store``        files, checksums, commit, listing, verification, restore, retention;
+- ``compaction``   folding a chain into bases in the background;
+- ``reader``       ``read_state``.
+"""
+
+from .compaction import needs_compaction
+from .errors import CheckpointError, CorruptCheckpointError
+from .manifest import FileRef, Manifest, ShardEntry, ShardPart
+from .reader import read_state
+from .state_codec import StateDelta, StateLayout, decode_instances, encode_state
+from .store import CheckpointStore, CompactionResult, RestoredShard
+
+__all__ = [
+    "CheckpointStore", "RestoredShard", "CompactionResult", "ShardPart", "Manifest", "ShardEntry", "FileRef",
+    "StateDelta", "StateLayout", "encode_state", "decode_instances", "read_state", "needs_compaction",
+    "CheckpointError", "CorruptCheckpointError",
+]

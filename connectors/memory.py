@@ -142,11 +142,12 @@ class MemorySource(Source):
 class _MemorySinkPartition(SinkPartition):
     def __init__(self, sink_id: str, index: int, collector: Any) -> None:
         self._sink_id, self._index, self._collector = sink_id, index, collector
+        self.pending_refs: list = []  # the runtime awaits these before it reports an epoch published
 
     def write_batch(self, records: list[EgressMessage], epoch: int) -> None:
         rows = [(r.value_type_name, r.payload) for r in records]
         # calls from one shard to the collector keep their order; the collector dedups by (partition, epoch)
-        self._collector.append.remote(self._sink_id, self._index, epoch, rows)
+        self.pending_refs.append(self._collector.append.remote(self._sink_id, self._index, epoch, rows))
 
 
 class MemorySink(Sink):

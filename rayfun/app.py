@@ -75,6 +75,7 @@ class App:
         self._registry = TypeRegistry(config.functions, config.endpoints)
         self._collector = ray.get(coordinator.collector_handle.remote())
         self._pending_refs: list = []
+        self._calls = 0
 
     # -- in ---------------------------------------------------------------------------------------------
 
@@ -95,7 +96,8 @@ class App:
             dest = self._partitioner.shard_of(m.target_typename, m.target_id)
             out.setdefault(dest, []).append((m.target_typename, m.target_id, None, m.value_type_name, m.payload))
         if out:  # through the coordinator, which re-sends them after a rollback until a checkpoint has them
-            self._pending_refs.append(self._coordinator.send.remote(out))
+            self._pending_refs.append(self._coordinator.send.remote(self._calls, out))
+            self._calls += 1
         if len(self._pending_refs) > 64:
             ray.get(self._pending_refs)
             self._pending_refs.clear()
@@ -117,10 +119,13 @@ class App:
         """Records emitted so far to an in-memory egress, decoded where the type is known.
 
         ``egress_id`` is the egress typename (``example/greetings``) or just its name (``greetings``) when
-        that is unambiguous. With ``wait`` (default) it first waits until the application is idle.
+        that is unambiguous. With ``wait`` (default) it first waits until the application is idle and
+        publishes what is pending (with checkpoints: takes one, since exactly-once records are published
+        when their checkpoint completes); without, it shows what has been published so far.
         """
         if wait:
             self.wait(timeout=timeout, timers=False)
+            ray.get(self._coordinator.flush.remote())
         egress_id = self._resolve_egress(egress_id)
         records = ray.get(self._collector.records.remote(egress_id))
         return [display_value(vtype, payload) for vtype, payload in records]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,8 @@ class Coordinator:
         self.recoveries = 0
         self._driver_seq = [0] * config.shards
         self._driver_sent = [0] * config.shards
+        self._early_sends: dict[int, dict] = {}
+        self._next_send = 0
         self._driver_log: list[list[tuple[int, list]]] = [[] for _ in range(config.shards)]
         self._lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task] = []
@@ -118,18 +121,23 @@ class Coordinator:
 
     # -- the driver's channel ---------------------------------------------------------------------------
 
-    async def send(self, rows_by_shard: dict[int, list]) -> None:
-        """Forward messages from the driver, keeping them until a checkpoint covers them."""
-        import pickle
-
+    async def send(self, call_seq: int, rows_by_shard: dict[int, list]) -> None:
+        """Forward messages from the driver, keeping them until a checkpoint covers them. ``call_seq``
+        numbers the driver's calls: Ray does not keep their order for an async actor, so this does."""
+        self._early_sends[call_seq] = rows_by_shard
         async with self._lock:
-            for dest, rows in rows_by_shard.items():
-                seq = self._driver_seq[dest]
-                self._driver_seq[dest] = seq + 1
-                if self.store is not None:
-                    self._driver_log[dest].append((seq, rows))
-                self._driver_sent[dest] += len(rows)
-                self.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.generation)
+            while self._next_send in self._early_sends:
+                self._forward(self._early_sends.pop(self._next_send))
+                self._next_send += 1
+
+    def _forward(self, rows_by_shard: dict[int, list]) -> None:
+        for dest, rows in rows_by_shard.items():
+            seq = self._driver_seq[dest]
+            self._driver_seq[dest] = seq + 1
+            if self.store is not None:
+                self._driver_log[dest].append((seq, rows))
+            self._driver_sent[dest] += len(rows)
+            self.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.generation)
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
@@ -154,8 +162,7 @@ class Coordinator:
         for dest, part in enumerate(parts):  # the driver's messages up to each cut are safe now
             covered = part.meta.get("driver_seq", 0)
             self._driver_log[dest] = [(seq, rows) for seq, rows in self._driver_log[dest] if seq >= covered]
-        for s in self.shards:
-            s.checkpoint_complete.remote(n)
+        await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in self.shards])
         return n
 
     async def _checkpoint_loop(self) -> None:
@@ -232,27 +239,18 @@ class Coordinator:
                 if old_shards == self.config.shards:
                     driver_from[entry.index] = meta.get("driver_seq", 0)
         assignment = self._assign_partitions(positions)
-        egress_from = [[j for j in range(old_shards) if j % self.config.shards == i]
-                       for i in range(self.config.shards)]
         checkpoint_id = None if checkpoint is None else checkpoint.checkpoint_id
-        await asyncio.gather(*[
-            s.restore.remote(self.generation, self.shards, assignment[i], checkpoint_id, egress_from[i])
-            for i, s in enumerate(self.shards)])
+        await asyncio.gather(*[s.restore.remote(self.generation, self.shards, assignment[i], checkpoint_id)
+                               for i, s in enumerate(self.shards)])
         # the driver's channel: replay what no checkpoint covers yet, renumbered for the new generation
-        import pickle
-
         self._driver_sent = [0] * self.config.shards
-        for dest in range(self.config.shards):
-            log_rows = [(seq, rows) for seq, rows in self._driver_log[dest] if seq >= driver_from[dest]]
-            self._driver_log[dest] = []
-            self._driver_seq[dest] = 0
-            for _, rows in log_rows:
-                seq = self._driver_seq[dest]
-                self._driver_seq[dest] = seq + 1
-                if self.store is not None:
-                    self._driver_log[dest].append((seq, rows))
-                self._driver_sent[dest] += len(rows)
-                self.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.generation)
+        replay = [[rows for seq, rows in self._driver_log[dest] if seq >= driver_from[dest]]
+                  for dest in range(self.config.shards)]
+        self._driver_log = [[] for _ in range(self.config.shards)]
+        self._driver_seq = [0] * self.config.shards
+        for dest, batches in enumerate(replay):
+            for rows in batches:
+                self._forward({dest: rows})
 
     # -- introspection ----------------------------------------------------------------------------------
 
@@ -268,6 +266,14 @@ class Coordinator:
 
     async def statuses(self) -> list[dict]:
         return await asyncio.gather(*[s.status.remote() for s in self.shards])
+
+    async def flush(self) -> None:
+        """Make every record emitted so far visible: a checkpoint (exactly-once egress is published when
+        its checkpoint completes), or without checkpoints a flush of what the shards hold."""
+        if self.store is not None:
+            await self.checkpoint()
+        else:
+            await asyncio.gather(*[s.flush.remote() for s in self.shards])
 
     async def wait_idle(self, timeout: float | None = 60.0, timers: bool = True) -> bool:
         """Wait until nothing is queued, running or in flight anywhere (and, with ``timers``, no delayed

@@ -103,6 +103,7 @@ class EmbeddedFunction:
         # async functions: address -> queued (caller, value typename, payload) behind the running one
         self.busy: dict[str, deque] = {}
         self.running: dict[str, tuple] = {}
+        self.since_commit: set[str] = set()  # ids captured by snapshots not yet known to be committed
         self.run = self._make_run()
 
     # -- invocation -------------------------------------------------------------------------------------

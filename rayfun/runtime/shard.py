@@ -36,7 +36,7 @@ from ..functions import StatefulFunctions
 from ..io import DEAD_LETTER_EGRESS, DeadLetter, DeliverySemantic, Sink, Source
 from ..messages import EgressMessage, Message
 from ..types import display_value
-from ..checkpoint.state_codec import StateDelta
+from ..checkpoint.state_codec import StateDelta, StateLayout
 from .deadletters import dead_letter_record
 from .embedded import EmbeddedFunction
 from .partitioning import Partitioner, shard_ranges
@@ -80,6 +80,16 @@ class _Channel:
         self.received = 0  # messages accepted from this channel
 
 
+def _egress_seq(shard: int, epoch: int, position: int) -> int:
+    """The sequence number of an unpublished egress record in a checkpoint: it carries the writing shard
+    and the epoch, which the exactly-once republishing after a restore needs (shard < 256, position < 2^24)."""
+    return (shard << 55) | (epoch << 24) | position
+
+
+def _egress_seq_parts(seq: int) -> tuple[int, int, int]:
+    return seq >> 55, (seq >> 24) & ((1 << 31) - 1), seq & ((1 << 24) - 1)
+
+
 class _Snapshot:
     """A checkpoint in progress on one shard: what was captured at the cut, and the channels whose marker
     has not arrived yet (messages on them are recorded as the checkpoint's channel state)."""
@@ -93,6 +103,7 @@ class _Snapshot:
         self.pending: list[tuple] = []
         self.egress: list[tuple] = []
         self.meta: dict[str, Any] = {}
+        self.parent_id: int | None = None
 
 
 class _SourceSlot:
@@ -147,6 +158,8 @@ class ShardCore:
         self._epoch_egress: list[EgressMessage] = []      # exactly-once records of the current epoch
         self._unpublished: dict[int, list[EgressMessage]] = {}
         self._store = None
+        self._committed: int | None = None   # the newest checkpoint known complete (deltas build on it)
+        self._layout_cache: dict[str, Any] = {}
         self.counters = {"idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -170,10 +183,11 @@ class ShardCore:
         self._below_high = asyncio.Event()
         self._below_high.set()
 
-    def _layouts(self) -> dict:
-        from ..checkpoint.state_codec import StateLayout
-
-        return {t: StateLayout.of(t, r.state.specs) for t, r in self.runners.items()}
+    def _layout(self, typename: str):
+        layout = self._layout_cache.get(typename)
+        if layout is None:
+            layout = self._layout_cache[typename] = StateLayout.of(typename, self.runners[typename].state.specs)
+        return layout
 
     def _open_sources(self, source_partitions: list[tuple[int, str, Any]]) -> None:
         for source_index, name, resume_state in source_partitions:
@@ -565,10 +579,17 @@ class ShardCore:
         self._snapshots_done[n] = loop.create_future()
         self._flush()  # what was produced before the cut travels before the marker
         snap = _Snapshot(n)
+        snap.parent_id = self._committed
         for typename, runner in self.runners.items():
             state = runner.state
-            snap.deltas[typename] = StateDelta.from_function_state(state)
+            # a delta on top of the last *committed* checkpoint: what changed since then, including what a
+            # snapshot that never completed had captured
+            ids = runner.since_commit
+            ids |= state.changed
             state.changed.clear()
+            instances = state.instances
+            live = {id: instances[id] for id in ids if id in instances}
+            snap.deltas[typename] = StateDelta(self._layout(typename), live, [id for id in ids if id not in live])
         snap.timers = self.timers.all()
         for batch, start in self._mailbox:
             snap.pending.extend(batch[start:] if start else batch)
@@ -583,12 +604,9 @@ class ShardCore:
         if self._epoch_egress:
             self._unpublished[n] = self._epoch_egress
             self._epoch_egress = []
-        epochs = []
         for epoch in sorted(self._unpublished):
-            records = self._unpublished[epoch]
-            epochs.append([epoch, len(records)])
-            snap.egress.extend((len(snap.egress), r.typename, r.value_type_name, r.payload) for r in records)
-        snap.meta["egress_epochs"] = epochs
+            snap.egress.extend((_egress_seq(self.index, epoch, pos), r.typename, r.value_type_name, r.payload)
+                               for pos, r in enumerate(self._unpublished[epoch]))
         self._epoch = n
         for dest, peer in enumerate(self.peers):
             if dest != self.index:
@@ -621,11 +639,17 @@ class ShardCore:
 
     def _write_part(self, snap: "_Snapshot"):
         return self._store.write_shard_part(
-            snap.id, self.index, self.key_group_range, state=snap.deltas, timers=snap.timers,
-            messages=snap.pending + snap.recorded, egress=snap.egress, meta=snap.meta)
+            snap.id, self.index, self.key_group_range, key_groups=self.config.key_groups, state=snap.deltas,
+            parent_id=snap.parent_id, timers=snap.timers, messages=snap.pending + snap.recorded,
+            egress=snap.egress, meta=snap.meta)
 
-    def checkpoint_complete(self, n: int) -> None:
+    async def checkpoint_complete(self, n: int) -> None:
         """Checkpoint ``n`` is durable everywhere: publish the exactly-once egress of epochs up to ``n``."""
+        if self._committed is None or n > self._committed:
+            self._committed = n
+            if self._epoch == n:  # no newer snapshot began: its captured ids are now in the base
+                for runner in self.runners.values():
+                    runner.since_commit.clear()
         for epoch in sorted(self._unpublished):
             if epoch > n:
                 break
@@ -633,6 +657,15 @@ class ShardCore:
             self._publish_epoch(records, epoch)
         for k in [k for k in self._snapshots_done if k <= n]:
             del self._snapshots_done[k]
+        await self._published()
+
+    async def _published(self) -> None:
+        """Wait until sinks that publish asynchronously (the in-memory one) have taken what was handed over."""
+        for _, partition in list(self._sinks.values()):
+            refs = getattr(partition, "pending_refs", None)
+            if refs:
+                pending, refs[:] = list(refs), []
+                await asyncio.gather(*pending)
 
     def _publish_epoch(self, records: list[EgressMessage], epoch: int, partition_index: int | None = None) -> None:
         by_egress: dict[str, list[EgressMessage]] = {}
@@ -649,12 +682,12 @@ class ShardCore:
                 finally:
                     partition.close()
 
-    async def restore(self, generation: int, peers: list, source_partitions: list, checkpoint_id: int | None,
-                      egress_from: list[int]) -> None:
+    async def restore(self, generation: int, peers: list, source_partitions: list,
+                      checkpoint_id: int | None) -> None:
         """Roll back to checkpoint ``checkpoint_id`` (None: to the very beginning). Everything in memory is
         dropped; then this shard's key-group range of state, timers and unprocessed messages is loaded,
-        sources reopen at their recorded positions, and the egress epochs of the old shards
-        ``egress_from`` that may not have been published are published (idempotently)."""
+        sources reopen at their recorded positions, and the egress epochs that the old shards (whose
+        records this shard inherits) may not have published are published again (sinks dedup per epoch)."""
         if self._wake_event is None:  # a replacement shard: restore is its start
             self._init_loop_objects()
         self.generation = generation
@@ -695,35 +728,38 @@ class ShardCore:
             runner.reset()
             runner.state.instances.clear()
             runner.state.changed.clear()
+        self._committed = checkpoint_id
+        self._epoch = checkpoint_id or 0
+        for runner in self.runners.values():
+            runner.since_commit.clear()
         if checkpoint_id is not None:
             restored = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self._store.load_shard(checkpoint_id, self.key_group_range, self._layouts(),
-                                                     egress_from))
+                None, lambda: self._store.load_shard(checkpoint_id, self.key_group_range))
             self._load(restored)
         self._open_sources(source_partitions)
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self.wake()
 
     def _load(self, restored) -> None:
-        self._epoch = restored.checkpoint_id
-        for typename, instances in restored.states.items():
-            runner = self.runners.get(typename)
-            if runner is None:
-                log.warning("checkpoint holds state of %s, which is no longer bound: ignored", typename)
-                continue
-            runner.state.instances.update(instances)
+        for typename, runner in self.runners.items():
+            if typename in restored.layouts:
+                runner.state.instances.update(restored.instances(typename, runner.state.specs))
+        for typename in set(restored.layouts) - set(self.runners):
+            log.warning("checkpoint %d holds state of %s, which is no longer bound: ignored",
+                        restored.checkpoint_id, typename)
         for t in restored.timers:
             self.timers.add(t[0], t[2], t[3], t[4], t[5], t[6], t[7], t[8], seq=t[1])
         self._schedule_timers()
         if restored.messages:
             self._mailbox.append((list(restored.messages), 0))
             self._backlog += len(restored.messages)
-        for old_index, epochs, rows in restored.egress:
-            pos = 0
-            for epoch, count in epochs:
-                records = [EgressMessage(r[1], r[2], r[3]) for r in rows[pos:pos + count]]
-                pos += count
-                self._publish_epoch(records, epoch, old_index)
+        # egress epochs the old shards may not have published: publish them again (sinks dedup per epoch)
+        groups: dict[tuple[int, int], list[EgressMessage]] = {}
+        for seq, egress_id, vtype, payload in restored.egress:
+            old_index, epoch, _ = _egress_seq_parts(seq)
+            groups.setdefault((old_index, epoch), []).append(EgressMessage(egress_id, vtype, payload))
+        for (old_index, epoch), records in sorted(groups.items(), key=lambda kv: kv[0][1]):
+            self._publish_epoch(records, epoch, old_index)
 
     # -- introspection ----------------------------------------------------------------------------------
 
@@ -783,12 +819,17 @@ class ShardActor:
     async def checkpoint(self, n: int):
         return await self.core.checkpoint(n)
 
-    def checkpoint_complete(self, n: int) -> None:
-        self.core.checkpoint_complete(n)
+    async def checkpoint_complete(self, n: int) -> None:
+        await self.core.checkpoint_complete(n)
 
-    async def restore(self, generation: int, peers: list, source_partitions: list, checkpoint_id: int | None,
-                      egress_from: list[int]) -> None:
-        await self.core.restore(generation, peers, source_partitions, checkpoint_id, egress_from)
+    async def flush(self) -> None:
+        """Publish what at-least-once egresses hold and wait until the in-memory egress has it."""
+        self.core._publish_now()
+        await self.core._published()
+
+    async def restore(self, generation: int, peers: list, source_partitions: list,
+                      checkpoint_id: int | None) -> None:
+        await self.core.restore(generation, peers, source_partitions, checkpoint_id)
 
     def status(self) -> dict:
         return self.core.status()

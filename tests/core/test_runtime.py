@@ -124,11 +124,15 @@ def build_functions() -> StatefulFunctions:
     return functions
 
 
-@pytest.fixture(scope="module")
-def app(ray_session):
+@pytest.fixture(scope="module", params=["no-checkpoints", "checkpoints"])
+def app(ray_session, request, tmp_path_factory):
+    """The same behaviour must hold with and without exactly-once checkpoints (every 0.2 s here)."""
     source = MemorySource([("test/greeter", f"src{i}", "hi") for i in range(20)], partitions=2,
                           id="test/names")
-    app = rayfun.start(build_functions(), shards=3, ingresses=[source])
+    options = {}
+    if request.param == "checkpoints":
+        options = {"checkpoint_dir": str(tmp_path_factory.mktemp("checkpoints")), "checkpoint_interval": 0.2}
+    app = rayfun.start(build_functions(), shards=3, ingresses=[source], **options)
     yield app
     app.stop()
 

@@ -315,7 +315,7 @@ def fold_layers(layers: Sequence[pa.Table]) -> pa.Table:
                     table = table.filter(pc.invert(deleted))
                 if table.num_rows:
                     out.append(table)
-            newer.append(pc.unique(ids).combine_chunks() if isinstance(ids, pa.ChunkedArray) else pc.unique(ids))
+            newer.append(pc.unique(ids))  # an Array even for a chunked input
     if not out:
         return _empty_state()
     return pa.concat_tables(out)

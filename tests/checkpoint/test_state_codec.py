@@ -1,0 +1,122 @@
+"""State rows <-> runtime cells: exact round trips, key groups, folding deltas, type drift."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pyarrow as pa
+import pytest
+
+from rayfun.checkpoint import CheckpointError, StateDelta, StateLayout, decode_instances, encode_state
+from rayfun.checkpoint.schema import STATE_SCHEMA
+from rayfun.checkpoint.state_codec import fold_layers, key_groups_mixed, key_groups_of
+from rayfun.functions import ValueSpec
+from rayfun.runtime.embedded import FunctionState
+from rayfun.runtime.partitioning import key_group
+from rayfun.types import IntType, LongType, StringType, make_json_type
+
+from ckpt_helpers import COUNTER, LAYOUTS, PROFILE, random_state
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _roundtrip(state: dict[str, dict[str, list]]) -> dict[str, dict[str, list]]:
+    table = encode_state([StateDelta(LAYOUTS[ft], inst) for ft, inst in state.items()], 1024)
+    assert table.schema == STATE_SCHEMA
+    folded = fold_layers([table])
+    return {ft: decode_instances(folded.filter(pa.compute.equal(folded["function_type"], ft)), LAYOUTS[ft])
+            for ft in state}
+
+
+def test_key_groups_match_the_runtime():
+    rng = random.Random(1)
+    ids = [f"id-{rng.getrandbits(40)}" for _ in range(500)] + ["", "ä€😀", "a/b", " "]
+    for typename in ("test/counter", "ns/ünï", "a/b"):
+        for g in (1, 7, 128, 1024, 32768):
+            got = key_groups_of(typename, [i.encode() for i in ids], g).to_pylist()
+            assert got == [key_group(typename, i, g) for i in ids]
+    types = [rng.choice(["a/x", "b/y"]) for _ in ids]
+    assert key_groups_mixed(types, ids, 1024).to_pylist() == [key_group(t, i, 1024) for t, i in zip(types, ids)]
+
+
+def test_round_trip_every_builtin_bytes_and_expiring_cells():
+    state = random_state(random.Random(2), n=500)
+    assert _roundtrip(state) == state
+
+
+def test_rows_carry_key_groups_and_skip_unset_values():
+    table = encode_state([StateDelta(COUNTER, {"a": [1], "b": [2]})], 64)
+    rows = table.to_pylist()
+    assert [(r["id"], r["value_int"], r["key_group"]) for r in rows] == [
+        ("a", 1, key_group(COUNTER.function_type, "a", 64)), ("b", 2, key_group(COUNTER.function_type, "b", 64))]
+    prof = encode_state([StateDelta(PROFILE, {"p": ["n", None, None, None, None, None, 0, 0, 0, 0, 0, 0]})], 64)
+    assert prof.num_rows == 1 and prof["state_name"].to_pylist() == ["name"]
+    assert prof["expires_at_ms"].to_pylist() == [None]
+
+
+def test_fold_applies_deltas_and_tombstones():
+    base = {"a": [1], "b": [2], "c": [3]}
+    d1 = StateDelta(COUNTER, {"a": [10], "d": [4]}, deleted=["b"])
+    d2 = StateDelta(COUNTER, {"b": [20]}, deleted=["c", "never-existed"])
+    layers = [encode_state([StateDelta(COUNTER, base)], 1024), encode_state([d1], 1024),
+              encode_state([d2], 1024)]
+    assert decode_instances(fold_layers(layers), COUNTER) == {"a": [10], "b": [20], "d": [4]}
+
+
+def test_fold_superseded_instance_loses_all_old_values():
+    """A changed instance replaces every row it had: a value deleted since the base must not come back."""
+    cells = ["n", 1.5, 7, 0.5, True, b"x", 0, 99, 0, 0, 5, 0]
+    later = ["m", None, None, None, None, None, 0, 0, 0, 0, 0, 0]
+    layers = [encode_state([StateDelta(PROFILE, {"p": cells})], 1024),
+              encode_state([StateDelta(PROFILE, {"p": later})], 1024)]
+    assert decode_instances(fold_layers(layers), PROFILE) == {"p": later}
+
+
+def test_from_function_state_of_the_runtime():
+    fs = FunctionState("test/counter", [ValueSpec("count", IntType)])
+    fs.put("a", [1], maybe_empty=False)
+    fs.put("b", [2], maybe_empty=False)
+    fs.changed.clear()
+    fs.put("a", [5], maybe_empty=False)
+    fs.put("b", [None])  # became empty: dropped, a tombstone
+    delta = StateDelta.from_function_state(fs)
+    assert dict(delta.instances) == {"a": [5]} and list(delta.deleted) == ["b"]
+    full = StateDelta.from_function_state(fs, full=True)
+    assert dict(full.instances) == {"a": [5]} and not full.deleted
+
+
+def test_layout_from_value_specs_and_json():
+    specs = [ValueSpec("a", IntType), ValueSpec("b", StringType, expire_after_call=timedelta(seconds=2))]
+    layout = StateLayout.of("x/y", specs)
+    assert layout.expiring and layout.width == 4 and layout.empty_cells() == [None, None, 0, 0]
+    assert StateLayout.from_json("x/y", layout.to_json()) == layout
+
+
+def test_wire_bytes_in_builtin_cells_are_normalized():
+    """A remote function's payload may arrive as wire bytes: it is stored as the typed value."""
+    table = encode_state([StateDelta(COUNTER, {"a": [IntType.serialize(42)], "b": [7]})], 1024)
+    assert sorted(table["value_int"].to_pylist()) == [7, 42]
+
+
+def test_bad_cells_raise_clear_errors():
+    with pytest.raises(CheckpointError, match="test/counter.*1 cells.*expects 2"):
+        encode_state([StateDelta(StateLayout.of("test/counter", [("a", IntType.typename, "after_call", 5)]),
+                                 {"x": [1]})], 1024)
+    with pytest.raises(CheckpointError, match="state 'count' of test/counter"):
+        encode_state([StateDelta(COUNTER, {"x": [object()]})], 1024)
+
+
+def test_type_drift_on_restore():
+    table = fold_layers([encode_state([StateDelta(COUNTER, {"a": [3]})], 1024)])
+    # int -> long: same column, value kept
+    assert decode_instances(table, StateLayout.of("test/counter", [("count", LongType.typename)])) == {"a": [3]}
+    # int -> a user type: handed over as the wire bytes
+    j = make_json_type("test.types/j")
+    got = decode_instances(table, StateLayout.of("test/counter", [("count", j.typename)]))
+    assert got == {"a": [IntType.serialize(3)]}
+    # int -> string: not convertible
+    with pytest.raises(CheckpointError, match="stored as io.statefun.types/int"):
+        decode_instances(table, StateLayout.of("test/counter", [("count", StringType.typename)]))
+    # a state the function no longer declares is dropped (as StateFun does)
+    assert decode_instances(table, StateLayout.of("test/counter", [("other", IntType.typename)])) == {}

@@ -1,0 +1,311 @@
+"""CheckpointStore on memory:// and a local directory: round trips, incremental chains, rescaling,
+corruption and fallback, invisibility without a manifest, retention and compaction."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+
+from rayfun.checkpoint import (
+    CheckpointError, CheckpointStore, CorruptCheckpointError, RestoredShard, ShardPart,
+)
+from rayfun.checkpoint.state_codec import fold_layers
+from rayfun.runtime.partitioning import key_group, shard_ranges
+from rayfun.types import IntType, StringType
+
+from ckpt_helpers import LAYOUTS, Model, restored_state
+
+pytestmark = pytest.mark.timeout(120)
+
+G = 1024
+
+
+def write_checkpoint(store: CheckpointStore, cid: int, model: Model, shards: int, parent: int | None,
+                     full: bool = False, extras: dict | None = None) -> list[ShardPart]:
+    parts = []
+    for index, rng in enumerate(shard_ranges(G, shards)):
+        kw = (extras or {}).get(index, {})
+        parts.append(store.write_shard_part(cid, index, rng, key_groups=G, state=model.deltas(rng, G, full=full or parent is None),
+                                            parent_id=parent, full=full, **kw))
+    store.commit(cid, parts, app_meta={"functions": sorted(LAYOUTS)})
+    model.clear_changes()
+    return parts
+
+
+def flip_byte(store: CheckpointStore, rel: str, offset: int = 100) -> None:
+    path = store._abs(rel)
+    data = bytearray(store.fs.cat_file(path))
+    data[min(offset, len(data) - 1)] ^= 0xFF
+    store.fs.pipe_file(path, bytes(data))
+
+
+def test_round_trip_of_every_table_kind(store_url):
+    store = CheckpointStore(store_url)
+    model = Model(random.Random(10))
+    timers = [(1000 + i, i, "test/counter", f"c{i}", f"tok{i}" if i % 2 else "", "test/profile", f"p{i}",
+               IntType.typename if i % 2 else "test.types/blob", i if i % 2 else bytes([i, 0, 255]))
+              for i in range(20)]
+    messages = [("test/counter", f"c{i}", None if i % 3 else ("test/profile", f"p{i}"),
+                 StringType.typename if i % 2 else "test.types/blob", "ä" * i if i % 2 else bytes([i]) * i)
+                for i in range(30)]
+    egress = [(i, "test/out", StringType.typename, f"rec{i}") for i in range(5)] + [(5, "test/raw", "x/y", b"\0")]
+    meta = {"sources": {"in/0": {"offset": 42, "ts": 1.5}}, "channels": {"1": 7}, "remote_specs": {}}
+    part = store.write_shard_part(1, 0, (0, G), key_groups=G, state=model.deltas(full=True), timers=timers,
+                                  messages=messages, egress=egress, meta=meta)
+    assert store.latest() is None  # not visible before commit
+    manifest = store.commit(1, [part], app_meta={"app": "t"})
+    assert store.latest().checkpoint_id == 1 and manifest.app == {"app": "t"}
+    restored = store.load_shard(store.latest())
+    assert restored_state(restored) == model.state
+    assert restored.timers == timers
+    assert restored.messages == messages
+    assert restored.egress == egress
+    assert restored.metas == {0: meta}
+    assert restored.layouts == LAYOUTS
+
+
+def test_empty_shards_write_no_files(store_url):
+    store = CheckpointStore(store_url)
+    parts = [store.write_shard_part(1, i, r, key_groups=G) for i, r in enumerate(shard_ranges(G, 2))]
+    assert all(p.bytes_written == 0 and all(f.path is None for f in p.files.values()) for p in parts)
+    store.commit(1, parts)
+    restored = store.load_shard(1, (0, G))
+    assert restored.state.num_rows == 0 and restored.timers == restored.messages == restored.egress == []
+    assert restored.instances("test/counter", [("count", IntType.typename)]) == {}
+
+
+def test_incremental_chain_with_tombstones_equals_full_snapshot(store_url):
+    store = CheckpointStore(store_url, retain=10)
+    model = Model(random.Random(11))
+    write_checkpoint(store, 1, model, 2, parent=None)
+    for cid in range(2, 7):
+        model.mutate(80)
+        parts = write_checkpoint(store, cid, model, 2, parent=cid - 1)
+        assert not any(p.full for p in parts)
+        assert restored_state(store.load_shard(cid)) == model.state
+    chain = store.latest().state_chain
+    assert [f.checkpoint_id for f in chain] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    # each delta is small next to the base
+    base = sum(f.size for f in chain if f.checkpoint_id == 1)
+    assert all(f.size < base / 4 for f in chain if f.checkpoint_id > 1)
+    # every retained checkpoint still restores to what it was: compare against a full snapshot of now
+    full = CheckpointStore(store_url + "-full")
+    write_checkpoint(full, 1, model, 2, parent=None, full=True)
+    assert restored_state(full.load_shard(1)) == restored_state(store.load_shard(6))
+
+
+def test_a_delta_without_changes_writes_nothing(store_url):
+    store = CheckpointStore(store_url)
+    model = Model(random.Random(12), n=20)
+    write_checkpoint(store, 1, model, 1, parent=None)
+    parts = write_checkpoint(store, 2, model, 1, parent=1)
+    assert "state" not in parts[0].files and parts[0].bytes_written == 0
+    assert restored_state(store.load_shard(2)) == model.state
+
+
+@pytest.mark.parametrize("new_shards", [1, 3, 5])
+def test_restore_onto_a_different_shard_count(store_url, new_shards):
+    store = CheckpointStore(store_url)
+    model = Model(random.Random(13))
+    ranges2 = shard_ranges(G, 2)
+    timers = {i: {"timers": [(5, j, "test/counter", f"s{i}-{j}", "", "test/counter", "x", IntType.typename, j)
+                             for j in range(40) if ranges2[i][0] <= key_group("test/counter", f"s{i}-{j}", G)
+                             < ranges2[i][1]],
+                  "messages": [("test/counter", f"m{i}-{j}", None, IntType.typename, j) for j in range(40)
+                               if ranges2[i][0] <= key_group("test/counter", f"m{i}-{j}", G) < ranges2[i][1]],
+                  "egress": [(0, "test/out", IntType.typename, i)], "meta": {"shard": i}}
+              for i in range(2)}
+    write_checkpoint(store, 1, model, 2, parent=None, extras=timers)
+    model.mutate(50)
+    write_checkpoint(store, 2, model, 2, parent=1, extras=timers)
+    union: dict[str, dict[str, list]] = {ft: {} for ft in LAYOUTS}
+    all_timers, all_messages, all_egress = [], [], []
+    for rng in shard_ranges(G, new_shards):
+        restored = store.load_shard(2, rng)
+        for ft, inst in restored_state(restored).items():
+            assert not set(inst) & set(union[ft])
+            assert all(rng[0] <= key_group(ft, i, G) < rng[1] for i in inst)
+            union[ft].update(inst)
+        all_timers += restored.timers
+        all_messages += restored.messages
+        all_egress += restored.egress
+        assert set(restored.metas) == {s.index for s in store.manifest(2).shards_overlapping(rng)}
+    assert union == model.state
+    assert sorted(all_timers) == sorted(t for x in timers.values() for t in x["timers"])
+    assert sorted(all_messages) == sorted(m for x in timers.values() for m in x["messages"])
+    assert sorted(all_egress) == [(0, "test/out", IntType.typename, 0), (0, "test/out", IntType.typename, 1)]
+
+
+def test_rescaled_job_continues_with_deltas_and_bases(store_url):
+    """2 shards -> restore on 3 -> deltas on the old chain -> bases of the new layout prune the old files."""
+    store = CheckpointStore(store_url, retain=5)
+    model = Model(random.Random(14))
+    write_checkpoint(store, 1, model, 2, parent=None)
+    model.mutate(40)
+    write_checkpoint(store, 2, model, 3, parent=1)  # deltas from 3 new shards on a 2-shard chain
+    assert restored_state(store.load_shard(2)) == model.state
+    model.mutate(40)
+    write_checkpoint(store, 3, model, 3, parent=2, full=True)
+    assert [f.checkpoint_id for f in store.latest().state_chain] == [3, 3, 3]
+    assert restored_state(store.load_shard(3)) == model.state
+
+
+@pytest.mark.parametrize("kind", ["state", "timers"])
+def test_corrupt_file_is_named_and_recovery_falls_back(store_url, kind):
+    store = CheckpointStore(store_url)
+    model = Model(random.Random(15))
+    extras = {0: {"timers": [(1, 0, "test/counter", "a", "", "test/counter", "b", IntType.typename, 1)]}}
+    write_checkpoint(store, 1, model, 1, parent=None, extras=extras)
+    before = {ft: dict(inst) for ft, inst in model.state.items()}
+    model.mutate(30)
+    parts = write_checkpoint(store, 2, model, 1, parent=1, extras=extras)
+    bad = parts[0].files[kind].path
+    flip_byte(store, bad)
+    with pytest.raises(CorruptCheckpointError) as err:
+        store.load_shard(2)
+    assert err.value.path.endswith(bad) and err.value.reason == "checksum mismatch"
+    assert bad in str(err.value) and err.value.checkpoint_id == 2
+    restored = store.load_latest_valid()
+    assert restored.checkpoint_id == 1 and restored_state(restored) == before
+    with pytest.raises(CorruptCheckpointError):
+        store.verify(2, full=True)
+    store.verify(2)  # sizes still match: only the checksum tells
+
+
+def test_missing_file_is_named_and_skipped(store_url):
+    store = CheckpointStore(store_url)
+    model = Model(random.Random(16))
+    write_checkpoint(store, 1, model, 2, parent=None)
+    model.mutate(30)
+    parts = write_checkpoint(store, 2, model, 2, parent=1)
+    gone = parts[1].files["state"].path
+    store.fs.rm_file(store._abs(gone))
+    with pytest.raises(CorruptCheckpointError, match="missing") as err:
+        store.load_shard(2)
+    assert err.value.path.endswith(gone)
+    assert store.latest_valid().checkpoint_id == 1
+    assert store.load_latest_valid().checkpoint_id == 1
+    # a shard whose range does not need the missing file still restores from 2
+    assert store.load_shard(2, shard_ranges(G, 2)[0]).checkpoint_id == 2
+
+
+def test_checkpoint_without_manifest_is_invisible_and_bad_manifest_skipped(store_url):
+    store = CheckpointStore(store_url)
+    model = Model(random.Random(17), n=20)
+    write_checkpoint(store, 1, model, 1, parent=None)
+    store.write_shard_part(2, 0, (0, G), key_groups=G, state=model.deltas(), parent_id=1)  # never committed
+    assert store.checkpoint_ids() == [1] and store.latest().checkpoint_id == 1
+    write_checkpoint(store, 3, model, 1, parent=1)
+    flip_byte(CheckpointStore(store_url), store.manifest_path(3), offset=300)
+    fresh = CheckpointStore(store_url)  # no cached manifest
+    with pytest.raises(CorruptCheckpointError, match="cp-0000000003.json"):
+        fresh.manifest(3)
+    assert fresh.latest().checkpoint_id == 1
+    assert fresh.next_checkpoint_id() == 4
+    with pytest.raises(CheckpointError, match="does not exist"):
+        fresh.manifest(2)
+
+
+def test_retention_keeps_chains_and_removes_the_rest(store_url):
+    store = CheckpointStore(store_url, retain=2)
+    model = Model(random.Random(18))
+    write_checkpoint(store, 1, model, 2, parent=None)
+    for cid in range(2, 6):
+        model.mutate(40)
+        write_checkpoint(store, cid, model, 2, parent=cid - 1)
+    assert store.checkpoint_ids() == [4, 5]
+    # the chain of 5 still reaches back to checkpoint 1: all its files are kept
+    needed = {f.path for f in store.manifest(5).files()} | {f.path for f in store.manifest(4).files()}
+    on_disk = set(store._find("data"))
+    assert needed <= on_disk
+    assert on_disk == needed  # nothing else (checkpoint 2's and 3's timers etc. were empty anyway)
+    assert restored_state(CheckpointStore(store_url).load_shard(5)) == model.state
+    # a full checkpoint makes the old chain unreferenced once it is out of retention
+    write_checkpoint(store, 6, model, 2, parent=5, full=True)
+    write_checkpoint(store, 7, model, 2, parent=6)
+    assert store.checkpoint_ids() == [6, 7]
+    assert {int(p.split("/")[1][3:]) for p in store._find("data")} == {6}
+    assert restored_state(store.load_shard(7)) == model.state
+
+
+def test_compaction_equals_full_rebuild_and_is_spliced(store_url):
+    store = CheckpointStore(store_url, retain=2)
+    model = Model(random.Random(19))
+    write_checkpoint(store, 1, model, 2, parent=None)
+    for cid in range(2, 5):
+        model.mutate(60)
+        write_checkpoint(store, cid, model, 2, parent=cid - 1)
+    expected_at_4 = restored_state(store.load_shard(4))
+    result = CheckpointStore(store_url).compact()  # e.g. another process
+    assert result.source == 4 and all(f.base for f in result.files)
+    assert store.compact() is not None  # a second compaction of the same checkpoint is harmless
+    model.mutate(60)
+    write_checkpoint(store, 5, model, 2, parent=4)
+    m5 = store.manifest(5)
+    assert m5.compacted_through == 4
+    assert [(f.checkpoint_id, f.base) for f in m5.state_chain] == [(4, True), (4, True), (5, False), (5, False)]
+    assert restored_state(store.load_shard(5)) == model.state
+    # compaction output (the bases now heading the chain) equals the full rebuild of checkpoint 4
+    bases = [f for f in m5.state_chain if f.checkpoint_id == 4]
+    compacted = fold_layers([t for t in store._read_tables(bases, 5).values()])
+    assert restored_state(RestoredShard(4, (0, G), G, compacted, dict(LAYOUTS))) == expected_at_4
+    # after retention moves on, the pre-compaction deltas disappear
+    model.mutate(10)
+    write_checkpoint(store, 6, model, 2, parent=5)
+    ids = {int(p.split("/")[1][3:]) for p in store._find("data")}
+    assert ids == {5, 6}
+    assert restored_state(store.load_shard(6)) == model.state
+
+
+def test_compaction_of_a_checkpoint_outside_the_lineage_is_ignored(store_url):
+    """Recovery fell back from a damaged 3 to 2: a compaction of 3 must not leak into 4."""
+    store = CheckpointStore(store_url, retain=5)
+    model = Model(random.Random(20))
+    write_checkpoint(store, 1, model, 1, parent=None)
+    model.mutate(20)
+    write_checkpoint(store, 2, model, 1, parent=1)
+    at_2 = {ft: dict(v) for ft, v in model.state.items()}
+    model.mutate(20)
+    write_checkpoint(store, 3, model, 1, parent=2)
+    assert store.compact(3).source == 3
+    model.state = at_2  # the job rolled back to 2
+    model.clear_changes()
+    model.mutate(20)
+    write_checkpoint(store, 4, model, 1, parent=2)
+    assert store.manifest(4).compacted_through is None
+    assert restored_state(store.load_shard(4)) == model.state
+
+
+def test_commit_validates_parts(store_url):
+    store = CheckpointStore(store_url)
+    r = shard_ranges(G, 2)
+    p0 = store.write_shard_part(1, 0, r[0], key_groups=G)
+    with pytest.raises(CheckpointError, match="do not cover"):
+        store.commit(1, [p0])
+    p1 = store.write_shard_part(1, 1, r[1], key_groups=G)
+    store.commit(1, [p0, p1])
+    with pytest.raises(CheckpointError, match="already committed"):
+        store.commit(1, [p0, p1])
+    d0 = store.write_shard_part(3, 0, r[0], key_groups=G, parent_id=2)
+    d1 = store.write_shard_part(3, 1, r[1], key_groups=G, parent_id=2)
+    with pytest.raises(CheckpointError, match="build on checkpoint 2"):
+        store.commit(3, [d0, d1])
+    d1b = store.write_shard_part(3, 1, r[1], key_groups=G, parent_id=1)
+    with pytest.raises(CheckpointError, match="different parents"):
+        store.commit(3, [d0, d1b])
+    with pytest.raises(CheckpointError, match="JSON"):
+        store.write_shard_part(4, 0, r[0], key_groups=G, meta={"pos": object()})
+    with pytest.raises(CheckpointError, match="not within"):
+        store.write_shard_part(4, 0, (0, G + 1), key_groups=G)
+
+
+def test_store_parts_and_errors_pickle(store_url):
+    store = CheckpointStore(store_url, retain=4)
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.url == store.url and clone.retain == 4
+    part = store.write_shard_part(1, 0, (0, G), key_groups=G, meta={"a": [1, 2]})
+    assert pickle.loads(pickle.dumps(part)) == part
+    err = pickle.loads(pickle.dumps(CorruptCheckpointError("/x/y", "missing", checkpoint_id=3)))
+    assert (err.path, err.reason, err.checkpoint_id) == ("/x/y", "missing", 3)

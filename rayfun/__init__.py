@@ -5,6 +5,7 @@ HTTP), with state and messaging that survive failures exactly once.
 """
 
 from .app import App, start
+from .checkpoint import CorruptCheckpointError, read_state
 from .context import Context
 from .functions import StatefulFunctions, ValueSpec
 from .io import DEAD_LETTER_EGRESS, DeadLetter, Sink, SinkPartition, Source, SourcePartition
@@ -38,5 +39,5 @@ __all__ = [
     "SdkAddress", "message_builder", "egress_message_builder", "kafka_egress_message", "kinesis_egress_message",
     "Type", "TypeSerializer", "BoolType", "IntType", "LongType", "FloatType", "DoubleType", "StringType",
     "make_json_type", "make_protobuf_type", "simple_type", "Source", "SourcePartition", "Sink",
-    "SinkPartition", "DeadLetter", "DEAD_LETTER_EGRESS",
+    "SinkPartition", "DeadLetter", "DEAD_LETTER_EGRESS", "read_state", "CorruptCheckpointError",
 ]

@@ -66,6 +66,7 @@ class Coordinator:
         self._lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
+        self._compaction = None
         self._recovering = False
         self.last_recovery_s: float | None = None
 
@@ -107,17 +108,17 @@ class Coordinator:
             await asyncio.gather(*[s.start.remote(self.shards, assignment[i]) for i, s in enumerate(self.shards)])
         else:
             log.info("resuming from checkpoint %d in %s", checkpoint.checkpoint_id, self.config.checkpoint_dir)
-            await self._restore_all(checkpoint)
+            await self._restore_newest(checkpoint)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._monitor()))
         if self.store is not None and self.config.checkpoint_interval:
             self._tasks.append(loop.create_task(self._checkpoint_loop()))
         return self.shards
 
-    async def _latest_checkpoint(self):
+    async def _latest_checkpoint(self, before: int | None = None):
         if self.store is None:
             return None
-        return await asyncio.get_running_loop().run_in_executor(None, self.store.latest_valid)
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.store.latest_valid(before))
 
     # -- the driver's channel ---------------------------------------------------------------------------
 
@@ -159,11 +160,23 @@ class Coordinator:
             n, list(parts), key_groups=self.config.key_groups,
             app_meta={"functions": self.config.functions.typenames, "shards": self.config.shards}))
         self.last_checkpoint = n
+        self._maybe_compact(loop)
         for dest, part in enumerate(parts):  # the driver's messages up to each cut are safe now
             covered = part.meta.get("driver_seq", 0)
             self._driver_log[dest] = [(seq, rows) for seq, rows in self._driver_log[dest] if seq >= covered]
         await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in self.shards])
         return n
+
+    def _maybe_compact(self, loop) -> None:
+        """Fold the delta chain into bases in the background once it grows; the next checkpoint's manifest
+        then references the bases (the store keeps this safe while checkpoints go on)."""
+        if self._compaction is not None and not self._compaction.done():
+            return
+        from ..checkpoint import needs_compaction
+
+        manifest = self.store.latest()
+        if manifest is not None and needs_compaction(manifest, max_chain=4 * self.config.shards):
+            self._compaction = loop.run_in_executor(None, self.store.compact, manifest)
 
     async def _checkpoint_loop(self) -> None:
         while not self._stopped:
@@ -216,13 +229,28 @@ class Coordinator:
                         pass
                     self.shards[i] = self._new_shard(i)
                 await asyncio.gather(*[self.shards[i].ready.remote() for i in dead])
-                checkpoint = await self._latest_checkpoint()
-                await self._restore_all(checkpoint)
+                await self._restore_newest(await self._latest_checkpoint())
                 self.recoveries += 1
         finally:
             self._recovering = False
         self.last_recovery_s = time.monotonic() - started
         log.warning("recovered from checkpoint %s in %.2f s", self.last_checkpoint, self.last_recovery_s)
+
+    async def _restore_newest(self, checkpoint) -> None:
+        """Restore ``checkpoint``; if a shard finds one of its files damaged (a clear error naming the file),
+        fall back to the previous complete checkpoint, and so on."""
+        from ..checkpoint import CorruptCheckpointError
+
+        while True:
+            try:
+                await self._restore_all(checkpoint)
+                return
+            except CorruptCheckpointError as exc:
+                if checkpoint is None:
+                    raise
+                log.error("checkpoint %d cannot be restored (%s); falling back to the one before",
+                          checkpoint.checkpoint_id, exc)
+                checkpoint = await self._latest_checkpoint(before=checkpoint.checkpoint_id)
 
     async def _restore_all(self, checkpoint) -> None:
         self.generation += 1

@@ -1,0 +1,78 @@
+"""Restarting an application from its checkpoint directory: on another shard count (rescaling), after a
+corrupt newest checkpoint (fall back to the previous one), and reading state offline with read_state."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+import rayfun
+from rayfun import IntType, StatefulFunctions, ValueSpec
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def counters() -> StatefulFunctions:
+    functions = StatefulFunctions()
+
+    @functions.bind("resume/counter", specs=[ValueSpec("count", IntType)])
+    def counter(context, message):
+        context.storage.count = (context.storage.count or 0) + message.as_int()
+
+    return functions
+
+
+def test_resume_on_another_shard_count_and_read_state(ray_session, tmp_path):
+    url = str(tmp_path / "cp")
+    app = rayfun.start(counters(), shards=3, checkpoint_dir=url, checkpoint_interval=None)
+    app.send_many([("resume/counter", f"c{i}", i) for i in range(500)])
+    app.wait()
+    app.checkpoint()
+    app.send_many([("resume/counter", f"c{i}", 1000) for i in range(0, 500, 2)])  # a delta on top
+    app.wait()
+    app.checkpoint()
+    app.stop()
+
+    for shards in (2, 4):  # fewer and more shards than wrote the checkpoint
+        app = rayfun.start(counters(), shards=shards, checkpoint_dir=url, checkpoint_interval=None)
+        try:
+            for i in (0, 1, 7, 250, 499):
+                assert app.state("resume/counter", f"c{i}") == {"count": i + (1000 if i % 2 == 0 else 0)}
+            app.send("resume/counter", "c1", 5)  # it keeps running from there
+            assert app.state("resume/counter", "c1") == {"count": 6}
+        finally:
+            app.stop()
+
+    table = rayfun.read_state(url)
+    assert table.num_rows == 500
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert rows["c7"]["function_type"] == "resume/counter" and rows["c7"]["state_name"] == "count"
+    assert rows["c7"]["value_int"] == 7 and rows["c8"]["value_int"] == 1008
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(ray_session, tmp_path):
+    url = str(tmp_path / "cp")
+    app = rayfun.start(counters(), shards=2, checkpoint_dir=url, checkpoint_interval=None)
+    app.send_many([("resume/counter", f"k{i}", 1) for i in range(100)])
+    app.wait()
+    first = app.checkpoint()
+    app.send_many([("resume/counter", f"k{i}", 1) for i in range(100)])
+    app.wait()
+    second = app.checkpoint()
+    app.stop()
+    assert second == first + 1
+
+    damaged = sorted(glob.glob(os.path.join(url, "**", f"cp-{second:010d}", "*state*"), recursive=True))
+    assert damaged, f"no state file of checkpoint {second} under {url}"
+    with open(damaged[0], "r+b") as f:
+        f.seek(max(0, os.path.getsize(damaged[0]) // 2))
+        f.write(b"\xde\xad\xbe\xef")
+
+    app = rayfun.start(counters(), shards=2, checkpoint_dir=url, checkpoint_interval=None)
+    try:
+        assert app.info()["last_checkpoint"] == first
+        assert all(app.state("resume/counter", f"k{i}") == {"count": 1} for i in range(0, 100, 9))
+    finally:
+        app.stop()

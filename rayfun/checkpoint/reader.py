@@ -96,6 +96,8 @@ def read_state(url: str, types: Iterable[Type | str] | Mapping[str, Type] | None
     else:
         m = store.manifest(checkpoint_id)
         state = store.read_state_table(m)
+    plain = pa.schema([f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in state.schema])
+    state = state.cast(plain)  # users get plain strings (and sort_by does not take dictionaries)
     if function_types is not None:
         state = state.filter(pc.is_in(state["function_type"], value_set=pa.array(list(function_types),
                                                                                  pa.string())))

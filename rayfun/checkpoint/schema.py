@@ -9,8 +9,10 @@ serialized bytes in ``value``. Exactly one value column is non-null on a value r
 
 Timers, messages and egress records keep the StateFun wire form ``(value_typename, value bytes)``: they
 are short-lived, read back only by rayfun, and the bytes are what travels to a remote function anyway.
-Low-cardinality string columns are written dictionary-encoded by Parquet (see ``DICTIONARY_COLUMNS``);
-in memory they are plain strings, so filters and joins need no dictionary handling.
+Low-cardinality string columns are written dictionary-encoded by Parquet (see ``DICTIONARY_COLUMNS``).
+In the state table they are Arrow dictionaries in memory too: a constant column costs no per-row string,
+and Parquet stores the dictionary without hashing every value. Arrow compute (``equal``, ``is_in``,
+``unique``) accepts them as they are; ``read_state`` hands users plain strings.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ __all__ = [
     "VALUE_COLUMN_OF", "VALUE_COLUMNS", "value_column",
 ]
 
+_DICT = pa.dictionary(pa.int32(), pa.string())
+
 #: one row per non-empty state value of an instance, or one tombstone row (``deleted``) per removed instance
 STATE_SCHEMA = pa.schema([
     pa.field("key_group", pa.int32(), nullable=False),
-    pa.field("function_type", pa.string(), nullable=False),
+    pa.field("function_type", _DICT, nullable=False),
     pa.field("id", pa.string(), nullable=False),
-    pa.field("state_name", pa.string()),          # null on a tombstone
-    pa.field("value_typename", pa.string()),      # null on a tombstone
+    pa.field("state_name", _DICT),                # null on a tombstone
+    pa.field("value_typename", _DICT),            # null on a tombstone
     pa.field("value_int", pa.int64()),            # io.statefun.types/int and /long
     pa.field("value_float", pa.float64()),        # io.statefun.types/float and /double (held as Python float)
     pa.field("value_str", pa.string()),           # io.statefun.types/string

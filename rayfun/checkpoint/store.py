@@ -74,7 +74,8 @@ class RestoredShard:
     runtime's ``id -> cells`` with ``instances()``. ``timers``/``messages``/``egress`` are row tuples in the
     shapes of ``rayfun.checkpoint.records``; ``metas`` maps each *old* shard overlapping the range to the
     meta it stored. Egress records of an old shard are handed to exactly one new shard: the one whose range
-    contains the old shard's first key group.
+    contains the old shard's first key group. Timers come in firing order; when they come from more than
+    one old shard their ``seq`` is renumbered 0..n-1 (per-shard sequences would collide).
     """
 
     checkpoint_id: int
@@ -573,12 +574,17 @@ class CheckpointStore:
             return filter_key_groups(t, rng) if ranged else t
 
         timers = gather("timers", overlapping, True) if "timers" in tables else None
+        timer_rows = decode_timers(timers) if timers is not None else []
+        if sum(1 for s in overlapping if s.files.get("timers") is not None and s.files["timers"].path) > 1:
+            # timers of several old shards: their per-shard sequence numbers may collide, so renumber
+            # them in firing order (due time, then old sequence)
+            timer_rows = [(t[0], i, *t[2:]) for i, t in enumerate(timer_rows)]
         messages = gather("messages", overlapping, True) if "messages" in tables else None
         egress = gather("egress", egress_owners, False) if "egress" in tables else None
         return RestoredShard(
             checkpoint_id=m.checkpoint_id, key_group_range=(start, end), key_groups=m.key_groups, state=state,
             layouts={ft: StateLayout.from_json(ft, specs) for ft, specs in m.layouts.items()},
-            timers=decode_timers(timers) if timers is not None else [],
+            timers=timer_rows,
             messages=decode_messages(messages) if messages is not None else [],
             egress=decode_egress(egress) if egress is not None else [],
             metas={s.index: s.meta for s in overlapping}, app=m.app)

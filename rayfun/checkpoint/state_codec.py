@@ -246,6 +246,8 @@ def _encode_delta(delta: StateDelta, key_groups: int) -> list[pa.Table]:
         not_deleted = pa.repeat(pa.scalar(False), n_inst)
         nulls = _null_columns(n_inst)
         no_deadline = nulls["expires_at_ms"]
+        any_value: pa.Array | None = None  # per instance: holds a value in some spec seen so far
+        every_instance_has_value = False
         for i, (name, typename) in enumerate(zip(layout.names, layout.typenames)):
             try:
                 values = list(map(itemgetter(i), cells))
@@ -269,10 +271,20 @@ def _encode_delta(delta: StateDelta, key_groups: int) -> list[pa.Table]:
                  cols["value_int"], cols["value_float"], cols["value_str"], cols["value_bool"], cols["value"],
                  expires, not_deleted], schema=STATE_SCHEMA)
             if arr.null_count:
-                table = table.filter(arr.is_valid())
+                valid = arr.is_valid()
+                table = table.filter(valid)
+                if not every_instance_has_value:
+                    any_value = valid if any_value is None else pc.or_(any_value, valid)
+            else:
+                every_instance_has_value = True
             if table.num_rows:
                 pieces.append(table)
     deleted = list(delta.deleted)
+    if n_inst and n_specs and not every_instance_has_value:
+        # an instance without any value is gone (the runtime normally drops it): write it as a tombstone,
+        # or older layers would bring its old values back
+        empty = id_arr if any_value is None else id_arr.filter(pc.invert(any_value))
+        deleted += empty.to_pylist()
     if deleted:
         n = len(deleted)
         pieces.append(pa.Table.from_arrays(

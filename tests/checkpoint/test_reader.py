@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 

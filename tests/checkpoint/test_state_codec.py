@@ -120,3 +120,14 @@ def test_type_drift_on_restore():
         decode_instances(table, StateLayout.of("test/counter", [("count", StringType.typename)]))
     # a state the function no longer declares is dropped (as StateFun does)
     assert decode_instances(table, StateLayout.of("test/counter", [("other", IntType.typename)])) == {}
+
+
+def test_an_instance_without_values_is_a_tombstone():
+    layers = [encode_state([StateDelta(COUNTER, {"a": [1], "b": [2]})], 1024),
+              encode_state([StateDelta(COUNTER, {"a": [None], "b": [3]})], 1024)]
+    assert layers[1]["deleted"].to_pylist() == [False, True]
+    assert decode_instances(fold_layers(layers), COUNTER) == {"b": [3]}
+    empty = ["x", None, None, None, None, None, 0, 0, 0, 0, 0, 0]
+    cells = [None] * 6 + [0] * 6
+    table = encode_state([StateDelta(PROFILE, {"p": cells, "q": empty})], 1024)
+    assert table.filter(table["deleted"])["id"].to_pylist() == ["p"]

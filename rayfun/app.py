@@ -29,14 +29,15 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
           egresses: Sequence[Sink] = (), endpoints: Sequence[Any] = (), key_groups: int = DEFAULT_KEY_GROUPS,
           checkpoint_dir: str | None = None, checkpoint_interval: float | None = 1.0, retain: int = 3,
           storage_options: dict | None = None, shard_options: dict | None = None,
-          ray_init: dict | None = None) -> "App":
+          ray_init: dict | None = None, name: str | None = None) -> "App":
     """Start an application on Ray and return its handle.
 
     ``ingresses`` are sources (``connectors.memory.MemorySource``, ``connectors.kafka.KafkaSource``, ...),
     ``egresses`` are sinks keyed by their id; an egress that functions use but nobody declared is kept in
     memory and read with ``app.egress(id)``. ``shard_options`` go to Ray's ``.options()`` of every shard
     actor (e.g. ``{"num_cpus": 1}`` to reserve a core each). ``ray_init`` is passed to ``ray.init`` when
-    no Ray is running yet.
+    no Ray is running yet. ``name`` names the coordinator actor ``rayfun:<name>`` (for operators: it can
+    be found with Ray's state API).
 
     With ``checkpoint_dir`` (a local path, ``s3://bucket/prefix``, ``memory://...``: any fsspec URL;
     ``storage_options`` go to fsspec) state, timers, in-flight messages and source positions are
@@ -59,7 +60,10 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
                        sources=list(ingresses), sinks=list(egresses), shard_options=dict(shard_options or {}),
                        checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
                        checkpoint_options={"retain": retain, "storage_options": storage_options or None})
-    coordinator = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1000).remote(config)
+    options = {"num_cpus": 0, "max_concurrency": 1000}
+    if name:
+        options["name"] = f"rayfun:{name}"
+    coordinator = ray.remote(Coordinator).options(**options).remote(config)
     handles = ray.get(coordinator.start.remote())
     return App(config, coordinator, handles)
 

@@ -50,15 +50,15 @@ def kill_shards_meanwhile(app, rng: random.Random, kills: int, stop: threading.E
     return killed
 
 
-def test_shard_kills_lose_nothing_and_duplicate_nothing(ray_session, tmp_path):
+def run_with_shard_kills(checkpoint_dir: str, storage_options: dict | None = None, kills: int = 3) -> None:
     rng = random.Random(SEED)
-    gen = Generator(SEED, instances=300, messages=4000)
+    gen = Generator(SEED, instances=300, messages=5000)
     source = MemorySource(gen.records, partitions=3, id="chaos/commands", batch_size=50, value_type=Commands)
-    app = rayfun.start(build_functions(), shards=3, ingresses=[source], checkpoint_dir=str(tmp_path / "cp"),
-                       checkpoint_interval=0.3)
+    app = rayfun.start(build_functions(), shards=3, ingresses=[source], checkpoint_dir=checkpoint_dir,
+                       checkpoint_interval=0.3, storage_options=storage_options)
     stop = threading.Event()
     killed: list[int] = []
-    killer = threading.Thread(target=lambda: killed.extend(kill_shards_meanwhile(app, rng, 3, stop)))
+    killer = threading.Thread(target=lambda: killed.extend(kill_shards_meanwhile(app, rng, kills, stop)))
     try:
         killer.start()
         app.wait(timeout=180)
@@ -74,6 +74,15 @@ def test_shard_kills_lose_nothing_and_duplicate_nothing(ray_session, tmp_path):
         app.stop()
 
 
+def test_shard_kills_lose_nothing_and_duplicate_nothing(ray_session, tmp_path):
+    run_with_shard_kills(str(tmp_path / "cp"))
+
+
+def test_shard_kills_with_checkpoints_on_s3(ray_session, moto_s3):
+    """The same, with checkpoints on S3 (moto_server on loopback, reached through s3fs as a user would)."""
+    run_with_shard_kills(f"s3://rayfun-test/chaos-{SEED}", storage_options=moto_s3, kills=2)
+
+
 def test_same_workload_without_failures_is_exact(ray_session, tmp_path):
     """The reference run: also proves the checker itself is sound (it would flag a broken run)."""
     gen = Generator(SEED, instances=300, messages=1500)
@@ -87,3 +96,69 @@ def test_same_workload_without_failures_is_exact(ray_session, tmp_path):
             check_outcome(app, gen)
     finally:
         app.stop()
+
+
+def test_driver_and_coordinator_kills_resume_from_the_checkpoint_dir(ray_session, tmp_path):
+    """A driver program is killed (SIGKILL: its coordinator and shards go with it); the next driver's
+    coordinator is killed with ray.kill; a third driver resumes from the checkpoint directory and finishes.
+    State and the file egress must equal what the workload implies."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from .dir_sink import read_all
+
+    rng = random.Random(SEED)
+    instances, messages = 300, 6000
+    gen = Generator(SEED, instances=instances, messages=messages)
+    address = ray_session.get_runtime_context().gcs_address
+    work = str(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def launch():
+        return subprocess.Popen([sys.executable, "-m", "tests.chaos.driver", address, work, str(SEED),
+                                 str(instances), str(messages)], cwd=root, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_for_checkpoints(count: int, proc) -> None:
+        deadline = time.monotonic() + 60
+        manifests = os.path.join(work, "cp", "manifests")
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.isdir(manifests) and len(os.listdir(manifests)) >= count:
+                return
+            time.sleep(0.05)
+
+    # 1: kill the whole driver process
+    first = launch()
+    wait_for_checkpoints(2, first)
+    time.sleep(rng.uniform(0.2, 1.0))
+    assert first.poll() is None, "the first driver finished before it could be killed"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+
+    # 2: kill the coordinator of the next driver (the driver then fails on its next call)
+    second = launch()
+    wait_for_checkpoints(len(os.listdir(os.path.join(work, "cp", "manifests"))) + 1, second)
+    time.sleep(rng.uniform(0.2, 1.0))
+    if second.poll() is None:
+        name = open(os.path.join(work, f"coordinator-{second.pid}")).read()
+        ray.kill(ray.get_actor(name, namespace="rayfun-chaos"))
+    try:
+        second.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        second.kill()
+        second.wait(timeout=30)
+
+    # 3: runs to the end
+    if not os.path.exists(os.path.join(work, "state.json")):
+        third = launch()
+        assert third.wait(timeout=300) == 0, "the resuming driver failed"
+
+    state = json.load(open(os.path.join(work, "state.json")))
+    wrong = {i: (state[str(i)], e) for i, e in enumerate(gen.expected)
+             if state[str(i)].get("count", 0) != e or "scratch" in state[str(i)]}
+    assert not wrong, f"{len(wrong)} instances differ, e.g. {list(wrong.items())[:3]}"
+    egress = Counter(read_all(os.path.join(work, "egress")))
+    assert egress == gen.egress, f"egress differs: missing {gen.egress - egress}, extra {egress - gen.egress}"

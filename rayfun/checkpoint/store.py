@@ -142,9 +142,7 @@ class CheckpointStore:
         self.compression_level = compression_level
         self.fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
         self.root = root.rstrip("/") or "/"
-        self._local = isinstance(self.fs, LocalFileSystem)
-        if self._local:
-            os.makedirs(self.root, exist_ok=True)
+        self._local = isinstance(self.fs, LocalFileSystem)  # directories are created on first write
         self._manifests: dict[int, Manifest] = {}
         self._lock = threading.Lock()
 

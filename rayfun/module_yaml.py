@@ -1,0 +1,298 @@
+"""StateFun's ``module.yaml``: endpoints, ingresses and egresses declared as ``kind`` + ``spec`` documents.
+
+``load_module`` reads a multi-document YAML file (or its text) into a ``ModuleSpec``. Each document's
+``kind`` picks a builder from a registry: the HTTP endpoint kinds are built in, and connectors register
+theirs (``register_kind("io.statefun.kafka.v1/ingress", build_kafka_ingress)``). A kind nobody
+registered is an error that names the kind and the document, never a silently ignored document.
+
+HTTP endpoints take StateFun's keys (``functions``, ``urlPathTemplate``, ``maxNumBatchRequests``,
+``transport``) plus rayfun's optional ``maxRetries``, ``onFailure`` (``restart`` | ``dead-letter``) and
+``maxConcurrentRequests``. Durations are Flink strings (``2 min``, ``20s``); a bare number is milliseconds,
+as in Flink.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from .remote.endpoint import HttpEndpoint, parse_duration
+
+__all__ = ["ModuleSpec", "ModuleSpecError", "load_module", "register_kind", "registered_kinds"]
+
+#: a builder turns one document's ``spec`` mapping into a component (endpoint, source, sink, ...)
+Builder = Callable[[Mapping[str, Any]], Any]
+
+_SECTIONS = ("endpoints", "ingresses", "egresses")
+
+
+class ModuleSpecError(ValueError):
+    """A module.yaml that cannot be used; the message names the document and what is wrong."""
+
+
+@dataclass
+class ModuleSpec:
+    """What a module.yaml declares, built: ``HttpEndpoint``s, ingress and egress components."""
+
+    endpoints: list[HttpEndpoint] = field(default_factory=list)
+    ingresses: list[Any] = field(default_factory=list)
+    egresses: list[Any] = field(default_factory=list)
+
+
+_KINDS: dict[str, tuple[Builder, str]] = {}
+
+# Kinds whose builders live in a connector package, imported on first use so that a module.yaml with a
+# Kafka ingress works without the caller importing the connector first.
+_PLUGINS = {"io.statefun.kafka.": "connectors.kafka"}
+
+
+def register_kind(kind: str, builder: Builder, section: str | None = None, *, replace: bool = False) -> None:
+    """Register the builder of documents of ``kind``; ``section`` is ``endpoints``/``ingresses``/``egresses``
+    (default: from the kind, ``.../ingress`` -> ingresses, ``.../egress`` -> egresses, ``.../http`` ->
+    endpoints). Registering a kind twice is an error unless ``replace=True``."""
+    if not isinstance(kind, str) or "/" not in kind:
+        raise ValueError(f"a kind is 'namespace/name' (e.g. 'io.statefun.kafka.v1/ingress'), got {kind!r}")
+    if not callable(builder):
+        raise TypeError(f"the builder for {kind} must be callable")
+    if section is None:
+        suffix = kind.rpartition("/")[2]
+        section = {"ingress": "ingresses", "egress": "egresses", "http": "endpoints"}.get(suffix)
+        if section is None:
+            raise ValueError(f"cannot tell whether {kind} is an endpoint, ingress or egress; pass section=")
+    if section not in _SECTIONS:
+        raise ValueError(f"section must be one of {_SECTIONS}, got {section!r}")
+    if kind in _KINDS and not replace and _KINDS[kind][0] is not builder:
+        raise ValueError(f"kind {kind} is already registered (pass replace=True to override)")
+    _KINDS[kind] = (builder, section)
+
+
+def registered_kinds() -> list[str]:
+    """The kinds ``load_module`` understands now."""
+    return sorted(_KINDS)
+
+
+def _lookup(kind: str) -> tuple[Builder, str] | None:
+    found = _KINDS.get(kind)
+    if found is None:
+        for prefix, module in _PLUGINS.items():
+            if kind.startswith(prefix):
+                try:
+                    importlib.import_module(module)  # registers its kinds
+                except ImportError as exc:
+                    raise ModuleSpecError(f"kind {kind} needs the connector module {module!r}, which cannot be "
+                                          f"imported: {exc}") from exc
+                found = _KINDS.get(kind)
+    return found
+
+
+def load_module(path_or_text: str | os.PathLike) -> ModuleSpec:
+    """Build every component a module.yaml declares (a file path, ``file://`` URL, or the YAML text)."""
+    text, source = _read(path_or_text)
+    try:
+        documents = [d for d in yaml.safe_load_all(text)]
+    except yaml.YAMLError as exc:
+        raise ModuleSpecError(f"{source} is not valid YAML: {exc}") from None
+    present = [(i, d) for i, d in enumerate(documents, 1) if d is not None]
+    if not present:
+        raise ModuleSpecError(f"{source} declares nothing (no YAML documents)")
+    total = len(documents)
+    module = ModuleSpec()
+    for index, doc in present:
+        where = f"{source}, document {index} of {total}"
+        if not isinstance(doc, dict):
+            raise ModuleSpecError(f"{where}: expected a mapping with 'kind' and 'spec', got {type(doc).__name__}")
+        if "module" in doc and "kind" not in doc:
+            raise ModuleSpecError(f"{where}: the legacy StateFun 3.0 format (version/module) is not supported; "
+                                  f"write one 'kind:' + 'spec:' document per component")
+        kind = doc.get("kind")
+        if not isinstance(kind, str) or not kind:
+            raise ModuleSpecError(f"{where}: missing 'kind' (e.g. io.statefun.endpoints.v2/http)")
+        where = f"{where} (kind {kind})"
+        extra = sorted(set(doc) - {"kind", "spec"})
+        if extra:
+            raise ModuleSpecError(f"{where}: unexpected top-level keys {extra}; put settings under 'spec'")
+        spec = doc.get("spec")
+        if not isinstance(spec, dict):
+            raise ModuleSpecError(f"{where}: 'spec' must be a mapping, got {type(spec).__name__}")
+        found = _lookup(kind)
+        if found is None:
+            raise ModuleSpecError(f"{where}: unknown kind {kind!r}; known kinds: {', '.join(registered_kinds())}")
+        builder, section = found
+        try:
+            component = builder(spec)
+        except ModuleSpecError as exc:
+            raise ModuleSpecError(f"{where}: {exc}") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ModuleSpecError(f"{where}: {detail}") from exc
+        getattr(module, section).append(component)
+    _check_unique(module, source)
+    return module
+
+
+def _read(path_or_text: str | os.PathLike) -> tuple[str, str]:
+    if isinstance(path_or_text, os.PathLike):
+        path = os.fspath(path_or_text)
+    elif isinstance(path_or_text, str):
+        path = path_or_text[len("file://"):] if path_or_text.startswith("file://") else path_or_text
+        if not os.path.isfile(path):
+            if "\n" in path_or_text or ":" in path_or_text:
+                return path_or_text, "module.yaml text"
+            raise ModuleSpecError(f"module file {path_or_text!r} not found")
+    else:
+        raise TypeError(f"load_module() takes a path or YAML text, got {type(path_or_text).__name__}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(), path
+    except OSError as exc:
+        raise ModuleSpecError(f"cannot read module file {path!r}: {exc}") from None
+
+
+def _check_unique(module: ModuleSpec, source: str) -> None:
+    seen: set[str] = set()
+    for endpoint in module.endpoints:
+        if endpoint.functions in seen:
+            raise ModuleSpecError(f"{source}: two endpoints serve {endpoint.functions!r}")
+        seen.add(endpoint.functions)
+    for section in ("ingresses", "egresses"):
+        ids: set[str] = set()
+        for component in getattr(module, section):
+            cid = getattr(component, "id", None)
+            if isinstance(cid, str):
+                if cid in ids:
+                    raise ModuleSpecError(f"{source}: two {section} have the id {cid!r}")
+                ids.add(cid)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTTP endpoints.
+
+_ASYNC = "io.statefun.transports.v1/async"
+_OKHTTP = "io.statefun.transports.v1/okhttp"
+_RAYFUN_KEYS = {"maxRetries": "max_retries", "onFailure": "on_failure",
+                "maxConcurrentRequests": "max_concurrent_requests"}
+
+
+def _check_keys(mapping: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise ModuleSpecError(f"unknown key{'s' if len(unknown) > 1 else ''} {unknown} in {what}; "
+                              f"allowed: {sorted(allowed)}")
+
+
+def _duration(value: Any, what: str) -> float:
+    """A module.yaml duration: a Flink string, or a bare number of milliseconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = f"{value}ms"
+    seconds = parse_duration(value, what)
+    if seconds <= 0:
+        raise ModuleSpecError(f"{what} must be positive, got {value!r}")
+    return seconds
+
+
+def _file_path(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ModuleSpecError(f"{what} must be a file path, got {value!r}")
+    if value.startswith("classpath:"):
+        raise ModuleSpecError(f"{what}: classpath: resources are a JVM notion; give a file path")
+    for prefix in ("file://", "file:"):
+        if value.startswith(prefix):
+            return value[len(prefix):]
+    return value
+
+
+def _okhttp_timeouts(timeouts: Any, what: str) -> dict[str, Any]:
+    if timeouts is None:
+        timeouts = {}
+    if not isinstance(timeouts, dict):
+        raise ModuleSpecError(f"{what} must be a mapping of call/connect/read/write")
+    _check_keys(timeouts, {"call", "connect", "read", "write"}, what)
+    call = _duration(timeouts.get("call", "1 min"), f"{what}.call")
+    out: dict[str, Any] = {"call_timeout": call}
+    for key, default in (("connect", "10 s"), ("read", "10 s"), ("write", "10 s")):
+        seconds = _duration(timeouts.get(key, default), f"{what}.{key}")
+        if seconds > call:
+            raise ModuleSpecError(f"{what}.{key} ({seconds:g}s) must not exceed {what}.call ({call:g}s)")
+        if key != "write":  # aiohttp has no separate write timeout: the attempt budget covers it
+            out[f"{key}_timeout"] = seconds
+    return out
+
+
+def _async_transport(transport: Mapping[str, Any], what: str) -> dict[str, Any]:
+    keys = {"type", "call", "connect", "read", "timeouts", "pool_ttl", "pool_size", "payload_max_bytes",
+            "trust_cacerts", "client_cert", "client_key", "client_key_password", "verify"}
+    _check_keys(transport, keys, what)
+    timeouts = transport.get("timeouts") or {}
+    if not isinstance(timeouts, dict):
+        raise ModuleSpecError(f"{what}.timeouts must be a mapping of call/connect/read")
+    _check_keys(timeouts, {"call", "connect", "read"}, f"{what}.timeouts")
+    out: dict[str, Any] = {}
+    for key, default in (("call", "2 min"), ("connect", "20 s"), ("read", None)):
+        value = timeouts.get(key, transport.get(key, default))  # nested timeouts win, as in StateFun
+        if value is not None:
+            out[f"{key}_timeout"] = _duration(value, f"{what}.{key}")
+    if "pool_ttl" in transport:
+        out["pool_ttl"] = _duration(transport["pool_ttl"], f"{what}.pool_ttl")
+    for key in ("pool_size", "payload_max_bytes"):
+        if key in transport:
+            out[key] = transport[key]
+    if "trust_cacerts" in transport:
+        out["ca_file"] = _file_path(transport["trust_cacerts"], f"{what}.trust_cacerts")
+    for key in ("client_cert", "client_key"):
+        if key in transport:
+            out[key] = _file_path(transport[key], f"{what}.{key}")
+    if "client_key_password" in transport:
+        out["client_key_password"] = str(transport["client_key_password"])
+    if "verify" in transport:
+        out["verify"] = transport["verify"]
+    return out
+
+
+def _endpoint_common(spec: Mapping[str, Any]) -> dict[str, Any]:
+    for key in ("functions", "urlPathTemplate"):
+        if key not in spec:
+            raise ModuleSpecError(f"missing required key {key!r}")
+        if not isinstance(spec[key], str):
+            raise ModuleSpecError(f"{key!r} must be a string, got {spec[key]!r}")
+    out: dict[str, Any] = {"functions": spec["functions"], "url_path_template": spec["urlPathTemplate"]}
+    if "maxNumBatchRequests" in spec:
+        out["max_num_batch_requests"] = spec["maxNumBatchRequests"]
+    for key, field_name in _RAYFUN_KEYS.items():
+        if key in spec:
+            out[field_name] = spec[key]
+    return out
+
+
+def build_http_endpoint_v2(spec: Mapping[str, Any]) -> HttpEndpoint:
+    """``io.statefun.endpoints.v2/http``: the async transport by default, or okhttp."""
+    _check_keys(spec, {"functions", "urlPathTemplate", "maxNumBatchRequests", "transport", *_RAYFUN_KEYS},
+                "spec")
+    kwargs = _endpoint_common(spec)
+    transport = spec.get("transport") or {}
+    if not isinstance(transport, dict):
+        raise ModuleSpecError(f"'transport' must be a mapping, got {transport!r}")
+    kind = transport.get("type", _ASYNC)
+    if kind == _ASYNC:
+        kwargs.update(_async_transport(transport, "transport"))
+    elif kind == _OKHTTP:
+        _check_keys(transport, {"type", "timeouts"}, "transport")
+        kwargs.update(_okhttp_timeouts(transport.get("timeouts"), "transport.timeouts"))
+    else:
+        raise ModuleSpecError(f"unknown transport type {kind!r}; use {_ASYNC} or {_OKHTTP}")
+    return HttpEndpoint(**kwargs)
+
+
+def build_http_endpoint_v1(spec: Mapping[str, Any]) -> HttpEndpoint:
+    """``io.statefun.endpoints.v1/http``: okhttp-style ``timeouts`` directly under spec."""
+    _check_keys(spec, {"functions", "urlPathTemplate", "maxNumBatchRequests", "timeouts", *_RAYFUN_KEYS}, "spec")
+    kwargs = _endpoint_common(spec)
+    kwargs.update(_okhttp_timeouts(spec.get("timeouts"), "timeouts"))
+    return HttpEndpoint(**kwargs)
+
+
+register_kind("io.statefun.endpoints.v2/http", build_http_endpoint_v2, "endpoints")
+register_kind("io.statefun.endpoints.v1/http", build_http_endpoint_v1, "endpoints")

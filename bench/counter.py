@@ -55,12 +55,29 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--addresses", type=int, default=10_000)
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="checkpoint here (a fresh temporary directory if 'tmp'); default: no checkpoints")
+    parser.add_argument("--checkpoint-interval", type=float, default=1.0)
     args = parser.parse_args()
+    print(f"counter: {run(args):.0f} msgs/s")
 
-    ray.init(num_cpus=max(2, args.shards), include_dashboard=False, log_to_driver=True)
+
+def run(args) -> float:
+    """One run; returns messages/second after start-up."""
+    import shutil
+    import tempfile
+
+    checkpoint_dir = args.checkpoint_dir
+    cleanup = None
+    if checkpoint_dir == "tmp":
+        checkpoint_dir = cleanup = tempfile.mkdtemp(prefix="rayfun-bench-")
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(2, args.shards), include_dashboard=False, log_to_driver=True)
     source = MemorySource(make_records(args.messages, args.addresses), partitions=args.shards,
                           id="bench/numbers", batch_size=16384)
-    app = rayfun.start(build_functions(), shards=args.shards, ingresses=[source])
+    app = rayfun.start(build_functions(), shards=args.shards, ingresses=[source], checkpoint_dir=checkpoint_dir,
+                       checkpoint_interval=args.checkpoint_interval)
     # The shards start reading as soon as they start: count from here, minus what they already did.
     started = time.perf_counter()
     done_before = sum(m["processed"] for m in app.metrics())
@@ -71,17 +88,20 @@ def main() -> None:
     expected = expected_state(args.messages, args.addresses)
     sample = list(expected)[:: max(1, args.addresses // 200)]
     wrong = [a for a in sample if app.state(TYPENAME, a, wait=False).get("count") != expected[a]]
+    checkpoints = app.info()["last_checkpoint"] if checkpoint_dir else 0
     app.stop()
-    ray.shutdown()
+    if cleanup:
+        shutil.rmtree(cleanup, ignore_errors=True)
     if processed != args.messages or wrong:
         raise SystemExit(f"WRONG: processed {processed} of {args.messages}; wrong state at {wrong[:5]}")
     rate = (processed - done_before) / elapsed
     for m in metrics:
-        print(f"shard {m['index']}: processed {m['processed']}, idle {m['idle_s']:.2f} s")
+        print(f"shard {m['index']}: processed {m['processed']}, idle {m['idle_s']:.2f} s, snapshot capture "
+              f"{m['snapshot_capture_s']:.2f} s, snapshot write {m['snapshot_write_s']:.2f} s (in a thread)")
     print(f"processed {processed} messages over {args.addresses} addresses on {args.shards} shards; "
           f"{processed - done_before} in {elapsed:.2f} s after start-up; state exact at {len(sample)} "
-          f"sampled addresses")
-    print(f"counter: {rate:.0f} msgs/s")
+          f"sampled addresses; {checkpoints or 0} checkpoints")
+    return rate
 
 
 if __name__ == "__main__":

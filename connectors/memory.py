@@ -7,6 +7,7 @@ same records each time it is called): its position is simply how many records of
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any, Callable, Iterable, Sequence
 
@@ -61,8 +62,9 @@ def to_row(record: Any, value_type: Type | None = None) -> tuple:
 
 
 class _MemoryPartition(SourcePartition):
-    def __init__(self, records: Iterable[Any], position: int, batch_size: int, value_type: Type | None):
-        self._it = itertools.islice(iter(records), position, None)
+    def __init__(self, records: Iterable[Any], position: int, batch_size: int, value_type: Type | None,
+                 skip: int):
+        self._it = itertools.islice(iter(records), skip, None) if skip else iter(records)
         self._position = position
         self._batch_size = batch_size
         self._value_type = value_type
@@ -110,7 +112,9 @@ class MemorySource(Source):
 
     ``records`` is a sequence of ``Message``s or ``(typename, id, value)`` tuples, or a picklable callable
     ``factory(partition_index, partition_count) -> iterable`` that returns the same records every call
-    (use it to generate large inputs inside the shards instead of shipping them).
+    (use it to generate large inputs inside the shards instead of shipping them). A factory that takes a
+    third argument ``start`` is asked to begin at that record, so a recovery need not skip through
+    everything before it.
     """
 
     def __init__(self, records: Sequence[Any] | Callable[[int, int], Iterable[Any]], *, partitions: int = 1,
@@ -132,11 +136,16 @@ class MemorySource(Source):
 
     def build_partition(self, partition: str, resume_state: Any | None) -> SourcePartition:
         index = int(partition)
+        position = int(resume_state or 0)
+        skip = position
         if callable(self._records):
-            records = self._records(index, self._count)
+            if len(inspect.signature(self._records).parameters) >= 3:
+                records, skip = self._records(index, self._count, position), 0
+            else:
+                records = self._records(index, self._count)
         else:
             records = itertools.islice(self._records, index, None, self._count)
-        return _MemoryPartition(records, int(resume_state or 0), self._batch_size, self._value_type)
+        return _MemoryPartition(records, position, self._batch_size, self._value_type, skip)
 
 
 class _MemorySinkPartition(SinkPartition):

@@ -229,8 +229,13 @@ class Coordinator:
                         pass
                     self.shards[i] = self._new_shard(i)
                 await asyncio.gather(*[self.shards[i].ready.remote() for i in dead])
-                await self._restore_newest(await self._latest_checkpoint())
+                replaced = time.monotonic()
+                checkpoint = await self._latest_checkpoint()
+                found = time.monotonic()
+                await self._restore_newest(checkpoint)
                 self.recoveries += 1
+                log.info("recovery: replacing %d shard(s) %.2f s, finding checkpoint %.2f s, restoring %.2f s",
+                         len(dead), replaced - started, found - replaced, time.monotonic() - found)
         finally:
             self._recovering = False
         self.last_recovery_s = time.monotonic() - started

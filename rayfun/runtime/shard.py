@@ -99,6 +99,7 @@ class _Snapshot:
         self.waiting: set[int] = set()
         self.recorded: list[tuple] = []
         self.deltas: dict[str, Any] = {}
+        self.captured: dict[str, tuple[list, list]] = {}
         self.timers: list = []
         self.pending: list[tuple] = []
         self.egress: list[tuple] = []
@@ -160,7 +161,7 @@ class ShardCore:
         self._store = None
         self._committed: int | None = None   # the newest checkpoint known complete (deltas build on it)
         self._layout_cache: dict[str, Any] = {}
-        self.counters = {"idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
+        self.counters = {"snapshot_capture_s": 0.0, "snapshot_write_s": 0.0, "idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -425,8 +426,10 @@ class ShardCore:
         except Exception as exc:
             if generation != self.generation:
                 return
-            self._failure = f"shard {dest} is unreachable: {exc}"
-            log.error("shard %d: delivery to shard %d failed: %s", self.index, dest, exc)
+            if self._failure is None:  # once: the coordinator rolls everything back anyway
+                log.error("shard %d: delivery to shard %d failed: %s", self.index, dest,
+                          str(exc).splitlines()[0])
+            self._failure = f"shard {dest} is unreachable"
         finally:
             self._outstanding[dest] -= 1
             self.wake()
@@ -575,6 +578,7 @@ class ShardCore:
             self._finish_snapshot()
 
     def _begin_snapshot(self, n: int) -> None:
+        began = time.perf_counter()
         loop = asyncio.get_running_loop()
         self._snapshots_done[n] = loop.create_future()
         self._flush()  # what was produced before the cut travels before the marker
@@ -584,12 +588,16 @@ class ShardCore:
             state = runner.state
             # a delta on top of the last *committed* checkpoint: what changed since then, including what a
             # snapshot that never completed had captured
-            ids = runner.since_commit
-            ids |= state.changed
-            state.changed.clear()
-            instances = state.instances
-            live = {id: instances[id] for id in ids if id in instances}
-            snap.deltas[typename] = StateDelta(self._layout(typename), live, [id for id in ids if id not in live])
+            changed = state.changed
+            if runner.since_commit:
+                runner.since_commit |= changed
+            else:
+                runner.since_commit = set(changed)
+            changed.clear()
+            # capture the cells at the cut with C-level calls only (this runs on the event loop); the
+            # lists are never mutated in place, so the thread that encodes them sees the cut's values
+            ids = list(runner.since_commit)
+            snap.captured[typename] = (ids, list(map(state.instances.get, ids)))
         snap.timers = self.timers.all()
         for batch, start in self._mailbox:
             snap.pending.extend(batch[start:] if start else batch)
@@ -615,6 +623,7 @@ class ShardCore:
                 peer.deliver.remote(self.index, seq, None, self.generation, n)
                 snap.waiting.add(dest)
         self._snapshot = snap
+        self.counters["snapshot_capture_s"] += time.perf_counter() - began
         if not snap.waiting:
             self._finish_snapshot()
 
@@ -638,6 +647,17 @@ class ShardCore:
             done.set_result(part)
 
     def _write_part(self, snap: "_Snapshot"):
+        began = time.perf_counter()
+        try:
+            return self._write_part_now(snap)
+        finally:
+            self.counters["snapshot_write_s"] += time.perf_counter() - began
+
+    def _write_part_now(self, snap: "_Snapshot"):
+        for typename, (ids, cells) in snap.captured.items():
+            live = {id: c for id, c in zip(ids, cells) if c is not None}
+            deleted = [id for id, c in zip(ids, cells) if c is None]
+            snap.deltas[typename] = StateDelta(self._layout(typename), live, deleted)
         return self._store.write_shard_part(
             snap.id, self.index, self.key_group_range, key_groups=self.config.key_groups, state=snap.deltas,
             parent_id=snap.parent_id, timers=snap.timers, messages=snap.pending + snap.recorded,

@@ -5,7 +5,7 @@ rejected with an ``EgressRecordError`` that names the egress and the typename.
 
 Exactly-once. The runtime hands a sink partition the records of epoch ``n`` only after checkpoint ``n`` is
 complete, and may hand the same epoch again after a crash. Each ``(partition index, epoch)`` is published
-as one Kafka transaction that also writes an *epoch marker* (key ``<egress id>/<partition index>``, value
+as one Kafka transaction that also writes an *epoch marker* (key ``<transactional.id>/<run id>``, value
 the epoch) to the marker topic ``__rayfun_egress_epochs``. A partition reads its last marker back when it
 opens (after ``init_transactions``, which fences any older producer of the same ``transactional.id`` and
 aborts its open transaction) and skips epochs at or below it. The runtime publishes a partition's epochs in
@@ -26,6 +26,14 @@ stable offset back, so ``read_committed`` readers of those partitions wait until
 index opens again (its ``init_transactions`` aborts it). Markers are spread over the marker topic's
 partitions by sink and index so one stuck partition does not hold the others back.
 
+Epoch numbers start again in a fresh application, so markers are scoped by ``run_id``: the runtime should
+set ``sink.run_id`` to an id that stays the same across restores of one application and changes when an
+application starts without a checkpoint to restore (e.g. an id kept in its checkpoint history). Without
+that, each ``KafkaSink`` object draws a random run id: exactly-once holds across every restore inside the
+application's lifetime, and a *new* application never skips its epochs because of an old one's markers;
+the cost is that an application restarted from its checkpoints by a new driver may publish the epoch that
+was in flight at the crash a second time.
+
 Epoch ``-1`` (the runtime runs without checkpoints) is published in a transaction without a marker: with no
 checkpoint there is no replay to deduplicate.
 
@@ -38,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 import zlib
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -92,7 +101,8 @@ class KafkaSink(Sink):
 
     ``delivery``: ``"exactly-once"`` (transactions per epoch, see the module doc), ``"at-least-once"`` (flush
     per batch) or ``"none"`` (fire and forget). ``properties`` are raw librdkafka producer settings and
-    override the defaults; a ``transactional.id`` there is used as the prefix. ``transaction_timeout_ms``
+    override the defaults; a ``transactional.id`` there is used as the prefix (partition ``i`` uses
+    ``<prefix>-<i>``; give each application its own prefix, as Kafka requires of transactional ids). ``transaction_timeout_ms``
     bounds one epoch's publication (not the checkpoint interval, unlike Flink: our transactions open and
     commit within one ``write_batch``).
     """
@@ -100,7 +110,7 @@ class KafkaSink(Sink):
     def __init__(self, id: str, bootstrap: str, *, delivery: str = DeliverySemantic.EXACTLY_ONCE,
                  transactional_id_prefix: str | None = None, properties: Mapping[str, Any] | None = None,
                  transaction_timeout_ms: int = 60_000, marker_topic: str = MARKER_TOPIC,
-                 marker_partitions: int = 32, timeout: float = 60.0):
+                 marker_partitions: int = 32, timeout: float = 60.0, run_id: str | None = None):
         validate_typename(id)
         if not bootstrap:
             raise ValueError(f"Kafka egress {id}: no bootstrap address")
@@ -118,6 +128,8 @@ class KafkaSink(Sink):
         self.marker_topic = marker_topic
         self.marker_partitions = marker_partitions
         self.timeout = timeout
+        #: scopes the epoch markers to one application run (see the module doc); set it before partitions open
+        self.run_id = run_id or uuid.uuid4().hex[:16]
 
     def producer_config(self, index: int) -> dict[str, Any]:
         """The librdkafka settings of partition ``index``'s producer (the user's ``properties`` win)."""
@@ -249,7 +261,7 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
 
     def __init__(self, sink: KafkaSink, index: int):
         super().__init__(sink, index)
-        self._marker_key = f"{sink.id}/{index}".encode("utf-8")
+        self._marker_key = f"{sink.transactional_id_prefix}-{index}/{sink.run_id}".encode("utf-8")
         try:
             self._marker_partition = self._ensure_marker_topic(sink, index)
             self._init()
@@ -305,13 +317,14 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
                                 "enable.auto.commit": False, "isolation.level": "read_committed",
                                 "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 3})
         try:
-            window = 256
+            window, stop = 256, None  # the newest window is read to the partition's end, whatever it is
             while end > low:
                 start = max(low, end - window)
-                found = self._scan(consumer, tp, start, end)
+                found = self._scan(consumer, tp, start, stop)
                 if found is not None:
                     return found
-                end, window = start, window * 4
+                end = stop = start
+                window *= 4
             return None
         finally:
             consumer.close()
@@ -341,7 +354,8 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
             time.sleep(0.05)
         return max(low, 0), high
 
-    def _scan(self, consumer: Any, tp: Any, start: int, end: int) -> int | None:
+    def _scan(self, consumer: Any, tp: Any, start: int, stop: int | None) -> int | None:
+        """The epoch of our last marker in ``[start, stop)`` (``stop`` None: to the end of the partition)."""
         ck = self._ck
         consumer.assign([ck.TopicPartition(tp.topic, tp.partition, start)])
         found: int | None = None
@@ -353,7 +367,7 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
                     if err.code() == ck.KafkaError._PARTITION_EOF:
                         return found
                     raise KafkaEgressError(f"Kafka egress {self._id}: reading markers failed: {err}")
-                if m.offset() >= end:
+                if stop is not None and m.offset() >= stop:
                     return found
                 if m.key() == self._marker_key:
                     try:

@@ -9,6 +9,8 @@ from .checkpoint import CorruptCheckpointError, read_state
 from .context import Context
 from .functions import StatefulFunctions, ValueSpec
 from .io import DEAD_LETTER_EGRESS, DeadLetter, Sink, SinkPartition, Source, SourcePartition
+from .module_yaml import load_module
+from .remote import HttpEndpoint, RemoteFunctionError, make_app, make_handler, serve
 from .messages import (
     Address,
     EgressMessage,
@@ -40,4 +42,5 @@ __all__ = [
     "Type", "TypeSerializer", "BoolType", "IntType", "LongType", "FloatType", "DoubleType", "StringType",
     "make_json_type", "make_protobuf_type", "simple_type", "Source", "SourcePartition", "Sink",
     "SinkPartition", "DeadLetter", "DEAD_LETTER_EGRESS", "read_state", "CorruptCheckpointError",
+    "HttpEndpoint", "RemoteFunctionError", "serve", "make_app", "make_handler", "load_module",
 ]

@@ -130,6 +130,7 @@ class ShardCore:
         self.runners: dict[str, Any] = {spec.typename: EmbeddedFunction(spec, self) for spec in config.functions}
         self._run_fns = {typename: runner.run for typename, runner in self.runners.items()}
         self._route_cache: dict[str, dict[str, int]] = {}
+        self._clients: dict[Any, Any] = {}  # endpoint -> RemoteFunctionClient
         self.timers = TimerService()
         self.epoch_token = object()
         self.peers: list = []
@@ -208,6 +209,8 @@ class ShardCore:
             except Exception:
                 log.exception("closing source partition %s/%s", slot.source_id, slot.name)
         self._publish_now()
+        for client in self._clients.values():
+            await client.close()
         for _, partition in self._sinks.values():
             try:
                 partition.close()
@@ -303,6 +306,8 @@ class ShardCore:
             while i < end:
                 run = run_fns.get(batch[i][0])
                 if run is None:
+                    run = self._remote_runner(batch[i][0])
+                if run is None:
                     self._unknown_target(*batch[i])
                     i += 1
                 else:
@@ -315,9 +320,28 @@ class ShardCore:
         if self._backlog <= self.config.mailbox_low and not self._below_high.is_set():
             self._below_high.set()
 
+    def _remote_runner(self, typename: str):
+        """The runner of a remote function type, created on its first message (endpoints match patterns)."""
+        endpoint = self.registry.endpoint_for(typename)
+        if endpoint is None:
+            return None
+        from .remote import RemoteFunction
+
+        client = self._clients.get(endpoint)
+        if client is None:
+            from ..remote import RemoteFunctionClient
+
+            client = self._clients[endpoint] = RemoteFunctionClient(endpoint)
+        runner = self.runners[typename] = RemoteFunction(typename, endpoint, client, self)
+        self._run_fns[typename] = runner.run
+        return runner.run
+
     def _may_read_sources(self) -> bool:
         if self._backlog > self.config.mailbox_low:
             return False
+        if self._clients and (any(getattr(r, "blocked", 0) for r in self.runners.values())
+                              or any(c.saturated for c in self._clients.values())):
+            return False  # a remote function is the bottleneck: let it catch up (StateFun's backpressure)
         limit = self.config.max_outstanding
         return all(o < limit for o in self._outstanding)
 
@@ -441,13 +465,23 @@ class ShardCore:
     # -- effects of an invocation -----------------------------------------------------------------------
 
     def apply_effects(self, typename: str, id: str, sends: list | None, timers: list | None,
-                      egress: list | None, now_ms: int) -> None:
-        """Commit a successful invocation's sends, timers and egress records (validated first)."""
+                      egress: list | None, now_ms: int, strict: bool = True) -> None:
+        """Commit a successful invocation's sends, timers and egress records (validated first).
+
+        ``strict=False`` (remote answers, already past the function): a message to a function type that
+        does not exist is dead-lettered rather than failing the whole answer."""
         if timers:
             self._check_tokens(typename, id, timers)
         caller = (typename, id)
         if sends:
+            registry = self.registry
             for m in sends:
+                if not strict and m.target_typename not in registry:
+                    self._dead_letter(f"{typename} (id {id!r}) sent to unknown function type "
+                                      f"{m.target_typename!r} (bound: {registry.describe()})",
+                                      function=m.target_typename, id=m.target_id, caller=caller,
+                                      value_typename=m.value_type_name, payload=m.payload)
+                    continue
                 self.route(m.target_typename, m.target_id, caller, m.value_type_name, m.payload)
         if timers:
             for delay_ms, message, token in timers:
@@ -485,6 +519,17 @@ class ShardCore:
     def _unknown_target(self, ttype: str, tid: str, caller, vtype: str, payload: Any) -> None:
         self._dead_letter(f"unknown function type {ttype!r} (bound: {self.registry.describe()})",
                           function=ttype, id=tid, caller=caller, value_typename=vtype, payload=payload)
+
+    def fail(self, reason: str) -> None:
+        """Ask the coordinator to roll everything back to the last checkpoint (it polls for this)."""
+        if self._failure is None:
+            self._failure = reason
+
+    def dead_letter(self, reason: str, **fields: Any) -> None:
+        self._dead_letter(reason, **fields)
+
+    def layout_changed(self, typename: str) -> None:
+        self._layout_cache.pop(typename, None)
 
     def _dead_letter(self, reason: str, **fields: Any) -> None:
         self.counters["dead_letters"] += 1
@@ -761,6 +806,11 @@ class ShardCore:
         self.wake()
 
     def _load(self, restored) -> None:
+        for typename, layout in restored.layouts.items():  # remote functions: their registered specs
+            if typename not in self.runners and self._remote_runner(typename) is not None:
+                self.runners[typename].register(list(zip(layout.names, layout.typenames,
+                                                         layout.expire_modes or (None,) * len(layout.names),
+                                                         layout.expire_after_ms or (0,) * len(layout.names))))
         for typename, runner in self.runners.items():
             if typename in restored.layouts:
                 runner.state.instances.update(restored.instances(typename, runner.state.specs))

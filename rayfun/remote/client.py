@@ -190,7 +190,10 @@ class RemoteFunctionClient:
                                           elapsed=time.monotonic() - start) from None
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, DecodeError, _AttemptFailed) as exc:
                 last_error = _describe(exc)
-                if isinstance(exc, DecodeError):
+                if isinstance(exc, asyncio.TimeoutError):
+                    kind = "connecting" if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())) else ""
+                    last_error = f"timed out{' ' + kind if kind else ''} (attempt budget {attempt_budget:.3g}s)"
+                elif isinstance(exc, DecodeError):
                     last_error = f"undecodable answer ({last_error})"
             remaining = deadline - time.monotonic()
             retries_left = endpoint.max_retries is None or attempts <= endpoint.max_retries

@@ -29,14 +29,15 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
           egresses: Sequence[Sink] = (), endpoints: Sequence[Any] = (), key_groups: int = DEFAULT_KEY_GROUPS,
           checkpoint_dir: str | None = None, checkpoint_interval: float | None = 1.0, retain: int = 3,
           storage_options: dict | None = None, shard_options: dict | None = None,
-          ray_init: dict | None = None, name: str | None = None) -> "App":
+          ray_init: dict | None = None, name: str | None = None, module: str | None = None) -> "App":
     """Start an application on Ray and return its handle.
 
     ``ingresses`` are sources (``connectors.memory.MemorySource``, ``connectors.kafka.KafkaSource``, ...),
     ``egresses`` are sinks keyed by their id; an egress that functions use but nobody declared is kept in
     memory and read with ``app.egress(id)``. ``shard_options`` go to Ray's ``.options()`` of every shard
     actor (e.g. ``{"num_cpus": 1}`` to reserve a core each). ``ray_init`` is passed to ``ray.init`` when
-    no Ray is running yet. ``name`` names the coordinator actor ``rayfun:<name>`` (for operators: it can
+    no Ray is running yet. ``module`` is a StateFun module.yaml (a path or its text): its endpoints,
+    ingresses and egresses are added to the ones given here. ``name`` names the coordinator actor ``rayfun:<name>`` (for operators: it can
     be found with Ray's state API).
 
     With ``checkpoint_dir`` (a local path, ``s3://bucket/prefix``, ``memory://...``: any fsspec URL;
@@ -49,6 +50,13 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
         raise TypeError("start() takes a StatefulFunctions")
     if shards < 1:
         raise ValueError("shards must be >= 1")
+    if module is not None:
+        from .module_yaml import load_module
+
+        spec = load_module(module)
+        endpoints = [*endpoints, *spec.endpoints]
+        ingresses = [*ingresses, *spec.ingresses]
+        egresses = [*egresses, *spec.egresses]
     ids = [s.id for s in egresses]
     if len(set(ids)) != len(ids):
         raise ValueError(f"two egresses share an id: {ids}")

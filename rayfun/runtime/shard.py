@@ -847,6 +847,8 @@ class ShardCore:
             "sources_exhausted": all(s.exhausted for s in self._sources),
             "timers": len(self.timers),
             "failure": self._failure,
+            "remote_requests": sum(c.stats["requests"] for c in self._clients.values()),
+            "remote_failures": sum(c.stats["failures"] for c in self._clients.values()),
             "generation": self.generation,
             "epoch": self._epoch,
             **self.counters,

@@ -49,9 +49,9 @@ def _expand(urls: str | Sequence[str], storage_options: Mapping[str, Any]) -> li
     found: list[str] = []
     for url in urls:
         fs, _, paths = fsspec.get_fs_token_paths(url, storage_options=dict(storage_options))
-        paths = sorted(p for p in paths if not fs.isdir(p))
+        paths = sorted(p for p in paths if fs.isfile(p))
         if not paths and not any(c in url for c in "*?["):
-            raise FileNotFoundError(f"FileSource: {url} does not exist")
+            raise FileNotFoundError(f"FileSource: {url} does not exist (or is not a file)")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         found.extend(p if protocol in ("file", "local") else fs.unstrip_protocol(p) for p in paths)
     return found
@@ -61,13 +61,16 @@ class FileSource(Source):
     """Newline-delimited records from files, each line one message to ``(target, key(line))``.
 
     ``key``: the name of a JSON field that holds the target id (each line then is a JSON object), or a
-    function ``key(line: str) -> str``. ``value_type``: built-in types are parsed from the text (``"42"`` ->
-    42); any other typename carries the line's bytes unchanged (e.g. a JSON type). Lines that cannot be
-    routed or parsed come back as ``DeadLetter``s; empty lines are skipped.
+    function ``key(line: str) -> str``. ``value``: what of the line is the message (default the whole
+    line): a JSON field name or a function ``value(line: str)``. ``value_type``: built-in types are parsed
+    from text (``"42"`` -> 42) or taken as they are (a JSON number); any other typename carries bytes: the
+    line's own bytes unchanged by default (e.g. under a JSON type), else the extracted value as UTF-8 or
+    JSON. Lines that cannot be routed or parsed come back as ``DeadLetter``s; empty lines are skipped.
     """
 
     def __init__(self, id: str, urls: str | Sequence[str], target: str | Sequence[str], *,
-                 key: str | Callable[[str], str], value_type: str = "io.statefun.types/string",
+                 key: str | Callable[[str], str], value: str | Callable[[str], Any] | None = None,
+                 value_type: str = "io.statefun.types/string",
                  partitions: int = 1, batch_size: int = 2000, storage_options: Mapping[str, Any] | None = None):
         validate_typename(id)
         targets = (target,) if isinstance(target, str) else tuple(target)
@@ -82,7 +85,10 @@ class FileSource(Source):
             raise ValueError("partitions must be >= 1")
         self.id = id
         self.targets = targets
+        if value is not None and not (isinstance(value, str) and value) and not callable(value):
+            raise ValueError(f"FileSource {id}: value must be a JSON field name or a function line -> value")
         self.key = key
+        self.value = value
         self.value_type = value_type
         self.batch_size = batch_size
         self.storage_options = dict(storage_options or {})
@@ -167,10 +173,14 @@ class FileSourcePartition(SourcePartition):
         except UnicodeDecodeError:
             rows.append(DeadLetter(f"line {where} is not UTF-8", source.id, raw))
             return
+        obj: Any = None
         try:
-            if self._field is not None:
+            if self._field is not None or isinstance(source.value, str):
                 obj = json.loads(text)
-                if not isinstance(obj, dict) or self._field not in obj:
+                if not isinstance(obj, dict):
+                    raise ValueError("is not a JSON object")
+            if self._field is not None:
+                if self._field not in obj:
                     raise ValueError(f"has no field {self._field!r}")
                 id = obj[self._field]
                 id = id if isinstance(id, str) else json.dumps(id)
@@ -181,16 +191,33 @@ class FileSourcePartition(SourcePartition):
         except Exception as exc:
             rows.append(DeadLetter(f"line {where} cannot be routed: {exc}", source.id, raw))
             return
-        if self._parse is not None:
-            try:
-                payload = BUILTIN_TYPES[source.value_type].check(self._parse(text))
-            except (ValueError, TypeError, KeyError) as exc:
-                rows.append(DeadLetter(f"line {where} is not a {source.value_type}: {exc!r}", source.id, raw))
-                return
-        else:
-            payload = raw
+        try:
+            payload = self._payload(raw, text, obj)
+        except Exception as exc:
+            rows.append(DeadLetter(f"line {where} is not a {source.value_type}: {exc!r}", source.id, raw))
+            return
         for target in source.targets:
             rows.append((target, id, None, source.value_type, payload))
+
+    def _payload(self, raw: bytes, text: str, obj: Any) -> Any:
+        extract = self._source.value
+        if extract is None:
+            value: Any = text if self._parse is not None else raw
+        elif isinstance(extract, str):
+            if extract not in obj:
+                raise KeyError(f"no field {extract!r}")
+            value = obj[extract]
+        else:
+            value = extract(text)
+        if self._parse is not None:  # a built-in type: parse text, check anything else
+            if isinstance(value, str) and self._parse is not str:
+                value = self._parse(value)
+            return BUILTIN_TYPES[self._source.value_type].check(value)
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
     def next_batch(self) -> list[Message | DeadLetter] | None:
         rows = self.next_rows()

@@ -315,7 +315,8 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
         consumer = ck.Consumer({"bootstrap.servers": self._sink.bootstrap,
                                 "group.id": f"{self._sink.transactional_id_prefix}-markers",
                                 "enable.auto.commit": False, "isolation.level": "read_committed",
-                                "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 3})
+                                "enable.partition.eof": True, "auto.offset.reset": "earliest",
+                                "fetch.wait.max.ms": 10, "log_level": 3})
         try:
             window, stop = 256, None  # the newest window is read to the partition's end, whatever it is
             while end > low:

@@ -160,6 +160,7 @@ class KafkaSource(Source):
             "isolation.level": "read_committed",
             "auto.offset.reset": self.auto_offset_reset,
             "enable.partition.eof": False,
+            "fetch.wait.max.ms": 100,  # an idle partition answers within 100 ms (some brokers wait the full time)
             "log_level": 3,
             **self.properties,
         }

@@ -48,6 +48,7 @@ def read_topic(bootstrap: str, topic: str, *, isolation: str = "read_committed",
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
                   "isolation.level": isolation, "enable.partition.eof": True, "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 10,
                   "log_level": 3})
     try:
         parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)

@@ -3,7 +3,7 @@
 The messages (``io.statefun.sdk.reqreply``), the built-in wrapper types (``io.statefun.sdk.types``) and
 the egress records (``io.statefun.sdk.egress``) are described below as protobuf descriptors built at
 import time, in a private descriptor pool. That keeps protoc and generated code out of the repository,
-works with every protobuf from 4.21 to 7.x, and cannot clash with another copy of the same ``.proto``
+works with every protobuf from 4.21 to 7.x (checked on 4.21.12 and 7.36), and cannot clash with another copy of the same ``.proto``
 files (for instance a user's own generated StateFun classes) in the default pool.
 
 Everything else in rayfun speaks runtime payloads (see ``rayfun.types``): decoded Python values for the
@@ -37,6 +37,7 @@ __all__ = [
     "KinesisEgressRecord",
     "WRAPPERS",
     "UNSET_TYPENAME",
+    "EXPIRE_MODE_NUMBERS",
     "DecodeError",
     "ProtocolError",
     "InvocationResult",

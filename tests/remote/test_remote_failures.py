@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -131,8 +132,6 @@ def test_connection_refused_is_retried_until_the_budget():
 
 def test_concurrency_limit_queues_calls():
     async def scenario():
-        import asyncio
-
         app = make_bad_app()
         async with running_app(app) as base:
             client = RemoteFunctionClient(HttpEndpoint("example/*", f"{base}/slow?delay=0.3", call_timeout=5,
@@ -140,11 +139,15 @@ def test_concurrency_limit_queues_calls():
             try:
                 calls = [asyncio.ensure_future(client.invoke("example/greeter", str(i), STATES, CALL))
                          for i in range(4)]
-                await asyncio.sleep(0.15)
+                for _ in range(200):  # until the first two reach the server
+                    if app[HITS]["slow"] == 2:
+                        break
+                    await asyncio.sleep(0.01)
                 assert client.in_flight == 2 and client.saturated and app[HITS]["slow"] == 2
                 start = time.monotonic()
                 results = await asyncio.gather(*calls)
                 assert all(isinstance(r, InvocationResult) for r in results)
+                assert app[HITS]["slow"] == 4
                 assert time.monotonic() - start > 0.3  # the last two waited for a slot
                 assert client.in_flight == 0 and not client.saturated
             finally:

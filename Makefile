@@ -21,7 +21,10 @@ $(SDK_VENV)/.installed:
 
 install: $(VENV)/.installed
 
+# The main job: the fraud-detection showcase (Kafka in and out, checkpoints in ./checkpoints/fraud),
+# then the greeter and the cyclic ping-pong.
 demo: $(VENV)/.installed
+	$(PY) examples/fraud/main.py
 	$(PY) examples/greeter.py
 	$(PY) examples/ping_pong.py
 
@@ -31,8 +34,12 @@ test: $(VENV)/.installed $(SDK_VENV)/.installed
 test-fast: $(VENV)/.installed $(SDK_VENV)/.installed
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) -m pytest -q -m "not slow"
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(SDK_VENV)/.installed
 	$(PY) bench/counter.py
+	$(PY) bench/counter.py --addresses 1000000 --checkpoint-dir tmp
+	$(PY) bench/recovery.py
+	$(PY) bench/checkpoint_io.py
+	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) bench/remote.py
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) checkpoints .pytest_cache

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import pickle
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ class Coordinator:
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
         self._compaction = None
+        self.run_id = ""
         self._recovering = False
         self.last_recovery_s: float | None = None
 
@@ -76,7 +78,7 @@ class Coordinator:
         c = self.config
         return ShardConfig(functions=c.functions, shards=c.shards, key_groups=c.key_groups, endpoints=c.endpoints,
                            sources=c.sources, sinks=c.sinks, checkpoint_url=c.checkpoint_dir,
-                           checkpoint_options=c.checkpoint_options, collector=self.collector)
+                           checkpoint_options=c.checkpoint_options, collector=self.collector, run_id=self.run_id)
 
     def _new_shard(self, index: int):
         options = {"num_cpus": 0, "max_concurrency": 10_000, "max_restarts": 0, **self.config.shard_options}
@@ -100,9 +102,11 @@ class Coordinator:
             from ..checkpoint import CheckpointStore
 
             self.store = CheckpointStore(self.config.checkpoint_dir, **self.config.checkpoint_options)
+        checkpoint = await self._latest_checkpoint()
+        # one id per application across restores (sinks scope their exactly-once markers by it)
+        self.run_id = (checkpoint.app.get("run_id") if checkpoint is not None else None) or uuid.uuid4().hex[:16]
         self.shards = [self._new_shard(i) for i in range(self.config.shards)]
         await asyncio.gather(*[s.ready.remote() for s in self.shards])
-        checkpoint = await self._latest_checkpoint()
         if checkpoint is None:
             assignment = self._assign_partitions({})
             await asyncio.gather(*[s.start.remote(self.shards, assignment[i]) for i, s in enumerate(self.shards)])
@@ -158,7 +162,8 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: self.store.commit(
             n, list(parts), key_groups=self.config.key_groups,
-            app_meta={"functions": self.config.functions.typenames, "shards": self.config.shards}))
+            app_meta={"functions": self.config.functions.typenames, "shards": self.config.shards,
+                      "run_id": self.run_id}))
         self.last_checkpoint = n
         self._maybe_compact(loop)
         for dest, part in enumerate(parts):  # the driver's messages up to each cut are safe now

@@ -63,6 +63,7 @@ class ShardConfig:
     checkpoint_url: str | None = None
     checkpoint_options: dict = field(default_factory=dict)
     collector: Any = None           # the in-memory egress collector actor (see egress_collector.py)
+    run_id: str = ""                # the application's id across restores (see _sink)
     chunk_size: int = 16384         # messages processed between flushes
     mailbox_high: int = 65536       # deliver() waits while the mailbox holds more than this
     mailbox_low: int = 16384        # ... until it is back under this; sources read only below it
@@ -583,6 +584,8 @@ class ShardCore:
                 sink = MemorySink(egress_id)
             if hasattr(sink, "collector") and sink.collector is None:
                 sink.collector = self.config.collector
+            if hasattr(sink, "run_id") and self.config.run_id:
+                sink.run_id = self.config.run_id  # exactly-once markers stay valid across restores
             entry = self._sinks[egress_id] = (sink, sink.build_partition(self.index, self.config.shards))
         return entry
 

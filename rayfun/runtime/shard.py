@@ -172,6 +172,7 @@ class ShardCore:
         self.peers = peers
         self._init_loop_objects()
         self._open_sources(source_partitions)
+        self._open_sinks()
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     def _init_loop_objects(self) -> None:
@@ -599,11 +600,28 @@ class ShardCore:
         try:
             partition.write_batch(records, epoch)
         except Exception as exc:
-            log.error("egress %s: publishing %d records failed: %s", egress_id, len(records), exc)
-            if egress_id != DEAD_LETTER_EGRESS:
+            rejected = getattr(exc, "rejected", None)
+            if rejected is not None:  # the sink published the rest: dead-letter just what it refused
+                for record, reason in rejected:
+                    self._dead_letter(f"egress {egress_id} rejected the record: {reason}",
+                                      value_typename=record.value_type_name, payload=record.payload)
+            elif epoch >= 0:  # nothing was published: roll back, the epoch is published again after it
+                log.error("egress %s: publishing epoch %d failed: %s", egress_id, epoch, exc)
+                self.fail(f"egress {egress_id}: publishing epoch {epoch} failed: {exc}")
+            elif egress_id != DEAD_LETTER_EGRESS:
+                log.error("egress %s: publishing %d records failed: %s", egress_id, len(records), exc)
                 for r in records:
-                    self._dead_letter(f"egress {egress_id} rejected the record: {exc}",
+                    self._dead_letter(f"egress {egress_id} failed to publish the record: {exc}",
                                       value_typename=r.value_type_name, payload=r.payload)
+
+    def _open_sinks(self) -> None:
+        """Open every declared sink's partition now: e.g. a Kafka partition's start aborts a transaction a
+        crashed predecessor left open, which would otherwise hold read_committed readers back."""
+        for sink in self.config.sinks:
+            try:
+                self._sink(sink.id)
+            except Exception:
+                log.exception("opening egress %s", sink.id)
 
     # -- checkpoints (Chandy-Lamport over the shard-to-shard channels) -----------------------------------
 
@@ -805,6 +823,7 @@ class ShardCore:
                 None, lambda: self._store.load_shard(checkpoint_id, self.key_group_range))
             self._load(restored)
         self._open_sources(source_partitions)
+        self._open_sinks()
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self.wake()
 

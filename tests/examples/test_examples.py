@@ -37,3 +37,20 @@ def test_greeter_and_ping_pong():
     assert "Hello again Alice, visit number 3!" in out and "Alice's state: {'visits': 3}" in out
     out = run_example("examples/ping_pong.py")
     assert "game g3: last hit by example/pong" in out
+
+
+@pytest.mark.timeout(300)
+def test_notebook_runs_top_to_bottom():
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = os.path.join(ROOT, "notebooks", "rayfun_tour.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    outputs = {i: "".join(o.get("text", "") or str(o.get("data", {}).get("text/plain", ""))
+                          for o in cell.get("outputs", [])) for i, cell in enumerate(nb.cells)}
+    assert "alice: cannot withdraw 80" in outputs[5]
+    assert "'alice': ({'balance': 50}, {'events': 1})" in outputs[6]
+    assert "'bob': ({'balance': 500}, {'events': 2})" in outputs[6]
+    assert "example/account" in outputs[8]

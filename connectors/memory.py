@@ -70,7 +70,8 @@ class _MemoryPartition(SourcePartition):
         self._value_type = value_type
         self._done = False
 
-    def next_batch(self) -> list[Message] | None:
+    def _take(self) -> list | None:
+        """The next records (advancing the position), or None once exhausted."""
         if self._done:
             return None
         chunk = list(itertools.islice(self._it, self._batch_size))
@@ -78,17 +79,16 @@ class _MemoryPartition(SourcePartition):
             self._done = True
             return None
         self._position += len(chunk)
-        vt = self._value_type
-        return [to_message(r, vt) for r in chunk]
+        return chunk
+
+    def next_batch(self) -> list[Message] | None:
+        chunk = self._take()
+        return None if chunk is None else [to_message(r, self._value_type) for r in chunk]
 
     def next_rows(self) -> list[tuple] | None:
-        if self._done:
+        chunk = self._take()
+        if chunk is None:
             return None
-        chunk = list(itertools.islice(self._it, self._batch_size))
-        if not chunk:
-            self._done = True
-            return None
-        self._position += len(chunk)
         if self._value_type is not None:
             return [to_row(r, self._value_type) for r in chunk]
         rows, valid = [], _VALID_TYPENAMES

@@ -18,7 +18,7 @@ from .types import (
     LongType,
     StringType,
     Type,
-    _write_varint,
+    write_varint,
     encode_payload,
     from_payload,
     to_payload,
@@ -198,7 +198,7 @@ def _proto_fields(*fields: tuple[int, bytes | str | None]) -> bytes:
         if not value:
             continue
         raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-        out += _write_varint((number << 3) | 2) + _write_varint(len(raw)) + raw
+        out += write_varint((number << 3) | 2) + write_varint(len(raw)) + raw
     return bytes(out)
 
 

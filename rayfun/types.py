@@ -82,7 +82,7 @@ def validate_typename(typename: str) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------------------
 # Built-in types: one-field protobuf wrappers (io.statefun.sdk.types), hand-encoded.
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= len(data):
@@ -97,7 +97,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _write_varint(value: int) -> bytes:
+def write_varint(value: int) -> bytes:
     out = bytearray()
     while True:
         bits = value & 0x7F
@@ -115,16 +115,16 @@ def _field1(data: bytes, wire_type: int, typename: str) -> bytes | int | None:
     n = len(data)
     try:
         while pos < n:
-            key, pos = _read_varint(data, pos)
+            key, pos = read_varint(data, pos)
             field, wt = key >> 3, key & 7
             if wt == 0:
-                v, pos = _read_varint(data, pos)
+                v, pos = read_varint(data, pos)
             elif wt == 1:
                 v, pos = data[pos:pos + 8], pos + 8
             elif wt == 5:
                 v, pos = data[pos:pos + 4], pos + 4
             elif wt == 2:
-                ln, pos = _read_varint(data, pos)
+                ln, pos = read_varint(data, pos)
                 v, pos = data[pos:pos + ln], pos + ln
             else:
                 raise ValueError(f"unsupported wire type {wt}")
@@ -210,7 +210,7 @@ class _String(_BuiltinType[str]):
         if not value:
             return b""
         raw = value.encode("utf-8")
-        return b"\x0a" + _write_varint(len(raw)) + raw
+        return b"\x0a" + write_varint(len(raw)) + raw
 
     def deserialize(self, data: bytes) -> str:
         v = _field1(data, 2, self.typename)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from rayfun.messages import KAFKA_PRODUCER_RECORD
+from rayfun.types import read_varint
 
 __all__ = ["KafkaProducerRecord", "decode_producer_record", "KAFKA_PRODUCER_RECORD"]
 
@@ -23,21 +24,6 @@ class KafkaProducerRecord(NamedTuple):
     value: bytes
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
 def decode_producer_record(data: bytes) -> KafkaProducerRecord:
     """Decode a ``KafkaProducerRecord`` (unknown fields skipped, the last occurrence of a field wins).
 
@@ -47,10 +33,10 @@ def decode_producer_record(data: bytes) -> KafkaProducerRecord:
     fields: dict[int, bytes] = {}
     pos, n = 0, len(data)
     while pos < n:
-        tag, pos = _varint(data, pos)
+        tag, pos = read_varint(data, pos)
         number, wire_type = tag >> 3, tag & 7
         if wire_type == 2:
-            length, pos = _varint(data, pos)
+            length, pos = read_varint(data, pos)
             if pos + length > n:
                 raise ValueError("KafkaProducerRecord: truncated field")
             value, pos = data[pos:pos + length], pos + length
@@ -60,7 +46,7 @@ def decode_producer_record(data: bytes) -> KafkaProducerRecord:
         if number in (1, 2, 3):
             raise ValueError(f"KafkaProducerRecord: field {number} has wire type {wire_type}, expected 2")
         if wire_type == 0:
-            _, pos = _varint(data, pos)
+            _, pos = read_varint(data, pos)
         elif wire_type == 1:
             pos += 8
         elif wire_type == 5:

@@ -200,7 +200,8 @@ class ShardCore:
             slot.source_index = source_index
             self._sources.append(slot)
 
-    async def stop(self) -> None:
+    def _halt(self) -> None:
+        """Stop processing: cancel the loop and every task, close the source partitions."""
         if self._loop_task:
             self._loop_task.cancel()
         for task in list(self._tasks):
@@ -210,6 +211,9 @@ class ShardCore:
                 slot.partition.close()
             except Exception:
                 log.exception("closing source partition %s/%s", slot.source_id, slot.name)
+
+    async def stop(self) -> None:
+        self._halt()
         self._publish_now()
         for client in self._clients.values():
             await client.close()
@@ -778,15 +782,7 @@ class ShardCore:
             self._init_loop_objects()
         self.generation = generation
         self.epoch_token = object()
-        if self._loop_task:
-            self._loop_task.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        for slot in self._sources:
-            try:
-                slot.partition.close()
-            except Exception:
-                log.exception("closing source partition %s/%s", slot.source_id, slot.name)
+        self._halt()
         if self._timer_handle is not None:
             self._timer_handle.cancel()
         self._timer_handle = self._timer_at = None

@@ -325,36 +325,37 @@ def filter_key_groups(table: pa.Table, key_group_range: tuple[int, int]) -> pa.T
 
 def fold_layers(layers: Sequence[pa.Table]) -> pa.Table:
     """Full state from state layers, oldest first (a base, then deltas): per (function type, id) only the
-    rows of the newest layer that holds the instance survive, and tombstones are dropped."""
+    rows of the newest layer that holds the instance survive, and tombstones are dropped.
+
+    Vectorized in Arrow: the layers are concatenated with their layer number, ids (per function type)
+    dictionary-encoded, the newest layer of each id found by a hash aggregation, and each row kept only if
+    its layer is that one. A few passes over the rows whatever the chain length (filtering each layer by a
+    growing hash set of newer ids made restores slow on long chains)."""
     layers = [t for t in layers if t.num_rows]
     if not layers:
         return _empty_state()
     if len(layers) == 1:
         only = layers[0]
         return only.filter(pc.invert(only["deleted"])) if pc.any(only["deleted"]).as_py() else only
-    types = pc.unique(pa.chunked_array([t["function_type"] for t in layers])).to_pylist()
-    out: list[pa.Table] = []
+    table = pa.concat_tables(layers, promote_options="permissive").combine_chunks()
+    layer = pa.concat_arrays([pa.nulls(t.num_rows, pa.int32()).fill_null(i) for i, t in enumerate(layers)])
+    function_types = table["function_type"]
+    kept: list[pa.Table] = []
+    types = pc.unique(function_types).to_pylist()
+    if len(types) > 1 and pa.types.is_dictionary(function_types.type):
+        function_types = function_types.cast(pa.string())
     for ft in types:
-        newer: list[pa.Array] = []
-        for table in reversed(layers):
-            if len(types) > 1:
-                table = table.filter(pc.equal(table["function_type"], ft))
-                if not table.num_rows:
-                    continue
-            ids = table["id"]
-            if newer:
-                seen = pa.concat_arrays(newer) if len(newer) > 1 else newer[0]
-                table = table.filter(pc.invert(pc.is_in(ids, value_set=seen)))
-            if table.num_rows:
-                deleted = table["deleted"]
-                if pc.any(deleted).as_py():
-                    table = table.filter(pc.invert(deleted))
-                if table.num_rows:
-                    out.append(table)
-            newer.append(pc.unique(ids))  # an Array even for a chunked input
-    if not out:
-        return _empty_state()
-    return pa.concat_tables(out)
+        if len(types) == 1:
+            part, lay = table, layer
+        else:
+            mask = pc.equal(function_types, ft)
+            part, lay = table.filter(mask), layer.filter(mask)
+        codes = pc.dictionary_encode(part["id"].combine_chunks()).indices
+        newest = (pa.table({"code": codes, "layer": lay}).group_by("code").aggregate([("layer", "max")])
+                  .sort_by("code")["layer_max"])
+        mine = pc.equal(pc.take(newest, codes), lay)
+        kept.append(part.filter(pc.and_(mine, pc.invert(part["deleted"].combine_chunks()))))
+    return pa.concat_tables(kept) if kept else _empty_state()
 
 
 def _needs_conversion(stored: str, declared: str) -> bool:

@@ -32,6 +32,8 @@ log = logging.getLogger("rayfun")
 
 __all__ = ["AppConfig", "Coordinator"]
 
+FULL_EVERY = 5  # checkpoints per full base (the others write deltas)
+
 
 @dataclass
 class AppConfig:
@@ -68,6 +70,7 @@ class Coordinator:
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
         self._compaction = None
+        self._since_full = 0
         self.run_id = ""
         self._recovering = False
         self.last_recovery_s: float | None = None
@@ -156,7 +159,10 @@ class Coordinator:
     async def _checkpoint_locked(self) -> int:
         n = (self.last_checkpoint or 0) + 1
         generation = self.generation
-        parts = await asyncio.gather(*[s.checkpoint.remote(n) for s in self.shards])
+        # every FULL_EVERY-th checkpoint the shards write full bases: the delta chain a restore reads stays
+        # short, and it costs the shards an encode (no read, no fold) rather than a compaction's full cycle
+        full = self._since_full + 1 >= FULL_EVERY
+        parts = await asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.shards])
         if generation != self.generation:
             raise RuntimeError(f"checkpoint {n} abandoned: the application was rolled back meanwhile")
         loop = asyncio.get_running_loop()
@@ -165,6 +171,7 @@ class Coordinator:
             app_meta={"functions": self.config.functions.typenames, "shards": self.config.shards,
                       "run_id": self.run_id}))
         self.last_checkpoint = n
+        self._since_full = 0 if all(p.full for p in parts) else self._since_full + 1
         self._maybe_compact(loop)
         for dest, part in enumerate(parts):  # the driver's messages up to each cut are safe now
             covered = part.meta.get("driver_seq", 0)
@@ -173,14 +180,15 @@ class Coordinator:
         return n
 
     def _maybe_compact(self, loop) -> None:
-        """Fold the delta chain into bases in the background once it grows; the next checkpoint's manifest
-        then references the bases (the store keeps this safe while checkpoints go on)."""
+        """Fold the delta chain into bases in the background if it grew past its bound anyway (e.g. after a
+        restore onto another shard count); the next checkpoint's manifest then references the bases (the
+        store keeps this safe while checkpoints go on)."""
         if self._compaction is not None and not self._compaction.done():
             return
         from ..checkpoint import needs_compaction
 
         manifest = self.store.latest()
-        if manifest is not None and needs_compaction(manifest, max_chain=4 * self.config.shards):
+        if manifest is not None and needs_compaction(manifest, max_chain=2 * FULL_EVERY * len(manifest.shards)):
             self._compaction = loop.run_in_executor(None, self.store.compact, manifest)
 
     async def _checkpoint_loop(self) -> None:

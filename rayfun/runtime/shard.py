@@ -28,7 +28,7 @@ import pickle
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 
@@ -91,6 +91,16 @@ def _egress_seq_parts(seq: int) -> tuple[int, int, int]:
     return seq >> 55, (seq >> 24) & ((1 << 31) - 1), seq & ((1 << 24) - 1)
 
 
+class _LocalCopy(NamedTuple):
+    """A shard's part of its last complete checkpoint, kept in memory for a fast rollback."""
+
+    checkpoint_id: int | None
+    states: dict[str, dict[str, list]]
+    timers: list
+    messages: list
+    egress: list
+
+
 class _Snapshot:
     """A checkpoint in progress on one shard: what was captured at the cut, and the channels whose marker
     has not arrived yet (messages on them are recorded as the checkpoint's channel state)."""
@@ -106,6 +116,7 @@ class _Snapshot:
         self.egress: list[tuple] = []
         self.meta: dict[str, Any] = {}
         self.parent_id: int | None = None
+        self.full = False
 
 
 class _SourceSlot:
@@ -162,6 +173,9 @@ class ShardCore:
         self._unpublished: dict[int, list[EgressMessage]] = {}
         self._store = None
         self._committed: int | None = None   # the newest checkpoint known complete (deltas build on it)
+        self._written: dict[int, _Snapshot] = {}
+        self._full_next = False  # the next snapshot writes a full base (bounds the delta chain)  # parts written, waiting to be known complete
+        self._local: _LocalCopy | None = _LocalCopy(None, {}, [], [], [])  # state as of ``_committed``
         self._layout_cache: dict[str, Any] = {}
         self.counters = {"snapshot_capture_s": 0.0, "snapshot_write_s": 0.0, "idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
 
@@ -629,10 +643,11 @@ class ShardCore:
 
     # -- checkpoints (Chandy-Lamport over the shard-to-shard channels) -----------------------------------
 
-    async def checkpoint(self, n: int) -> dict:
+    async def checkpoint(self, n: int, full: bool = False) -> dict:
         """Take this shard's part of checkpoint ``n`` (if a peer's marker has not started it already) and
         return it once written: the state changed since the last checkpoint, timers, unprocessed and
         in-flight messages, source positions and the epoch's egress records."""
+        self._full_next = full or self._full_next
         if self._snapshot is None or self._snapshot.id != n:
             if n not in self._snapshots_done:
                 self._begin_snapshot(n)
@@ -654,10 +669,11 @@ class ShardCore:
         self._flush()  # what was produced before the cut travels before the marker
         snap = _Snapshot(n)
         snap.parent_id = self._committed
+        snap.full, self._full_next = self._full_next or self._committed is None, False
         for typename, runner in self.runners.items():
             state = runner.state
             # a delta on top of the last *committed* checkpoint: what changed since then, including what a
-            # snapshot that never completed had captured
+            # snapshot that never completed had captured; or, for a full base, every live instance
             changed = state.changed
             if runner.since_commit:
                 runner.since_commit |= changed
@@ -666,8 +682,11 @@ class ShardCore:
             changed.clear()
             # capture the cells at the cut with C-level calls only (this runs on the event loop); the
             # lists are never mutated in place, so the thread that encodes them sees the cut's values
-            ids = list(runner.since_commit)
-            snap.captured[typename] = (ids, list(map(state.instances.get, ids)))
+            if snap.full:
+                snap.captured[typename] = (list(state.instances), list(state.instances.values()))
+            else:
+                ids = list(runner.since_commit)
+                snap.captured[typename] = (ids, list(map(state.instances.get, ids)))
         snap.timers = self.timers.all()
         for batch, start in self._mailbox:
             snap.pending.extend(batch[start:] if start else batch)
@@ -714,6 +733,7 @@ class ShardCore:
                 done.set_exception(exc)
             return
         if generation == self.generation and not done.done():
+            self._written[snap.id] = snap
             done.set_result(part)
 
     def _write_part(self, snap: "_Snapshot"):
@@ -730,7 +750,7 @@ class ShardCore:
             snap.deltas[typename] = StateDelta(self._layout(typename), live, deleted)
         return self._store.write_shard_part(
             snap.id, self.index, self.key_group_range, key_groups=self.config.key_groups, state=snap.deltas,
-            parent_id=snap.parent_id, timers=snap.timers, messages=snap.pending + snap.recorded,
+            parent_id=snap.parent_id, full=snap.full, timers=snap.timers, messages=snap.pending + snap.recorded,
             egress=snap.egress, meta=snap.meta)
 
     async def checkpoint_complete(self, n: int) -> None:
@@ -740,6 +760,11 @@ class ShardCore:
             if self._epoch == n:  # no newer snapshot began: its captured ids are now in the base
                 for runner in self.runners.values():
                     runner.since_commit.clear()
+            snap = self._written.pop(n, None)
+            if snap is not None:
+                self._keep_local_copy(snap)
+        for k in [k for k in self._written if k <= n]:
+            del self._written[k]
         for epoch in sorted(self._unpublished):
             if epoch > n:
                 break
@@ -771,6 +796,26 @@ class ShardCore:
                     partition.write_batch(group, epoch)
                 finally:
                     partition.close()
+
+    def _keep_local_copy(self, snap: "_Snapshot") -> None:
+        """Fold a committed snapshot into the in-memory copy of the last complete checkpoint, so that a
+        shard that survives a failure rolls back from memory instead of re-reading storage (only the
+        replacement of the shard that died reads its part). Cells lists are shared, never copied."""
+        local = self._local
+        if local is None or local.checkpoint_id != snap.parent_id:
+            self._local = None  # the copy is not the snapshot's parent: restore from storage next time
+            return
+        for typename, (ids, cells) in snap.captured.items():
+            if snap.full:
+                local.states[typename] = dict(zip(ids, cells))
+                continue
+            state = local.states.setdefault(typename, {})
+            state.update(zip(ids, cells))
+            if None in cells:
+                for id, c in zip(ids, cells):
+                    if c is None:
+                        state.pop(id, None)
+        self._local = _LocalCopy(snap.id, local.states, snap.timers, snap.pending + snap.recorded, snap.egress)
 
     async def restore(self, generation: int, peers: list, source_partitions: list,
                       checkpoint_id: int | None) -> None:
@@ -814,14 +859,30 @@ class ShardCore:
         self._epoch = checkpoint_id or 0
         for runner in self.runners.values():
             runner.since_commit.clear()
-        if checkpoint_id is not None:
+        local = self._local
+        self._written = {}
+        if local is not None and local.checkpoint_id == checkpoint_id:
+            self._load_local(local)  # this shard survived: roll back from memory
+        elif checkpoint_id is not None:
+            began = time.perf_counter()
             restored = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: self._store.load_shard(checkpoint_id, self.key_group_range))
+            loaded = time.perf_counter()
             self._load(restored)
+            log.info("shard %d restored checkpoint %d: read %.2f s, loaded %.2f s (%d state rows, %d messages)",
+                     self.index, checkpoint_id, loaded - began, time.perf_counter() - loaded,
+                     restored.state.num_rows, len(restored.messages))
         self._open_sources(source_partitions)
         self._open_sinks()
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self.wake()
+
+    def _load_local(self, local: "_LocalCopy") -> None:
+        for typename, state in local.states.items():
+            runner = self.runners.get(typename)
+            if runner is not None:
+                runner.state.instances.update(state)
+        self._load_rest(local.timers, local.messages, local.egress)
 
     def _load(self, restored) -> None:
         for typename, layout in restored.layouts.items():  # remote functions: their registered specs
@@ -835,15 +896,22 @@ class ShardCore:
         for typename in set(restored.layouts) - set(self.runners):
             log.warning("checkpoint %d holds state of %s, which is no longer bound: ignored",
                         restored.checkpoint_id, typename)
-        for t in restored.timers:
+        self._local = _LocalCopy(restored.checkpoint_id,
+                                 {t: dict(r.state.instances) for t, r in self.runners.items()},
+                                 restored.timers, restored.messages, restored.egress)
+        self._load_rest(restored.timers, restored.messages, restored.egress)
+
+    def _load_rest(self, timers: list, messages: list, egress: list) -> None:
+        """Timers, unprocessed messages, and the egress epochs that may not have been published."""
+        for t in timers:
             self.timers.add(t[0], t[2], t[3], t[4], t[5], t[6], t[7], t[8], seq=t[1])
         self._schedule_timers()
-        if restored.messages:
-            self._mailbox.append((list(restored.messages), 0))
-            self._backlog += len(restored.messages)
+        if messages:
+            self._mailbox.append((list(messages), 0))
+            self._backlog += len(messages)
         # egress epochs the old shards may not have published: publish them again (sinks dedup per epoch)
         groups: dict[tuple[int, int], list[EgressMessage]] = {}
-        for seq, egress_id, vtype, payload in restored.egress:
+        for seq, egress_id, vtype, payload in egress:
             old_index, epoch, _ = _egress_seq_parts(seq)
             groups.setdefault((old_index, epoch), []).append(EgressMessage(egress_id, vtype, payload))
         for (old_index, epoch), records in sorted(groups.items(), key=lambda kv: kv[0][1]):
@@ -906,8 +974,8 @@ class ShardActor:
                       marker: int | None = None) -> None:
         await self.core.deliver(sender, seq, data, generation, marker)
 
-    async def checkpoint(self, n: int):
-        return await self.core.checkpoint(n)
+    async def checkpoint(self, n: int, full: bool = False):
+        return await self.core.checkpoint(n, full)
 
     async def checkpoint_complete(self, n: int) -> None:
         await self.core.checkpoint_complete(n)

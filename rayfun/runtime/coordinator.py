@@ -71,6 +71,7 @@ class Coordinator:
         self._stopped = False
         self._compaction = None
         self._since_full = 0
+        self._abandon = False
         self.run_id = ""
         self._recovering = False
         self.last_recovery_s: float | None = None
@@ -162,7 +163,15 @@ class Coordinator:
         # every FULL_EVERY-th checkpoint the shards write full bases: the delta chain a restore reads stays
         # short, and it costs the shards an encode (no read, no fold) rather than a compaction's full cycle
         full = self._since_full + 1 >= FULL_EVERY
-        parts = await asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.shards])
+        pending = asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.shards])
+        while True:  # a shard that died mid-checkpoint leaves its peers waiting for its marker: give up then
+            done, _ = await asyncio.wait({pending}, timeout=0.2)
+            if done:
+                parts = pending.result()
+                break
+            if self._abandon:
+                pending.cancel()
+                raise RuntimeError(f"checkpoint {n} abandoned: a shard failed, rolling back")
         if generation != self.generation:
             raise RuntimeError(f"checkpoint {n} abandoned: the application was rolled back meanwhile")
         loop = asyncio.get_running_loop()
@@ -230,8 +239,10 @@ class Coordinator:
         """Roll every shard back to the newest complete checkpoint; replace the shards that died."""
         started = time.monotonic()
         self._recovering = True
+        self._abandon = True  # a checkpoint in progress will never complete: let it go
         try:
             async with self._lock:
+                self._abandon = False
                 for index, (_, reason) in failed.items():
                     log.warning("shard %d failed (%s): rolling back to the last checkpoint", index, reason)
                 dead = [i for i, (is_dead, _) in failed.items() if is_dead]
@@ -251,6 +262,7 @@ class Coordinator:
                          len(dead), replaced - started, found - replaced, time.monotonic() - found)
         finally:
             self._recovering = False
+            self._abandon = False
         self.last_recovery_s = time.monotonic() - started
         log.warning("recovered from checkpoint %s in %.2f s", self.last_checkpoint, self.last_recovery_s)
 

@@ -36,7 +36,7 @@ test-fast: $(VENV)/.installed $(SDK_VENV)/.installed
 
 bench: $(VENV)/.installed $(SDK_VENV)/.installed
 	$(PY) bench/counter.py
-	$(PY) bench/counter.py --addresses 1000000 --checkpoint-dir tmp
+	$(PY) bench/checkpoint_overhead.py
 	$(PY) bench/recovery.py
 	$(PY) bench/checkpoint_io.py
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) bench/remote.py

@@ -78,13 +78,16 @@ def main() -> None:
         while app.info()["recoveries"] < 1:
             time.sleep(0.05)
         restored_at = time.perf_counter()
+        rates = []
         while True:
             now_rate = rate_over(app, 0.5)
+            rates.append(round(now_rate / 1000))
             if now_rate >= 0.9 * before:
                 break
             if time.perf_counter() - killed_at > 120:
                 raise SystemExit("did not get back to full speed within 120 s")
         back_at = time.perf_counter() - 0.5  # the window that reached full speed started here
+        print(f"rates after the restore (k msgs/s per 0.5 s): {rates}")
         print(f"rolled back and restored in {restored_at - killed_at:.2f} s "
               f"(coordinator: {app.info()['last_recovery_s']:.2f} s); full speed ({now_rate:.0f} msgs/s) "
               f"after {back_at - killed_at:.2f} s")

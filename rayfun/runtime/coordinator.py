@@ -218,9 +218,14 @@ class Coordinator:
             await asyncio.sleep(0.2)
             if self._recovering:
                 continue
-            failed = await self._failed_shards()
-            if failed and not self._stopped:
-                await self.recover(failed)
+            try:
+                failed = await self._failed_shards()
+                if failed and not self._stopped:
+                    await self.recover(failed)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # e.g. another shard died during the recovery: look again and recover again
+                log.exception("recovery failed; retrying")
 
     async def _failed_shards(self) -> dict[int, tuple[bool, str]]:
         """Shards that died or report a failure: ``index -> (dead, reason)``."""

@@ -12,7 +12,6 @@ import argparse
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import ray

@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 
-from statefun import IntType, LongType, RequestReplyHandler, StatefulFunctions, ValueSpec
+from statefun import LongType, RequestReplyHandler, StatefulFunctions, ValueSpec
 
 functions = StatefulFunctions()
 
@@ -22,7 +22,7 @@ handler = RequestReplyHandler(functions)
 def sdk_limit(messages: int, batch: int) -> float:
     """Requests as the runtime would send them (state included, ``batch`` invocations each), straight into
     the handler; only the handler is timed."""
-    from statefun.request_reply_pb2 import FromFunction, ToFunction
+    from statefun.request_reply_pb2 import ToFunction
     from statefun.types_pb2 import IntWrapper, LongWrapper
 
     def request(addr: int, count: int | None) -> bytes:

@@ -30,12 +30,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import ray
 
 from ..functions import StatefulFunctions
 from ..io import DEAD_LETTER_EGRESS, DeadLetter, DeliverySemantic, Sink, Source
 from ..messages import EgressMessage, Message
-from ..types import display_value
 from ..checkpoint.state_codec import StateDelta, StateLayout
 from .deadletters import dead_letter_record
 from .embedded import EmbeddedFunction

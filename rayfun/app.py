@@ -61,7 +61,7 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
     if len(set(ids)) != len(ids):
         raise ValueError(f"two egresses share an id: {ids}")
     if not ray.is_initialized():
-        ray.init(**(ray_init or {}))
+        _init_ray(ray_init or {})
     if checkpoint_dir is not None and "://" not in str(checkpoint_dir):
         checkpoint_dir = os.path.abspath(checkpoint_dir)  # shards may run in another working directory
     config = AppConfig(functions=functions, shards=shards, key_groups=key_groups, endpoints=list(endpoints),
@@ -74,6 +74,22 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
     coordinator = ray.remote(Coordinator).options(**options).remote(config)
     handles = ray.get(coordinator.start.remote())
     return App(config, coordinator, handles)
+
+
+# ray.init arguments that only make sense when it starts a local Ray; joining a cluster rejects them
+_LOCAL_ONLY = {"num_cpus", "num_gpus", "resources", "object_store_memory", "include_dashboard", "dashboard_host",
+               "dashboard_port"}
+
+
+def _init_ray(options: dict) -> None:
+    """``ray.init`` that lets one program run on a laptop and under ``ray job submit`` unchanged: when
+    joining an existing cluster (``RAY_ADDRESS``, set by ``ray job submit``), local sizing is dropped."""
+    if os.environ.get("RAY_ADDRESS") or options.get("address"):
+        dropped = sorted(set(options) & _LOCAL_ONLY)
+        if dropped:
+            log.info("joining the Ray cluster at %s: ignoring %s", os.environ.get("RAY_ADDRESS"), dropped)
+        options = {k: v for k, v in options.items() if k not in _LOCAL_ONLY}
+    ray.init(**options)
 
 
 class App:

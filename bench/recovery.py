@@ -17,21 +17,14 @@ import time
 
 import ray
 
+import os
+import sys
+
 import rayfun
 from connectors.memory import MemorySource
-from rayfun import IntType, StatefulFunctions, ValueSpec
 
-TYPENAME = "bench/counter"
-
-
-def build_functions() -> StatefulFunctions:
-    functions = StatefulFunctions()
-
-    @functions.bind(TYPENAME, specs=[ValueSpec("count", IntType)])
-    def counter(context, message):
-        context.storage.count = (context.storage.count or 0) + message.as_int()
-
-    return functions
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from counter import TYPENAME, build_functions  # noqa: E402  (the same counter function)
 
 
 def endless(instances: int):

@@ -79,38 +79,12 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                 raise TypeError(f"state {spec.name!r} of {typename} cannot be read as {spec.type.typename}: "
                                 f"{exc}") from exc
 
-    if builtin is not None and not after_write:
+    if builtin is not None:
         check = builtin.check
         fast_type = builtin.python_type
         lo, hi = getattr(builtin, "_lo", None), getattr(builtin, "_hi", None)
 
-        def slow_set(self, value):
-            if value is None:
-                raise ValueError(f"cannot set state {spec.name!r} of {typename} to None; use del")
-            try:
-                self._cells[index] = check(value)
-            except (TypeError, ValueError) as exc:
-                raise type(exc)(f"state {spec.name!r} of {typename}: {exc}") from None
-            self.dirty = 1
-
-        if lo is not None:
-            def set_(self, value):
-                if type(value) is fast_type and lo <= value <= hi:  # hot path: an in-range int
-                    self._cells[index] = value
-                    self.dirty = 1
-                else:
-                    slow_set(self, value)
-        else:
-            def set_(self, value):
-                if type(value) is fast_type:  # hot path: exactly the built-in's Python type
-                    self._cells[index] = value
-                    self.dirty = 1
-                else:
-                    slow_set(self, value)
-    elif builtin is not None:
-        check = builtin.check
-
-        def set_(self, value):
+        def checked_set(self, value):
             if value is None:
                 raise ValueError(f"cannot set state {spec.name!r} of {typename} to None; use del")
             try:
@@ -120,6 +94,23 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
             if after_write:
                 self._cells[deadline_at] = self._now + ttl
             self.dirty = 1
+
+        if after_write:
+            set_ = checked_set
+        elif lo is not None:
+            def set_(self, value):
+                if type(value) is fast_type and lo <= value <= hi:  # hot path: an in-range int
+                    self._cells[index] = value
+                    self.dirty = 1
+                else:
+                    checked_set(self, value)
+        else:
+            def set_(self, value):
+                if type(value) is fast_type:  # hot path: exactly the built-in's Python type
+                    self._cells[index] = value
+                    self.dirty = 1
+                else:
+                    checked_set(self, value)
     else:
         def set_(self, value):
             self._cells[index] = to_payload(value, spec.type)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Awaitable, Iterator
 
 import pytest
+
+from ..servers import free_port, stop, wait_for_port  # noqa: F401  (free_port: used by tests)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -26,12 +26,6 @@ INT, LONG, STRING, BOOL = (f"io.statefun.types/{t}" for t in ("int", "long", "st
 def run(coro: Awaitable[Any], timeout: float = 60) -> Any:
     """Run one async scenario to completion on a fresh event loop, bounded in time."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sdk_python_path() -> Path:
@@ -58,25 +52,10 @@ def _start_server(argv: list[str], port: int, name: str) -> Iterator[str]:
     proc = subprocess.Popen(argv + [str(port)], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{name} did not listen on port {port} within 30 s")
-                time.sleep(0.05)
+        wait_for_port(proc, port, name)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
         if proc.stderr:
             proc.stderr.close()
 

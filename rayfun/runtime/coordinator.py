@@ -72,7 +72,6 @@ class Coordinator:
         self._compaction = None
         self._since_full = 0
         self._abandon = False
-        self._spare = None  # a started, idle shard actor that replaces the next shard to die
         self.run_id = ""
         self._recovering = False
         self.last_recovery_s: float | None = None
@@ -119,7 +118,6 @@ class Coordinator:
             log.info("resuming from checkpoint %d in %s", checkpoint.checkpoint_id, self.config.checkpoint_dir)
             await self._restore_newest(checkpoint)
         loop = asyncio.get_running_loop()
-        self._keep_standby()
         self._tasks.append(loop.create_task(self._monitor()))
         if self.store is not None and self.config.checkpoint_interval:
             self._tasks.append(loop.create_task(self._checkpoint_loop()))
@@ -258,7 +256,7 @@ class Coordinator:
                         ray.kill(self.shards[i])
                     except Exception:
                         pass
-                    self.shards[i] = await self._replacement(i)
+                    self.shards[i] = self._new_shard(i)
                 await asyncio.gather(*[self.shards[i].ready.remote() for i in dead])
                 replaced = time.monotonic()
                 checkpoint = await self._latest_checkpoint()
@@ -271,24 +269,7 @@ class Coordinator:
             self._recovering = False
             self._abandon = False
         self.last_recovery_s = time.monotonic() - started
-        self._keep_standby()
         log.warning("recovered from checkpoint %s in %.2f s", self.last_checkpoint, self.last_recovery_s)
-
-    async def _replacement(self, index: int):
-        """A shard actor to replace dead shard ``index``: the warm standby if there is one (starting an actor
-        takes about a second, a large part of a recovery), else a new one."""
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            try:
-                await asyncio.wait_for(spare.adopt.remote(index), timeout=10)
-                return spare
-            except Exception as exc:
-                log.warning("the standby shard is unusable (%s); starting a new one", exc)
-        return self._new_shard(index)
-
-    def _keep_standby(self) -> None:
-        if self._spare is None and not self._stopped:
-            self._spare = self._new_shard(0)
 
     async def _restore_newest(self, checkpoint) -> None:
         """Restore ``checkpoint``; if a shard finds one of its files damaged (a clear error naming the file),
@@ -404,9 +385,8 @@ class Coordinator:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*[s.stop.remote() for s in self.shards], return_exceptions=True)
-        for s in self.shards + ([self._spare] if self._spare is not None else []):
+        for s in self.shards:
             ray.kill(s)
-        self._spare = None
         if self.collector is not None:
             ray.kill(self.collector)
         self.shards = []

@@ -72,8 +72,8 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
     if name:
         options["name"] = f"rayfun:{name}"
     coordinator = ray.remote(Coordinator).options(**options).remote(config)
-    handles = ray.get(coordinator.start.remote())
-    return App(config, coordinator, handles)
+    ray.get(coordinator.start.remote())
+    return App(config, coordinator)
 
 
 # ray.init arguments that only make sense when it starts a local Ray; joining a cluster rejects them
@@ -95,10 +95,9 @@ def _init_ray(options: dict) -> None:
 class App:
     """A running application: send messages in, read egress and state out, wait, stop."""
 
-    def __init__(self, config: AppConfig, coordinator, shards: list) -> None:
+    def __init__(self, config: AppConfig, coordinator) -> None:
         self._config = config
         self._coordinator = coordinator
-        self._shards = shards
         self._partitioner = Partitioner(config.key_groups, config.shards)
         self._registry = TypeRegistry(config.functions, config.endpoints)
         self._collector = ray.get(coordinator.collector_handle.remote())

@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..remote import RemoteFunctionClient, RemoteFunctionError
-from ..types import display_value, type_for_typename
+from ..types import type_for_typename
 from .embedded import FunctionState
 from .timers import TokenInUseError
 
@@ -255,6 +255,3 @@ class RemoteFunction:
         self.inflight.clear()
         self.queued.clear()
         self.blocked = 0
-
-    def describe_value(self, typename: str, payload: Any) -> Any:
-        return display_value(typename, payload)

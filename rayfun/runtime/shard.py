@@ -46,6 +46,7 @@ log = logging.getLogger("rayfun")
 __all__ = ["ShardConfig", "ShardCore", "ShardActor", "DRIVER"]
 
 DRIVER = -1  # channel id of messages sent by the driver (app.send)
+SWEEP_INTERVAL_S = 5.0  # how often expired state is dropped from instances that were not touched
 
 
 @dataclass
@@ -141,6 +142,8 @@ class ShardCore:
         self._run_fns = {typename: runner.run for typename, runner in self.runners.items()}
         self._route_cache: dict[str, dict[str, int]] = {}
         self._clients: dict[Any, Any] = {}  # endpoint -> RemoteFunctionClient
+        self._expiring = any(r.state.expiring for r in self.runners.values())
+        self._next_sweep = 0.0
         self.timers = TimerService()
         self.epoch_token = object()
         self.peers: list = []
@@ -296,6 +299,8 @@ class ShardCore:
                 if self._sources and self._may_read_sources():
                     worked = self._read_sources() or worked
                 worked = self._flush() or worked
+                if self._expiring and time.monotonic() >= self._next_sweep:
+                    self._sweep_expired()
                 if worked:
                     await asyncio.sleep(0)
                     continue
@@ -337,6 +342,14 @@ class ShardCore:
         self.counters["processed"] += processed
         if self._backlog <= self.config.mailbox_low and not self._below_high.is_set():
             self._below_high.set()
+
+    def _sweep_expired(self) -> None:
+        """Drop expired values of instances nobody touched since: reads already hide them, this frees
+        their memory (and their rows in the next checkpoint)."""
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        now = self.now_ms()
+        for runner in self.runners.values():
+            runner.state.expire(now)
 
     def _remote_runner(self, typename: str):
         """The runner of a remote function type, created on its first message (endpoints match patterns)."""
@@ -548,6 +561,7 @@ class ShardCore:
 
     def layout_changed(self, typename: str) -> None:
         self._layout_cache.pop(typename, None)
+        self._expiring = any(r.state.expiring for r in self.runners.values())
 
     def _dead_letter(self, reason: str, **fields: Any) -> None:
         self.counters["dead_letters"] += 1

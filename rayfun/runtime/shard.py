@@ -167,6 +167,8 @@ class ShardCore:
         self._loop_task: asyncio.Task | None = None
         self._failure: str | None = None
         self.generation = 0
+        self._restoring = False  # a rollback is loading state: deliveries of its generation wait
+        self._restore_waiters: list[asyncio.Future] = []
         self._epoch = 0                       # records emitted now belong to checkpoint epoch + 1
         self._snapshot: "_Snapshot | None" = None
         self._snapshots_done: dict[int, asyncio.Future] = {}
@@ -243,9 +245,11 @@ class ShardCore:
     async def deliver(self, sender: int, seq: int, data: bytes | None, generation: int,
                       marker: int | None = None) -> None:
         """Accept a pickled batch of rows, or checkpoint ``marker``, from ``sender`` (a shard index, or
-        DRIVER) in channel order. Anything from an older generation (before a rollback) is dropped."""
-        if generation != self.generation:
-            return
+        DRIVER) in channel order. Anything from an older generation (before a rollback) is dropped; a
+        batch from a newer one (a peer that finished its rollback first) waits until this shard has too."""
+        if generation != self.generation or self._restoring:
+            if generation < self.generation or not await self._restored(generation):
+                return
         item = marker if data is None else pickle.loads(data)
         channel = self._channels.get(sender)
         if channel is None:
@@ -262,6 +266,14 @@ class ShardCore:
         if self._backlog > self.config.mailbox_high:
             self._below_high.clear()
             await self._below_high.wait()
+
+    async def _restored(self, generation: int) -> bool:
+        """Wait until this shard has rolled back to ``generation``; False if it moved past it meanwhile."""
+        while self.generation < generation or self._restoring:
+            waiter = asyncio.get_running_loop().create_future()
+            self._restore_waiters.append(waiter)
+            await waiter
+        return self.generation == generation
 
     def _take(self, sender: int, channel: _Channel, item: Any) -> None:
         if type(item) is int:
@@ -486,8 +498,9 @@ class ShardCore:
                           str(exc).splitlines()[0])
             self._failure = f"shard {dest} is unreachable"
         finally:
-            self._outstanding[dest] -= 1
-            self.wake()
+            if generation == self.generation:  # a rollback reset the counters (and cancelled this task)
+                self._outstanding[dest] -= 1
+                self.wake()
 
     def track_task(self, task: asyncio.Task) -> None:
         self._tasks.add(task)
@@ -730,11 +743,10 @@ class ShardCore:
 
     def _finish_snapshot(self) -> None:
         snap, self._snapshot = self._snapshot, None
-        self.track_task(asyncio.get_running_loop().create_task(self._write_snapshot(snap)))
+        task = self._write_snapshot(snap, self._snapshots_done[snap.id], self.generation)
+        self.track_task(asyncio.get_running_loop().create_task(task))
 
-    async def _write_snapshot(self, snap: "_Snapshot") -> None:
-        done = self._snapshots_done[snap.id]
-        generation = self.generation
+    async def _write_snapshot(self, snap: "_Snapshot", done: asyncio.Future, generation: int) -> None:
         try:
             # encoding and I/O run in a thread: Parquet compression and storage calls release the GIL,
             # so processing goes on meanwhile (the captured cells lists are never mutated in place)
@@ -838,6 +850,18 @@ class ShardCore:
         if self._wake_event is None:  # a replacement shard: restore is its start
             self._init_loop_objects()
         self.generation = generation
+        self._restoring = True
+        try:
+            await self._restore_now(peers, source_partitions, checkpoint_id)
+        finally:
+            self._restoring = False
+            waiters, self._restore_waiters = self._restore_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._below_high.set()  # deliveries of the old generation that waited for room: let them go
+
+    async def _restore_now(self, peers: list, source_partitions: list, checkpoint_id: int | None) -> None:
         self.epoch_token = object()
         self._halt()
         if self._timer_handle is not None:

@@ -16,6 +16,7 @@ row), and a tombstone row removes the instance.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import zlib
@@ -385,9 +386,19 @@ def decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
     Rows of a state name the layout does not declare are dropped with a warning (StateFun drops state of a
     removed spec too); a value stored under another type is converted through its wire bytes or raises.
     """
-    ft = layout.function_type
     if table.num_rows == 0:
         return {}
+    collecting = gc.isenabled()
+    gc.disable()  # hundreds of thousands of new lists: no collection can free any of them
+    try:
+        return _decode_instances(table, layout)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
+    ft = layout.function_type
     index = {name: i for i, name in enumerate(layout.names)}
     n = len(layout.names)
     width1 = layout.width == 1

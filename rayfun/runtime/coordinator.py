@@ -33,6 +33,8 @@ log = logging.getLogger("rayfun")
 __all__ = ["AppConfig", "Coordinator"]
 
 FULL_EVERY = 5  # checkpoints per full base (the others write deltas)
+STANDBY_DELAY_S = 5.0  # after a recovery, wait this long before starting the next standby shard
+MONITOR_INTERVAL_S = 0.1  # how often the shards are asked whether they are alive and well
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Coordinator:
         self._compaction = None
         self._since_full = 0
         self._abandon = False
+        self._spare = None  # a started, idle shard actor that replaces the next shard to die
         self.run_id = ""
         self._recovering = False
         self.last_recovery_s: float | None = None
@@ -118,6 +121,7 @@ class Coordinator:
             log.info("resuming from checkpoint %d in %s", checkpoint.checkpoint_id, self.config.checkpoint_dir)
             await self._restore_newest(checkpoint)
         loop = asyncio.get_running_loop()
+        self._keep_standby()
         self._tasks.append(loop.create_task(self._monitor()))
         if self.store is not None and self.config.checkpoint_interval:
             self._tasks.append(loop.create_task(self._checkpoint_loop()))
@@ -165,7 +169,7 @@ class Coordinator:
         full = self._since_full + 1 >= FULL_EVERY
         pending = asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.shards])
         while True:  # a shard that died mid-checkpoint leaves its peers waiting for its marker: give up then
-            done, _ = await asyncio.wait({pending}, timeout=0.2)
+            done, _ = await asyncio.wait({pending}, timeout=0.05)
             if done:
                 parts = pending.result()
                 break
@@ -215,7 +219,7 @@ class Coordinator:
 
     async def _monitor(self) -> None:
         while not self._stopped:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(MONITOR_INTERVAL_S)
             if self._recovering:
                 continue
             try:
@@ -256,7 +260,7 @@ class Coordinator:
                         ray.kill(self.shards[i])
                     except Exception:
                         pass
-                    self.shards[i] = self._new_shard(i)
+                    self.shards[i] = await self._replacement(i)
                 await asyncio.gather(*[self.shards[i].ready.remote() for i in dead])
                 replaced = time.monotonic()
                 checkpoint = await self._latest_checkpoint()
@@ -269,7 +273,25 @@ class Coordinator:
             self._recovering = False
             self._abandon = False
         self.last_recovery_s = time.monotonic() - started
+        # a new standby later: starting an actor costs about a CPU-second, which the shards need right now
+        asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self._keep_standby)
         log.warning("recovered from checkpoint %s in %.2f s", self.last_checkpoint, self.last_recovery_s)
+
+    async def _replacement(self, index: int):
+        """A shard actor to replace dead shard ``index``: the warm standby if there is one (starting an actor
+        takes about a second, a large part of a recovery), else a new one."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                await asyncio.wait_for(spare.adopt.remote(index), timeout=10)
+                return spare
+            except Exception as exc:
+                log.warning("the standby shard is unusable (%s); starting a new one", exc)
+        return self._new_shard(index)
+
+    def _keep_standby(self) -> None:
+        if self._spare is None and not self._stopped:
+            self._spare = self._new_shard(0)
 
     async def _restore_newest(self, checkpoint) -> None:
         """Restore ``checkpoint``; if a shard finds one of its files damaged (a clear error naming the file),
@@ -385,8 +407,9 @@ class Coordinator:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*[s.stop.remote() for s in self.shards], return_exceptions=True)
-        for s in self.shards:
+        for s in self.shards + ([self._spare] if self._spare is not None else []):
             ray.kill(s)
+        self._spare = None
         if self.collector is not None:
             ray.kill(self.collector)
         self.shards = []

@@ -184,6 +184,11 @@ class ShardCore:
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
+    def adopt(self, index: int) -> None:
+        """Become shard ``index`` (a standby replacing a dead shard; nothing has run here yet)."""
+        self.index = index
+        self.key_group_range = shard_ranges(self.config.key_groups, self.config.shards)[index]
+
     async def start(self, peers: list, source_partitions: list[tuple[int, str, Any]]) -> None:
         """Connect to the other shards, open the assigned source partitions, start processing."""
         self.peers = peers
@@ -910,6 +915,10 @@ class ShardCore:
                      restored.state.num_rows, len(restored.messages))
         self._open_sources(source_partitions)
         self._open_sinks()
+        # the restored state is hundreds of thousands of long-lived lists: keep the collector from walking
+        # them again and again right when the shard should catch up (gc.freeze: out of every collection;
+        # no gc.collect first, it would walk them all once more, and the state holds no cycles to free)
+        gc.freeze()
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self.wake()
 
@@ -999,6 +1008,10 @@ class ShardActor:
 
     def ready(self) -> bool:
         return True
+
+    def adopt(self, index: int) -> None:
+        """A standby shard takes over the place of shard ``index`` (before its restore)."""
+        self.core.adopt(index)
 
     async def start(self, peers: list, source_partitions: list) -> None:
         await self.core.start(peers, source_partitions)

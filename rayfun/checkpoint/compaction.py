@@ -55,7 +55,7 @@ def compact(store: CheckpointStore, checkpoint: Manifest | int | None = None) ->
         refs = []
         for shard in sorted(m.shards, key=lambda s: s.key_group_range):
             rng = shard.key_group_range
-            layers = [filter_key_groups(read[f.path], rng) for f in m.state_chain
+            layers = [filter_key_groups(read[f.path], rng, m.key_groups, f.key_group_range) for f in m.state_chain
                       if f.path is not None and f.key_group_range[0] < rng[1] and rng[0] < f.key_group_range[1]]
             state = fold_layers(layers)
             rel = f"compacted/{name}/range-{rng[0]:06d}-{rng[1]:06d}.state.parquet"

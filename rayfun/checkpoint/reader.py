@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from ..types import BUILTIN_TYPES, Type
 from .errors import CheckpointError, CorruptCheckpointError
 from .store import CheckpointStore
+from .state_codec import with_key_groups
 
 log = logging.getLogger("rayfun.checkpoint")
 
@@ -96,6 +97,7 @@ def read_state(url: str, types: Iterable[Type | str] | Mapping[str, Type] | None
     else:
         m = store.manifest(checkpoint_id)
         state = store.read_state_table(m)
+    state = with_key_groups(state, m.key_groups)
     plain = pa.schema([f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in state.schema])
     state = state.cast(plain)  # users get plain strings (and sort_by does not take dictionaries)
     if function_types is not None:

@@ -9,6 +9,10 @@ serialized bytes in ``value``. Exactly one value column is non-null on a value r
 
 Timers, messages and egress records keep the StateFun wire form ``(value_typename, value bytes)``: they
 are short-lived, read back only by rayfun, and the bytes are what travels to a remote function anyway.
+Shards write the state's ``key_group`` as null: computing it costs a CRC per id at every checkpoint, and a
+restore onto the same shard ranges never needs it (a file lies within its writer's range, recorded in the
+manifest). Readers that split a file across ranges (rescaling, compaction) or show it (``read_state``)
+compute it then (``state_codec.with_key_groups``).
 Low-cardinality string columns are written dictionary-encoded by Parquet (see ``DICTIONARY_COLUMNS``).
 In the state table they are Arrow dictionaries in memory too: a constant column costs no per-row string,
 and Parquet stores the dictionary without hashing every value. Arrow compute (``equal``, ``is_in``,
@@ -30,7 +34,7 @@ _DICT = pa.dictionary(pa.int32(), pa.string())
 
 #: one row per non-empty state value of an instance, or one tombstone row (``deleted``) per removed instance
 STATE_SCHEMA = pa.schema([
-    pa.field("key_group", pa.int32(), nullable=False),
+    pa.field("key_group", pa.int32()),            # null where the writer left it to readers (see below)
     pa.field("function_type", _DICT, nullable=False),
     pa.field("id", pa.string(), nullable=False),
     pa.field("state_name", _DICT),                # null on a tombstone

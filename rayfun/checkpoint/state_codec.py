@@ -36,7 +36,7 @@ log = logging.getLogger("rayfun.checkpoint")
 
 __all__ = [
     "StateLayout", "StateDelta", "encode_state", "fold_layers", "decode_instances", "filter_key_groups",
-    "key_groups_of", "key_groups_mixed",
+    "with_key_groups", "key_groups_of", "key_groups_mixed",
 ]
 
 
@@ -230,7 +230,7 @@ def _empty_state() -> pa.Table:
     return STATE_SCHEMA.empty_table()
 
 
-def _encode_delta(delta: StateDelta, key_groups: int) -> list[pa.Table]:
+def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
     layout = delta.layout
     ft = layout.function_type
     pieces: list[pa.Table] = []
@@ -240,7 +240,7 @@ def _encode_delta(delta: StateDelta, key_groups: int) -> list[pa.Table]:
     if n_inst and n_specs:
         ids = list(instances)
         cells = list(instances.values())
-        kg = key_groups_of(ft, ids, key_groups)
+        kg = pa.nulls(n_inst, pa.int32()) if key_groups is None else key_groups_of(ft, ids, key_groups)
         id_arr = pa.array(ids, pa.string())
         zero = pa.repeat(pa.scalar(0, pa.int32()), n_inst)
         ft_arr = _constant(ft, zero)
@@ -289,7 +289,8 @@ def _encode_delta(delta: StateDelta, key_groups: int) -> list[pa.Table]:
     if deleted:
         n = len(deleted)
         pieces.append(pa.Table.from_arrays(
-            [key_groups_of(ft, deleted, key_groups), _constant(ft, pa.repeat(pa.scalar(0, pa.int32()), n)),
+            [pa.nulls(n, pa.int32()) if key_groups is None else key_groups_of(ft, deleted, key_groups),
+             _constant(ft, pa.repeat(pa.scalar(0, pa.int32()), n)),
              pa.array(deleted, pa.string()), _constant(None, pa.nulls(n, pa.int32())),
              _constant(None, pa.nulls(n, pa.int32())),
              *(pa.nulls(n, _ARROW_TYPE[c]) for c in VALUE_COLUMNS), pa.nulls(n, pa.int64()),
@@ -297,8 +298,9 @@ def _encode_delta(delta: StateDelta, key_groups: int) -> list[pa.Table]:
     return pieces
 
 
-def encode_state(deltas: Mapping[str, StateDelta] | Iterable[StateDelta], key_groups: int) -> pa.Table:
-    """The state rows (``STATE_SCHEMA``) of a shard's deltas, one per non-empty value, plus tombstones."""
+def encode_state(deltas: Mapping[str, StateDelta] | Iterable[StateDelta], key_groups: int | None) -> pa.Table:
+    """The state rows (``STATE_SCHEMA``) of a shard's deltas, one per non-empty value, plus tombstones.
+    ``key_groups=None`` leaves the ``key_group`` column null for readers to compute (see ``schema``)."""
     if isinstance(deltas, Mapping):
         deltas = deltas.values()
     pieces: list[pa.Table] = []
@@ -312,11 +314,28 @@ def encode_state(deltas: Mapping[str, StateDelta] | Iterable[StateDelta], key_gr
 # ---------------------------------------------------------------------------------------------------------
 # Restoring: range filter, fold of layers, back to cells.
 
-def filter_key_groups(table: pa.Table, key_group_range: tuple[int, int]) -> pa.Table:
-    """The rows whose ``key_group`` lies in ``[start, end)``."""
+def with_key_groups(table: pa.Table, key_groups: int) -> pa.Table:
+    """``table`` with its ``key_group`` column computed where it is null (state rows as shards write them)."""
+    kg = table["key_group"]
+    if table.num_rows == 0 or kg.null_count == 0:
+        return table
+    computed = key_groups_mixed(table["function_type"].cast(pa.string()).to_pylist(), table["id"].to_pylist(),
+                                key_groups)
+    if kg.null_count != table.num_rows:
+        computed = pc.coalesce(kg, computed)
+    return table.set_column(table.schema.get_field_index("key_group"), table.schema.field("key_group"), computed)
+
+
+def filter_key_groups(table: pa.Table, key_group_range: tuple[int, int], key_groups: int,
+                      file_range: tuple[int, int] | None = None) -> pa.Table:
+    """The rows whose key group lies in ``[start, end)``. A file written for ``file_range`` holds only
+    rows of that range: if it lies within ``[start, end)``, no key group is looked at (or computed)."""
     start, end = key_group_range
     if table.num_rows == 0:
         return table
+    if file_range is not None and start <= file_range[0] and file_range[1] <= end:
+        return table
+    table = with_key_groups(table, key_groups)
     kg = table["key_group"]
     lo, hi = pc.min_max(kg).values()
     if lo.as_py() >= start and hi.as_py() < end:

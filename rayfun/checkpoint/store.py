@@ -297,7 +297,7 @@ class CheckpointStore:
             state_table = state
         else:
             deltas = list(state.values()) if isinstance(state, Mapping) else list(state or ())
-            state_table = encode_state(deltas, key_groups)
+            state_table = encode_state(deltas, None)  # key groups left to readers (see schema)
             for d in deltas:
                 layouts_json[d.layout.function_type] = d.layout.to_json()
         for ft, layout in (layouts or {}).items():
@@ -561,7 +561,8 @@ class CheckpointStore:
             wanted += [s.files["egress"] for s in egress_owners if "egress" in s.files and s.files["egress"].path]
         read = self._read_tables(wanted, m.checkpoint_id)
 
-        state = fold_layers([filter_key_groups(read[r.path], rng) for r in chain if r.path is not None])
+        state = fold_layers([filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range)
+                             for r in chain if r.path is not None])
 
         def gather(kind: str, shards: list[ShardEntry], ranged: bool) -> pa.Table | None:
             got = [read[s.files[kind].path] for s in shards
@@ -569,7 +570,7 @@ class CheckpointStore:
             if not got:
                 return None
             t = pa.concat_tables(got)
-            return filter_key_groups(t, rng) if ranged else t
+            return filter_key_groups(t, rng, m.key_groups) if ranged else t
 
         timers = gather("timers", overlapping, True) if "timers" in tables else None
         timer_rows = decode_timers(timers) if timers is not None else []

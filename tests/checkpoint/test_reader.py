@@ -10,6 +10,7 @@ import pytest
 
 from rayfun.checkpoint import CheckpointError, CheckpointStore, StateDelta, StateLayout, read_state
 from rayfun.checkpoint.reader import READ_STATE_SCHEMA
+from rayfun.runtime.partitioning import key_group
 from rayfun.types import BUILTIN_TYPES, DoubleType, IntType, StringType, make_json_type, simple_type
 
 from ckpt_helpers import LAYOUTS, Model
@@ -36,6 +37,7 @@ def test_read_state_columns_and_values(store_url):
     assert keys == sorted(keys)
     for r in rows:
         v = expected[(r["function_type"], r["id"], r["state_name"])]
+        assert r["key_group"] == key_group(r["function_type"], r["id"], G)  # computed: shards leave it null
         tn = r["value_typename"]
         if tn in BUILTIN_TYPES:
             typed = next(r[c] for c in ("value_int", "value_float", "value_str", "value_bool") if r[c] is not None)

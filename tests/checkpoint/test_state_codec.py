@@ -10,7 +10,9 @@ import pytest
 
 from rayfun.checkpoint import CheckpointError, StateDelta, StateLayout, decode_instances, encode_state
 from rayfun.checkpoint.schema import STATE_SCHEMA
-from rayfun.checkpoint.state_codec import fold_layers, key_groups_mixed, key_groups_of
+from rayfun.checkpoint.state_codec import (
+    filter_key_groups, fold_layers, key_groups_mixed, key_groups_of, with_key_groups,
+)
 from rayfun.functions import ValueSpec
 from rayfun.runtime.embedded import FunctionState
 from rayfun.runtime.partitioning import key_group
@@ -53,6 +55,21 @@ def test_rows_carry_key_groups_and_skip_unset_values():
     prof = encode_state([StateDelta(PROFILE, {"p": ["n", None, None, None, None, None, 0, 0, 0, 0, 0, 0]})], 64)
     assert prof.num_rows == 1 and prof["state_name"].to_pylist() == ["name"]
     assert prof["expires_at_ms"].to_pylist() == [None]
+
+
+def test_key_groups_left_null_are_computed_when_a_file_is_split():
+    """Shards leave key groups to readers; a range that splits the file computes them, exactly."""
+    instances = {f"c{i}": [i] for i in range(300)}
+    lazy = encode_state([StateDelta(COUNTER, instances, deleted=["gone"])], None)
+    assert lazy["key_group"].null_count == lazy.num_rows == 301
+    assert with_key_groups(lazy, 64).equals(encode_state([StateDelta(COUNTER, instances, deleted=["gone"])], 64))
+    # the file lies within the range: taken as it is, nothing computed
+    assert filter_key_groups(lazy, (0, 64), 64, file_range=(0, 64)) is lazy
+    # the range splits it (rescaling): exactly the rows of the range
+    half = filter_key_groups(lazy, (0, 32), 64, file_range=(0, 64))
+    expected = {i for i in [*instances, "gone"] if key_group(COUNTER.function_type, i, 64) < 32}
+    assert set(half["id"].to_pylist()) == expected and 0 < len(expected) < 301
+    assert all(kg < 32 for kg in half["key_group"].to_pylist())
 
 
 def test_fold_applies_deltas_and_tombstones():

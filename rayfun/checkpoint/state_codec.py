@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import operator
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -105,31 +106,36 @@ class StateDelta:
     """The state of one function type that a shard checkpoints: the instances changed since its previous
     checkpoint (or all of them, for a full snapshot) and the ids whose instance is gone (tombstones).
 
-    ``instances`` is read synchronously during ``encode_state``; the runtime replaces cells lists rather
-    than mutating them, so passing the live dict (or a shallow copy when encoding off the event loop) is safe.
+    Built from a mapping ``id -> cells``, or with ``captured`` from the parallel lists a shard takes at its
+    cut. Cells lists are read when encoding; the runtime replaces them rather than mutating them, so
+    encoding in a thread while processing goes on is safe.
     """
 
     layout: StateLayout
-    instances: Mapping[str, list]
+    instances: Mapping[str, list] | None = None
     deleted: Collection[str] = field(default_factory=tuple)
+    ids: list = field(default_factory=list, repr=False)
+    cells: list = field(default_factory=list, repr=False)  # parallel to ids; None: the instance is gone
+
+    def __post_init__(self) -> None:
+        if self.instances is not None:
+            self.ids, self.cells = list(self.instances), list(self.instances.values())
+
+    @classmethod
+    def captured(cls, layout: StateLayout, ids: list, cells: list) -> "StateDelta":
+        """From parallel lists as a shard captures them (``None`` cells: tombstones). No dict is built and
+        no cell is looked at here: with ~200k changed instances scattered in memory, every extra pass over
+        them costs milliseconds that processing waits for (the encoder finds the tombstones as it goes)."""
+        return cls(layout, None, (), ids, cells)
 
     @classmethod
     def from_function_state(cls, state: Any, full: bool = False) -> "StateDelta":
         """From the runtime's ``FunctionState`` (``typename``, ``specs``, ``instances``, ``changed``): the
         changed instances and tombstones, or with ``full`` every live instance."""
         layout = StateLayout.of(state.typename, state.specs)
-        instances = state.instances
         if full:
-            return cls(layout, instances, ())
-        changed = {}
-        deleted = []
-        for id in state.changed:
-            cells = instances.get(id)
-            if cells is None:
-                deleted.append(id)
-            else:
-                changed[id] = cells
-        return cls(layout, changed, deleted)
+            return cls(layout, state.instances, ())
+        return cls.captured(layout, list(state.changed), [state.instances.get(id) for id in state.changed])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -230,16 +236,38 @@ def _empty_state() -> pa.Table:
     return STATE_SCHEMA.empty_table()
 
 
+def _spec_columns(layout: StateLayout, cells: list) -> list[tuple[list, list | None]]:
+    """Per spec, its payloads and (for an expiring layout) its deadlines, one C-level pass each. Raises
+    TypeError if a cell is None (a tombstone), IndexError if one is too short."""
+    n = len(layout.names)
+    return [(list(map(itemgetter(i), cells)), list(map(itemgetter(n + i), cells)) if layout.expiring else None)
+            for i in range(n)]
+
+
 def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
     layout = delta.layout
     ft = layout.function_type
     pieces: list[pa.Table] = []
-    instances = delta.instances
-    n_inst = len(instances)
+    ids, cells, deleted = delta.ids, delta.cells, list(delta.deleted)
     n_specs = len(layout.names)
-    if n_inst and n_specs:
-        ids = list(instances)
-        cells = list(instances.values())
+    columns: list = []
+    if ids and n_specs:
+        try:
+            columns = _spec_columns(layout, cells)
+        except TypeError:
+            if None not in cells:
+                raise
+            live = [c is not None for c in cells]  # tombstones among the captured cells (rare)
+            deleted += itertools.compress(ids, map(operator.not_, live))
+            ids, cells = list(itertools.compress(ids, live)), list(itertools.compress(cells, live))
+            columns = _spec_columns(layout, cells) if ids else []
+        except IndexError:
+            bad = next(c for c in cells if c is not None and len(c) < layout.width)
+            raise CheckpointError(f"{ft}: an instance has {len(bad)} cells, its layout expects "
+                                  f"{layout.width} ({len(layout.names)} specs"
+                                  f"{', expiring' if layout.expiring else ''})") from None
+    n_inst = len(ids)
+    if columns:
         kg = pa.nulls(n_inst, pa.int32()) if key_groups is None else key_groups_of(ft, ids, key_groups)
         id_arr = pa.array(ids, pa.string())
         zero = pa.repeat(pa.scalar(0, pa.int32()), n_inst)
@@ -249,15 +277,7 @@ def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
         no_deadline = nulls["expires_at_ms"]
         any_value: pa.Array | None = None  # per instance: holds a value in some spec seen so far
         every_instance_has_value = False
-        for i, (name, typename) in enumerate(zip(layout.names, layout.typenames)):
-            try:
-                values = list(map(itemgetter(i), cells))
-                deadlines = list(map(itemgetter(n_specs + i), cells)) if layout.expiring else None
-            except IndexError:
-                bad = next(c for c in cells if len(c) < layout.width)
-                raise CheckpointError(f"{ft}: an instance has {len(bad)} cells, its layout expects "
-                                      f"{layout.width} ({len(layout.names)} specs"
-                                      f"{', expiring' if layout.expiring else ''})") from None
+        for (name, typename), (values, deadlines) in zip(zip(layout.names, layout.typenames), columns):
             column = value_column(typename)
             arr = _typed_array(values, column, typename, ft, name)
             if deadlines is not None:
@@ -280,12 +300,11 @@ def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
                 every_instance_has_value = True
             if table.num_rows:
                 pieces.append(table)
-    deleted = list(delta.deleted)
-    if n_inst and n_specs and not every_instance_has_value:
-        # an instance without any value is gone (the runtime normally drops it): write it as a tombstone,
-        # or older layers would bring its old values back
-        empty = id_arr if any_value is None else id_arr.filter(pc.invert(any_value))
-        deleted += empty.to_pylist()
+        if not every_instance_has_value:
+            # an instance without any value is gone (the runtime normally drops it): write it as a tombstone,
+            # or older layers would bring its old values back
+            empty = id_arr if any_value is None else id_arr.filter(pc.invert(any_value))
+            deleted += empty.to_pylist()
     if deleted:
         n = len(deleted)
         pieces.append(pa.Table.from_arrays(

@@ -27,7 +27,8 @@ __all__ = ["FunctionState", "EmbeddedFunction"]
 
 class FunctionState:
     """All instances of one function type on one shard: ``id -> cells``, plus which changed since the
-    last checkpoint (for incremental snapshots)."""
+    last checkpoint snapshot, with their new cells (None: gone). Recording the cells as they are stored
+    lets a snapshot capture its cut without looking each id up again."""
 
     def __init__(self, typename: str, specs) -> None:
         self.typename = typename
@@ -39,7 +40,7 @@ class FunctionState:
         self.after_call = tuple((i, s.expire_after_millis) for i, s in enumerate(self.specs)
                                 if s.expire_mode == "after_call")
         self.instances: dict[str, list] = {}
-        self.changed: set[str] = set()
+        self.changed: dict[str, list | None] = {}
 
     def put(self, id: str, cells: list, maybe_empty: bool = True) -> None:
         """Store an instance's cells, dropping the instance once it holds no value (idle costs nothing).
@@ -50,10 +51,10 @@ class FunctionState:
                     break
             else:
                 self.instances.pop(id, None)
-                self.changed.add(id)
+                self.changed[id] = None
                 return
         self.instances[id] = cells
-        self.changed.add(id)
+        self.changed[id] = cells
 
     def expire(self, now_ms: int) -> int:
         """Drop expired values everywhere (reads already hide them; this frees memory). Returns count."""
@@ -103,7 +104,7 @@ class EmbeddedFunction:
         # async functions: address -> queued (caller, value typename, payload) behind the running one
         self.busy: dict[str, deque] = {}
         self.running: dict[str, tuple] = {}
-        self.since_commit: set[str] = set()  # ids captured by snapshots not yet known to be committed
+        self.since_commit: dict[str, list | None] = {}  # changes captured by snapshots not yet committed
         self.run = self._make_run()
 
     # -- invocation -------------------------------------------------------------------------------------
@@ -165,8 +166,7 @@ class EmbeddedFunction:
                     ctx.sends = ctx.timers = ctx.egress = None
                 elif storage.dirty:
                     if storage.dirty == 1:  # the last change was a write: the instance is not empty
-                        instances[id] = cells
-                        changed.add(id)
+                        instances[id] = changed[id] = cells
                     else:
                         put(id, cells)
             return i

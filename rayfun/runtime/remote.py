@@ -71,7 +71,7 @@ class RemoteFunction:
         self.client = client
         self.shard = shard
         self.state = FunctionState(typename, ())
-        self.since_commit: set[str] = set()
+        self.since_commit: dict[str, list | None] = {}
         self.inflight: dict[str, list] = {}   # id -> the batch being sent
         self.queued: dict[str, list] = {}     # id -> messages that arrived meanwhile
         self.blocked = 0                      # addresses at max_num_batch_requests (backpressure)
@@ -96,7 +96,6 @@ class RemoteFunction:
             return
         old_state = self.state
         self.state = FunctionState(self.typename, new)
-        self.state.changed = old_state.changed
         index = {s.name: i for i, s in enumerate(old_state.specs)}
         for id, cells in old_state.instances.items():
             fresh = self.state.empty.copy()
@@ -107,6 +106,10 @@ class RemoteFunction:
                     if self.state.expiring and old_state.expiring:
                         fresh[self.state.n + j] = cells[old_state.n + i]
             self.state.instances[id] = fresh
+        # recorded changes point at cells of the old layout: point them at the same values, re-laid out
+        instances = self.state.instances
+        self.state.changed = {id: instances.get(id) for id in old_state.changed}
+        self.since_commit = {id: instances.get(id) for id in self.since_commit}
         self.shard.layout_changed(self.typename)
 
     # -- invocation -------------------------------------------------------------------------------------

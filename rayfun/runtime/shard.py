@@ -866,21 +866,25 @@ class ShardCore:
         dropped; then this shard's key-group range of state, timers and unprocessed messages is loaded,
         sources reopen at their recorded positions, and the egress epochs that the old shards (whose
         records this shard inherits) may not have published are published again (sinks dedup per epoch)."""
+        if generation <= self.generation:
+            return  # a newer rollback came first (e.g. a fallback from a damaged checkpoint)
         if self._wake_event is None:  # a replacement shard: restore is its start
             self._init_loop_objects()
         self.generation = generation
         self._restoring = True
         try:
-            await self._restore_now(peers, source_partitions, checkpoint_id)
+            await self._restore_now(generation, peers, source_partitions, checkpoint_id)
         finally:
-            self._restoring = False
-            waiters, self._restore_waiters = self._restore_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._below_high.set()  # deliveries of the old generation that waited for room: let them go
+            if self.generation == generation:  # not superseded by a newer rollback while loading
+                self._restoring = False
+                waiters, self._restore_waiters = self._restore_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self._below_high.set()  # deliveries of the old generation that waited for room: let them go
 
-    async def _restore_now(self, peers: list, source_partitions: list, checkpoint_id: int | None) -> None:
+    async def _restore_now(self, generation: int, peers: list, source_partitions: list,
+                           checkpoint_id: int | None) -> None:
         self.epoch_token = object()
         self._halt()
         if self._timer_handle is not None:
@@ -922,6 +926,8 @@ class ShardCore:
             began = time.perf_counter()
             restored = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: self._store.load_shard(checkpoint_id, self.key_group_range))
+            if generation != self.generation:
+                return  # a newer rollback began while this one read (the coordinator fell back): it wins
             loaded = time.perf_counter()
             self._load(restored)
             log.info("shard %d restored checkpoint %d: read %.2f s, loaded %.2f s (%d state rows, %d messages)",

@@ -112,3 +112,41 @@ def test_a_batch_of_an_older_generation_is_dropped():
         await core.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_rollback_superseded_while_it_reads_its_checkpoint_does_not_win(tmp_path):
+    """The coordinator falls back to an older checkpoint (the newest is damaged) while a shard still reads
+    the newest: the late read must not overwrite what the newer rollback loaded."""
+    import threading
+
+    from rayfun.checkpoint import CheckpointStore, StateDelta, StateLayout
+
+    async def scenario():
+        core = ShardCore(0, ShardConfig(functions=_functions(), shards=1, key_groups=64,
+                                        checkpoint_url=str(tmp_path)))
+        await core.start([None], [])
+        store = CheckpointStore(str(tmp_path))
+        layout = StateLayout.of("t/count", core.runners["t/count"].state.specs)
+        for n, count in ((1, 1), (2, 2)):
+            part = store.write_shard_part(n, 0, (0, 64), key_groups=64, parent_id=n - 1 or None,
+                                          state=[StateDelta(layout, {"c": [count]})])
+            store.commit(n, [part], key_groups=64)
+        release = threading.Event()
+        load = core._store.load_shard
+
+        def slow_load(checkpoint_id, key_group_range):
+            if checkpoint_id == 2:
+                release.wait(10)
+            return load(checkpoint_id, key_group_range)
+
+        core._store.load_shard = slow_load
+        first = asyncio.get_running_loop().create_task(core.restore(1, [None], [], 2))
+        await _settle()
+        await core.restore(2, [None], [], 1)  # the fallback, while the first still reads
+        release.set()
+        await first
+        await _settle()
+        assert core.get_state("t/count", "c") == {"n": 1} and core.status()["generation"] == 2
+        await core.stop()
+
+    asyncio.run(scenario())

@@ -46,6 +46,7 @@ class AppConfig:
     sources: list[Source] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
     shard_options: dict = field(default_factory=dict)
+    standby: bool = True  # keep an idle shard actor ready to replace one that dies
     checkpoint_dir: str | None = None
     checkpoint_interval: float | None = 1.0
     checkpoint_options: dict = field(default_factory=dict)
@@ -290,7 +291,7 @@ class Coordinator:
         return self._new_shard(index)
 
     def _keep_standby(self) -> None:
-        if self._spare is None and not self._stopped:
+        if self._spare is None and not self._stopped and self.config.standby:
             self._spare = self._new_shard(0)
 
     async def _restore_newest(self, checkpoint) -> None:
@@ -347,7 +348,8 @@ class Coordinator:
 
     def info(self) -> dict:
         return {"generation": self.generation, "last_checkpoint": self.last_checkpoint,
-                "recoveries": self.recoveries, "last_recovery_s": self.last_recovery_s}
+                "recoveries": self.recoveries, "last_recovery_s": self.last_recovery_s,
+                "standby": None if self._spare is None else self._spare._actor_id.hex()}
 
     async def statuses(self) -> list[dict]:
         return await asyncio.gather(*[s.status.remote() for s in self.shards])

@@ -78,8 +78,6 @@ def test_shard_kills_lose_nothing_and_duplicate_nothing(ray_session, tmp_path):
     run_with_shard_kills(str(tmp_path / "cp"))
 
 
-@pytest.mark.xfail(strict=False, reason="known intermittent hang (issue 3): in 2 of 6 full runs the application "
-                   "never became idle after a recovery with checkpoints on S3; cause not found yet")
 def test_shard_kills_with_checkpoints_on_s3(ray_session, moto_s3):
     """The same, with checkpoints on S3 (moto_server on loopback, reached through s3fs as a user would)."""
     run_with_shard_kills(f"s3://rayfun-test/chaos-{SEED}", storage_options=moto_s3, kills=2)

@@ -76,3 +76,28 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(ray_session,
         assert all(app.state("resume/counter", f"k{i}") == {"count": 1} for i in range(0, 100, 9))
     finally:
         app.stop()
+
+
+def test_a_warm_standby_shard_replaces_a_dead_one(ray_session, tmp_path):
+    import ray
+
+    app = rayfun.start(counters(), shards=2, checkpoint_dir=str(tmp_path / "cp"), checkpoint_interval=None)
+    try:
+        app.send_many([("resume/counter", f"k{i}", 1) for i in range(50)])
+        app.wait()
+        app.checkpoint()
+        standby = app.info()["standby"]
+        assert standby is not None
+        ray.kill(ray.get(app._coordinator.shard_handles.remote())[1], no_restart=True)
+        app.send_many([("resume/counter", f"k{i}", 1) for i in range(50)])  # re-sent after the rollback
+        app.wait(timeout=60)
+        assert app.info()["recoveries"] == 1
+        assert ray.get(app._coordinator.shard_handles.remote())[1]._actor_id.hex() == standby
+        assert all(app.state("resume/counter", f"k{i}") == {"count": 2} for i in range(50))
+    finally:
+        app.stop()
+    plain = rayfun.start(counters(), shards=1, checkpoint_dir=str(tmp_path / "cp2"), standby=False)
+    try:
+        assert plain.info()["standby"] is None
+    finally:
+        plain.stop()

@@ -335,8 +335,8 @@ class ShardCore:
                 if self._sources and self._may_read_sources():
                     worked = self._read_sources() or worked
                 worked = self._flush() or worked
-                if self._expiring and time.monotonic() >= self._next_sweep:
-                    self._sweep_expired()
+                if time.monotonic() >= self._next_sweep:
+                    self._housekeeping()
                 if worked:
                     await asyncio.sleep(0)
                     continue
@@ -379,13 +379,17 @@ class ShardCore:
         if self._backlog <= self.config.mailbox_low and not self._below_high.is_set():
             self._below_high.set()
 
-    def _sweep_expired(self) -> None:
-        """Drop expired values of instances nobody touched since: reads already hide them, this frees
-        their memory (and their rows in the next checkpoint)."""
+    def _housekeeping(self) -> None:
+        """Every few seconds: drop expired values of instances nobody touched since (reads already hide
+        them; this frees their memory and their rows in the next checkpoint). Without checkpoints, forget
+        the recorded changes, which only snapshots consume (they would keep every id ever seen)."""
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         now = self.now_ms()
         for runner in self.runners.values():
-            runner.state.expire(now)
+            if self._expiring:
+                runner.state.expire(now)
+            if self._store is None:
+                runner.state.changed.clear()
 
     def _remote_runner(self, typename: str):
         """The runner of a remote function type, created on its first message (endpoints match patterns)."""

@@ -23,7 +23,6 @@ import ray
 
 import rayfun
 from connectors.memory import MemorySource
-from rayfun.runtime.coordinator import STANDBY_DELAY_S
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from counter import TYPENAME, build_functions  # noqa: E402  (the same counter function)
@@ -111,8 +110,9 @@ def main() -> None:
         print(f"{instances} instances on 2 shards, checkpoints every second")
         times = []
         for k in range(args.kills):
-            if k:
-                time.sleep(STANDBY_DELAY_S + 2)  # the next standby shard is started and settled
+            while app.info()["standby"] is None:  # the standby shard is started (a few seconds in)...
+                time.sleep(0.1)
+            time.sleep(2)  # ... and settled
             times.append(kill_and_time(app, k % 2))
         print(f"recovery: {statistics.median(times):.1f} s")
     finally:

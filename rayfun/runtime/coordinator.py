@@ -33,7 +33,7 @@ log = logging.getLogger("rayfun")
 __all__ = ["AppConfig", "Coordinator"]
 
 FULL_EVERY = 5  # checkpoints per full base (the others write deltas)
-STANDBY_DELAY_S = 5.0  # after a recovery, wait this long before starting the next standby shard
+STANDBY_DELAY_S = 5.0  # after a start or a recovery, wait this long before starting a standby shard
 MONITOR_INTERVAL_S = 0.1  # how often the shards are asked whether they are alive and well
 
 
@@ -122,7 +122,8 @@ class Coordinator:
             log.info("resuming from checkpoint %d in %s", checkpoint.checkpoint_id, self.config.checkpoint_dir)
             await self._restore_newest(checkpoint)
         loop = asyncio.get_running_loop()
-        self._keep_standby()
+        # the standby later: starting an actor costs about a CPU-second, which the shards need right now
+        loop.call_later(STANDBY_DELAY_S, self._keep_standby)
         self._tasks.append(loop.create_task(self._monitor()))
         if self.store is not None and self.config.checkpoint_interval:
             self._tasks.append(loop.create_task(self._checkpoint_loop()))
@@ -274,8 +275,7 @@ class Coordinator:
             self._recovering = False
             self._abandon = False
         self.last_recovery_s = time.monotonic() - started
-        # a new standby later: starting an actor costs about a CPU-second, which the shards need right now
-        asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self._keep_standby)
+        asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self._keep_standby)  # see start()
         log.warning("recovered from checkpoint %s in %.2f s", self.last_checkpoint, self.last_recovery_s)
 
     async def _replacement(self, index: int):

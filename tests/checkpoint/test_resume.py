@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 
 import pytest
 
@@ -86,6 +87,9 @@ def test_a_warm_standby_shard_replaces_a_dead_one(ray_session, tmp_path):
         app.send_many([("resume/counter", f"k{i}", 1) for i in range(50)])
         app.wait()
         app.checkpoint()
+        deadline = time.monotonic() + 30  # it is started a few seconds in
+        while app.info()["standby"] is None and time.monotonic() < deadline:
+            time.sleep(0.1)
         standby = app.info()["standby"]
         assert standby is not None
         ray.kill(ray.get(app._coordinator.shard_handles.remote())[1], no_restart=True)

@@ -42,14 +42,18 @@ def _payloads(table: pa.Table) -> list[Any]:
     return list(map(decode_payload, table["value_typename"].to_pylist(), table["value"].to_pylist()))
 
 
-def encode_timers(timers: Iterable[Timer], key_groups: int) -> pa.Table:
-    """Timer rows -> ``TIMERS_SCHEMA`` (key group of the sender)."""
+def _key_groups(typenames: list, ids: list, key_groups: int | None) -> pa.Array:
+    return pa.nulls(len(ids), pa.int32()) if key_groups is None else key_groups_mixed(typenames, ids, key_groups)
+
+
+def encode_timers(timers: Iterable[Timer], key_groups: int | None) -> pa.Table:
+    """Timer rows -> ``TIMERS_SCHEMA`` (key group of the sender; None: left null for readers)."""
     rows = list(timers)
     if not rows:
         return TIMERS_SCHEMA.empty_table()
     due, seq, stype, sid, token, ttype, tid, vtype, payload = (list(c) for c in zip(*rows))
     return pa.Table.from_arrays(
-        [key_groups_mixed(stype, sid, key_groups), pa.array(due, pa.int64()), pa.array(seq, pa.int64()),
+        [_key_groups(stype, sid, key_groups), pa.array(due, pa.int64()), pa.array(seq, pa.int64()),
          pa.array(stype, pa.string()), pa.array(sid, pa.string()), pa.array(token, pa.string()),
          pa.array(ttype, pa.string()), pa.array(tid, pa.string()), pa.array(vtype, pa.string()),
          pa.array(_wire(vtype, payload, "timer"), pa.binary())], schema=TIMERS_SCHEMA)
@@ -65,14 +69,15 @@ def decode_timers(table: pa.Table) -> list[Timer]:
     return list(zip(*cols, _payloads(table)))
 
 
-def encode_messages(messages: Iterable[MessageRow], key_groups: int) -> pa.Table:
-    """Message rows -> ``MESSAGES_SCHEMA`` (key group of the target), in the given order."""
+def encode_messages(messages: Iterable[MessageRow], key_groups: int | None) -> pa.Table:
+    """Message rows -> ``MESSAGES_SCHEMA`` (key group of the target; None: left null for readers), in the
+    given order."""
     rows = list(messages)
     if not rows:
         return MESSAGES_SCHEMA.empty_table()
     ttype, tid, caller, vtype, payload = (list(c) for c in zip(*rows))
     return pa.Table.from_arrays(
-        [key_groups_mixed(ttype, tid, key_groups), pa.array(ttype, pa.string()), pa.array(tid, pa.string()),
+        [_key_groups(ttype, tid, key_groups), pa.array(ttype, pa.string()), pa.array(tid, pa.string()),
          pa.array([c[0] if c else None for c in caller], pa.string()),
          pa.array([c[1] if c else None for c in caller], pa.string()),
          pa.array(vtype, pa.string()), pa.array(_wire(vtype, payload, "message"), pa.binary())],

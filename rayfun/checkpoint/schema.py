@@ -9,7 +9,7 @@ serialized bytes in ``value``. Exactly one value column is non-null on a value r
 
 Timers, messages and egress records keep the StateFun wire form ``(value_typename, value bytes)``: they
 are short-lived, read back only by rayfun, and the bytes are what travels to a remote function anyway.
-Shards write the state's ``key_group`` as null: computing it costs a CRC per id at every checkpoint, and a
+Shards write ``key_group`` (of state, timers and messages) as null: computing it costs a CRC per id at every checkpoint, and a
 restore onto the same shard ranges never needs it (a file lies within its writer's range, recorded in the
 manifest). Readers that split a file across ranges (rescaling, compaction) or show it (``read_state``)
 compute it then (``state_codec.with_key_groups``).
@@ -27,6 +27,7 @@ from ..types import BoolType, DoubleType, FloatType, IntType, LongType, StringTy
 
 __all__ = [
     "STATE_SCHEMA", "TIMERS_SCHEMA", "MESSAGES_SCHEMA", "EGRESS_SCHEMA", "SCHEMAS", "DICTIONARY_COLUMNS",
+    "ADDRESS_COLUMNS",
     "VALUE_COLUMN_OF", "VALUE_COLUMNS", "value_column",
 ]
 
@@ -50,7 +51,7 @@ STATE_SCHEMA = pa.schema([
 
 #: pending delayed messages (``send_after``), keyed by the *sender* (timers live in the sender's shard)
 TIMERS_SCHEMA = pa.schema([
-    pa.field("key_group", pa.int32(), nullable=False),
+    pa.field("key_group", pa.int32()),            # null where the writer left it to readers
     pa.field("due_ms", pa.int64(), nullable=False),
     pa.field("seq", pa.int64(), nullable=False),
     pa.field("sender_typename", pa.string(), nullable=False),
@@ -64,7 +65,7 @@ TIMERS_SCHEMA = pa.schema([
 
 #: messages not yet handled plus the recorded channel state, keyed by the *target*, in delivery order
 MESSAGES_SCHEMA = pa.schema([
-    pa.field("key_group", pa.int32(), nullable=False),
+    pa.field("key_group", pa.int32()),            # null where the writer left it to readers
     pa.field("target_typename", pa.string(), nullable=False),
     pa.field("target_id", pa.string(), nullable=False),
     pa.field("caller_typename", pa.string()),
@@ -72,6 +73,10 @@ MESSAGES_SCHEMA = pa.schema([
     pa.field("value_typename", pa.string(), nullable=False),
     pa.field("value", pa.binary(), nullable=False),
 ])
+
+#: the columns whose address a row's key group is of (see ``state_codec.with_key_groups``)
+ADDRESS_COLUMNS = {"state": ("function_type", "id"), "timers": ("sender_typename", "sender_id"),
+                   "messages": ("target_typename", "target_id")}
 
 #: the egress records a shard produced in the epoch that the checkpoint closes (re-published after a crash)
 EGRESS_SCHEMA = pa.schema([

@@ -333,20 +333,25 @@ def encode_state(deltas: Mapping[str, StateDelta] | Iterable[StateDelta], key_gr
 # ---------------------------------------------------------------------------------------------------------
 # Restoring: range filter, fold of layers, back to cells.
 
-def with_key_groups(table: pa.Table, key_groups: int) -> pa.Table:
-    """``table`` with its ``key_group`` column computed where it is null (state rows as shards write them)."""
+def with_key_groups(table: pa.Table, key_groups: int, address: tuple[str, str] = ("function_type", "id"),
+                    ) -> pa.Table:
+    """``table`` with its ``key_group`` column computed where it is null (rows as shards write them), from
+    the ``address`` columns (typename, id): see ``schema.ADDRESS_COLUMNS``."""
     kg = table["key_group"]
     if table.num_rows == 0 or kg.null_count == 0:
         return table
-    computed = key_groups_mixed(table["function_type"].cast(pa.string()).to_pylist(), table["id"].to_pylist(),
-                                key_groups)
+    typenames, ids = table[address[0]], table[address[1]]
+    if pa.types.is_dictionary(typenames.type):
+        typenames = typenames.cast(pa.string())
+    computed = key_groups_mixed(typenames.to_pylist(), ids.to_pylist(), key_groups)
     if kg.null_count != table.num_rows:
         computed = pc.coalesce(kg, computed)
     return table.set_column(table.schema.get_field_index("key_group"), table.schema.field("key_group"), computed)
 
 
 def filter_key_groups(table: pa.Table, key_group_range: tuple[int, int], key_groups: int,
-                      file_range: tuple[int, int] | None = None) -> pa.Table:
+                      file_range: tuple[int, int] | None = None,
+                      address: tuple[str, str] = ("function_type", "id")) -> pa.Table:
     """The rows whose key group lies in ``[start, end)``. A file written for ``file_range`` holds only
     rows of that range: if it lies within ``[start, end)``, no key group is looked at (or computed)."""
     start, end = key_group_range
@@ -354,7 +359,7 @@ def filter_key_groups(table: pa.Table, key_group_range: tuple[int, int], key_gro
         return table
     if file_range is not None and start <= file_range[0] and file_range[1] <= end:
         return table
-    table = with_key_groups(table, key_groups)
+    table = with_key_groups(table, key_groups, address)
     kg = table["key_group"]
     lo, hi = pc.min_max(kg).values()
     if lo.as_py() >= start and hi.as_py() < end:

@@ -51,7 +51,7 @@ from .manifest import (
 from .records import (
     decode_egress, decode_messages, decode_timers, encode_egress, encode_messages, encode_timers,
 )
-from .schema import DICTIONARY_COLUMNS, SCHEMAS
+from .schema import ADDRESS_COLUMNS, DICTIONARY_COLUMNS, SCHEMAS
 from .state_codec import (
     StateDelta, StateLayout, decode_instances, encode_state, filter_key_groups, fold_layers,
 )
@@ -306,8 +306,8 @@ class CheckpointStore:
         prefix = f"data/cp-{checkpoint_id:010d}/shard-{shard_index:04d}-{token}"
         tables = {
             "state": state_table,
-            "timers": encode_timers(timers, key_groups),
-            "messages": encode_messages(messages, key_groups),
+            "timers": encode_timers(timers, None),  # key groups left to readers (see schema)
+            "messages": encode_messages(messages, None),
             "egress": encode_egress(egress),
         }
         refs: dict[str, FileRef] = {}
@@ -565,12 +565,13 @@ class CheckpointStore:
                              for r in chain if r.path is not None])
 
         def gather(kind: str, shards: list[ShardEntry], ranged: bool) -> pa.Table | None:
-            got = [read[s.files[kind].path] for s in shards
-                   if kind in s.files and s.files[kind].path is not None]
-            if not got:
+            refs = [s.files[kind] for s in shards if kind in s.files and s.files[kind].path is not None]
+            if not refs:
                 return None
-            t = pa.concat_tables(got)
-            return filter_key_groups(t, rng, m.key_groups) if ranged else t
+            if ranged:
+                return pa.concat_tables([filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range,
+                                                           ADDRESS_COLUMNS[kind]) for r in refs])
+            return pa.concat_tables([read[r.path] for r in refs])
 
         timers = gather("timers", overlapping, True) if "timers" in tables else None
         timer_rows = decode_timers(timers) if timers is not None else []

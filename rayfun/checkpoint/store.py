@@ -88,6 +88,7 @@ class RestoredShard:
     egress: list[tuple] = field(default_factory=list)
     metas: dict[int, dict] = field(default_factory=dict)
     app: dict = field(default_factory=dict)
+    chain_rows: int = 0  # state rows read: the base and every delta (``state`` holds the fold of them)
 
     def function_types(self) -> list[str]:
         """The function types that have state in this range."""
@@ -561,8 +562,9 @@ class CheckpointStore:
             wanted += [s.files["egress"] for s in egress_owners if "egress" in s.files and s.files["egress"].path]
         read = self._read_tables(wanted, m.checkpoint_id)
 
-        state = fold_layers([filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range)
-                             for r in chain if r.path is not None])
+        layers = [filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range)
+                  for r in chain if r.path is not None]
+        state = fold_layers(layers)
 
         def gather(kind: str, shards: list[ShardEntry], ranged: bool) -> pa.Table | None:
             refs = [s.files[kind] for s in shards if kind in s.files and s.files[kind].path is not None]
@@ -583,6 +585,7 @@ class CheckpointStore:
         egress = gather("egress", egress_owners, False) if "egress" in tables else None
         return RestoredShard(
             checkpoint_id=m.checkpoint_id, key_group_range=(start, end), key_groups=m.key_groups, state=state,
+            chain_rows=sum(t.num_rows for t in layers),
             layouts={ft: StateLayout.from_json(ft, specs) for ft, specs in m.layouts.items()},
             timers=timer_rows,
             messages=decode_messages(messages) if messages is not None else [],

@@ -32,8 +32,9 @@ log = logging.getLogger("rayfun")
 
 __all__ = ["AppConfig", "Coordinator"]
 
-FULL_EVERY = 5  # checkpoints per full base (the others write deltas)
-STANDBY_DELAY_S = 5.0  # after a start or a recovery, wait this long before starting a standby shard
+FULL_EVERY = 50  # at the latest, a full base every this many checkpoints (shards write one sooner, as
+                 # their deltas grow: see shard.FULL_AFTER); bounds the number of files in a chain
+STANDBY_DELAY_S = 5.0  # after a recovery, wait this long before starting the next standby shard
 MONITOR_INTERVAL_S = 0.1  # how often the shards are asked whether they are alive and well
 
 
@@ -114,7 +115,10 @@ class Coordinator:
         # one id per application across restores (sinks scope their exactly-once markers by it)
         self.run_id = (checkpoint.app.get("run_id") if checkpoint is not None else None) or uuid.uuid4().hex[:16]
         self.shards = [self._new_shard(i) for i in range(self.config.shards)]
-        await asyncio.gather(*[s.ready.remote() for s in self.shards])
+        # the standby starts with the shards: its process start (about a CPU-second) is part of the
+        # application's start-up, not a hiccup in the middle of processing
+        self._keep_standby()
+        await asyncio.gather(*[s.ready.remote() for s in self.shards + [self._spare] if s is not None])
         if checkpoint is None:
             assignment = self._assign_partitions({})
             await asyncio.gather(*[s.start.remote(self.shards, assignment[i]) for i, s in enumerate(self.shards)])
@@ -122,8 +126,6 @@ class Coordinator:
             log.info("resuming from checkpoint %d in %s", checkpoint.checkpoint_id, self.config.checkpoint_dir)
             await self._restore_newest(checkpoint)
         loop = asyncio.get_running_loop()
-        # the standby later: starting an actor costs about a CPU-second, which the shards need right now
-        loop.call_later(STANDBY_DELAY_S, self._keep_standby)
         self._tasks.append(loop.create_task(self._monitor()))
         if self.store is not None and self.config.checkpoint_interval:
             self._tasks.append(loop.create_task(self._checkpoint_loop()))
@@ -166,8 +168,7 @@ class Coordinator:
     async def _checkpoint_locked(self) -> int:
         n = (self.last_checkpoint or 0) + 1
         generation = self.generation
-        # every FULL_EVERY-th checkpoint the shards write full bases: the delta chain a restore reads stays
-        # short, and it costs the shards an encode (no read, no fold) rather than a compaction's full cycle
+        # full bases cost the shards an encode (no read, no fold), not a compaction's full cycle
         full = self._since_full + 1 >= FULL_EVERY
         pending = asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.shards])
         while True:  # a shard that died mid-checkpoint leaves its peers waiting for its marker: give up then
@@ -275,7 +276,8 @@ class Coordinator:
             self._recovering = False
             self._abandon = False
         self.last_recovery_s = time.monotonic() - started
-        asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self._keep_standby)  # see start()
+        # the next standby later: its process start costs about a CPU-second, which the shards need now
+        asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self._keep_standby)
         log.warning("recovered from checkpoint %s in %.2f s", self.last_checkpoint, self.last_recovery_s)
 
     async def _replacement(self, index: int):

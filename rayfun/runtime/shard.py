@@ -47,6 +47,7 @@ __all__ = ["ShardConfig", "ShardCore", "ShardActor", "DRIVER"]
 
 DRIVER = -1  # channel id of messages sent by the driver (app.send)
 SWEEP_INTERVAL_S = 5.0  # how often expired state is dropped from instances that were not touched
+FULL_AFTER = 1.5  # a full base once the deltas on the last one hold this many times the live rows
 
 
 @dataclass
@@ -196,7 +197,8 @@ class ShardCore:
         self._store = None
         self._committed: int | None = None   # the newest checkpoint known complete (deltas build on it)
         self._written: dict[int, _Snapshot] = {}
-        self._full_next = False  # the next snapshot writes a full base (bounds the delta chain)  # parts written, waiting to be known complete
+        self._full_next = False  # the next snapshot writes a full base (the coordinator asked)
+        self._chain_rows = 0     # delta rows committed on top of this shard's newest committed base
         self._local: _LocalCopy | None = _LocalCopy(None, {}, [], [], [])  # state as of ``_committed``
         self._layout_cache: dict[str, Any] = {}
         self.counters = {"snapshot_capture_s": 0.0, "local_copy_s": 0.0, "snapshot_write_s": 0.0, "idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
@@ -722,21 +724,28 @@ class ShardCore:
         self._flush()  # what was produced before the cut travels before the marker
         snap = _Snapshot(n)
         snap.parent_id = self._committed
-        snap.full, self._full_next = self._full_next or self._committed is None, False
-        for typename, runner in self.runners.items():
-            state = runner.state
+        for runner in self.runners.values():
             # a delta on top of the last *committed* checkpoint: what changed since then, including what a
-            # snapshot that never completed had captured; or, for a full base, every live instance
-            changed = state.changed
+            # snapshot that never completed had captured
+            changed = runner.state.changed
             if runner.since_commit:
                 runner.since_commit.update(changed)
             else:
                 runner.since_commit = changed.copy()
             changed.clear()
+        # a full base instead (every live instance) when asked, at the first, or once the chain a restore
+        # would read holds FULL_AFTER times the live rows: a delta-only chain makes restores slow, a base
+        # at fixed intervals rewrites all state however little of it changes
+        delta_rows = sum(len(r.since_commit) for r in self.runners.values())
+        live_rows = sum(len(r.state.instances) for r in self.runners.values())
+        snap.full = (self._full_next or self._committed is None
+                     or self._chain_rows + delta_rows > FULL_AFTER * max(live_rows, 1))
+        self._full_next = False
+        for typename, runner in self.runners.items():
             # capture the cells at the cut with C-level copies only (this runs on the event loop; the
             # changes carry their cells, so no id is looked up); the lists are never mutated in place, so
             # the thread that encodes them sees the cut's values
-            source = state.instances if snap.full else runner.since_commit
+            source = runner.state.instances if snap.full else runner.since_commit
             snap.captured[typename] = (list(source), list(source.values()))
         snap.timers = self.timers.all()
         for batch, start in self._mailbox:
@@ -810,6 +819,8 @@ class ShardCore:
                     runner.since_commit.clear()
             snap = self._written.pop(n, None)
             if snap is not None:
+                self._chain_rows = 0 if snap.full else self._chain_rows + sum(len(ids) for ids, _ in
+                                                                              snap.captured.values())
                 began = time.perf_counter()
                 self._keep_local_copy(snap)
                 self.counters["local_copy_s"] += time.perf_counter() - began
@@ -965,6 +976,7 @@ class ShardCore:
         for typename in set(restored.layouts) - set(self.runners):
             log.warning("checkpoint %d holds state of %s, which is no longer bound: ignored",
                         restored.checkpoint_id, typename)
+        self._chain_rows = max(0, restored.chain_rows - restored.state.num_rows)  # the deltas, roughly
         self._local = _LocalCopy(restored.checkpoint_id,
                                  {t: [(list(r.state.instances), list(r.state.instances.values()))]
                                   for t, r in self.runners.items()},

@@ -150,3 +150,47 @@ def test_a_rollback_superseded_while_it_reads_its_checkpoint_does_not_win(tmp_pa
         await core.stop()
 
     asyncio.run(scenario())
+
+
+def test_full_bases_follow_the_size_of_the_deltas_not_a_fixed_interval(tmp_path):
+    """Few changes: deltas for a long time (a base at fixed intervals would rewrite all state). Many
+    changes: a base as soon as the deltas outgrow the state (a restore reads a bounded chain)."""
+    from rayfun.checkpoint import CheckpointStore
+    from rayfun.runtime.shard import FULL_AFTER
+
+    async def scenario():
+        core = ShardCore(0, ShardConfig(functions=_functions(), shards=1, key_groups=64,
+                                        checkpoint_url=str(tmp_path)))
+        await core.start([None], [])
+        store = CheckpointStore(str(tmp_path))
+        seq = 0
+
+        async def send(ids):
+            nonlocal seq
+            await core.deliver(DRIVER, seq, pickle.dumps([("t/count", i, None, INT, 1) for i in ids]), 0)
+            seq += 1
+            await _settle()
+
+        async def checkpoint(n):
+            part = await core.checkpoint(n)
+            store.commit(n, [part], key_groups=64)
+            await core.checkpoint_complete(n)
+            return part.full
+
+        await send([f"k{i}" for i in range(1000)])
+        assert await checkpoint(1)  # the first is a base
+        fulls = []
+        for n in range(2, 12):  # 1 % of the instances change per checkpoint
+            await send([f"k{i}" for i in range(n * 10, n * 10 + 10)])
+            fulls.append(await checkpoint(n))
+        assert not any(fulls)
+        fulls = []
+        for n in range(12, 18):  # all of them change per checkpoint
+            await send([f"k{i}" for i in range(1000)])
+            fulls.append(await checkpoint(n))
+        # with FULL_AFTER 1.5: 100 + 1000 rows of deltas fit in 1500, one more delta would not
+        assert FULL_AFTER == 1.5 and fulls == [False, True, False, True, False, True], fulls
+        assert core.get_state("t/count", "k0") == {"n": 7}
+        await core.stop()
+
+    asyncio.run(scenario())

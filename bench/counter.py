@@ -88,7 +88,10 @@ def run(args) -> float:
     expected = expected_state(args.messages, args.addresses)
     sample = list(expected)[:: max(1, args.addresses // 200)]
     wrong = [a for a in sample if app.state(TYPENAME, a, wait=False).get("count") != expected[a]]
-    checkpoints = app.info()["last_checkpoint"] if checkpoint_dir else 0
+    info = app.info()
+    checkpoints = info["last_checkpoint"] if checkpoint_dir else 0
+    if checkpoints:
+        print(f"{checkpoints} checkpoints, the last took {info['last_checkpoint_s']:.2f} s")
     app.stop()
     if cleanup:
         shutil.rmtree(cleanup, ignore_errors=True)

@@ -80,6 +80,7 @@ class Coordinator:
         self.run_id = ""
         self._recovering = False
         self.last_recovery_s: float | None = None
+        self.last_checkpoint_s: float | None = None  # how long the newest checkpoint took, trigger to complete
 
     # -- start ------------------------------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class Coordinator:
             return await self._checkpoint_locked()
 
     async def _checkpoint_locked(self) -> int:
+        began = time.monotonic()
         n = (self.last_checkpoint or 0) + 1
         generation = self.generation
         # full bases cost the shards an encode (no read, no fold), not a compaction's full cycle
@@ -193,6 +195,7 @@ class Coordinator:
             covered = part.meta.get("driver_seq", 0)
             self._driver_log[dest] = [(seq, rows) for seq, rows in self._driver_log[dest] if seq >= covered]
         await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in self.shards])
+        self.last_checkpoint_s = time.monotonic() - began
         return n
 
     def _maybe_compact(self, loop) -> None:
@@ -208,8 +211,12 @@ class Coordinator:
             self._compaction = loop.run_in_executor(None, self.store.compact, manifest)
 
     async def _checkpoint_loop(self) -> None:
+        """A checkpoint every ``checkpoint_interval`` from start to start (Flink's meaning), or right after
+        the previous one when that took longer."""
+        began = time.monotonic()
         while not self._stopped:
-            await asyncio.sleep(self.config.checkpoint_interval)
+            await asyncio.sleep(max(0.0, began + self.config.checkpoint_interval - time.monotonic()))
+            began = time.monotonic()
             if self._recovering:
                 continue
             try:
@@ -351,6 +358,7 @@ class Coordinator:
     def info(self) -> dict:
         return {"generation": self.generation, "last_checkpoint": self.last_checkpoint,
                 "recoveries": self.recoveries, "last_recovery_s": self.last_recovery_s,
+                "last_checkpoint_s": self.last_checkpoint_s,
                 "standby": None if self._spare is None else self._spare._actor_id.hex()}
 
     async def statuses(self) -> list[dict]:

@@ -15,7 +15,7 @@ import ray
 from .functions import StatefulFunctions
 from .io import Sink, Source
 from .messages import Message
-from .runtime.coordinator import AppConfig, Coordinator
+from .runtime.coordinator import STOP_TIMEOUT_S, AppConfig, Coordinator
 from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
 from .runtime.registry import TypeRegistry
 from .types import Type, display_value
@@ -196,7 +196,9 @@ class App:
         if self._coordinator is None:
             return
         try:
-            ray.get(self._coordinator.stop.remote())
+            ray.get(self._coordinator.stop.remote(), timeout=STOP_TIMEOUT_S + 30)
+        except ray.exceptions.GetTimeoutError:  # the shards it owns die with it (Ray's fate sharing)
+            log.warning("the coordinator did not stop in time: killing it and its shards")
         finally:
             ray.kill(self._coordinator)
             self._coordinator = None

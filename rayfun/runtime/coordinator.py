@@ -35,6 +35,7 @@ __all__ = ["AppConfig", "Coordinator"]
 FULL_EVERY = 50  # at the latest, a full base every this many checkpoints (shards write one sooner, as
                  # their deltas grow: see shard.FULL_AFTER); bounds the number of files in a chain
 STANDBY_DELAY_S = 5.0  # after a recovery, wait this long before starting the next standby shard
+STOP_TIMEOUT_S = 30.0  # how long app.stop() waits for the shards to flush and close their sinks
 MONITOR_INTERVAL_S = 0.1  # how often the shards are asked whether they are alive and well
 
 
@@ -418,7 +419,14 @@ class Coordinator:
         self._stopped = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*[s.stop.remote() for s in self.shards], return_exceptions=True)
+        # shards flush and close their sinks; one that does not answer in time (its loop blocked in a
+        # sink call, say) must not keep the application from stopping: it is killed like the others
+        stops = asyncio.gather(*[s.stop.remote() for s in self.shards], return_exceptions=True)
+        try:
+            await asyncio.wait_for(stops, STOP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("shards did not stop within %.0f s: killing them (sinks may not have flushed)",
+                        STOP_TIMEOUT_S)
         for s in self.shards + ([self._spare] if self._spare is not None else []):
             ray.kill(s)
         self._spare = None

@@ -82,6 +82,7 @@ class Coordinator:
         self._recovering = False
         self.last_recovery_s: float | None = None
         self.last_checkpoint_s: float | None = None  # how long the newest checkpoint took, trigger to complete
+        self._checkpoint_ended = 0.0
 
     # -- start ------------------------------------------------------------------------------------------
 
@@ -196,7 +197,8 @@ class Coordinator:
             covered = part.meta.get("driver_seq", 0)
             self._driver_log[dest] = [(seq, rows) for seq, rows in self._driver_log[dest] if seq >= covered]
         await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in self.shards])
-        self.last_checkpoint_s = time.monotonic() - began
+        self._checkpoint_ended = time.monotonic()
+        self.last_checkpoint_s = self._checkpoint_ended - began
         return n
 
     def _maybe_compact(self, loop) -> None:
@@ -212,11 +214,14 @@ class Coordinator:
             self._compaction = loop.run_in_executor(None, self.store.compact, manifest)
 
     async def _checkpoint_loop(self) -> None:
-        """A checkpoint every ``checkpoint_interval`` from start to start (Flink's meaning), or right after
-        the previous one when that took longer."""
+        """A checkpoint every ``checkpoint_interval`` from start to start (Flink's meaning); after one that
+        took longer, the next waits half an interval (Flink's min pause), so that slow checkpoints do not
+        run back to back and leave the shards no time between them."""
+        interval = self.config.checkpoint_interval
         began = time.monotonic()
         while not self._stopped:
-            await asyncio.sleep(max(0.0, began + self.config.checkpoint_interval - time.monotonic()))
+            now = time.monotonic()
+            await asyncio.sleep(max(began + interval - now, interval / 2 - (now - self._checkpoint_ended), 0.0))
             began = time.monotonic()
             if self._recovering:
                 continue

@@ -56,15 +56,24 @@ async def _settle() -> None:
         await asyncio.sleep(0.005)
 
 
-def _core() -> tuple[ShardCore, list]:
-    core = ShardCore(0, ShardConfig(functions=_functions(), shards=2, key_groups=64))
-    return core, [None, _Peer()]  # peers[0] is this shard itself (never called)
+def _run(scenario, shards: int = 2, checkpoint_url: str | None = None) -> None:
+    """Run ``scenario(core, peers)`` on started shard 0 of ``shards`` (peers[0] is the shard itself, never
+    called; the others are stand-ins), and stop the shard afterwards."""
+    async def main():
+        core = ShardCore(0, ShardConfig(functions=_functions(), shards=shards, key_groups=64,
+                                        checkpoint_url=checkpoint_url))
+        peers = [None] + [_Peer() for _ in range(shards - 1)]
+        await core.start(peers, [])
+        try:
+            await scenario(core, peers)
+        finally:
+            await core.stop()
+
+    asyncio.run(main())
 
 
 def test_a_delivery_pending_at_rollback_does_not_unbalance_the_outstanding_count():
-    async def scenario():
-        core, peers = _core()
-        await core.start(peers, [])
+    async def scenario(core, peers):
         # t/forward on shard 0 sends to t/count on shard 1: one batch to the peer, left unanswered
         fid = next(f"k{i}" for i in range(10_000) if core.partitioner.shard_of("t/forward", f"k{i}") == 0
                    and core.partitioner.shard_of("t/count", f"to-k{i}") == 1)
@@ -74,15 +83,12 @@ def test_a_delivery_pending_at_rollback_does_not_unbalance_the_outstanding_count
         await core.restore(1, peers, [], None)  # rolls back; the pending delivery task is cancelled
         await _settle()
         assert core.status()["outstanding"] == 0
-        await core.stop()
 
-    asyncio.run(scenario())
+    _run(scenario)
 
 
 def test_a_batch_of_the_next_generation_that_arrives_before_the_rollback_is_kept():
-    async def scenario():
-        core, peers = _core()
-        await core.start(peers, [])
+    async def scenario(core, peers):
         cid = _id_on(core, "t/count", 0)
         # a peer that already rolled back to generation 1 sends before this shard is told to roll back
         early = asyncio.get_running_loop().create_task(
@@ -95,23 +101,19 @@ def test_a_batch_of_the_next_generation_that_arrives_before_the_rollback_is_kept
         st = core.status()
         assert st["received"] == {1: 1} and st["processed"] == 1
         assert core.get_state("t/count", cid) == {"n": 7}
-        await core.stop()
 
-    asyncio.run(scenario())
+    _run(scenario)
 
 
 def test_a_batch_of_an_older_generation_is_dropped():
-    async def scenario():
-        core, peers = _core()
-        await core.start(peers, [])
+    async def scenario(core, peers):
         await core.restore(2, peers, [], None)
         cid = _id_on(core, "t/count", 0)
         await core.deliver(1, 0, pickle.dumps([("t/count", cid, None, INT, 7)]), 1)
         await _settle()
         assert core.status()["received"] == {} and core.get_state("t/count", cid) == {}
-        await core.stop()
 
-    asyncio.run(scenario())
+    _run(scenario)
 
 
 def test_a_rollback_superseded_while_it_reads_its_checkpoint_does_not_win(tmp_path):
@@ -121,10 +123,7 @@ def test_a_rollback_superseded_while_it_reads_its_checkpoint_does_not_win(tmp_pa
 
     from rayfun.checkpoint import CheckpointStore, StateDelta, StateLayout
 
-    async def scenario():
-        core = ShardCore(0, ShardConfig(functions=_functions(), shards=1, key_groups=64,
-                                        checkpoint_url=str(tmp_path)))
-        await core.start([None], [])
+    async def scenario(core, peers):
         store = CheckpointStore(str(tmp_path))
         layout = StateLayout.of("t/count", core.runners["t/count"].state.specs)
         for n, count in ((1, 1), (2, 2)):
@@ -140,16 +139,15 @@ def test_a_rollback_superseded_while_it_reads_its_checkpoint_does_not_win(tmp_pa
             return load(checkpoint_id, key_group_range)
 
         core._store.load_shard = slow_load
-        first = asyncio.get_running_loop().create_task(core.restore(1, [None], [], 2))
+        first = asyncio.get_running_loop().create_task(core.restore(1, peers, [], 2))
         await _settle()
-        await core.restore(2, [None], [], 1)  # the fallback, while the first still reads
+        await core.restore(2, peers, [], 1)  # the fallback, while the first still reads
         release.set()
         await first
         await _settle()
         assert core.get_state("t/count", "c") == {"n": 1} and core.status()["generation"] == 2
-        await core.stop()
 
-    asyncio.run(scenario())
+    _run(scenario, shards=1, checkpoint_url=str(tmp_path))
 
 
 def test_full_bases_follow_the_size_of_the_deltas_not_a_fixed_interval(tmp_path):
@@ -158,10 +156,7 @@ def test_full_bases_follow_the_size_of_the_deltas_not_a_fixed_interval(tmp_path)
     from rayfun.checkpoint import CheckpointStore
     from rayfun.runtime.shard import FULL_AFTER
 
-    async def scenario():
-        core = ShardCore(0, ShardConfig(functions=_functions(), shards=1, key_groups=64,
-                                        checkpoint_url=str(tmp_path)))
-        await core.start([None], [])
+    async def scenario(core, peers):
         store = CheckpointStore(str(tmp_path))
         seq = 0
 
@@ -191,6 +186,5 @@ def test_full_bases_follow_the_size_of_the_deltas_not_a_fixed_interval(tmp_path)
         # with FULL_AFTER 1.5: 100 + 1000 rows of deltas fit in 1500, one more delta would not
         assert FULL_AFTER == 1.5 and fulls == [False, True, False, True, False, True], fulls
         assert core.get_state("t/count", "k0") == {"n": 7}
-        await core.stop()
 
-    asyncio.run(scenario())
+    _run(scenario, shards=1, checkpoint_url=str(tmp_path))

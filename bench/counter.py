@@ -100,8 +100,7 @@ def run(args) -> float:
     rate = (processed - done_before) / elapsed
     for m in metrics:
         print(f"shard {m['index']}: processed {m['processed']}, idle {m['idle_s']:.2f} s, snapshot capture "
-              f"{m['snapshot_capture_s']:.2f} s, snapshot write {m['snapshot_write_s']:.2f} s (in a thread), "
-              f"local copy {m['local_copy_s']:.2f} s")
+              f"{m['snapshot_capture_s']:.2f} s, snapshot write {m['snapshot_write_s']:.2f} s (in a thread)")
     print(f"processed {processed} messages over {args.addresses} addresses on {args.shards} shards; "
           f"{processed - done_before} in {elapsed:.2f} s after start-up; state exact at {len(sample)} "
           f"sampled addresses; {checkpoints or 0} checkpoints")

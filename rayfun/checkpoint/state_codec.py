@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from ..types import BUILTIN_TYPES, decode_payload, encode_payload
 from .errors import CheckpointError
-from .schema import STATE_SCHEMA, VALUE_COLUMNS, value_column
+from .schema import ADDRESS_COLUMNS, STATE_SCHEMA, VALUE_COLUMNS, value_column
 
 log = logging.getLogger("rayfun.checkpoint")
 
@@ -244,6 +244,11 @@ def _spec_columns(layout: StateLayout, cells: list) -> list[tuple[list, list | N
             for i in range(n)]
 
 
+def _key_group_column(typename: str, ids: list, key_groups: int | None) -> pa.Array:
+    """The key groups of ``ids``, or nulls for readers to compute (``key_groups=None``, see ``schema``)."""
+    return pa.nulls(len(ids), pa.int32()) if key_groups is None else key_groups_of(typename, ids, key_groups)
+
+
 def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
     layout = delta.layout
     ft = layout.function_type
@@ -268,7 +273,7 @@ def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
                                   f"{', expiring' if layout.expiring else ''})") from None
     n_inst = len(ids)
     if columns:
-        kg = pa.nulls(n_inst, pa.int32()) if key_groups is None else key_groups_of(ft, ids, key_groups)
+        kg = _key_group_column(ft, ids, key_groups)
         id_arr = pa.array(ids, pa.string())
         zero = pa.repeat(pa.scalar(0, pa.int32()), n_inst)
         ft_arr = _constant(ft, zero)
@@ -308,7 +313,7 @@ def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
     if deleted:
         n = len(deleted)
         pieces.append(pa.Table.from_arrays(
-            [pa.nulls(n, pa.int32()) if key_groups is None else key_groups_of(ft, deleted, key_groups),
+            [_key_group_column(ft, deleted, key_groups),
              _constant(ft, pa.repeat(pa.scalar(0, pa.int32()), n)),
              pa.array(deleted, pa.string()), _constant(None, pa.nulls(n, pa.int32())),
              _constant(None, pa.nulls(n, pa.int32())),
@@ -333,7 +338,7 @@ def encode_state(deltas: Mapping[str, StateDelta] | Iterable[StateDelta], key_gr
 # ---------------------------------------------------------------------------------------------------------
 # Restoring: range filter, fold of layers, back to cells.
 
-def with_key_groups(table: pa.Table, key_groups: int, address: tuple[str, str] = ("function_type", "id"),
+def with_key_groups(table: pa.Table, key_groups: int, address: tuple[str, str] = ADDRESS_COLUMNS["state"],
                     ) -> pa.Table:
     """``table`` with its ``key_group`` column computed where it is null (rows as shards write them), from
     the ``address`` columns (typename, id): see ``schema.ADDRESS_COLUMNS``."""
@@ -351,7 +356,7 @@ def with_key_groups(table: pa.Table, key_groups: int, address: tuple[str, str] =
 
 def filter_key_groups(table: pa.Table, key_group_range: tuple[int, int], key_groups: int,
                       file_range: tuple[int, int] | None = None,
-                      address: tuple[str, str] = ("function_type", "id")) -> pa.Table:
+                      address: tuple[str, str] = ADDRESS_COLUMNS["state"]) -> pa.Table:
     """The rows whose key group lies in ``[start, end)``. A file written for ``file_range`` holds only
     rows of that range: if it lies within ``[start, end)``, no key group is looked at (or computed)."""
     start, end = key_group_range

@@ -201,7 +201,7 @@ class ShardCore:
         self._chain_rows = 0     # delta rows committed on top of this shard's newest committed base
         self._local: _LocalCopy | None = _LocalCopy(None, {}, [], [], [])  # state as of ``_committed``
         self._layout_cache: dict[str, Any] = {}
-        self.counters = {"snapshot_capture_s": 0.0, "local_copy_s": 0.0, "snapshot_write_s": 0.0, "idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
+        self.counters = {"snapshot_capture_s": 0.0, "snapshot_write_s": 0.0, "idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -821,9 +821,7 @@ class ShardCore:
             if snap is not None:
                 self._chain_rows = 0 if snap.full else self._chain_rows + sum(len(ids) for ids, _ in
                                                                               snap.captured.values())
-                began = time.perf_counter()
                 self._keep_local_copy(snap)
-                self.counters["local_copy_s"] += time.perf_counter() - began
         for k in [k for k in self._written if k <= n]:
             del self._written[k]
         for epoch in sorted(self._unpublished):

@@ -80,11 +80,14 @@ def run(args) -> float:
                        checkpoint_interval=args.checkpoint_interval)
     # The shards start reading as soon as they start: count from here, minus what they already did.
     started = time.perf_counter()
-    done_before = sum(m["processed"] for m in app.metrics())
+    before = app.metrics()
+    done_before = sum(m["processed"] for m in before)
+    cpu_before = sum(m["cpu_s"] for m in before)
     app.wait(timeout=600)
     elapsed = time.perf_counter() - started
     metrics = app.metrics()
     processed = sum(m["processed"] for m in metrics)
+    cpu_us = 1e6 * (sum(m["cpu_s"] for m in metrics) - cpu_before) / max(1, processed - done_before)
     expected = expected_state(args.messages, args.addresses)
     sample = list(expected)[:: max(1, args.addresses // 200)]
     wrong = [a for a in sample if app.state(TYPENAME, a, wait=False).get("count") != expected[a]]
@@ -100,10 +103,11 @@ def run(args) -> float:
     rate = (processed - done_before) / elapsed
     for m in metrics:
         print(f"shard {m['index']}: processed {m['processed']}, idle {m['idle_s']:.2f} s, snapshot capture "
-              f"{m['snapshot_capture_s']:.2f} s, snapshot write {m['snapshot_write_s']:.2f} s (in a thread)")
+              f"{m['snapshot_capture_s']:.2f} s, write {m['snapshot_write_s']:.2f} s in a thread "
+              f"({m['snapshot_write_cpu_s']:.2f} s CPU), commit {m['snapshot_commit_s']:.2f} s")
     print(f"processed {processed} messages over {args.addresses} addresses on {args.shards} shards; "
           f"{processed - done_before} in {elapsed:.2f} s after start-up; state exact at {len(sample)} "
-          f"sampled addresses; {checkpoints or 0} checkpoints")
+          f"sampled addresses; {checkpoints or 0} checkpoints; shard CPU {cpu_us:.2f} us per message")
     return rate
 
 

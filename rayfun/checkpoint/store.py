@@ -130,10 +130,14 @@ class CheckpointStore:
 
     One store object may be created per process (each shard actor, the coordinator): all state lives in
     the files, the object only caches parsed manifests (immutable). It pickles as its constructor arguments.
+
+    ``compression`` is the Parquet codec. LZ4 by default: the shards compress while they process, and it
+    costs them a third of the CPU of zstd (level 1) for about twice the bytes (measured on a 190k-row
+    delta: 14 vs 45 ms); pass ``"zstd"`` where storage or bandwidth costs more than CPU.
     """
 
     def __init__(self, url: str, retain: int = 3, storage_options: Mapping[str, Any] | None = None, *,
-                 compression: str = "zstd", compression_level: int | None = 1):
+                 compression: str = "lz4", compression_level: int | None = None):
         if retain < 1:
             raise ValueError(f"retain must be >= 1, got {retain}")
         self.url = url

@@ -27,8 +27,9 @@ __all__ = ["FunctionState", "EmbeddedFunction"]
 
 class FunctionState:
     """All instances of one function type on one shard: ``id -> cells``, plus which changed since the
-    last checkpoint snapshot, with their new cells (None: gone). Recording the cells as they are stored
-    lets a snapshot capture its cut without looking each id up again."""
+    last checkpoint snapshot, with their new cells (None: gone), or for a single-cell type the value itself
+    (None: gone): what the checkpoint encoder reads (see ``StateDelta``), so a snapshot looks no id up and
+    follows one pointer less per instance."""
 
     def __init__(self, typename: str, specs) -> None:
         self.typename = typename
@@ -39,8 +40,9 @@ class FunctionState:
         self.empty = [None] * self.n + ([0] * self.n if self.expiring else [])
         self.after_call = tuple((i, s.expire_after_millis) for i, s in enumerate(self.specs)
                                 if s.expire_mode == "after_call")
+        self.single = self.width == 1  # ``changed`` holds values, not cells
         self.instances: dict[str, list] = {}
-        self.changed: dict[str, list | None] = {}
+        self.changed: dict[str, Any] = {}
 
     def put(self, id: str, cells: list, maybe_empty: bool = True) -> None:
         """Store an instance's cells, dropping the instance once it holds no value (idle costs nothing).
@@ -54,7 +56,12 @@ class FunctionState:
                 self.changed[id] = None
                 return
         self.instances[id] = cells
-        self.changed[id] = cells
+        self.changed[id] = cells[0] if self.single else cells
+
+    def take_changes(self) -> dict[str, Any]:
+        """The changes recorded so far (see ``changed``), handed over for good: recording starts afresh."""
+        changes, self.changed = self.changed, {}
+        return changes
 
     def expire(self, now_ms: int) -> int:
         """Drop expired values everywhere (reads already hide them; this frees memory). Returns count."""
@@ -104,7 +111,7 @@ class EmbeddedFunction:
         # async functions: address -> queued (caller, value typename, payload) behind the running one
         self.busy: dict[str, deque] = {}
         self.running: dict[str, tuple] = {}
-        self.since_commit: dict[str, list | None] = {}  # changes captured by snapshots not yet committed
+        self.uncommitted: list[dict] = []  # changes taken by snapshots not yet committed, oldest first
         self.run = self._make_run()
 
     # -- invocation -------------------------------------------------------------------------------------
@@ -133,7 +140,7 @@ class EmbeddedFunction:
             return run_async
 
         state = self.state
-        instances, empty, put, changed = state.instances, state.empty, state.put, state.changed
+        instances, empty, put, single = state.instances, state.empty, state.put, state.single
         fn, commit, failed = self.fn, self._commit, self.shard.invocation_failed
         always_commit = bool(state.after_call)
         storage = self.storage_cls([], 0)
@@ -166,7 +173,8 @@ class EmbeddedFunction:
                     ctx.sends = ctx.timers = ctx.egress = None
                 elif storage.dirty:
                     if storage.dirty == 1:  # the last change was a write: the instance is not empty
-                        instances[id] = changed[id] = cells
+                        instances[id] = cells
+                        state.changed[id] = cells[0] if single else cells
                     else:
                         put(id, cells)
             return i

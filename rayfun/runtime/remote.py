@@ -71,7 +71,7 @@ class RemoteFunction:
         self.client = client
         self.shard = shard
         self.state = FunctionState(typename, ())
-        self.since_commit: dict[str, list | None] = {}
+        self.uncommitted: list[dict] = []  # changes taken by snapshots not yet committed, oldest first
         self.inflight: dict[str, list] = {}   # id -> the batch being sent
         self.queued: dict[str, list] = {}     # id -> messages that arrived meanwhile
         self.blocked = 0                      # addresses at max_num_batch_requests (backpressure)
@@ -106,10 +106,12 @@ class RemoteFunction:
                     if self.state.expiring and old_state.expiring:
                         fresh[self.state.n + j] = cells[old_state.n + i]
             self.state.instances[id] = fresh
-        # recorded changes point at cells of the old layout: point them at the same values, re-laid out
-        instances = self.state.instances
-        self.state.changed = {id: instances.get(id) for id in old_state.changed}
-        self.since_commit = {id: instances.get(id) for id in self.since_commit}
+        # recorded changes hold the old layout: record the same instances again, re-laid out
+        instances, single = self.state.instances, self.state.single
+        relaid = lambda ids: {id: (c[0] if single and c is not None else c)  # noqa: E731
+                              for id, c in ((id, instances.get(id)) for id in ids)}
+        self.state.changed = relaid(old_state.changed)
+        self.uncommitted = [relaid(changes) for changes in self.uncommitted]
         self.shard.layout_changed(self.typename)
 
     # -- invocation -------------------------------------------------------------------------------------

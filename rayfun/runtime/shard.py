@@ -28,18 +28,22 @@ import pickle
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import pyarrow as pa
 
 from ..functions import StatefulFunctions
 from ..io import DEAD_LETTER_EGRESS, DeadLetter, DeliverySemantic, Sink, Source
 from ..messages import EgressMessage, Message
-from ..checkpoint.state_codec import StateDelta, StateLayout
+from ..checkpoint.state_codec import StateDelta, StateLayout, encode_state, fold_layers
 from .deadletters import dead_letter_record
 from .embedded import EmbeddedFunction
 from .partitioning import Partitioner, shard_ranges
 from .registry import TypeRegistry
 from .timers import TimerService, TokenInUseError
+
+if TYPE_CHECKING:
+    from ..checkpoint.store import RestoredShard
 
 log = logging.getLogger("rayfun")
 
@@ -92,32 +96,26 @@ def _egress_seq_parts(seq: int) -> tuple[int, int, int]:
 
 
 class _LocalCopy(NamedTuple):
-    """A shard's part of its last complete checkpoint, kept in memory for a fast rollback.
+    """A shard's part of its last complete checkpoint, kept in memory for a fast rollback (no storage read).
 
-    The state is kept as the snapshots captured it, per function type a list of layers ``(ids, cells)``
-    (a base, then deltas; None cells: gone), folded only if a rollback needs it: folding at every
-    checkpoint cost the event loop ~10 % of its time under a high rate of changes (measured)."""
+    The state is kept as the snapshots encoded it: Arrow tables (a base, then deltas), folded only if a
+    rollback needs them, the way a restore from storage folds them. Keeping the captured Python objects
+    instead would keep every replaced cells list alive until the next base (~150 bytes per instance and
+    layer, against ~20 in Arrow), and would hold the snapshot's dicts past their encoding."""
 
     checkpoint_id: int | None
-    layers: dict[str, list[tuple[list, list]]]
+    layers: list[pa.Table]
     timers: list
     messages: list
     egress: list
 
+    def restored(self, key_group_range: tuple[int, int], key_groups: int, layouts: dict) -> "RestoredShard":
+        """This copy as what a shard restores from storage, state folded."""
+        from ..checkpoint.store import RestoredShard
 
-LOCAL_LAYERS_MAX = 16  # layers of the in-memory copy before they are folded (full snapshots reset them)
-
-
-def _fold_into(state: dict, chain: list[tuple[list, list]]) -> dict:
-    """Lay ``(ids, cells)`` layers, oldest first, over ``state``: newer cells win, None cells (gone) drop."""
-    for ids, cells in chain:
-        state.update(zip(ids, cells))
-    for ids, cells in chain:
-        if None in cells:
-            for id, c in zip(ids, cells):
-                if c is None and state.get(id, 0) is None:
-                    del state[id]
-    return state
+        return RestoredShard(self.checkpoint_id, key_group_range, key_groups, fold_layers(self.layers), layouts,
+                             self.timers, self.messages, self.egress,
+                             chain_rows=sum(t.num_rows for t in self.layers))
 
 
 class _Snapshot:
@@ -128,8 +126,10 @@ class _Snapshot:
         self.id = n
         self.waiting: set[int] = set()
         self.recorded: list[tuple] = []
-        self.deltas: dict[str, Any] = {}
-        self.captured: dict[str, tuple[list, list]] = {}
+        # per type (id -> cells, or -> value with True), until encoded
+        self.captured: dict[str, tuple[dict, bool]] | None = {}
+        self.rows = 0  # instances captured (changed ones, or all of them for a full snapshot)
+        self.state: pa.Table | None = None  # the captured state, encoded (kept for the in-memory copy)
         self.timers: list = []
         self.pending: list[tuple] = []
         self.egress: list[tuple] = []
@@ -199,9 +199,11 @@ class ShardCore:
         self._written: dict[int, _Snapshot] = {}
         self._full_next = False  # the next snapshot writes a full base (the coordinator asked)
         self._chain_rows = 0     # delta rows committed on top of this shard's newest committed base
-        self._local: _LocalCopy | None = _LocalCopy(None, {}, [], [], [])  # state as of ``_committed``
+        self._local: _LocalCopy | None = _LocalCopy(None, [], [], [], [])  # state as of ``_committed``
         self._layout_cache: dict[str, Any] = {}
-        self.counters = {"snapshot_capture_s": 0.0, "snapshot_write_s": 0.0, "idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0, "timers_fired": 0}
+        self.counters = {"snapshot_capture_s": 0.0, "snapshot_write_s": 0.0, "snapshot_write_cpu_s": 0.0,
+                         "snapshot_commit_s": 0.0, "idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0,
+                         "timers_fired": 0}
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -726,27 +728,30 @@ class ShardCore:
         snap.parent_id = self._committed
         for runner in self.runners.values():
             # a delta on top of the last *committed* checkpoint: what changed since then, including what a
-            # snapshot that never completed had captured
-            changed = runner.state.changed
-            if runner.since_commit:
-                runner.since_commit.update(changed)
-            else:
-                runner.since_commit = changed.copy()
-            changed.clear()
+            # snapshot that never completed had taken
+            runner.uncommitted.append(runner.state.take_changes())
         # a full base instead (every live instance) when asked, at the first, or once the chain a restore
         # would read holds FULL_AFTER times the live rows: a delta-only chain makes restores slow, a base
         # at fixed intervals rewrites all state however little of it changes
-        delta_rows = sum(len(r.since_commit) for r in self.runners.values())
+        delta_rows = sum(len(c) for r in self.runners.values() for c in r.uncommitted)
         live_rows = sum(len(r.state.instances) for r in self.runners.values())
         snap.full = (self._full_next or self._committed is None
                      or self._chain_rows + delta_rows > FULL_AFTER * max(live_rows, 1))
         self._full_next = False
         for typename, runner in self.runners.items():
-            # capture the cells at the cut with C-level copies only (this runs on the event loop; the
-            # changes carry their cells, so no id is looked up); the lists are never mutated in place, so
-            # the thread that encodes them sees the cut's values
-            source = runner.state.instances if snap.full else runner.since_commit
-            snap.captured[typename] = (list(source), list(source.values()))
+            # the thread that encodes reads dicts nobody writes to any more (so the encoding sees the cut
+            # and processing goes on): the changes taken, or a copy of every instance for a full snapshot
+            if snap.full:
+                captured = (runner.state.instances.copy(), False)
+            else:
+                if len(runner.uncommitted) > 1:  # an earlier snapshot never completed (rare): newer wins
+                    merged: dict = {}
+                    for changes in runner.uncommitted:
+                        merged.update(changes)
+                    runner.uncommitted[:] = [merged]
+                captured = (runner.uncommitted[0], runner.state.single)
+            snap.captured[typename] = captured
+            snap.rows += len(captured[0])
         snap.timers = self.timers.all()
         for batch, start in self._mailbox:
             snap.pending.extend(batch[start:] if start else batch)
@@ -784,7 +789,8 @@ class ShardCore:
     async def _write_snapshot(self, snap: "_Snapshot", done: asyncio.Future, generation: int) -> None:
         try:
             # encoding and I/O run in a thread: Parquet compression and storage calls release the GIL,
-            # so processing goes on meanwhile (the captured cells lists are never mutated in place)
+            # so processing goes on meanwhile (the captured dicts are not written to any more, and the cells
+            # lists in them are never mutated in place)
             part = await asyncio.get_running_loop().run_in_executor(None, self._write_part, snap)
         except Exception as exc:
             log.exception("shard %d: writing checkpoint %d failed", self.index, snap.id)
@@ -796,31 +802,35 @@ class ShardCore:
             done.set_result(part)
 
     def _write_part(self, snap: "_Snapshot"):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         try:
             return self._write_part_now(snap)
         finally:
             self.counters["snapshot_write_s"] += time.perf_counter() - began
+            self.counters["snapshot_write_cpu_s"] += time.thread_time() - cpu
 
     def _write_part_now(self, snap: "_Snapshot"):
-        for typename, (ids, cells) in snap.captured.items():
-            snap.deltas[typename] = StateDelta.captured(self._layout(typename), ids, cells)
+        deltas = [StateDelta(self._layout(t), instances, values=values)
+                  for t, (instances, values) in snap.captured.items()]
+        snap.state = encode_state(deltas, None)  # key groups left to readers (see checkpoint.schema)
+        snap.captured = None  # the table holds the state now
         return self._store.write_shard_part(
-            snap.id, self.index, self.key_group_range, key_groups=self.config.key_groups, state=snap.deltas,
+            snap.id, self.index, self.key_group_range, key_groups=self.config.key_groups, state=snap.state,
+            layouts={d.layout.function_type: d.layout for d in deltas},
             parent_id=snap.parent_id, full=snap.full, timers=snap.timers, messages=snap.pending + snap.recorded,
             egress=snap.egress, meta=snap.meta)
 
     async def checkpoint_complete(self, n: int) -> None:
         """Checkpoint ``n`` is durable everywhere: publish the exactly-once egress of epochs up to ``n``."""
+        began = time.perf_counter()
         if self._committed is None or n > self._committed:
             self._committed = n
-            if self._epoch == n:  # no newer snapshot began: its captured ids are now in the base
+            if self._epoch == n:  # no newer snapshot began: the changes it took are in the checkpoint now
                 for runner in self.runners.values():
-                    runner.since_commit.clear()
+                    runner.uncommitted.clear()
             snap = self._written.pop(n, None)
             if snap is not None:
-                self._chain_rows = 0 if snap.full else self._chain_rows + sum(len(ids) for ids, _ in
-                                                                              snap.captured.values())
+                self._chain_rows = 0 if snap.full else self._chain_rows + snap.rows
                 self._keep_local_copy(snap)
         for k in [k for k in self._written if k <= n]:
             del self._written[k]
@@ -831,6 +841,7 @@ class ShardCore:
             self._publish_epoch(records, epoch)
         for k in [k for k in self._snapshots_done if k <= n]:
             del self._snapshots_done[k]
+        self.counters["snapshot_commit_s"] += time.perf_counter() - began
         await self._published()
 
     async def _published(self) -> None:
@@ -859,18 +870,15 @@ class ShardCore:
     def _keep_local_copy(self, snap: "_Snapshot") -> None:
         """Add a committed snapshot to the in-memory copy of the last complete checkpoint, so that a shard
         that survives a failure rolls back from memory instead of re-reading storage (only the replacement
-        of the shard that died reads its part). Only references are kept: nothing is copied or folded."""
+        of the shard that died reads its part). A full snapshot replaces the layers; bases are frequent
+        enough (``FULL_AFTER``) that the layers stay a small multiple of the live state."""
         local = self._local
         if local is None or local.checkpoint_id != snap.parent_id:
             self._local = None  # the copy is not the snapshot's parent: restore from storage next time
             return
-        layers = {} if snap.full else local.layers
-        for typename, captured in snap.captured.items():
-            chain = layers.setdefault(typename, [])
-            chain.append(captured)
-            if len(chain) > LOCAL_LAYERS_MAX:  # no full snapshot for long (they bound it): fold now
-                folded = _fold_into({}, chain)
-                chain[:] = [(list(folded), list(folded.values()))]
+        layers = [] if snap.full else list(local.layers)
+        if snap.state is not None and (snap.full or snap.state.num_rows):
+            layers.append(snap.state)
         self._local = _LocalCopy(snap.id, layers, snap.timers, snap.pending + snap.recorded, snap.egress)
 
     async def restore(self, generation: int, peers: list, source_partitions: list,
@@ -930,22 +938,25 @@ class ShardCore:
         self._committed = checkpoint_id
         self._epoch = checkpoint_id or 0
         for runner in self.runners.values():
-            runner.since_commit.clear()
+            runner.uncommitted.clear()
         local = self._local
         self._written = {}
-        if local is not None and local.checkpoint_id == checkpoint_id:
-            self._load_local(local)  # this shard survived: roll back from memory
-        elif checkpoint_id is not None:
+        if checkpoint_id is not None:
             began = time.perf_counter()
-            restored = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self._store.load_shard(checkpoint_id, self.key_group_range))
+            from_memory = local is not None and local.checkpoint_id == checkpoint_id  # this shard survived
+            if from_memory:
+                layouts = {t: self._layout(t) for t in self.runners}
+                read = lambda: local.restored(self.key_group_range, self.config.key_groups, layouts)  # noqa: E731
+            else:
+                read = lambda: self._store.load_shard(checkpoint_id, self.key_group_range)  # noqa: E731
+            restored = await asyncio.get_running_loop().run_in_executor(None, read)
             if generation != self.generation:
                 return  # a newer rollback began while this one read (the coordinator fell back): it wins
             loaded = time.perf_counter()
             self._load(restored)
-            log.info("shard %d restored checkpoint %d: read %.2f s, loaded %.2f s (%d state rows, %d messages)",
-                     self.index, checkpoint_id, loaded - began, time.perf_counter() - loaded,
-                     restored.state.num_rows, len(restored.messages))
+            log.info("shard %d restored checkpoint %d from %s: read %.2f s, loaded %.2f s (%d state rows, "
+                     "%d messages)", self.index, checkpoint_id, "memory" if from_memory else "storage", loaded - began,
+                     time.perf_counter() - loaded, restored.state.num_rows, len(restored.messages))
         self._open_sources(source_partitions)
         self._open_sinks()
         # the restored state is hundreds of thousands of long-lived lists: keep the collector from walking
@@ -954,13 +965,6 @@ class ShardCore:
         gc.freeze()
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self.wake()
-
-    def _load_local(self, local: "_LocalCopy") -> None:
-        for typename, chain in local.layers.items():
-            runner = self.runners.get(typename)
-            if runner is not None:
-                _fold_into(runner.state.instances, chain)
-        self._load_rest(local.timers, local.messages, local.egress)
 
     def _load(self, restored) -> None:
         for typename, layout in restored.layouts.items():  # remote functions: their registered specs
@@ -975,10 +979,8 @@ class ShardCore:
             log.warning("checkpoint %d holds state of %s, which is no longer bound: ignored",
                         restored.checkpoint_id, typename)
         self._chain_rows = max(0, restored.chain_rows - restored.state.num_rows)  # the deltas, roughly
-        self._local = _LocalCopy(restored.checkpoint_id,
-                                 {t: [(list(r.state.instances), list(r.state.instances.values()))]
-                                  for t, r in self.runners.items()},
-                                 restored.timers, restored.messages, restored.egress)
+        self._local = _LocalCopy(restored.checkpoint_id, [restored.state], restored.timers, restored.messages,
+                                 restored.egress)
         self._load_rest(restored.timers, restored.messages, restored.egress)
 
     def _load_rest(self, timers: list, messages: list, egress: list) -> None:
@@ -1017,6 +1019,7 @@ class ShardCore:
             "remote_failures": sum(c.stats["failures"] for c in self._clients.values()),
             "generation": self.generation,
             "epoch": self._epoch,
+            "cpu_s": time.process_time(),  # the shard process's CPU time: cost per message, noise-free-ish
             **self.counters,
         }
 

@@ -11,14 +11,14 @@ import pytest
 from rayfun.checkpoint import CheckpointError, StateDelta, StateLayout, decode_instances, encode_state
 from rayfun.checkpoint.schema import STATE_SCHEMA
 from rayfun.checkpoint.state_codec import (
-    filter_key_groups, fold_layers, key_groups_mixed, key_groups_of, with_key_groups,
+    ENCODE_CHUNK, filter_key_groups, fold_layers, key_groups_mixed, key_groups_of, with_key_groups,
 )
 from rayfun.functions import ValueSpec
 from rayfun.runtime.embedded import FunctionState
 from rayfun.runtime.partitioning import key_group
 from rayfun.types import IntType, LongType, StringType, make_json_type
 
-from ckpt_helpers import COUNTER, LAYOUTS, PROFILE, random_state
+from ckpt_helpers import COUNTER, LAYOUTS, PROFILE, random_cells, random_state
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,7 +98,7 @@ def test_from_function_state_of_the_runtime():
     fs.put("a", [5], maybe_empty=False)
     fs.put("b", [None])  # became empty: dropped, a tombstone
     delta = StateDelta.from_function_state(fs)
-    assert dict(zip(delta.ids, delta.cells)) == {"a": [5], "b": None}  # None: a tombstone
+    assert dict(delta.instances) == {"a": [5], "b": None}  # None: a tombstone
     assert decode_instances(fold_layers([encode_state([StateDelta(COUNTER, {"a": [1], "b": [2]})], None),
                                          encode_state([delta], None)]), COUNTER) == {"a": [5]}
     full = StateDelta.from_function_state(fs, full=True)
@@ -150,3 +150,55 @@ def test_an_instance_without_values_is_a_tombstone():
     cells = [None] * 6 + [0] * 6
     table = encode_state([StateDelta(PROFILE, {"p": cells, "q": empty})], 1024)
     assert table.filter(table["deleted"])["id"].to_pylist() == ["p"]
+
+
+def _by_type(folded: pa.Table, layout: StateLayout) -> dict[str, list]:
+    return decode_instances(folded.filter(pa.compute.equal(folded["function_type"], layout.function_type)), layout)
+
+
+def test_chunked_encoding_lines_up_ids_values_and_tombstones_across_chunks():
+    """Deltas are converted a chunk at a time: every id keeps its own cells, tombstones included."""
+    rng = random.Random(7)
+    n = 3 * ENCODE_CHUNK + 17
+    base = {f"i{k}": random_cells(PROFILE, rng) for k in range(n)}
+    delta = {id: None if rng.random() < 0.1 else random_cells(PROFILE, rng) for id in rng.sample(list(base), n // 2)}
+    folded = fold_layers([encode_state([StateDelta(PROFILE, base)], None),
+                          encode_state([StateDelta(PROFILE, delta)], None)])
+    expected = {id: cells for id, cells in {**base, **delta}.items() if cells is not None}
+    assert decode_instances(folded, PROFILE) == expected
+
+
+def test_single_cell_changes_given_as_values_encode_like_cells():
+    """The runtime records changes of single-cell types as the values themselves (None: gone)."""
+    rng = random.Random(8)
+    cells = {f"c{k}": None if rng.random() < 0.1 else [rng.randint(-(2**31), 2**31 - 1)]
+             for k in range(2 * ENCODE_CHUNK + 5)}
+    values = {id: None if c is None else c[0] for id, c in cells.items()}
+    as_cells = encode_state([StateDelta(COUNTER, cells)], 1024)
+    as_values = encode_state([StateDelta(COUNTER, values, values=True)], 1024)
+    assert as_values.sort_by("id").equals(as_cells.sort_by("id"))
+    assert as_values["deleted"].to_pylist().count(True) == sum(c is None for c in cells.values())
+    with pytest.raises(ValueError, match="single-cell"):
+        StateDelta(PROFILE, {}, values=True)
+
+
+def test_function_state_records_values_of_single_cell_types_and_hands_changes_over():
+    fs = FunctionState("test/counter", [ValueSpec("count", IntType)])
+    fs.put("a", [1], maybe_empty=False)
+    fs.put("b", [None])
+    taken = fs.take_changes()
+    assert taken == {"a": 1, "b": None} and fs.changed == {}
+    fs.put("a", [2], maybe_empty=False)
+    assert taken == {"a": 1, "b": None} and fs.changed == {"a": 2}  # later changes go to a fresh dict
+    two = FunctionState("x/y", [ValueSpec("p", IntType), ValueSpec("q", IntType)])
+    two.put("k", [1, None])
+    assert two.changed == {"k": [1, None]}
+
+
+def test_fold_keeps_instances_of_different_types_with_the_same_id():
+    profile = random_cells(PROFILE, random.Random(9))
+    layers = [encode_state([StateDelta(COUNTER, {"x": [1], "y": [5]}), StateDelta(PROFILE, {"x": profile})], None),
+              encode_state([StateDelta(COUNTER, {"x": [2], "y": None})], None)]
+    folded = fold_layers(layers)
+    assert _by_type(folded, COUNTER) == {"x": [2]}
+    assert _by_type(folded, PROFILE) == {"x": profile}

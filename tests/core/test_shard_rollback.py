@@ -180,11 +180,14 @@ def test_full_bases_follow_the_size_of_the_deltas_not_a_fixed_interval(tmp_path)
             fulls.append(await checkpoint(n))
         assert not any(fulls)
         fulls = []
-        for n in range(12, 18):  # all of them change per checkpoint
+        for n in range(12, 20):  # all of them change per checkpoint
             await send([f"k{i}" for i in range(1000)])
             fulls.append(await checkpoint(n))
-        # with FULL_AFTER 1.5: 100 + 1000 rows of deltas fit in 1500, one more delta would not
-        assert FULL_AFTER == 1.5 and fulls == [False, True, False, True, False, True], fulls
-        assert core.get_state("t/count", "k0") == {"n": 7}
+        expected, chain = [], 100  # a base once the deltas would exceed FULL_AFTER times the 1000 live rows
+        for _ in fulls:
+            expected.append(chain + 1000 > FULL_AFTER * 1000)
+            chain = 0 if expected[-1] else chain + 1000
+        assert fulls == expected and 2 <= sum(expected) < len(expected), (fulls, FULL_AFTER)
+        assert core.get_state("t/count", "k0") == {"n": 9}
 
     _run(scenario, shards=1, checkpoint_url=str(tmp_path))

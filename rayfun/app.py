@@ -28,7 +28,8 @@ __all__ = ["App", "start"]
 def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[Source] = (),
           egresses: Sequence[Sink] = (), endpoints: Sequence[Any] = (), key_groups: int = DEFAULT_KEY_GROUPS,
           checkpoint_dir: str | None = None, checkpoint_interval: float | None = 1.0, retain: int = 3,
-          storage_options: dict | None = None, shard_options: dict | None = None, standby: bool = True,
+          storage_options: dict | None = None, checkpoint_compression: str = "lz4",
+          shard_options: dict | None = None, standby: bool = True,
           ray_init: dict | None = None, name: str | None = None, module: str | None = None) -> "App":
     """Start an application on Ray and return its handle.
 
@@ -47,6 +48,8 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
     checkpointed every ``checkpoint_interval`` seconds (None: only on ``app.checkpoint()``), the newest
     ``retain`` checkpoints are kept, egress is published exactly once, and a failed shard rolls everything
     back to the last complete checkpoint. Starting again with the same ``checkpoint_dir`` resumes there.
+    ``checkpoint_compression`` is the Parquet codec of the files: LZ4 costs the shards the least CPU;
+    ``"zstd"`` writes about half the bytes for three times the CPU.
     """
     if not isinstance(functions, StatefulFunctions):
         raise TypeError("start() takes a StatefulFunctions")
@@ -70,7 +73,8 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
                        sources=list(ingresses), sinks=list(egresses), shard_options=dict(shard_options or {}),
                        standby=standby,
                        checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
-                       checkpoint_options={"retain": retain, "storage_options": storage_options or None})
+                       checkpoint_options={"retain": retain, "storage_options": storage_options or None,
+                                           "compression": checkpoint_compression})
     options = {"num_cpus": 0, "max_concurrency": 1000}
     if name:
         options["name"] = f"rayfun:{name}"

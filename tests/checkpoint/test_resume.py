@@ -27,7 +27,8 @@ def counters() -> StatefulFunctions:
 
 def test_resume_on_another_shard_count_and_read_state(ray_session, tmp_path):
     url = str(tmp_path / "cp")
-    app = rayfun.start(counters(), shards=3, checkpoint_dir=url, checkpoint_interval=None)
+    app = rayfun.start(counters(), shards=3, checkpoint_dir=url, checkpoint_interval=None,
+                       checkpoint_compression="zstd")  # restored below by shards that do not know it
     app.send_many([("resume/counter", f"c{i}", i) for i in range(500)])
     app.wait()
     app.checkpoint()
@@ -46,6 +47,11 @@ def test_resume_on_another_shard_count_and_read_state(ray_session, tmp_path):
         finally:
             app.stop()
 
+    import pyarrow.parquet as pq
+
+    written = sorted((tmp_path / "cp").rglob("*.state.parquet"))
+    codecs = {pq.ParquetFile(p).metadata.row_group(0).column(2).compression for p in written}
+    assert codecs == {"ZSTD"}, codecs
     table = rayfun.read_state(url)
     assert table.num_rows == 500
     rows = {r["id"]: r for r in table.to_pylist()}

@@ -312,3 +312,23 @@ def test_store_parts_and_errors_pickle(store_url):
     assert pickle.loads(pickle.dumps(part)) == part
     err = pickle.loads(pickle.dumps(CorruptCheckpointError("/x/y", "missing", checkpoint_id=3)))
     assert (err.path, err.reason, err.checkpoint_id) == ("/x/y", "missing", 3)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_other_compression_round_trips_and_unknown_is_refused(store_url, compression):
+    model = Model(random.Random(5), n=50)
+    import pyarrow.parquet as pq
+
+    def codec(store: CheckpointStore, part: ShardPart) -> str:
+        with store.fs.open(store._abs(part.files["state"].path)) as f:
+            return pq.ParquetFile(f).metadata.row_group(0).column(2).compression
+
+    store = CheckpointStore(store_url, compression=compression)
+    [part] = write_checkpoint(store, 1, model, 1, None)
+    assert restored_state(store.load_shard(1, (0, G))) == model.state
+    assert codec(store, part) == {"zstd": "ZSTD", "none": "UNCOMPRESSED"}[compression]
+    lz4 = CheckpointStore(store_url + "-lz4")
+    [part] = write_checkpoint(lz4, 1, model, 1, None)
+    assert restored_state(lz4.load_shard(1, (0, G))) == model.state and codec(lz4, part).startswith("LZ4")
+    with pytest.raises(ValueError, match="compression 'nope'"):
+        CheckpointStore(store_url, compression="nope")

@@ -108,8 +108,10 @@ class RemoteFunction:
             self.state.instances[id] = fresh
         # recorded changes hold the old layout: record the same instances again, re-laid out
         instances, single = self.state.instances, self.state.single
-        relaid = lambda ids: {id: (c[0] if single and c is not None else c)  # noqa: E731
-                              for id, c in ((id, instances.get(id)) for id in ids)}
+
+        def relaid(ids) -> dict:
+            return {id: c[0] if single and c is not None else c for id, c in ((i, instances.get(i)) for i in ids)}
+
         self.state.changed = relaid(old_state.changed)
         self.uncommitted = [relaid(changes) for changes in self.uncommitted]
         self.shard.layout_changed(self.typename)

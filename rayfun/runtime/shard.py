@@ -742,14 +742,14 @@ class ShardCore:
         for typename, runner in self.runners.items():
             # the thread that encodes reads dicts nobody writes to any more (so the encoding sees the cut
             # and processing goes on): the changes taken, or a copy of every instance for a full snapshot
-            if snap.full:
+            if len(runner.uncommitted) > 1:  # an earlier snapshot never completed (rare): newer wins
+                merged: dict = {}
+                for changes in runner.uncommitted:
+                    merged.update(changes)
+                runner.uncommitted[:] = [merged]
+            if snap.full and self._committed is not None:
                 captured = (runner.state.instances.copy(), False)
-            else:
-                if len(runner.uncommitted) > 1:  # an earlier snapshot never completed (rare): newer wins
-                    merged: dict = {}
-                    for changes in runner.uncommitted:
-                        merged.update(changes)
-                    runner.uncommitted[:] = [merged]
+            else:  # a delta, or the first base: the state was empty before the changes, so they are all of it
                 captured = (runner.uncommitted[0], runner.state.single)
             snap.captured[typename] = captured
             snap.rows += len(captured[0])

@@ -38,7 +38,10 @@ def _functions() -> StatefulFunctions:
 
     @functions.bind("t/count", specs=[ValueSpec("n", IntType)])
     def count(context, message):
-        context.storage.n = (context.storage.n or 0) + message.as_int()
+        if message.as_int() == 0:
+            del context.storage.n
+        else:
+            context.storage.n = (context.storage.n or 0) + message.as_int()
 
     @functions.bind("t/forward")
     def forward(context, message):
@@ -189,5 +192,37 @@ def test_full_bases_follow_the_size_of_the_deltas_not_a_fixed_interval(tmp_path)
             chain = 0 if expected[-1] else chain + 1000
         assert fulls == expected and 2 <= sum(expected) < len(expected), (fulls, FULL_AFTER)
         assert core.get_state("t/count", "k0") == {"n": 9}
+
+    _run(scenario, shards=1, checkpoint_url=str(tmp_path))
+
+
+def test_the_first_base_is_the_recorded_changes_later_bases_every_instance(tmp_path):
+    """Before the first checkpoint the state was empty, so the changes recorded since are all of it: the
+    first base is written from them (an instance created and deleted meanwhile is left out). A later full
+    snapshot writes every live instance, not only those changed since."""
+    from rayfun.checkpoint import CheckpointStore
+
+    async def scenario(core, peers):
+        store = CheckpointStore(str(tmp_path))
+
+        async def send(seq, rows):
+            await core.deliver(DRIVER, seq, pickle.dumps([("t/count", i, None, INT, v) for i, v in rows]), 0)
+            await _settle()
+
+        async def checkpoint(n, full=False):
+            part = await core.checkpoint(n, full)
+            store.commit(n, [part], key_groups=64)
+            await core.checkpoint_complete(n)
+            return part, store.load_shard(n, core.key_group_range).instances("t/count", [("n", INT)])
+
+        await send(0, [(f"k{i}", 1) for i in range(5)] + [("k2", 0)])
+        part, state = await checkpoint(1)
+        assert part.full and state == {"k0": [1], "k1": [1], "k3": [1], "k4": [1]}
+        await send(1, [("k0", 5)])
+        part, state = await checkpoint(2, full=True)
+        assert part.full and state == {"k0": [6], "k1": [1], "k3": [1], "k4": [1]}
+        await send(2, [("k1", 0)])
+        part, state = await checkpoint(3)
+        assert not part.full and state == {"k0": [6], "k3": [1], "k4": [1]}
 
     _run(scenario, shards=1, checkpoint_url=str(tmp_path))

@@ -56,7 +56,11 @@ class FunctionState:
                 self.changed[id] = None
                 return
         self.instances[id] = cells
-        self.changed[id] = cells[0] if self.single else cells
+        self.changed[id] = self.change_of(cells)
+
+    def change_of(self, cells: list | None) -> Any:
+        """What ``changed`` records for an instance now holding ``cells`` (None: gone)."""
+        return cells[0] if self.single and cells is not None else cells
 
     def take_changes(self) -> dict[str, Any]:
         """The changes recorded so far (see ``changed``), handed over for good: recording starts afresh."""
@@ -174,7 +178,7 @@ class EmbeddedFunction:
                 elif storage.dirty:
                     if storage.dirty == 1:  # the last change was a write: the instance is not empty
                         instances[id] = cells
-                        state.changed[id] = cells[0] if single else cells
+                        state.changed[id] = cells[0] if single else cells  # state.change_of, inlined
                     else:
                         put(id, cells)
             return i

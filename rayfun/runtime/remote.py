@@ -107,10 +107,10 @@ class RemoteFunction:
                         fresh[self.state.n + j] = cells[old_state.n + i]
             self.state.instances[id] = fresh
         # recorded changes hold the old layout: record the same instances again, re-laid out
-        instances, single = self.state.instances, self.state.single
+        instances, change_of = self.state.instances, self.state.change_of
 
         def relaid(ids) -> dict:
-            return {id: c[0] if single and c is not None else c for id, c in ((i, instances.get(i)) for i in ids)}
+            return {id: change_of(instances.get(id)) for id in ids}
 
         self.state.changed = relaid(old_state.changed)
         self.uncommitted = [relaid(changes) for changes in self.uncommitted]

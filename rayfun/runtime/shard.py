@@ -22,6 +22,7 @@ Data path inside a shard (one asyncio event loop, one thread, so no locks)::
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import pickle
@@ -947,9 +948,9 @@ class ShardCore:
             from_memory = local is not None and local.checkpoint_id == checkpoint_id  # this shard survived
             if from_memory:
                 layouts = {t: self._layout(t) for t in self.runners}
-                read = lambda: local.restored(self.key_group_range, self.config.key_groups, layouts)  # noqa: E731
+                read = functools.partial(local.restored, self.key_group_range, self.config.key_groups, layouts)
             else:
-                read = lambda: self._store.load_shard(checkpoint_id, self.key_group_range)  # noqa: E731
+                read = functools.partial(self._store.load_shard, checkpoint_id, self.key_group_range)
             restored = await asyncio.get_running_loop().run_in_executor(None, read)
             if generation != self.generation:
                 return  # a newer rollback began while this one read (the coordinator fell back): it wins
@@ -1020,7 +1021,7 @@ class ShardCore:
             "remote_failures": sum(c.stats["failures"] for c in self._clients.values()),
             "generation": self.generation,
             "epoch": self._epoch,
-            "cpu_s": time.process_time(),  # the shard process's CPU time: cost per message, noise-free-ish
+            "cpu_s": time.process_time(),  # the process's CPU time: a busy machine moves it less than wall time
             **self.counters,
         }
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rayfun.io import DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
 from rayfun.messages import EgressMessage, Message
-from rayfun.types import IntType, StringType, Type, infer_type, to_payload, validate_typename
+from rayfun.types import IntType, StringType, Type, check_text, infer_type, to_payload, validate_typename
 
 __all__ = ["MemorySource", "MemorySink", "to_message"]
 
@@ -26,12 +26,12 @@ _STRING = StringType.typename
 def to_message(record: Any, value_type: Type | None = None) -> Message:
     """Turn a ``Message`` or a ``(typename, id, value)`` tuple into a message (types inferred if not given)."""
     if type(record) is tuple and len(record) == 3 and value_type is None:
-        typename, id, value = record  # the hot path: a validated typename, a str id, an int or str value
-        if typename in _VALID_TYPENAMES and type(id) is str and id:
+        typename, id, value = record  # the hot path: a validated typename, an ASCII id, an int or ASCII str
+        if typename in _VALID_TYPENAMES and type(id) is str and id and id.isascii():
             kind = type(value)
             if kind is int and -2147483648 <= value <= 2147483647:
                 return Message(typename, id, _INT, value)
-            if kind is str:
+            if kind is str and value.isascii():
                 return Message(typename, id, _STRING, value)
     if isinstance(record, Message):
         return record
@@ -43,6 +43,7 @@ def to_message(record: Any, value_type: Type | None = None) -> Message:
     _VALID_TYPENAMES.add(typename)
     if not isinstance(id, str) or not id:
         raise ValueError(f"record {record!r}: the id must be a non-empty str")
+    check_text(id, f"the id of record {record!r}")
     t = value_type or infer_type(value)
     return Message(typename, id, t.typename, to_payload(value, t))
 
@@ -51,11 +52,11 @@ def to_row(record: Any, value_type: Type | None = None) -> tuple:
     """A record as a runtime row ``(typename, id, None, value typename, payload)`` (see SourcePartition)."""
     if type(record) is tuple and len(record) == 3 and value_type is None:
         typename, id, value = record  # the hot path, as in to_message
-        if typename in _VALID_TYPENAMES and type(id) is str and id:
+        if typename in _VALID_TYPENAMES and type(id) is str and id and id.isascii():
             kind = type(value)
             if kind is int and -2147483648 <= value <= 2147483647:
                 return (typename, id, None, _INT, value)
-            if kind is str:
+            if kind is str and value.isascii():
                 return (typename, id, None, _STRING, value)
     m = to_message(record, value_type)
     return (m.target_typename, m.target_id, None, m.value_type_name, m.payload)
@@ -96,7 +97,7 @@ class _MemoryPartition(SourcePartition):
         for r in chunk:  # to_row's fast path, inlined: this loop runs once per ingested record
             if type(r) is tuple and len(r) == 3:
                 typename, id, value = r
-                if type(value) is int and typename in valid and type(id) is str and id \
+                if type(value) is int and typename in valid and type(id) is str and id and id.isascii() \
                         and -2147483648 <= value <= 2147483647:
                     append((typename, id, None, _INT, value))
                     continue

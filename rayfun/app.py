@@ -74,7 +74,7 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
                        standby=standby,
                        checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
                        checkpoint_options={"retain": retain, "storage_options": storage_options or None,
-                                           "compression": checkpoint_compression})
+                                           "compression": checkpoint_compression}, name=name)
     options = {"num_cpus": 0, "max_concurrency": 1000}
     if name:
         options["name"] = f"rayfun:{name}"

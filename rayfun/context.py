@@ -16,7 +16,7 @@ from typing import Any, Container, Sequence
 
 from .functions import ValueSpec
 from .messages import Address, EgressMessage, Message
-from .types import BUILTIN_TYPES, to_payload
+from .types import BUILTIN_TYPES, check_text, to_payload
 
 __all__ = ["Context", "make_storage_class", "StorageBase"]
 
@@ -97,6 +97,13 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
 
         if after_write:
             set_ = checked_set
+        elif fast_type is str:
+            def set_(self, value):
+                if type(value) is str and value.isascii():  # hot path: ASCII text needs no check
+                    self._cells[index] = value
+                    self.dirty = 1
+                else:
+                    checked_set(self, value)
         elif lo is not None:
             def set_(self, value):
                 if type(value) is fast_type and lo <= value <= hi:  # hot path: an in-range int
@@ -186,6 +193,7 @@ class Context:
             raise ValueError(f"send_after() needs a non-negative timedelta, got {delay!r}")
         if not isinstance(cancellation_token, str):
             raise TypeError("cancellation_token must be a str")
+        check_text(cancellation_token, "cancellation_token")
         self._timer((int(delay.total_seconds() * 1000), message, cancellation_token))
 
     def cancel_delayed_message(self, cancellation_token: str) -> None:

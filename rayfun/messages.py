@@ -18,6 +18,7 @@ from .types import (
     LongType,
     StringType,
     Type,
+    check_text,
     write_varint,
     encode_payload,
     from_payload,
@@ -166,6 +167,7 @@ def message_builder(target_typename: str, target_id: str, **kwargs: Any) -> Mess
     validate_typename(target_typename)
     if not isinstance(target_id, str) or not target_id:
         raise ValueError(f"target_id must be a non-empty str, got {target_id!r}")
+    check_text(target_id, "target_id")
     value_type = kwargs.pop("value_type", None)
     if "value" in kwargs:
         value = kwargs.pop("value")

@@ -36,6 +36,7 @@ __all__ = [
     "encode_payload",
     "decode_payload",
     "infer_type",
+    "check_text",
 ]
 
 
@@ -203,8 +204,26 @@ class _Fixed(_BuiltinType[T]):
         return self._struct.unpack(v)[0] if v is not None else self.python_type()
 
 
+def check_text(value: str, what: str = "a string") -> str:
+    """``value`` if it can be stored: every string is stored and sent as UTF-8, and a lone surrogate (from
+    a JSON escape such as ``"\\ud800"``, say) has no UTF-8 form. Refused here, where it enters, with the
+    reason, instead of failing every checkpoint that would have to store it. O(1) for ASCII text."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{what} is not valid Unicode text ({exc.reason}: {value[exc.start:exc.end]!r} at "
+                             f"position {exc.start}), so it cannot be stored or sent") from None
+    return value
+
+
 class _String(_BuiltinType[str]):
     python_type = str
+
+    def check(self, value: Any) -> Any:
+        if type(value) is not str:
+            super().check(value)
+        return check_text(value, f"a {self.typename} value")
 
     def serialize(self, value: str) -> bytes:
         if not value:

@@ -9,6 +9,7 @@ Layout under the root URL (a local directory, ``s3://bucket/prefix``, ``memory:/
                                      .egress.parquet
     compacted/cp-0000000010-<token>/range-000000-000512.state.parquet   compaction output (bases)
     compactions/cp-0000000010-<token>.json | .pending     compaction record | in-progress marker
+    damaged/cp-0000000013.json, cp-0000000013.reason.txt  a quarantined manifest and why (see quarantine)
 
 Part files are immutable and uniquely named (a random token per attempt), so they are written with one
 plain PUT and never overwritten: a half-written file of a failed attempt is simply never referenced. The
@@ -429,9 +430,34 @@ class CheckpointStore:
         return sorted(ids)
 
     def next_checkpoint_id(self) -> int:
-        """An id newer than every manifest present (also newer than a corrupt one that recovery skipped)."""
-        ids = self.checkpoint_ids()
-        return ids[-1] + 1 if ids else 1
+        """An id newer than every manifest present, damaged and quarantined ones included (an id is never
+        used twice: its files and its egress epoch must stay its own)."""
+        ids = self.checkpoint_ids() + self.quarantined_ids()
+        data = [int(m.group(1)) for p in self._ls("data") if (m := re.search(r"cp-(\d+)$", p.rstrip("/")))]
+        return max(ids + data, default=0) + 1
+
+    def quarantined_ids(self) -> list[int]:
+        """Ids of the checkpoints set aside as damaged (``quarantine``), ascending."""
+        return sorted(int(m.group(1)) for p in self._ls("damaged") if (m := _MANIFEST_RE.search(p)))
+
+    def quarantine(self, checkpoint_id: int, reason: str) -> None:
+        """Set a damaged checkpoint aside: its manifest moves to ``damaged/`` with the reason beside it, so
+        no restore picks it again and retention no longer counts it (its files become garbage unless a
+        retained checkpoint references them). Kept, not deleted, for an operator to look at."""
+        rel = self.manifest_path(checkpoint_id)
+        name = rel.rsplit("/", 1)[1]
+        try:
+            data = self._get(rel)
+        except FileNotFoundError:
+            data = None
+        if data is not None:
+            self._put(f"damaged/{name}", data)
+        self._put(f"damaged/{name[:-len('.json')]}.reason.txt", reason.encode("utf-8"))
+        if data is not None:
+            self._delete([rel])
+        with self._lock:
+            self._manifests.pop(checkpoint_id, None)
+        log.error("checkpoint %d quarantined to %s: %s", checkpoint_id, self._abs("damaged"), reason)
 
     def manifest(self, checkpoint_id: int) -> Manifest:
         """The parsed, self-checked manifest; CheckpointError if absent, CorruptCheckpointError if bad."""
@@ -492,17 +518,38 @@ class CheckpointStore:
                                                  f"{sizes[ref.path]} bytes, manifest says {ref.size}",
                                                  m.checkpoint_id)
 
-    def latest_valid(self, before: int | None = None, full: bool = False) -> Manifest | None:
+    def latest_valid(self, before: int | None = None, full: bool = False,
+                     quarantine: bool = False) -> Manifest | None:
         """The newest complete checkpoint that passes ``verify`` (each failure logged), or None. This is
         what a coordinator restores; a shard that still finds a checksum mismatch while loading raises
-        CorruptCheckpointError, and the coordinator then asks again with ``before=`` that checkpoint."""
-        for m in self.manifests(before):
+        CorruptCheckpointError, and the coordinator then asks again with ``before=`` that checkpoint.
+        With ``quarantine``, a checkpoint found damaged twice in a row (a glitch of the storage must not
+        cost a good checkpoint) is set aside (``quarantine``)."""
+        for cid in reversed(self.checkpoint_ids()):
+            if before is not None and cid >= before:
+                continue
             try:
+                m = self.manifest(cid)
                 self.verify(m, full=full)
                 return m
             except CorruptCheckpointError as exc:
-                log.error("checkpoint %d is damaged, falling back to an older one: %s", m.checkpoint_id, exc)
+                log.error("checkpoint %d is damaged, falling back to an older one: %s", cid, exc)
+                if quarantine and self._still_damaged(cid, full):
+                    self.quarantine(cid, str(exc))
+            except CheckpointError as exc:  # the manifest vanished meanwhile (retention)
+                log.error("checkpoint %d skipped: %s", cid, exc)
         return None
+
+    def _still_damaged(self, checkpoint_id: int, full: bool) -> bool:
+        with self._lock:
+            self._manifests.pop(checkpoint_id, None)  # read it again, not from the cache
+        try:
+            self.verify(self.manifest(checkpoint_id), full=full)
+        except CorruptCheckpointError:
+            return True
+        except CheckpointError:
+            return False
+        return False
 
     def _as_manifest(self, checkpoint: Manifest | int) -> Manifest:
         return checkpoint if isinstance(checkpoint, Manifest) else self.manifest(int(checkpoint))

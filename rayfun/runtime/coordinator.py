@@ -8,6 +8,17 @@ Checkpoint n (see shard.py for the shard side):
    what arrives on a channel before that channel's marker, then writes its part and returns it.
 2. When every part is written, the manifest is committed (last): only now does checkpoint n exist.
 3. ``checkpoint_complete(n)`` lets shards publish the exactly-once egress of epochs <= n.
+
+Every attempt gets a new id, past every manifest in the store (damaged ones included): a checkpoint that
+fails (storage down, a shard that refuses its cut because it has asked for a rollback) is abandoned with
+``checkpoint_aborted(n)`` and the next attempt starts afresh, after a backoff while failures go on.
+A failed checkpoint loses nothing: the shards keep the changes and the egress it would have covered, and
+the next checkpoint that completes covers them. Failures are logged, counted (``app.info()``) and
+exported as Ray metrics, louder the longer they last.
+
+Driver messages (``app.send``) carry one sequence number per destination shard for the coordinator's whole
+life, never renumbered: a checkpoint records how far each shard had read, and a rollback re-sends the
+logged batches from there, however many rollbacks to the same checkpoint come in a row.
 """
 
 from __future__ import annotations
@@ -37,6 +48,16 @@ FULL_EVERY = 50  # at the latest, a full base every this many checkpoints (shard
 STANDBY_DELAY_S = 5.0  # after a recovery, wait this long before starting the next standby shard
 STOP_TIMEOUT_S = 30.0  # how long app.stop() waits for the shards to flush and close their sinks
 MONITOR_INTERVAL_S = 0.1  # how often the shards are asked whether they are alive and well
+STATUS_TIMEOUT_S = 10.0  # a shard that does not answer a status call for this long is taken for dead
+CHECKPOINT_TIMEOUT_S = 60.0  # a checkpoint not complete by then is abandoned (e.g. storage that hangs)
+CHECKPOINT_BACKOFF_MAX_S = 5.0  # while checkpoints fail, attempts back off up to this far apart
+CHECKPOINT_ALARM_AFTER = 3  # consecutive failed checkpoints before the log says so at ERROR level
+RECOVERY_BACKOFF_MAX_S = 30.0  # repeated failures (a remote function down): rollbacks back off up to this
+RECOVERY_CALM_S = 60.0  # a failure this long after the last recovery starts the backoff afresh
+
+
+class CheckpointAbandoned(RuntimeError):
+    """A checkpoint let go because the application is rolling back (not a failure of the checkpoint)."""
 
 
 @dataclass
@@ -52,6 +73,7 @@ class AppConfig:
     checkpoint_dir: str | None = None
     checkpoint_interval: float | None = 1.0
     checkpoint_options: dict = field(default_factory=dict)
+    name: str | None = None  # the application's name (tags its metrics)
 
 
 class Coordinator:
@@ -66,12 +88,24 @@ class Coordinator:
         self.store = None
         self.last_checkpoint: int | None = None
         self.recoveries = 0
-        self._driver_seq = [0] * config.shards
-        self._driver_sent = [0] * config.shards
+        self._driver_seq = [0] * config.shards  # next sequence number per destination, never renumbered
+        self._driver_sent = [0] * config.shards  # messages sent to each shard in this generation
         self._early_sends: dict[int, dict] = {}
         self._next_send = 0
         self._driver_log: list[list[tuple[int, list]]] = [[] for _ in range(config.shards)]
-        self._lock: asyncio.Lock | None = None
+        self.incarnation = uuid.uuid4().hex[:16]  # this coordinator's driver-channel numbering
+        self._send_lock: asyncio.Lock | None = None  # the driver's channel (sends, and a rollback's replay)
+        self._checkpoint_lock: asyncio.Lock | None = None  # one checkpoint or recovery at a time
+        self._next_id = 1  # the id of the next checkpoint attempt
+        self.checkpoint_failures = 0  # consecutive failed checkpoints
+        self.checkpoint_failures_total = 0
+        self.last_checkpoint_error: str | None = None
+        self._last_complete_at = time.monotonic()  # when the newest checkpoint completed (or the start)
+        self._last_alarm = 0.0
+        self._recoveries_in_a_row = 0
+        self._recovered_at = 0.0
+        self.last_failure: str | None = None
+        self._metrics = None
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
         self._compaction = None
@@ -108,13 +142,17 @@ class Coordinator:
 
     async def start(self) -> list:
         """Create the shards and start them, resuming from the newest complete checkpoint if there is one."""
-        self._lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
+        self._checkpoint_lock = asyncio.Lock()
+        self._metrics = _CheckpointMetrics(self.config.name)
         self.collector = ray.remote(EgressCollector).options(num_cpus=0).remote()
         if self.config.checkpoint_dir is not None:
             from ..checkpoint import CheckpointStore
 
             self.store = CheckpointStore(self.config.checkpoint_dir, **self.config.checkpoint_options)
         checkpoint = await self._latest_checkpoint()
+        if self.store is not None:  # past every manifest present, damaged or quarantined ones included
+            self._next_id = await asyncio.get_running_loop().run_in_executor(None, self.store.next_checkpoint_id)
         # one id per application across restores (sinks scope their exactly-once markers by it)
         self.run_id = (checkpoint.app.get("run_id") if checkpoint is not None else None) or uuid.uuid4().hex[:16]
         self.shards = [self._new_shard(i) for i in range(self.config.shards)]
@@ -127,7 +165,8 @@ class Coordinator:
             await asyncio.gather(*[s.start.remote(self.shards, assignment[i]) for i, s in enumerate(self.shards)])
         else:
             log.info("resuming from checkpoint %d in %s", checkpoint.checkpoint_id, self.config.checkpoint_dir)
-            await self._restore_newest(checkpoint)
+            async with self._send_lock:
+                await self._restore_newest(checkpoint)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._monitor()))
         if self.store is not None and self.config.checkpoint_interval:
@@ -135,9 +174,11 @@ class Coordinator:
         return self.shards
 
     async def _latest_checkpoint(self, before: int | None = None):
+        """The newest checkpoint that verifies; damaged ones on the way are quarantined (see the store)."""
         if self.store is None:
             return None
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.store.latest_valid(before))
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.store.latest_valid(before, quarantine=True))
 
     # -- the driver's channel ---------------------------------------------------------------------------
 
@@ -145,7 +186,7 @@ class Coordinator:
         """Forward messages from the driver, keeping them until a checkpoint covers them. ``call_seq``
         numbers the driver's calls: Ray does not keep their order for an async actor, so this does."""
         self._early_sends[call_seq] = rows_by_shard
-        async with self._lock:
+        async with self._send_lock:
             while self._next_send in self._early_sends:
                 self._forward(self._early_sends.pop(self._next_send))
                 self._next_send += 1
@@ -156,8 +197,11 @@ class Coordinator:
             self._driver_seq[dest] = seq + 1
             if self.store is not None:
                 self._driver_log[dest].append((seq, rows))
-            self._driver_sent[dest] += len(rows)
-            self.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.generation)
+            self._deliver_driver(dest, seq, rows)
+
+    def _deliver_driver(self, dest: int, seq: int, rows: list) -> None:
+        self._driver_sent[dest] += len(rows)
+        self.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.generation)
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
@@ -165,32 +209,31 @@ class Coordinator:
         """Take a checkpoint now; returns its id once it is complete (its manifest written)."""
         if self.store is None:
             raise RuntimeError("checkpoints are off: start the application with checkpoint_dir=...")
-        async with self._lock:
+        async with self._checkpoint_lock:
             return await self._checkpoint_locked()
 
     async def _checkpoint_locked(self) -> int:
         began = time.monotonic()
-        n = (self.last_checkpoint or 0) + 1
+        n = self._next_id
+        self._next_id += 1
         generation = self.generation
         # full bases cost the shards an encode (no read, no fold), not a compaction's full cycle
         full = self._since_full + 1 >= FULL_EVERY
-        pending = asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.shards])
-        while True:  # a shard that died mid-checkpoint leaves its peers waiting for its marker: give up then
-            done, _ = await asyncio.wait({pending}, timeout=0.05)
-            if done:
-                parts = pending.result()
-                break
-            if self._abandon:
-                pending.cancel()
-                raise RuntimeError(f"checkpoint {n} abandoned: a shard failed, rolling back")
-        if generation != self.generation:
-            raise RuntimeError(f"checkpoint {n} abandoned: the application was rolled back meanwhile")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, lambda: self.store.commit(
-            n, list(parts), key_groups=self.config.key_groups,
-            app_meta={"functions": self.config.functions.typenames, "shards": self.config.shards,
-                      "run_id": self.run_id}))
+        try:
+            parts = await self._gather_parts(n, full, generation)
+            await loop.run_in_executor(None, lambda: self.store.commit(
+                n, list(parts), key_groups=self.config.key_groups,
+                app_meta={"functions": self.config.functions.typenames, "shards": self.config.shards,
+                          "run_id": self.run_id, "coordinator": self.incarnation}))
+        except CheckpointAbandoned:
+            raise
+        except Exception as exc:
+            await self._abort(n)
+            self._checkpoint_failed(n, exc)
+            raise
         self.last_checkpoint = n
+        self._checkpoint_succeeded()
         self._since_full = 0 if all(p.full for p in parts) else self._since_full + 1
         self._maybe_compact(loop)
         for dest, part in enumerate(parts):  # the driver's messages up to each cut are safe now
@@ -200,6 +243,64 @@ class Coordinator:
         self._checkpoint_ended = time.monotonic()
         self.last_checkpoint_s = self._checkpoint_ended - began
         return n
+
+    async def _gather_parts(self, n: int, full: bool, generation: int) -> list:
+        """Every shard's part of checkpoint ``n``; raises the first shard's error, CheckpointAbandoned if a
+        recovery began meanwhile, TimeoutError after CHECKPOINT_TIMEOUT_S."""
+        # return_exceptions: the errors of every shard are retrieved here, none is left for asyncio to
+        # report as "never retrieved" when the gather is cancelled
+        pending = asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.shards], return_exceptions=True)
+        deadline = time.monotonic() + CHECKPOINT_TIMEOUT_S
+        while True:  # a shard that died mid-checkpoint leaves its peers waiting for its marker: give up then
+            done, _ = await asyncio.wait({pending}, timeout=0.05)
+            if done:
+                results = pending.result()
+                break
+            if self._abandon:
+                pending.cancel()
+                raise CheckpointAbandoned(f"checkpoint {n} abandoned: a shard failed, rolling back")
+            if time.monotonic() > deadline:
+                pending.cancel()
+                raise TimeoutError(f"checkpoint {n} did not complete within {CHECKPOINT_TIMEOUT_S:.0f} s")
+        if generation != self.generation:
+            raise CheckpointAbandoned(f"checkpoint {n} abandoned: the application was rolled back meanwhile")
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                raise RuntimeError(f"shard {index}: {_first_line(result)}") from result
+        return results
+
+    async def _abort(self, n: int) -> None:
+        """Tell every shard that checkpoint ``n`` will never complete (best effort: a shard that does not
+        answer is dead or stuck, and the failure monitor deals with it)."""
+        aborts = asyncio.gather(*[s.checkpoint_aborted.remote(n) for s in self.shards], return_exceptions=True)
+        try:
+            await asyncio.wait_for(aborts, 10)
+        except asyncio.TimeoutError:
+            log.warning("checkpoint %d: not every shard acknowledged its abort", n)
+
+    def _checkpoint_failed(self, n: int, exc: BaseException) -> None:
+        self.checkpoint_failures += 1
+        self.checkpoint_failures_total += 1
+        self.last_checkpoint_error = _first_line(exc)
+        self._metrics.failed()
+        age = time.monotonic() - self._last_complete_at
+        now = time.monotonic()
+        if self.checkpoint_failures < CHECKPOINT_ALARM_AFTER:
+            log.warning("checkpoint %d failed (%s); retrying with a new checkpoint", n, self.last_checkpoint_error)
+        elif self.checkpoint_failures == CHECKPOINT_ALARM_AFTER or now - self._last_alarm > 30:
+            self._last_alarm = now
+            log.error("checkpoints keep failing: %d in a row, none complete for %.0f s (last: %s). Exactly-once "
+                      "egress is held back until one completes, and a failure now would roll back to "
+                      "checkpoint %s", self.checkpoint_failures, age, self.last_checkpoint_error,
+                      self.last_checkpoint)
+
+    def _checkpoint_succeeded(self) -> None:
+        if self.checkpoint_failures >= CHECKPOINT_ALARM_AFTER:
+            log.warning("checkpoints complete again (checkpoint %d, after %d failures)", self.last_checkpoint,
+                        self.checkpoint_failures)
+        self.checkpoint_failures = 0
+        self._last_complete_at = time.monotonic()
+        self._metrics.completed(self.last_checkpoint_s or 0.0)
 
     def _maybe_compact(self, loop) -> None:
         """Fold the delta chain into bases in the background if it grew past its bound anyway (e.g. after a
@@ -221,15 +322,21 @@ class Coordinator:
         began = time.monotonic()
         while not self._stopped:
             now = time.monotonic()
-            await asyncio.sleep(max(began + interval - now, interval / 2 - (now - self._checkpoint_ended), 0.0))
+            wait = max(began + interval - now, interval / 2 - (now - self._checkpoint_ended), 0.0)
+            if self.checkpoint_failures:  # back off while they fail (storage down): 2x per failure, capped
+                wait = max(wait, min(interval * 2 ** (self.checkpoint_failures - 1),
+                                     max(CHECKPOINT_BACKOFF_MAX_S, interval)))
+            await asyncio.sleep(wait)
             began = time.monotonic()
+            self._metrics.age(began - self._last_complete_at)
             if self._recovering:
                 continue
             try:
                 await self.checkpoint()
-            except Exception as exc:
-                if not self._stopped:
-                    log.warning("checkpoint failed (%s); the failure monitor will recover", exc)
+            except CheckpointAbandoned:
+                pass  # a recovery is under way
+            except Exception:
+                pass  # counted and logged by _checkpoint_failed
 
     # -- failures ---------------------------------------------------------------------------------------
 
@@ -253,7 +360,7 @@ class Coordinator:
         failed: dict[int, tuple[bool, str]] = {}
         for i, ref in enumerate(refs):
             try:
-                st = await asyncio.wait_for(ref, timeout=30)
+                st = await asyncio.wait_for(ref, timeout=STATUS_TIMEOUT_S)
                 if st["failure"]:
                     failed[i] = (False, st["failure"])
             except (RayActorError, asyncio.TimeoutError) as exc:
@@ -261,15 +368,19 @@ class Coordinator:
         return failed
 
     async def recover(self, failed: dict[int, tuple[bool, str]]) -> None:
-        """Roll every shard back to the newest complete checkpoint; replace the shards that died."""
+        """Roll every shard back to the newest complete checkpoint; replace the shards that died. Failures
+        that come back soon after a recovery (a remote function that is down, with on_failure='restart')
+        are rolled back after a growing pause: retried for as long as they fail, never dropped."""
         started = time.monotonic()
         self._recovering = True
         self._abandon = True  # a checkpoint in progress will never complete: let it go
         try:
-            async with self._lock:
+            async with self._checkpoint_lock:
                 self._abandon = False
                 for index, (_, reason) in failed.items():
                     log.warning("shard %d failed (%s): rolling back to the last checkpoint", index, reason)
+                self.last_failure = "; ".join(f"shard {i}: {reason}" for i, (_, reason) in failed.items())
+                await self._recovery_backoff()
                 dead = [i for i, (is_dead, _) in failed.items() if is_dead]
                 for i in dead:
                     try:
@@ -281,17 +392,33 @@ class Coordinator:
                 replaced = time.monotonic()
                 checkpoint = await self._latest_checkpoint()
                 found = time.monotonic()
-                await self._restore_newest(checkpoint)
+                async with self._send_lock:
+                    await self._restore_newest(checkpoint)
                 self.recoveries += 1
+                self._metrics.recovered()
                 log.info("recovery: replacing %d shard(s) %.2f s, finding checkpoint %.2f s, restoring %.2f s",
                          len(dead), replaced - started, found - replaced, time.monotonic() - found)
         finally:
             self._recovering = False
             self._abandon = False
+            self._recovered_at = time.monotonic()
         self.last_recovery_s = time.monotonic() - started
         # the next standby later: its process start costs about a CPU-second, which the shards need now
         asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self._keep_standby)
         log.warning("recovered from checkpoint %s in %.2f s", self.last_checkpoint, self.last_recovery_s)
+
+    async def _recovery_backoff(self) -> None:
+        """Pause before a rollback that follows the last one closely: 0, 0.5, 1, 2 ... s, capped."""
+        if self._recovered_at and time.monotonic() - self._recovered_at < RECOVERY_CALM_S:
+            self._recoveries_in_a_row += 1
+        else:
+            self._recoveries_in_a_row = 1
+        if self._recoveries_in_a_row < 2:
+            return
+        pause = min(0.5 * 2 ** (self._recoveries_in_a_row - 2), RECOVERY_BACKOFF_MAX_S)
+        log.warning("failure %d in a row within %.0f s of the last recovery: rolling back in %.1f s (%s)",
+                    self._recoveries_in_a_row, RECOVERY_CALM_S, pause, self.last_failure)
+        await asyncio.sleep(pause)
 
     async def _replacement(self, index: int):
         """A shard actor to replace dead shard ``index``: the warm standby if there is one (starting an actor
@@ -314,6 +441,7 @@ class Coordinator:
         fall back to the previous complete checkpoint, and so on."""
         from ..checkpoint import CorruptCheckpointError
 
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self._restore_all(checkpoint)
@@ -321,37 +449,39 @@ class Coordinator:
             except CorruptCheckpointError as exc:
                 if checkpoint is None:
                     raise
-                log.error("checkpoint %d cannot be restored (%s); falling back to the one before",
-                          checkpoint.checkpoint_id, exc)
-                checkpoint = await self._latest_checkpoint(before=checkpoint.checkpoint_id)
+                damaged = checkpoint.checkpoint_id
+                log.error("checkpoint %d cannot be restored (%s); falling back to the one before. Egress that "
+                          "it published will be published again by the replay (that epoch is at-least-once)",
+                          damaged, exc)
+                await loop.run_in_executor(None, self.store.quarantine, damaged, str(exc))
+                checkpoint = await self._latest_checkpoint(before=damaged)
 
     async def _restore_all(self, checkpoint) -> None:
         self.generation += 1
         positions: dict[tuple[int, str], Any] = {}
+        # where each shard's driver channel resumes: what the checkpoint had read, in this coordinator's
+        # numbering (a checkpoint of an earlier coordinator read none of this one's messages)
         driver_from = [0] * self.config.shards
-        old_shards = 0
         if checkpoint is not None:
             self.last_checkpoint = checkpoint.checkpoint_id
-            old_shards = len(checkpoint.shards)
+            ours = checkpoint.app.get("coordinator") == self.incarnation
             for entry in checkpoint.shards:
                 meta = entry.meta
                 for source_index, name, position, _exhausted in meta.get("sources", []):
                     positions[(source_index, name)] = position
-                if old_shards == self.config.shards:
+                if ours:
                     driver_from[entry.index] = meta.get("driver_seq", 0)
         assignment = self._assign_partitions(positions)
         checkpoint_id = None if checkpoint is None else checkpoint.checkpoint_id
-        await asyncio.gather(*[s.restore.remote(self.generation, self.shards, assignment[i], checkpoint_id)
-                               for i, s in enumerate(self.shards)])
-        # the driver's channel: replay what no checkpoint covers yet, renumbered for the new generation
+        await asyncio.gather(*[s.restore.remote(self.generation, self.shards, assignment[i], checkpoint_id,
+                                                driver_from[i]) for i, s in enumerate(self.shards)])
+        # the driver's channel: re-send what the checkpoint had not read, under the same numbers
         self._driver_sent = [0] * self.config.shards
-        replay = [[rows for seq, rows in self._driver_log[dest] if seq >= driver_from[dest]]
-                  for dest in range(self.config.shards)]
-        self._driver_log = [[] for _ in range(self.config.shards)]
-        self._driver_seq = [0] * self.config.shards
-        for dest, batches in enumerate(replay):
-            for rows in batches:
-                self._forward({dest: rows})
+        for dest in range(self.config.shards):
+            log_ = self._driver_log[dest] = [(seq, rows) for seq, rows in self._driver_log[dest]
+                                             if seq >= driver_from[dest]]
+            for seq, rows in log_:
+                self._deliver_driver(dest, seq, rows)
 
     # -- introspection ----------------------------------------------------------------------------------
 
@@ -364,7 +494,13 @@ class Coordinator:
     def info(self) -> dict:
         return {"generation": self.generation, "last_checkpoint": self.last_checkpoint,
                 "recoveries": self.recoveries, "last_recovery_s": self.last_recovery_s,
+                "last_failure": self.last_failure,
                 "last_checkpoint_s": self.last_checkpoint_s,
+                "last_checkpoint_age_s": (time.monotonic() - self._last_complete_at
+                                          if self.store is not None else None),
+                "checkpoint_failures": self.checkpoint_failures,
+                "checkpoint_failures_total": self.checkpoint_failures_total,
+                "last_checkpoint_error": self.last_checkpoint_error,
                 "standby": None if self._spare is None else self._spare._actor_id.hex()}
 
     async def statuses(self) -> list[dict]:
@@ -438,3 +574,46 @@ class Coordinator:
         if self.collector is not None:
             ray.kill(self.collector)
         self.shards = []
+
+
+def _first_line(exc: BaseException) -> str:
+    """One line naming an error: Ray wraps an actor's exception in a traceback, the cause is its last line."""
+    cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
+    exc = cause if isinstance(cause, BaseException) else exc
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+class _CheckpointMetrics:
+    """Checkpoint health as Ray metrics (Prometheus through Ray's metrics export), tagged by application."""
+
+    def __init__(self, app_name: str | None) -> None:
+        from ray.util import metrics
+
+        tags = {"application": app_name or "rayfun"}
+        self._failures = metrics.Counter("rayfun_checkpoint_failures", "checkpoints that failed",
+                                         tag_keys=("application",))
+        self._completed = metrics.Counter("rayfun_checkpoints_completed", "checkpoints completed",
+                                          tag_keys=("application",))
+        self._duration = metrics.Gauge("rayfun_checkpoint_duration_seconds", "duration of the last checkpoint",
+                                       tag_keys=("application",))
+        self._age = metrics.Gauge("rayfun_checkpoint_age_seconds", "time since the last complete checkpoint",
+                                  tag_keys=("application",))
+        self._recoveries = metrics.Counter("rayfun_recoveries", "rollbacks to the last checkpoint",
+                                           tag_keys=("application",))
+        for metric in (self._failures, self._completed, self._duration, self._age, self._recoveries):
+            metric.set_default_tags(tags)
+
+    def failed(self) -> None:
+        self._failures.inc()
+
+    def completed(self, duration_s: float) -> None:
+        self._completed.inc()
+        self._duration.set(duration_s)
+        self._age.set(0.0)
+
+    def age(self, seconds: float) -> None:
+        self._age.set(seconds)
+
+    def recovered(self) -> None:
+        self._recoveries.inc()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..remote import RemoteFunctionClient, RemoteFunctionError
 from ..types import type_for_typename
 from .embedded import FunctionState
-from .timers import TokenInUseError
+from .timers import InvalidEffect
 
 if TYPE_CHECKING:
     from .shard import ShardCore
@@ -205,9 +205,9 @@ class RemoteFunction:
         try:
             shard.apply_effects(self.typename, id, result.outgoing, result.delayed, result.egress, now_ms,
                                 strict=False)
-        except TokenInUseError as exc:
-            self._failed(id, batch, RemoteFunctionError(self.typename, id, self.endpoint.url_for(self.typename),
-                                                        1, str(exc), retryable=False))
+        except InvalidEffect as exc:  # the answer cannot be applied, now or on a retry: refuse it
+            self._refused(id, batch, RemoteFunctionError(self.typename, id, self.endpoint.url_for(self.typename),
+                                                         1, f"answer refused: {exc}", retryable=False))
             return
         state = self.state
         n = state.n
@@ -232,15 +232,20 @@ class RemoteFunction:
         if cells != state.instances.get(id, state.empty):
             state.put(id, cells)
 
-    def _failed(self, id: str, batch: list, exc: RemoteFunctionError) -> None:
+    def _refused(self, id: str, batch: list, exc: RemoteFunctionError) -> None:
+        """Dead-letter every message of the batch with the error (whatever ``on_failure`` says)."""
         line = str(exc)
+        log.warning("%s; dead-lettering %d message(s)", line, len(batch))
+        for caller, vtype, payload in batch:
+            self.shard.dead_letter(line, function=self.typename, id=id, caller=caller,
+                                   endpoint=self.endpoint.url_for(self.typename), value_typename=vtype,
+                                   payload=payload)
+
+    def _failed(self, id: str, batch: list, exc: RemoteFunctionError) -> None:
         if self.endpoint.on_failure == "dead-letter":
-            log.warning("%s; dead-lettering %d message(s)", line, len(batch))
-            for caller, vtype, payload in batch:
-                self.shard.dead_letter(line, function=self.typename, id=id, caller=caller,
-                                       endpoint=self.endpoint.url_for(self.typename), value_typename=vtype,
-                                       payload=payload)
+            self._refused(id, batch, exc)
         else:
+            line = str(exc)
             log.error("%s; rolling back to the last checkpoint (on_failure='restart')", line)
             self.shard.fail(line)
 

@@ -25,6 +25,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import pickle
 import time
 from collections import deque
@@ -41,7 +42,7 @@ from .deadletters import dead_letter_record
 from .embedded import EmbeddedFunction
 from .partitioning import Partitioner, shard_ranges
 from .registry import TypeRegistry
-from .timers import TimerService, TokenInUseError
+from .timers import InvalidEffect, TimerService, TokenInUseError
 
 if TYPE_CHECKING:
     from ..checkpoint.store import RestoredShard
@@ -51,6 +52,7 @@ log = logging.getLogger("rayfun")
 __all__ = ["ShardConfig", "ShardCore", "ShardActor", "DRIVER"]
 
 DRIVER = -1  # channel id of messages sent by the driver (app.send)
+MAX_DUE_MS = 2**63 - 1  # timers are stored as 64-bit milliseconds since the epoch
 SWEEP_INTERVAL_S = 5.0  # how often expired state is dropped from instances that were not touched
 FULL_AFTER = 3.0  # a full base once the deltas on the last one hold this many times the live rows (a restore
                  # then reads at most 4x the live rows; 1.5 wrote ~20 % more rows where most state changes)
@@ -74,6 +76,16 @@ class ShardConfig:
     mailbox_high: int = 65536       # deliver() waits while the mailbox holds more than this
     mailbox_low: int = 16384        # ... until it is back under this; sources read only below it
     max_outstanding: int = 4        # unacknowledged batches per peer before sources pause
+
+
+class CheckpointRefused(RuntimeError):
+    """A shard will not take part in a checkpoint: it has asked for a rollback, or gave that checkpoint up."""
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a snapshot's outcome as seen: nobody may ask for a refused or failed one (no asyncio warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Channel:
@@ -194,6 +206,7 @@ class ShardCore:
         self._epoch = 0                       # records emitted now belong to checkpoint epoch + 1
         self._snapshot: "_Snapshot | None" = None
         self._snapshots_done: dict[int, asyncio.Future] = {}
+        self._last_begun = 0  # the newest checkpoint id this shard began (ids only grow)
         self._epoch_egress: list[EgressMessage] = []      # exactly-once records of the current epoch
         self._unpublished: dict[int, list[EgressMessage]] = {}
         self._store = None
@@ -549,7 +562,7 @@ class ShardCore:
         ``strict=False`` (remote answers, already past the function): a message to a function type that
         does not exist is dead-lettered rather than failing the whole answer."""
         if timers:
-            self._check_tokens(typename, id, timers)
+            self._check_timers(typename, id, timers, now_ms)
         caller = (typename, id)
         if sends:
             registry = self.registry
@@ -573,9 +586,14 @@ class ShardCore:
             for record in egress:
                 self.emit(record)
 
-    def _check_tokens(self, typename: str, id: str, timers: list) -> None:
+    def _check_timers(self, typename: str, id: str, timers: list, now_ms: int) -> None:
+        """Refuse delayed messages that could never be stored (a due time past a 64-bit millisecond clock)
+        and cancellation tokens still in use, before anything of the invocation is applied."""
         pending: dict[str, bool] = {}
         for delay_ms, message, token in timers:
+            if message is not None and now_ms + delay_ms > MAX_DUE_MS:
+                raise InvalidEffect(f"{typename} (id {id!r}) sent a message to {message.target_typename} with a "
+                                    f"delay of {delay_ms} ms, past the latest time a timer can hold")
             if not token:
                 continue
             live = pending.get(token)
@@ -705,26 +723,69 @@ class ShardCore:
     async def checkpoint(self, n: int, full: bool = False) -> dict:
         """Take this shard's part of checkpoint ``n`` (if a peer's marker has not started it already) and
         return it once written: the state changed since the last checkpoint, timers, unprocessed and
-        in-flight messages, source positions and the epoch's egress records."""
+        in-flight messages, source positions and the epoch's egress records. Raises CheckpointRefused
+        while this shard has asked for a rollback (see ``_begin_snapshot``)."""
         self._full_next = full or self._full_next
-        if self._snapshot is None or self._snapshot.id != n:
-            if n not in self._snapshots_done:
-                self._begin_snapshot(n)
+        if n not in self._snapshots_done:
+            if n <= self._last_begun:
+                raise CheckpointRefused(f"shard {self.index}: checkpoint {n} was abandoned here")
+            self._begin_snapshot(n)
         return await self._snapshots_done[n]
 
+    def checkpoint_aborted(self, n: int) -> None:
+        """Checkpoint ``n`` will never complete (a shard failed to write its part, or storage is down): drop
+        what this shard holds of it. Nothing is lost: the changes it took stay in ``uncommitted`` and its
+        epoch's egress in ``_unpublished``, so the next checkpoint covers them."""
+        self._last_begun = max(self._last_begun, n)
+        if self._snapshot is not None and self._snapshot.id <= n:
+            self._snapshot = None
+        for k in [k for k in self._snapshots_done if k <= n]:
+            done = self._snapshots_done.pop(k)
+            if not done.done():
+                done.cancel()
+        for k in [k for k in self._written if k <= n]:
+            del self._written[k]
+
     def _on_marker(self, sender: int, n: int) -> None:
-        if n in self._snapshots_done and (self._snapshot is None or self._snapshot.id != n):
-            return  # a marker of a snapshot already finished here (cannot happen with FIFO channels)
-        if self._snapshot is None:
+        snap = self._snapshot
+        if snap is None or snap.id != n:
+            if n <= self._last_begun:
+                return  # a marker of a snapshot finished, refused or abandoned here
             self._begin_snapshot(n)
-        self._snapshot.waiting.discard(sender)
-        if not self._snapshot.waiting:
+            snap = self._snapshot
+            if snap is None:
+                return  # refused (a rollback is pending) or already complete
+        snap.waiting.discard(sender)
+        if not snap.waiting:
             self._finish_snapshot()
+
+    def _send_markers(self, n: int) -> set[int]:
+        """Marker ``n`` down every channel to a peer; returns the peers whose marker this shard awaits."""
+        waiting = set()
+        for dest, peer in enumerate(self.peers):
+            if dest != self.index:
+                seq = self._send_seq[dest]
+                self._send_seq[dest] = seq + 1
+                peer.deliver.remote(self.index, seq, None, self.generation, n)
+                waiting.add(dest)
+        return waiting
 
     def _begin_snapshot(self, n: int) -> None:
         began = time.perf_counter()
         loop = asyncio.get_running_loop()
-        self._snapshots_done[n] = loop.create_future()
+        self._last_begun = n
+        if self._snapshot is not None:  # an older snapshot never completed (its checkpoint was given up)
+            self.checkpoint_aborted(self._snapshot.id)
+        done = self._snapshots_done[n] = loop.create_future()
+        done.add_done_callback(_retrieve)
+        if self._failure is not None:
+            # This shard has asked for a rollback: what the failure dropped (a remote batch that failed for
+            # good, an epoch whose publishing failed) is no longer in flight, so a cut now would miss it,
+            # and the rollback would go to that cut. Refuse it; the peers get their marker all the same.
+            self._send_markers(n)
+            done.set_exception(CheckpointRefused(f"shard {self.index} refuses checkpoint {n}: a rollback is "
+                                                 f"pending ({self._failure})"))
+            return
         self._flush()  # what was produced before the cut travels before the marker
         snap = _Snapshot(n)
         snap.parent_id = self._committed
@@ -772,12 +833,7 @@ class ShardCore:
             snap.egress.extend((_egress_seq(self.index, epoch, pos), r.typename, r.value_type_name, r.payload)
                                for pos, r in enumerate(self._unpublished[epoch]))
         self._epoch = n
-        for dest, peer in enumerate(self.peers):
-            if dest != self.index:
-                seq = self._send_seq[dest]
-                self._send_seq[dest] = seq + 1
-                peer.deliver.remote(self.index, seq, None, self.generation, n)
-                snap.waiting.add(dest)
+        snap.waiting = self._send_markers(n)
         self._snapshot = snap
         self.counters["snapshot_capture_s"] += time.perf_counter() - began
         if not snap.waiting:
@@ -884,11 +940,13 @@ class ShardCore:
         self._local = _LocalCopy(snap.id, layers, snap.timers, snap.pending + snap.recorded, snap.egress)
 
     async def restore(self, generation: int, peers: list, source_partitions: list,
-                      checkpoint_id: int | None) -> None:
+                      checkpoint_id: int | None, driver_from: int = 0) -> None:
         """Roll back to checkpoint ``checkpoint_id`` (None: to the very beginning). Everything in memory is
         dropped; then this shard's key-group range of state, timers and unprocessed messages is loaded,
         sources reopen at their recorded positions, and the egress epochs that the old shards (whose
-        records this shard inherits) may not have published are published again (sinks dedup per epoch)."""
+        records this shard inherits) may not have published are published again (sinks dedup per epoch).
+        The driver's channel resumes at sequence number ``driver_from`` (what the checkpoint had read of
+        it: the coordinator re-sends the rest under the same numbers)."""
         if generation <= self.generation:
             return  # a newer rollback came first (e.g. a fallback from a damaged checkpoint)
         if self._wake_event is None:  # a replacement shard: restore is its start
@@ -896,7 +954,7 @@ class ShardCore:
         self.generation = generation
         self._restoring = True
         try:
-            await self._restore_now(generation, peers, source_partitions, checkpoint_id)
+            await self._restore_now(generation, peers, source_partitions, checkpoint_id, driver_from)
         finally:
             if self.generation == generation:  # not superseded by a newer rollback while loading
                 self._restoring = False
@@ -907,7 +965,7 @@ class ShardCore:
                 self._below_high.set()  # deliveries of the old generation that waited for room: let them go
 
     async def _restore_now(self, generation: int, peers: list, source_partitions: list,
-                           checkpoint_id: int | None) -> None:
+                           checkpoint_id: int | None, driver_from: int) -> None:
         self.epoch_token = object()
         self._halt()
         if self._timer_handle is not None:
@@ -920,6 +978,9 @@ class ShardCore:
         self._sent = [0] * n
         self._outstanding = [0] * n
         self._channels.clear()
+        if driver_from:  # the driver's channel resumes where the checkpoint had read it
+            self._channels[DRIVER] = _Channel()
+            self._channels[DRIVER].expected = driver_from
         self._mailbox.clear()
         self._backlog = 0
         self._sources = []
@@ -1007,6 +1068,7 @@ class ShardCore:
         """Counters for idleness detection (the coordinator compares sent/received per channel)."""
         return {
             "index": self.index,
+            "pid": os.getpid(),
             "backlog": self._backlog,
             "in_progress": sum(getattr(r, "in_progress", 0) for r in self.runners.values()),
             "sent": list(self._sent),
@@ -1066,6 +1128,9 @@ class ShardActor:
     async def checkpoint(self, n: int, full: bool = False):
         return await self.core.checkpoint(n, full)
 
+    def checkpoint_aborted(self, n: int) -> None:
+        self.core.checkpoint_aborted(n)
+
     async def checkpoint_complete(self, n: int) -> None:
         await self.core.checkpoint_complete(n)
 
@@ -1075,8 +1140,8 @@ class ShardActor:
         await self.core._published()
 
     async def restore(self, generation: int, peers: list, source_partitions: list,
-                      checkpoint_id: int | None) -> None:
-        await self.core.restore(generation, peers, source_partitions, checkpoint_id)
+                      checkpoint_id: int | None, driver_from: int = 0) -> None:
+        await self.core.restore(generation, peers, source_partitions, checkpoint_id, driver_from)
 
     def status(self) -> dict:
         return self.core.status()

@@ -14,7 +14,12 @@ from typing import Any, NamedTuple
 __all__ = ["Timer", "TimerService", "TokenInUseError"]
 
 
-class TokenInUseError(ValueError):
+class InvalidEffect(ValueError):
+    """An invocation asked for something that can never be applied or stored (the whole invocation is
+    refused and its message dead-lettered: retrying it would give the same answer)."""
+
+
+class TokenInUseError(InvalidEffect):
     """A cancellation token was reused while the delayed message it names is still pending."""
 
 

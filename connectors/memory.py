@@ -11,7 +11,7 @@ import inspect
 import itertools
 from typing import Any, Callable, Iterable, Sequence
 
-from rayfun.io import DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
+from rayfun.io import DeadLetter, DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
 from rayfun.messages import EgressMessage, Message
 from rayfun.types import IntType, StringType, Type, check_text, infer_type, to_payload, validate_typename
 
@@ -64,7 +64,8 @@ def to_row(record: Any, value_type: Type | None = None) -> tuple:
 
 class _MemoryPartition(SourcePartition):
     def __init__(self, records: Iterable[Any], position: int, batch_size: int, value_type: Type | None,
-                 skip: int):
+                 skip: int, source_id: str):
+        self._source_id = source_id
         self._it = itertools.islice(iter(records), skip, None) if skip else iter(records)
         self._position = position
         self._batch_size = batch_size
@@ -82,16 +83,25 @@ class _MemoryPartition(SourcePartition):
         self._position += len(chunk)
         return chunk
 
-    def next_batch(self) -> list[Message] | None:
+    def next_batch(self) -> list[Message | DeadLetter] | None:
         chunk = self._take()
-        return None if chunk is None else [to_message(r, self._value_type) for r in chunk]
+        return None if chunk is None else [self._convert(to_message, r) for r in chunk]
+
+    def _convert(self, convert: Callable, record: Any) -> Any:
+        """One record as a message or row; a record that cannot become one is a DeadLetter naming why (the
+        source goes on: raising here would fail the shard, and the replay would fail it again)."""
+        try:
+            return convert(record, self._value_type)
+        except (TypeError, ValueError) as exc:
+            return DeadLetter(f"record {record!r} cannot become a message: {exc}", self._source_id,
+                              repr(record).encode("utf-8", "backslashreplace"))
 
     def next_rows(self) -> list[tuple] | None:
         chunk = self._take()
         if chunk is None:
             return None
         if self._value_type is not None:
-            return [to_row(r, self._value_type) for r in chunk]
+            return [self._convert(to_row, r) for r in chunk]
         rows, valid = [], _VALID_TYPENAMES
         append = rows.append
         for r in chunk:  # to_row's fast path, inlined: this loop runs once per ingested record
@@ -101,7 +111,7 @@ class _MemoryPartition(SourcePartition):
                         and -2147483648 <= value <= 2147483647:
                     append((typename, id, None, _INT, value))
                     continue
-            append(to_row(r))
+            append(self._convert(to_row, r))
         return rows
 
     def snapshot(self) -> int:
@@ -146,7 +156,7 @@ class MemorySource(Source):
                 records = self._records(index, self._count)
         else:
             records = itertools.islice(self._records, index, None, self._count)
-        return _MemoryPartition(records, position, self._batch_size, self._value_type, skip)
+        return _MemoryPartition(records, position, self._batch_size, self._value_type, skip, self.id)
 
 
 class _MemorySinkPartition(SinkPartition):

@@ -28,6 +28,7 @@ import logging
 import pickle
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,9 @@ class Coordinator:
         self._early_sends: dict[int, dict] = {}
         self._next_send = 0
         self._driver_log: list[list[tuple[int, list]]] = [[] for _ in range(config.shards)]
+        # how far each retained checkpoint had read the driver's channel, oldest first: the log keeps what
+        # the oldest did not read, so a fall back past a damaged checkpoint re-sends what it covered
+        self._driver_covers: deque[list[int]] = deque(maxlen=config.checkpoint_options.get("retain", 3))
         self.incarnation = uuid.uuid4().hex[:16]  # this coordinator's driver-channel numbering
         self._send_lock: asyncio.Lock | None = None  # the driver's channel (sends, and a rollback's replay)
         self._checkpoint_lock: asyncio.Lock | None = None  # one checkpoint or recovery at a time
@@ -236,8 +240,9 @@ class Coordinator:
         self._checkpoint_succeeded()
         self._since_full = 0 if all(p.full for p in parts) else self._since_full + 1
         self._maybe_compact(loop)
-        for dest, part in enumerate(parts):  # the driver's messages up to each cut are safe now
-            covered = part.meta.get("driver_seq", 0)
+        self._driver_covers.append([part.meta.get("driver_seq", 0) for part in parts])
+        for dest in range(self.config.shards):  # keep what some checkpoint we may restore has not read
+            covered = min(cover[dest] for cover in self._driver_covers)
             self._driver_log[dest] = [(seq, rows) for seq, rows in self._driver_log[dest] if seq >= covered]
         await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in self.shards])
         self._checkpoint_ended = time.monotonic()

@@ -226,3 +226,100 @@ def test_the_first_base_is_the_recorded_changes_later_bases_every_instance(tmp_p
         assert not part.full and state == {"k0": [6], "k3": [1], "k4": [1]}
 
     _run(scenario, shards=1, checkpoint_url=str(tmp_path))
+
+
+def test_a_shard_with_a_rollback_pending_refuses_the_cut(tmp_path):
+    """A failure (a remote batch that failed for good, an epoch that could not be published) drops what
+    failed from what is in flight; a cut taken before the rollback would miss it, and the rollback would go
+    to that cut. The shard refuses the cut, whether the coordinator or a peer's marker starts it, and
+    takes checkpoints again once it has rolled back."""
+    import pytest
+
+    from rayfun.runtime.shard import CheckpointRefused
+
+    async def scenario(core, peers):
+        core.fail("remote function r/x failed for good")
+        with pytest.raises(CheckpointRefused, match="a rollback is pending"):
+            await core.checkpoint(1)
+        markers = [c for c in peers[1].deliver.calls if c[2] is None]
+        assert [c[4] for c in markers] == [1], "the peer still gets its marker"
+        await core.deliver(1, 0, None, 0, 2)  # a peer's marker starts checkpoint 2: refused as well
+        with pytest.raises(CheckpointRefused):
+            await core.checkpoint(2)
+        await core.restore(1, peers, [], None)
+        cid = _id_on(core, "t/count", 0)
+        await core.deliver(DRIVER, 0, pickle.dumps([("t/count", cid, None, INT, 3)]), 1)
+        await _settle()
+        pending = asyncio.get_running_loop().create_task(core.checkpoint(3))
+        await _settle()
+        await core.deliver(1, 0, None, 1, 3)
+        part = await pending
+        assert part.checkpoint_id == 3 and part.files["state"].rows == 1
+
+    _run(scenario, checkpoint_url=str(tmp_path))
+
+
+def test_an_aborted_checkpoint_loses_nothing_and_its_late_markers_are_ignored(tmp_path):
+    """A checkpoint that failed (storage down) is aborted: the next one, with a new id, holds every change
+    since the last complete checkpoint, and a marker of the aborted one arriving late starts nothing."""
+    from rayfun.checkpoint import CheckpointStore
+
+    async def scenario(core, peers):
+        store = CheckpointStore(str(tmp_path))
+        cid = _id_on(core, "t/count", 0)
+        await core.deliver(DRIVER, 0, pickle.dumps([("t/count", cid, None, INT, 5)]), 0)
+        await _settle()
+        write = core._store.write_shard_part
+
+        def storage_down(*args, **kwargs):
+            raise OSError("storage is down")
+
+        core._store.write_shard_part = storage_down
+        pending = asyncio.get_running_loop().create_task(core.checkpoint(1))
+        await core.deliver(1, 0, None, 0, 1)
+        try:
+            await pending
+            raise AssertionError("the write should have failed")
+        except OSError:
+            pass
+        core.checkpoint_aborted(1)
+        core._store.write_shard_part = write
+        await core.deliver(DRIVER, 1, pickle.dumps([("t/count", cid, None, INT, 2)]), 0)
+        await _settle()
+        pending = asyncio.get_running_loop().create_task(core.checkpoint(2))
+        await _settle()
+        await core.deliver(1, 1, None, 0, 2)
+        part = await pending
+        store.commit(2, [part, _empty_part(store, 2)], key_groups=64)
+        await core.checkpoint_complete(2)
+        await core.deliver(1, 2, None, 0, 1)  # a late marker of the aborted checkpoint
+        await _settle()
+        assert core._snapshot is None and 1 not in core._snapshots_done
+        restored = store.load_shard(2, core.key_group_range).instances("t/count", [("n", INT)])
+        assert restored == {cid: [7]}
+
+    _run(scenario, checkpoint_url=str(tmp_path))
+
+
+def _empty_part(store, checkpoint_id: int):
+    """Shard 1's (empty) part of a checkpoint of two shards, standing in for the peer."""
+    return store.write_shard_part(checkpoint_id, 1, (32, 64), key_groups=64, full=True)
+
+
+def test_a_delay_past_the_clock_is_refused_before_anything_is_applied(tmp_path):
+    """A remote function answered with delay_in_ms = 2**63-1: the timer's due time had no 64-bit form,
+    and every checkpoint after failed. The effects are refused as a whole (the runner dead-letters the
+    message); the shard's timers and checkpoints are untouched."""
+    import pytest
+
+    from rayfun.runtime.timers import InvalidEffect
+
+    async def scenario(core, peers):
+        later = message_builder("t/count", "k", int_value=1)
+        with pytest.raises(InvalidEffect, match="past the latest time a timer can hold"):
+            core.apply_effects("t/forward", "f", [later], [(2**63 - 1, later, "")], None, core.now_ms())
+        assert len(core.timers) == 0 and core._out == [None]
+        part = await core.checkpoint(1)
+        assert part.files["timers"].rows == 0
+
+    _run(scenario, shards=1, checkpoint_url=str(tmp_path))

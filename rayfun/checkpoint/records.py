@@ -6,7 +6,8 @@ Row shapes are the runtime's own (so it needs no adapter):
   payload)`` — the field order of ``rayfun.runtime.timers.Timer``;
 - message: ``(target_typename, target_id, caller, value_typename, payload)`` with ``caller`` a
   ``(typename, id)`` pair or None — the shard's batch row;
-- egress:  ``(seq, egress_id, value_typename, payload)``.
+- egress:  ``(shard, epoch, seq, egress_id, value_typename, payload)``: the shard that emitted it, the
+  epoch it belongs to and its position there (a republished epoch goes out whole, in order).
 
 Payloads follow the runtime convention (Python values for built-in types, bytes otherwise); on disk they
 are the StateFun wire bytes, and decoding gives the runtime convention back.
@@ -30,7 +31,7 @@ __all__ = ["encode_timers", "decode_timers", "encode_messages", "decode_messages
 
 Timer = tuple  # (due_ms, seq, sender_typename, sender_id, token, target_typename, target_id, vtype, payload)
 MessageRow = tuple  # (target_typename, target_id, caller | None, value_typename, payload)
-EgressRow = tuple  # (seq, egress_id, value_typename, payload)
+EgressRow = tuple  # (shard, epoch, seq, egress_id, value_typename, payload)
 
 
 def _wire(typenames: Sequence[str], payloads: Sequence[Any], what: str) -> list[bytes]:
@@ -120,16 +121,17 @@ def encode_egress(records: Iterable[EgressRow]) -> pa.Table:
     rows = list(records)
     if not rows:
         return EGRESS_SCHEMA.empty_table()
-    seq, egress_id, vtype, payload = (list(c) for c in zip(*rows))
+    shard, epoch, seq, egress_id, vtype, payload = (list(c) for c in zip(*rows))
     return pa.Table.from_arrays(
-        [pa.array(seq, pa.int64()), pa.array(egress_id, pa.string()), pa.array(vtype, pa.string()),
+        [pa.array(shard, pa.int32()), pa.array(epoch, pa.int64()), pa.array(seq, pa.int64()),
+         pa.array(egress_id, pa.string()), pa.array(vtype, pa.string()),
          pa.array(_wire(vtype, payload, "egress record"), pa.binary())], schema=EGRESS_SCHEMA)
 
 
 def decode_egress(table: pa.Table) -> list[EgressRow]:
-    """``EGRESS_SCHEMA`` -> egress rows in ``seq`` order."""
+    """``EGRESS_SCHEMA`` -> egress rows in ``(shard, epoch, seq)`` order."""
     if table.num_rows == 0:
         return []
-    table = table.sort_by("seq")
-    return list(zip(table["seq"].to_pylist(), table["egress_id"].to_pylist(),
-                    table["value_typename"].to_pylist(), _payloads(table)))
+    table = table.sort_by([("shard", "ascending"), ("epoch", "ascending"), ("seq", "ascending")])
+    return list(zip(table["shard"].to_pylist(), table["epoch"].to_pylist(), table["seq"].to_pylist(),
+                    table["egress_id"].to_pylist(), table["value_typename"].to_pylist(), _payloads(table)))

@@ -80,7 +80,9 @@ ADDRESS_COLUMNS = {"state": ("function_type", "id"), "timers": ("sender_typename
 
 #: the egress records a shard produced in the epoch that the checkpoint closes (re-published after a crash)
 EGRESS_SCHEMA = pa.schema([
-    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("shard", pa.int32(), nullable=False),   # the shard that emitted it (its sink partition)
+    pa.field("epoch", pa.int64(), nullable=False),   # the checkpoint epoch it belongs to
+    pa.field("seq", pa.int64(), nullable=False),     # its position in that shard's epoch
     pa.field("egress_id", pa.string(), nullable=False),
     pa.field("value_typename", pa.string(), nullable=False),
     pa.field("value", pa.binary(), nullable=False),

@@ -99,16 +99,6 @@ class _Channel:
         self.received = 0  # messages accepted from this channel
 
 
-def _egress_seq(shard: int, epoch: int, position: int) -> int:
-    """The sequence number of an unpublished egress record in a checkpoint: it carries the writing shard
-    and the epoch, which the exactly-once republishing after a restore needs (shard < 256, position < 2^24)."""
-    return (shard << 55) | (epoch << 24) | position
-
-
-def _egress_seq_parts(seq: int) -> tuple[int, int, int]:
-    return seq >> 55, (seq >> 24) & ((1 << 31) - 1), seq & ((1 << 24) - 1)
-
-
 class _LocalCopy(NamedTuple):
     """A shard's part of its last complete checkpoint, kept in memory for a fast rollback (no storage read).
 
@@ -690,8 +680,16 @@ class ShardCore:
         for egress_id, records in pending.items():
             self._publish(egress_id, records, -1)
 
-    def _publish(self, egress_id: str, records: list[EgressMessage], epoch: int) -> None:
+    def _publish(self, egress_id: str, records: list[EgressMessage], epoch: int,
+                 partition_index: int | None = None) -> None:
+        """Hand records to their sink: this shard's partition, or ``partition_index``'s (an old shard's
+        unpublished epoch after rescaling is published under that shard's index, where its sink dedups).
+        The one place where a sink's refusal or failure is handled: rejected records are dead-lettered,
+        an exactly-once epoch that failed rolls back (it is published again after), others dead-lettered."""
         sink, partition = self._sink(egress_id)
+        foreign = partition_index is not None and partition_index != self.index
+        if foreign:
+            partition = sink.build_partition(partition_index, self.config.shards)
         try:
             partition.write_batch(records, epoch)
         except Exception as exc:
@@ -708,6 +706,9 @@ class ShardCore:
                 for r in records:
                     self._dead_letter(f"egress {egress_id} failed to publish the record: {exc}",
                                       value_typename=r.value_type_name, payload=r.payload)
+        finally:
+            if foreign:
+                partition.close()
 
     def _open_sinks(self) -> None:
         """Open every declared sink's partition now: e.g. a Kafka partition's start aborts a transaction a
@@ -830,7 +831,7 @@ class ShardCore:
             self._unpublished[n] = self._epoch_egress
             self._epoch_egress = []
         for epoch in sorted(self._unpublished):
-            snap.egress.extend((_egress_seq(self.index, epoch, pos), r.typename, r.value_type_name, r.payload)
+            snap.egress.extend((self.index, epoch, pos, r.typename, r.value_type_name, r.payload)
                                for pos, r in enumerate(self._unpublished[epoch]))
         self._epoch = n
         snap.waiting = self._send_markers(n)
@@ -915,15 +916,7 @@ class ShardCore:
         for r in records:
             by_egress.setdefault(r.typename, []).append(r)
         for egress_id, group in by_egress.items():
-            if partition_index is None or partition_index == self.index:
-                self._publish(egress_id, group, epoch)
-            else:  # an old shard's unpublished epoch after rescaling: publish it under that shard's index
-                sink, _ = self._sink(egress_id)
-                partition = sink.build_partition(partition_index, self.config.shards)
-                try:
-                    partition.write_batch(group, epoch)
-                finally:
-                    partition.close()
+            self._publish(egress_id, group, epoch, partition_index)
 
     def _keep_local_copy(self, snap: "_Snapshot") -> None:
         """Add a committed snapshot to the in-memory copy of the last complete checkpoint, so that a shard
@@ -1056,8 +1049,7 @@ class ShardCore:
             self._backlog += len(messages)
         # egress epochs the old shards may not have published: publish them again (sinks dedup per epoch)
         groups: dict[tuple[int, int], list[EgressMessage]] = {}
-        for seq, egress_id, vtype, payload in egress:
-            old_index, epoch, _ = _egress_seq_parts(seq)
+        for old_index, epoch, _, egress_id, vtype, payload in egress:  # in (shard, epoch, position) order
             groups.setdefault((old_index, epoch), []).append(EgressMessage(egress_id, vtype, payload))
         for (old_index, epoch), records in sorted(groups.items(), key=lambda kv: kv[0][1]):
             self._publish_epoch(records, epoch, old_index)

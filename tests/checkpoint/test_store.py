@@ -50,7 +50,8 @@ def test_round_trip_of_every_table_kind(store_url):
     messages = [("test/counter", f"c{i}", None if i % 3 else ("test/profile", f"p{i}"),
                  StringType.typename if i % 2 else "test.types/blob", "ä" * i if i % 2 else bytes([i]) * i)
                 for i in range(30)]
-    egress = [(i, "test/out", StringType.typename, f"rec{i}") for i in range(5)] + [(5, "test/raw", "x/y", b"\0")]
+    egress = [(0, 7, i, "test/out", StringType.typename, f"rec{i}") for i in range(5)] + [(0, 7, 5, "test/raw", "x/y",
+                                                                                     b"\0")]
     meta = {"sources": {"in/0": {"offset": 42, "ts": 1.5}}, "channels": {"1": 7}, "remote_specs": {}}
     part = store.write_shard_part(1, 0, (0, G), key_groups=G, state=model.deltas(full=True), timers=timers,
                                   messages=messages, egress=egress, meta=meta)
@@ -115,7 +116,7 @@ def test_restore_onto_a_different_shard_count(store_url, new_shards):
                              < ranges2[i][1]],
                   "messages": [("test/counter", f"m{i}-{j}", None, IntType.typename, j) for j in range(40)
                                if ranges2[i][0] <= key_group("test/counter", f"m{i}-{j}", G) < ranges2[i][1]],
-                  "egress": [(0, "test/out", IntType.typename, i)], "meta": {"shard": i}}
+                  "egress": [(i, 3, 0, "test/out", IntType.typename, i)], "meta": {"shard": i}}
               for i in range(2)}
     write_checkpoint(store, 1, model, 2, parent=None, extras=timers)
     model.mutate(50)
@@ -138,7 +139,7 @@ def test_restore_onto_a_different_shard_count(store_url, new_shards):
     assert union == model.state
     assert sorted(all_timers) == sorted(t[:1] + t[2:] for x in timers.values() for t in x["timers"])
     assert sorted(all_messages) == sorted(m for x in timers.values() for m in x["messages"])
-    assert sorted(all_egress) == [(0, "test/out", IntType.typename, 0), (0, "test/out", IntType.typename, 1)]
+    assert sorted(all_egress) == [(0, 3, 0, "test/out", IntType.typename, 0), (1, 3, 0, "test/out", IntType.typename, 1)]
 
 
 def test_rescaled_job_continues_with_deltas_and_bases(store_url):
@@ -332,3 +333,13 @@ def test_other_compression_round_trips_and_unknown_is_refused(store_url, compres
     assert restored_state(lz4.load_shard(1, (0, G))) == model.state and codec(lz4, part).startswith("LZ4")
     with pytest.raises(ValueError, match="compression 'nope'"):
         CheckpointStore(store_url, compression="nope")
+
+
+def test_egress_rows_keep_shard_epoch_and_position_whatever_their_size():
+    """They used to be packed into one integer (shard < 256, position < 2^24, unchecked): a long epoch (say,
+    checkpoints failing for a while) overflowed into the epoch bits and its republishing went wrong."""
+    from rayfun.checkpoint.records import decode_egress, encode_egress
+
+    rows = [(300, 2**40, 2**30 + k, "test/out", StringType.typename, f"r{k}") for k in range(3)]
+    rows += [(0, 1, 0, "test/out", StringType.typename, "first")]
+    assert decode_egress(encode_egress(rows)) == sorted(rows)

@@ -244,6 +244,8 @@ class KafkaSourcePartition(SourcePartition):
     # -- reading ---------------------------------------------------------------------------------------
 
     def _poll(self) -> list:
+        if self._consumer is None:  # closed (the shard stops or rolls back): nothing more to read
+            return []
         records = self._consumer.consume(self._batch_size, timeout=self._poll_timeout)
         if not records:
             return records

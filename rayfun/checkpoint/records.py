@@ -27,7 +27,7 @@ from .schema import EGRESS_SCHEMA, MESSAGES_SCHEMA, TIMERS_SCHEMA
 from .state_codec import key_groups_mixed
 
 __all__ = ["encode_timers", "decode_timers", "encode_messages", "decode_messages", "encode_egress",
-           "decode_egress"]
+           "decode_egress", "upgrade_egress"]
 
 Timer = tuple  # (due_ms, seq, sender_typename, sender_id, token, target_typename, target_id, vtype, payload)
 MessageRow = tuple  # (target_typename, target_id, caller | None, value_typename, payload)
@@ -126,6 +126,19 @@ def encode_egress(records: Iterable[EgressRow]) -> pa.Table:
         [pa.array(shard, pa.int32()), pa.array(epoch, pa.int64()), pa.array(seq, pa.int64()),
          pa.array(egress_id, pa.string()), pa.array(vtype, pa.string()),
          pa.array(_wire(vtype, payload, "egress record"), pa.binary())], schema=EGRESS_SCHEMA)
+
+
+def upgrade_egress(table: pa.Table) -> pa.Table:
+    """An egress table of rayfun 0.1's checkpoints, which packed shard, epoch and position into ``seq``
+    (``shard << 55 | epoch << 24 | position``), in today's columns; other tables as they are."""
+    if "shard" in table.column_names or "seq" not in table.column_names:
+        return table
+    seq = table["seq"].to_pylist()
+    shard = pa.array([s >> 55 for s in seq], pa.int32())
+    epoch = pa.array([(s >> 24) & ((1 << 31) - 1) for s in seq], pa.int64())
+    position = pa.array([s & ((1 << 24) - 1) for s in seq], pa.int64())
+    rest = table.drop_columns(["seq"])
+    return pa.Table.from_arrays([shard, epoch, position, *rest.columns], ["shard", "epoch", "seq", *rest.column_names])
 
 
 def decode_egress(table: pa.Table) -> list[EgressRow]:

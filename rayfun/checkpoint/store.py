@@ -50,7 +50,7 @@ from .manifest import (
     _digest,
 )
 from .records import (
-    decode_egress, decode_messages, decode_timers, encode_egress, encode_messages, encode_timers,
+    decode_egress, decode_messages, decode_timers, encode_egress, encode_messages, encode_timers, upgrade_egress,
 )
 from .schema import ADDRESS_COLUMNS, DICTIONARY_COLUMNS, SCHEMAS
 from .state_codec import (
@@ -574,6 +574,8 @@ class CheckpointStore:
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise CorruptCheckpointError(path, "unreadable", str(exc), checkpoint_id) from None
         expected = SCHEMAS[ref.kind]
+        if ref.kind == "egress":
+            table = upgrade_egress(table)
         if table.num_rows != ref.rows or not table.schema.equals(expected):
             try:  # tolerate schema metadata / nullability drift, never different columns
                 table = table.select(expected.names).cast(expected)

@@ -254,6 +254,7 @@ class ShardCore:
         """Stop processing: cancel the loop and every task, close the source partitions."""
         if self._loop_task:
             self._loop_task.cancel()
+            self._loop_task = None  # the loop ends at its next turn even if a wait swallowed the cancel
         for task in list(self._tasks):
             task.cancel()
         for slot in self._sources:
@@ -335,8 +336,11 @@ class ShardCore:
         return int(time.time() * 1000)
 
     async def _run(self) -> None:
+        me = asyncio.current_task()
         try:
-            while True:
+            # Python 3.11's wait_for can swallow a cancellation that races its timeout: the loop also ends
+            # once it is no longer the shard's loop (it would read sources already closed)
+            while self._loop_task is me:
                 worked = False
                 if self._mailbox:
                     self._process(self.config.chunk_size)

@@ -318,6 +318,7 @@ def test_store_parts_and_errors_pickle(store_url):
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 def test_other_compression_round_trips_and_unknown_is_refused(store_url, compression):
     model = Model(random.Random(5), n=50)
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     def codec(store: CheckpointStore, part: ShardPart) -> str:
@@ -343,3 +344,18 @@ def test_egress_rows_keep_shard_epoch_and_position_whatever_their_size():
     rows = [(300, 2**40, 2**30 + k, "test/out", StringType.typename, f"r{k}") for k in range(3)]
     rows += [(0, 1, 0, "test/out", StringType.typename, "first")]
     assert decode_egress(encode_egress(rows)) == sorted(rows)
+
+
+def test_egress_files_of_the_packed_format_are_read_as_today(tmp_path):
+    """Checkpoints written before the egress columns split still restore their unpublished epochs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayfun.checkpoint.records import decode_egress, upgrade_egress
+
+    old = pa.table({"seq": pa.array([(2 << 55) | (9 << 24) | 4], pa.int64()),
+                    "egress_id": ["test/out"], "value_typename": [StringType.typename],
+                    "value": pa.array([StringType.serialize("x")], pa.binary())})
+    pq.write_table(old, tmp_path / "old.parquet")
+    assert decode_egress(upgrade_egress(pq.read_table(tmp_path / "old.parquet"))) == [
+        (2, 9, 4, "test/out", StringType.typename, "x")]

@@ -187,6 +187,7 @@ class EmbeddedFunction:
 
     def _invoke_async(self, id: str, caller: tuple[str, str] | None, vtype: str, payload: Any,
                       now_ms: int) -> None:
+        self.shard.park()
         queue = self.busy.get(id)
         if queue is not None:
             queue.append((caller, vtype, payload))
@@ -238,6 +239,7 @@ class EmbeddedFunction:
             self._commit(id, ctx, storage, cells, self.shard.now_ms(), caller, vtype, payload)
         if epoch is not self.shard.epoch_token:
             return
+        self.shard.unpark()
         self.running.pop(id, None)
         queue = self.busy.get(id)
         if queue:

@@ -133,6 +133,7 @@ class RemoteFunction:
         return run
 
     def invoke(self, id: str, caller, vtype: str, payload: Any) -> None:
+        self.shard.park()
         if id in self.inflight:
             queue = self.queued.setdefault(id, [])
             queue.append((caller, vtype, payload))
@@ -178,6 +179,7 @@ class RemoteFunction:
             return
         if epoch is not shard.epoch_token:
             return
+        shard.unpark(len(batch))
         queued = self.queued.pop(id, None)
         if queued:
             if len(queued) >= self.endpoint.max_num_batch_requests:

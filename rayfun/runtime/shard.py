@@ -178,7 +178,11 @@ class ShardCore:
         self._outstanding = [0] * n
         self._channels: dict[int, _Channel] = {}
         self._mailbox: deque = deque()
-        self._backlog = 0
+        self._backlog = 0  # messages in the mailbox
+        # messages a runner holds until their invocations end (async functions: running and queued per
+        # address; remote functions: in flight and queued): they count toward backpressure like the
+        # mailbox, or a slow async function would let the sources read without bound
+        self._parked = 0
         self._sources: list[_SourceSlot] = []
         self._sinks: dict[str, tuple[Sink, Any]] = {}
         self._sink_specs = {s.id: s for s in config.sinks}
@@ -207,7 +211,7 @@ class ShardCore:
         self._local: _LocalCopy | None = _LocalCopy(None, [], [], [], [])  # state as of ``_committed``
         self._layout_cache: dict[str, Any] = {}
         self.counters = {"snapshot_capture_s": 0.0, "snapshot_write_s": 0.0, "snapshot_write_cpu_s": 0.0,
-                         "snapshot_commit_s": 0.0, "idle_s": 0.0, "processed": 0, "dead_letters": 0, "egress": 0,
+                         "snapshot_commit_s": 0.0, "idle_s": 0.0, "ingested": 0, "processed": 0, "dead_letters": 0, "egress": 0,
                          "timers_fired": 0}
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -297,7 +301,7 @@ class ShardCore:
                 self._take(sender, channel, channel.early.pop(channel.expected))
                 channel.expected += 1
         self.wake()
-        if self._backlog > self.config.mailbox_high:
+        if self._backlog + self._parked > self.config.mailbox_high:
             self._below_high.clear()
             await self._below_high.wait()
 
@@ -389,7 +393,17 @@ class ShardCore:
             processed += end - start
         self._backlog -= processed
         self.counters["processed"] += processed
-        if self._backlog <= self.config.mailbox_low and not self._below_high.is_set():
+        if self._backlog + self._parked <= self.config.mailbox_low and not self._below_high.is_set():
+            self._below_high.set()
+
+    def park(self, n: int = 1) -> None:
+        """A runner holds ``n`` more messages until their invocations end (see ``_parked``)."""
+        self._parked += n
+
+    def unpark(self, n: int = 1) -> None:
+        """``n`` held messages are done: room for deliveries and sources again once under the low mark."""
+        self._parked -= n
+        if self._backlog + self._parked <= self.config.mailbox_low and not self._below_high.is_set():
             self._below_high.set()
 
     def _housekeeping(self) -> None:
@@ -421,7 +435,7 @@ class ShardCore:
         return runner.run
 
     def _may_read_sources(self) -> bool:
-        if self._backlog > self.config.mailbox_low:
+        if self._backlog + self._parked > self.config.mailbox_low:
             return False
         if self._clients and (any(getattr(r, "blocked", 0) for r in self.runners.values())
                               or any(c.saturated for c in self._clients.values())):
@@ -445,6 +459,7 @@ class ShardCore:
                 continue
             slot.idle = not batch
             if batch:
+                self.counters["ingested"] += len(batch)
                 self._route_input(slot, batch)
                 got = True
         return got
@@ -980,6 +995,7 @@ class ShardCore:
             self._channels[DRIVER].expected = driver_from
         self._mailbox.clear()
         self._backlog = 0
+        self._parked = 0
         self._sources = []
         self._egress_now = {}
         self._epoch_egress = []
@@ -1065,7 +1081,7 @@ class ShardCore:
         return {
             "index": self.index,
             "pid": os.getpid(),
-            "backlog": self._backlog,
+            "backlog": self._backlog + self._parked,  # every message accepted and not yet done
             "in_progress": sum(getattr(r, "in_progress", 0) for r in self.runners.values()),
             "sent": list(self._sent),
             "received": {s: c.received for s, c in self._channels.items()},

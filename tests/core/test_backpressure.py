@@ -1,0 +1,65 @@
+"""Backpressure: whatever the input rate, the messages a shard holds stay bounded, and the sources wait.
+
+A slow ``async def`` function used to let its per-address queues take the whole input (8M records read in
+20 s while 144k were processed, +400 MB a shard) while the backlog metric showed 0: the queues behind a
+running invocation were not counted. Each test here fails on that code."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import ray
+
+import rayfun
+from connectors.memory import MemorySource
+from rayfun import IntType, StatefulFunctions, ValueSpec
+from rayfun.runtime.shard import ShardConfig
+
+pytestmark = pytest.mark.timeout(120)
+
+SLOW = "t/slow"
+RECORDS = 400_000
+# a shard takes deliveries while it holds at most mailbox_high messages, and each peer may have
+# max_outstanding batches in flight to it (a batch: what its two source partitions read in one turn)
+BOUND = ShardConfig.mailbox_high + (ShardConfig.max_outstanding + 1) * 2 * 2048
+
+
+def records(index: int, count: int, start: int = 0):
+    keys = 200
+    for k in range(index + start * count, RECORDS, count):
+        # one hot key takes 90 % of the traffic, the rest is spread
+        yield (SLOW, "hot" if k % 10 else str(k % keys), 1)
+
+
+def slow_functions() -> StatefulFunctions:
+    functions = StatefulFunctions()
+
+    @functions.bind(SLOW, specs=[ValueSpec("n", IntType)])
+    async def slow(context, message):
+        await asyncio.sleep(0.001)
+        context.storage.n = (context.storage.n or 0) + 1
+
+    return functions
+
+
+def test_a_slow_async_function_holds_the_sources_back(ray_session):
+    source = MemorySource(records, partitions=2, id="t/fast")
+    app = rayfun.start(slow_functions(), shards=2, ingresses=[source], standby=False)
+    try:
+        peak = ingested = 0
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            statuses = app.metrics()
+            peak = max(peak, max(st["backlog"] for st in statuses))
+            ingested = sum(st["ingested"] for st in statuses)
+            time.sleep(0.05)
+        done = sum(app.state(SLOW, key, wait=False).get("n", 0) for key in ["hot", *map(str, range(200))])
+        print(f"peak backlog {peak}, read {ingested}, done {done}")
+        assert peak > 1000, "the backlog metric does not see the messages behind running invocations"
+        assert peak <= BOUND, f"a shard held {peak} messages (bound {BOUND})"
+        assert ingested - done <= 2 * BOUND, f"read {ingested}, processed {done}: the sources ran ahead"
+        assert ingested < RECORDS, "the sources read everything: nothing held them back"
+    finally:
+        app.stop()

@@ -115,7 +115,8 @@ class FileSourcePartition(SourcePartition):
         self._file_index = file_index
         self._offset = offset  # of the first byte not yet returned as (part of) a record
         self._handle: Any = None
-        self._buffer = b""  # bytes read after _offset
+        self._buffer = b""  # bytes read; those from _pos on are after _offset
+        self._pos = 0  # lines are cut at this position (slicing the rest off per line copied it: quadratic)
         self._eof = False
         self._parse = _TEXT_PARSERS.get(source.value_type)
         field = source.key if isinstance(source.key, str) else None
@@ -130,7 +131,7 @@ class FileSourcePartition(SourcePartition):
         self._handle = fsspec.open(self._files[self._file_index], "rb", **self._source.storage_options).open()
         if self._offset:
             self._handle.seek(self._offset)
-        self._buffer, self._eof = b"", False
+        self._buffer, self._pos, self._eof = b"", 0, False
         return True
 
     def _next_file(self) -> None:
@@ -143,21 +144,22 @@ class FileSourcePartition(SourcePartition):
         while len(rows) < self._source.batch_size:
             if self._handle is None and not self._open():
                 return rows or None
-            newline = self._buffer.find(b"\n")
+            buffer, pos = self._buffer, self._pos
+            newline = buffer.find(b"\n", pos)
             if newline < 0:
                 if not self._eof:
                     block = self._handle.read(_READ_BLOCK)
-                    if block:
-                        self._buffer += block
+                    if block:  # keep only the unfinished line, then the new block
+                        self._buffer, self._pos = buffer[pos:] + block, 0
                         continue
                     self._eof = True
-                if not self._buffer:  # the file is done
+                if pos >= len(buffer):  # the file is done
                     self._next_file()
                     continue
-                line, consumed = self._buffer, len(self._buffer)  # a last line without a newline
+                line, consumed = buffer[pos:], len(buffer) - pos  # a last line without a newline
             else:
-                line, consumed = self._buffer[:newline], newline + 1
-            self._buffer = self._buffer[consumed:]
+                line, consumed = buffer[pos:newline], newline + 1 - pos
+            self._pos = pos + consumed
             start = self._offset
             self._offset += consumed
             self._route(line.rstrip(b"\r"), start, rows)

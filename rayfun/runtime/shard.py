@@ -76,6 +76,7 @@ class ShardConfig:
     mailbox_high: int = 65536       # deliver() waits while the mailbox holds more than this
     mailbox_low: int = 16384        # ... until it is back under this; sources read only below it
     max_outstanding: int = 4        # unacknowledged batches per peer before sources pause
+    egress_high: int = 262144       # exactly-once records held for their checkpoint before sources pause
 
 
 class CheckpointRefused(RuntimeError):
@@ -437,6 +438,8 @@ class ShardCore:
     def _may_read_sources(self) -> bool:
         if self._backlog + self._parked > self.config.mailbox_low:
             return False
+        if len(self._epoch_egress) + sum(map(len, self._unpublished.values())) > self.config.egress_high:
+            return False  # egress waits for a checkpoint that does not come (storage down): stop reading
         if self._clients and (any(getattr(r, "blocked", 0) for r in self.runners.values())
                               or any(c.saturated for c in self._clients.values())):
             return False  # a remote function is the bottleneck: let it catch up (StateFun's backpressure)

@@ -66,6 +66,9 @@ class _AttemptFailed(Exception):
     """One attempt failed in a way worth retrying; the message says how."""
 
 
+_RETRYABLE_4XX = {404, 408, 425, 429}  # not found (a server starting up), timeout, too early, too many requests
+
+
 class _Fatal(Exception):
     """One attempt failed in a way that retrying cannot fix (e.g. the server's certificate is untrusted)."""
 
@@ -215,8 +218,10 @@ class RemoteFunctionClient:
             async with session.post(url, data=body, timeout=timeout) as resp:
                 if not 200 <= resp.status < 300:
                     detail = (await resp.content.read(300)).decode("utf-8", "replace").strip()
-                    raise _AttemptFailed(f"HTTP {resp.status} {resp.reason or ''}".strip()
-                                         + (f": {detail}" if detail else ""))
+                    line = f"HTTP {resp.status} {resp.reason or ''}".strip() + (f": {detail}" if detail else "")
+                    if 400 <= resp.status < 500 and resp.status not in _RETRYABLE_4XX:
+                        raise _Fatal(line)  # the request itself is wrong: the same one fails again
+                    raise _AttemptFailed(line)
                 ctype = resp.headers.get("Content-Type", "")
                 if ctype.split(";")[0].strip().lower() != _CONTENT_TYPE:
                     raise _AttemptFailed(f"wrong content type {ctype or '(none)'!r}, expected {_CONTENT_TYPE}")

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from google.protobuf.message import DecodeError
 
 from ..context import Context, StorageBase, make_storage_class
 from ..functions import FunctionSpec, StatefulFunctions
@@ -68,6 +69,11 @@ def _addr(addr: Any, typename: str, id: str) -> None:
     addr.namespace, addr.type, addr.id = namespace, name, id
 
 
+class BadRequest(ValueError):
+    """A request that can never succeed (not a ToFunction, no invocation, an unknown function type, state
+    of the wrong type): answered with 400 and the reason, which callers do not retry."""
+
+
 class FunctionHandler:
     """Answers ToFunction batches for a set of functions: ``await handler.handle(body) -> bytes``."""
 
@@ -84,15 +90,21 @@ class FunctionHandler:
         return bound
 
     async def handle(self, body: bytes) -> bytes:
-        """Run one batch; raises on a malformed request or when user code raises."""
+        """Run one batch; raises BadRequest on a malformed request, and what user code raises."""
         req = ToFunction()
-        req.ParseFromString(body)
+        try:
+            req.ParseFromString(body)
+        except DecodeError as exc:
+            raise BadRequest(f"the request is not a StateFun ToFunction message ({exc})") from None
         if req.WhichOneof("request") != "invocation":
-            raise ValueError("the request carries no invocation batch")
+            raise BadRequest("the request carries no invocation batch")
         batch = req.invocation
         target = batch.target
         typename = f"{target.namespace}/{target.type}"
-        bound = self._bind(typename)
+        try:
+            bound = self._bind(typename)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         specs = bound.spec.specs
 
         received = {pv.state_name: pv for pv in batch.state}
@@ -107,8 +119,8 @@ class FunctionHandler:
             if not tv.has_value:
                 continue
             if tv.typename != spec.type.typename:
-                raise TypeError(f"state {spec.name!r} of {typename} is declared as {spec.type.typename} but the "
-                                f"runtime sent a value of type {tv.typename}")
+                raise BadRequest(f"state {spec.name!r} of {typename} is declared as {spec.type.typename} but the "
+                                 f"runtime sent a value of type {tv.typename}")
             cells[i] = decode_payload(tv.typename, tv.value)
         for i in range(n, 2 * n):
             cells[i] = 0
@@ -202,7 +214,10 @@ def make_app(functions: StatefulFunctions, path: str = "/statefun") -> web.Appli
         body = await request.read()
         try:
             answer = await handler.handle(body)
-        except Exception as exc:  # user code or a malformed request: 500, and StateFun retries
+        except BadRequest as exc:  # can never succeed: 400 with the reason (callers do not retry it)
+            log.warning("bad request: %s", exc)
+            return web.Response(status=400, text=f"bad request: {exc}")
+        except Exception as exc:  # user code: 500, and StateFun retries
             log.exception("remote invocation failed")
             return web.Response(status=500, text=f"{type(exc).__name__}: {exc}")
         return web.Response(body=answer, content_type=_CONTENT_TYPE)

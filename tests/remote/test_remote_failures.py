@@ -162,3 +162,43 @@ def test_error_survives_pickling():
     err = RemoteFunctionError("example/greeter", "bob", "http://x/statefun", 3, "HTTP 500", elapsed=1.0)
     back = pickle.loads(pickle.dumps(err))
     assert str(back) == str(err) and back.attempts == 3 and back.url == "http://x/statefun"
+
+
+def test_serve_answers_a_request_that_can_never_succeed_with_400_and_the_client_does_not_retry_it():
+    """A malformed request, or one for a function type the server does not have, used to be a 500, which
+    callers retry until their budget runs out; a function that raises is still a 500 (worth a retry)."""
+    import aiohttp
+
+    from rayfun import StatefulFunctions
+    from rayfun.remote import make_app
+
+    functions = StatefulFunctions()
+
+    @functions.bind("example/broken")
+    def broken(context, message):
+        raise RuntimeError("boom")
+
+    async def scenario():
+        async with running_app(make_app(functions)) as base:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"{base}/statefun", data=b"\xff\xff not protobuf") as resp:
+                    garbage = resp.status, await resp.text()
+            client = RemoteFunctionClient(HttpEndpoint("example/*", f"{base}/statefun", call_timeout=5))
+            try:
+                try:
+                    await client.invoke("example/unknown", "bob", [], CALL)
+                except RemoteFunctionError as exc:
+                    unknown = exc
+                try:
+                    await client.invoke("example/broken", "bob", [], CALL)
+                except RemoteFunctionError as exc:
+                    raised = exc
+            finally:
+                await client.close()
+            return garbage, unknown, raised, client.stats
+
+    garbage, unknown, raised, stats = run(scenario())
+    assert garbage[0] == 400 and "not a StateFun ToFunction message" in garbage[1]
+    assert "HTTP 400" in str(unknown) and "unknown function type 'example/unknown'" in str(unknown)
+    assert unknown.attempts == 1, "a 400 is not retried"
+    assert "HTTP 500" in str(raised) and "boom" in str(raised) and raised.attempts > 1

@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 SDK_VENV ?= .venv-sdk
+FLOOR_VENV ?= .venv-floor
+PYARROW_FLOOR := $(shell sed -n 's/.*"pyarrow>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 PY := $(VENV)/bin/python
 export RAY_AUTH_MODE ?= disabled
 
@@ -19,6 +21,13 @@ $(SDK_VENV)/.installed:
 	$(SDK_VENV)/bin/pip install -q "apache-flink-statefun==3.3.0" aiohttp
 	touch $@
 
+# The lowest pyarrow rayfun allows, alone: a test reads a crafted Parquet file with it (must run no code).
+$(FLOOR_VENV)/.installed-$(PYARROW_FLOOR): pyproject.toml
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install -q "pyarrow==$(PYARROW_FLOOR)" "numpy<2"
+	touch $@
+
 install: $(VENV)/.installed
 
 # The main job: the fraud-detection showcase (Kafka in and out, checkpoints in ./checkpoints/fraud),
@@ -28,7 +37,7 @@ demo: $(VENV)/.installed
 	$(PY) examples/greeter.py
 	$(PY) examples/ping_pong.py
 
-test: $(VENV)/.installed $(SDK_VENV)/.installed
+test: $(VENV)/.installed $(SDK_VENV)/.installed $(FLOOR_VENV)/.installed-$(PYARROW_FLOOR)
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed $(SDK_VENV)/.installed
@@ -42,4 +51,4 @@ bench: $(VENV)/.installed $(SDK_VENV)/.installed
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) bench/remote.py
 
 clean:
-	rm -rf $(VENV) $(SDK_VENV) checkpoints .pytest_cache
+	rm -rf $(VENV) $(SDK_VENV) $(FLOOR_VENV) checkpoints .pytest_cache

@@ -41,10 +41,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import CheckpointError, CorruptCheckpointError
+from .parquet import read_parquet, write_parquet
 from .manifest import (
     MAX_ANCESTORS, FileRef, Manifest, ShardEntry, ShardPart, check_ranges, json_meta, now_ms, prune_chain,
     _digest,
@@ -182,7 +182,7 @@ class CheckpointStore:
     def manifest_path(checkpoint_id: int) -> str:
         return f"manifests/cp-{checkpoint_id:010d}.json"
 
-    def _put(self, rel: str, data: bytes) -> None:
+    def _put(self, rel: str, data: bytes | pa.Buffer) -> None:
         path = self._abs(rel)
         if self._local:
             for attempt in range(3):  # retention may remove an empty directory between makedirs and open
@@ -194,8 +194,8 @@ class CheckpointStore:
                 except FileNotFoundError:
                     if attempt == 2:
                         raise
-        else:
-            self.fs.pipe_file(path, data)
+        else:  # object-store clients want bytes
+            self.fs.pipe_file(path, data if isinstance(data, bytes) else data.to_pybytes())
 
     def _put_atomic(self, rel: str, data: bytes) -> None:
         """All or nothing: temp file + fsync + rename locally; a single PUT on object stores."""
@@ -250,15 +250,13 @@ class CheckpointStore:
     # ----------------------------------------------------------------------------------------------------
     # Writing.
 
-    def _parquet(self, table: pa.Table, kind: str) -> bytes:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression=self.compression, compression_level=self.compression_level,
-                       use_dictionary=DICTIONARY_COLUMNS[kind],
-                       write_statistics=["key_group"] if "key_group" in table.column_names else False)
-        return sink.getvalue().to_pybytes()
+    def _parquet(self, table: pa.Table, kind: str) -> pa.Buffer:
+        return write_parquet(table, compression=self.compression, compression_level=self.compression_level,
+                             use_dictionary=DICTIONARY_COLUMNS[kind],
+                             write_statistics=["key_group"] if "key_group" in table.column_names else False)
 
     def _encode_file(self, kind: str, table: pa.Table, rel: str, key_group_range: tuple[int, int],
-                     checkpoint_id: int, shard: int, base: bool = True) -> tuple[FileRef, bytes | None]:
+                     checkpoint_id: int, shard: int, base: bool = True) -> tuple[FileRef, pa.Buffer | None]:
         if table.num_rows == 0:
             return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
         data = self._parquet(table, kind)
@@ -266,7 +264,7 @@ class CheckpointStore:
                       key_group_range, checkpoint_id, shard, base)
         return ref, data
 
-    def _put_many(self, blobs: dict[str, bytes]) -> None:
+    def _put_many(self, blobs: dict[str, bytes | pa.Buffer]) -> None:
         if len(blobs) <= 1:
             for rel, data in blobs.items():
                 self._put(rel, data)
@@ -325,7 +323,7 @@ class CheckpointStore:
             "egress": encode_egress(egress),
         }
         refs: dict[str, FileRef] = {}
-        blobs: dict[str, bytes] = {}
+        blobs: dict[str, pa.Buffer] = {}
         for kind, table in tables.items():
             if kind == "state" and table.num_rows == 0 and not full:
                 continue  # an empty delta changes nothing: no chain entry at all
@@ -570,7 +568,7 @@ class CheckpointStore:
             raise CorruptCheckpointError(path, "checksum mismatch", "SHA-256 differs from the manifest",
                                          checkpoint_id)
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            table = read_parquet(data)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise CorruptCheckpointError(path, "unreadable", str(exc), checkpoint_id) from None
         expected = SCHEMAS[ref.kind]

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import ray
 
+from .checkpoint.checksum import KEY_ENV, Checksum
 from .functions import StatefulFunctions
 from .io import Sink, Source
 from .messages import Message
@@ -29,6 +30,7 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
           egresses: Sequence[Sink] = (), endpoints: Sequence[Any] = (), key_groups: int = DEFAULT_KEY_GROUPS,
           checkpoint_dir: str | None = None, checkpoint_interval: float | None = 1.0, retain: int = 3,
           storage_options: dict | None = None, checkpoint_compression: str = "lz4",
+          checkpoint_key: str | bytes | None = None,
           shard_options: dict | None = None, standby: bool = True,
           ray_init: dict | None = None, name: str | None = None, module: str | None = None) -> "App":
     """Start an application on Ray and return its handle.
@@ -49,7 +51,10 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
     ``retain`` checkpoints are kept, egress is published exactly once, and a failed shard rolls everything
     back to the last complete checkpoint. Starting again with the same ``checkpoint_dir`` resumes there.
     ``checkpoint_compression`` is the Parquet codec of the files: LZ4 costs the shards the least CPU;
-    ``"zstd"`` writes about half the bytes for three times the CPU.
+    ``"zstd"`` writes about half the bytes for three times the CPU. The files carry SHA-256 digests, which
+    catch damage but not someone who can write the bucket; ``checkpoint_key`` (at least 16 bytes; default
+    $RAYFUN_CHECKPOINT_KEY) makes them HMACs that only holders of the key can forge, and refuses anything
+    in the bucket the key did not sign.
     """
     if not isinstance(functions, StatefulFunctions):
         raise TypeError("start() takes a StatefulFunctions")
@@ -67,6 +72,9 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
         raise ValueError(f"two egresses share an id: {ids}")
     if not ray.is_initialized():
         _init_ray(ray_init or {})
+    if checkpoint_key is None:  # resolved here, so every shard uses the driver's key
+        checkpoint_key = os.environ.get(KEY_ENV) or None
+    Checksum(checkpoint_key)  # a key too short is refused here, not in an actor
     if checkpoint_dir is not None and "://" not in str(checkpoint_dir):
         checkpoint_dir = os.path.abspath(checkpoint_dir)  # shards may run in another working directory
     config = AppConfig(functions=functions, shards=shards, key_groups=key_groups, endpoints=list(endpoints),
@@ -74,7 +82,8 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
                        standby=standby,
                        checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
                        checkpoint_options={"retain": retain, "storage_options": storage_options or None,
-                                           "compression": checkpoint_compression}, name=name)
+                                           "compression": checkpoint_compression, "key": checkpoint_key},
+                       name=name)
     options = {"num_cpus": 0, "max_concurrency": 1000}
     if name:
         options["name"] = f"rayfun:{name}"

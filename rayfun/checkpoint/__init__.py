@@ -7,13 +7,15 @@ intact checkpoint, compact, expire); users read state offline with ``read_state`
 - ``state_codec``  in-memory ``id -> cells`` <-> state rows (vectorized), key groups, folding deltas;
 - ``records``      timers, messages, egress records <-> rows;
 - ``manifest``     the manifest and the state chain (base + deltas) rules;
-- ``store``        files, checksums, commit, listing, verification, restore, retention;
+- ``parquet``      Parquet bytes <-> tables (the one reader of files: it must never run code);
+- ``checksum``     SHA-256, or HMAC-SHA256 with a user's key, of files and manifests;
+- ``store``        files, commit, listing, verification, quarantine, restore, retention;
 - ``compaction``   folding a chain into bases in the background;
 - ``reader``       ``read_state``.
 """
 
 from .compaction import needs_compaction
-from .errors import CheckpointError, CorruptCheckpointError
+from .errors import CheckpointError, CheckpointKeyError, CorruptCheckpointError
 from .manifest import FileRef, Manifest, ShardEntry, ShardPart
 from .reader import read_state
 from .state_codec import StateDelta, StateLayout, decode_instances, encode_state
@@ -22,5 +24,5 @@ from .store import CheckpointStore, CompactionResult, RestoredShard
 __all__ = [
     "CheckpointStore", "RestoredShard", "CompactionResult", "ShardPart", "Manifest", "ShardEntry", "FileRef",
     "StateDelta", "StateLayout", "encode_state", "decode_instances", "read_state", "needs_compaction",
-    "CheckpointError", "CorruptCheckpointError",
+    "CheckpointError", "CorruptCheckpointError", "CheckpointKeyError",
 ]

@@ -20,7 +20,7 @@ import json
 import logging
 import uuid
 
-from .manifest import Manifest, _digest, now_ms
+from .manifest import Manifest, now_ms
 from .state_codec import filter_key_groups, fold_layers
 from .store import CheckpointStore, CompactionResult
 
@@ -65,7 +65,7 @@ def compact(store: CheckpointStore, checkpoint: Manifest | int | None = None) ->
             refs.append(ref)
         body = {"source": k, "created_ms": now_ms(), "files": [r.to_json() for r in refs]}
         record = f"compactions/{name}.json"
-        store._put_atomic(record, json.dumps({"compaction": body, "sha256": _digest(body)}, indent=1).encode())
+        store._put_atomic(record, json.dumps(store.checksum.document("compaction", body), indent=1).encode())
     except BaseException:
         log.exception("compaction of checkpoint %d failed", k)
         raise

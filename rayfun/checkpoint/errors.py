@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "CorruptCheckpointError"]
+__all__ = ["CheckpointError", "CorruptCheckpointError", "CheckpointKeyError"]
 
 
 class CheckpointError(Exception):
     """A checkpoint cannot be written, committed or restored as asked (a usage or consistency problem)."""
+
+
+class CheckpointKeyError(CheckpointError):
+    """A manifest is signed with another checkpoint key, or not signed where a key is required (or the
+    reverse). Never taken for damage: nothing is quarantined or skipped, the start or recovery stops."""
 
 
 class CorruptCheckpointError(CheckpointError):

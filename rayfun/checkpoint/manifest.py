@@ -16,12 +16,12 @@ The manifest carries a SHA-256 of its own canonical JSON so that bit rot inside 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .checksum import Checksum
 from .errors import CheckpointError
 
 __all__ = ["FileRef", "ShardPart", "ShardEntry", "Manifest", "prune_chain", "covers", "FORMAT", "VERSION"]
@@ -128,7 +128,7 @@ class Manifest:
         start, end = key_group_range
         return [s for s in self.shards if s.key_group_range[0] < end and start < s.key_group_range[1]]
 
-    def to_json_bytes(self) -> bytes:
+    def to_json_bytes(self, checksum: Checksum | None = None) -> bytes:
         body = {
             "format": FORMAT, "version": VERSION, "checkpoint_id": self.checkpoint_id,
             "created_ms": self.created_ms, "key_groups": self.key_groups, "parent_id": self.parent_id,
@@ -137,20 +137,23 @@ class Manifest:
             "state_chain": [f.to_json() for f in self.state_chain],
             "layouts": self.layouts, "app": self.app,
         }
-        return json.dumps({"manifest": body, "sha256": _digest(body)}, indent=1, ensure_ascii=False,
+        return json.dumps((checksum or Checksum()).document("manifest", body), indent=1, ensure_ascii=False,
                           allow_nan=False).encode("utf-8")
 
     @classmethod
-    def from_json_bytes(cls, data: bytes) -> "Manifest":
+    def from_json_bytes(cls, data: bytes, checksum: Checksum | None = None) -> "Manifest":
         """Parse and verify; raises ValueError (with the reason) on anything malformed."""
         try:
             doc = json.loads(data.decode("utf-8"))
             body = doc["manifest"]
-            expected = doc["sha256"]
+            if not isinstance(body, dict):
+                raise TypeError("the manifest is not an object")
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"not a manifest: {exc}") from None
-        if _digest(body) != expected:
-            raise ValueError("manifest checksum mismatch")
+        try:
+            (checksum or Checksum()).check_document(doc, body)
+        except ValueError as exc:
+            raise ValueError(f"manifest {exc}") from None  # damage (a key error goes up as it is)
         if body.get("format") != FORMAT or body.get("version") != VERSION:
             raise ValueError(f"unknown manifest format {body.get('format')!r} version {body.get('version')!r}")
         try:
@@ -164,11 +167,6 @@ class Manifest:
                 app=body.get("app") or {})
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"malformed manifest: {exc!r}") from None
-
-
-def _digest(body: dict) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def now_ms() -> int:

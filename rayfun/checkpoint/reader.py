@@ -76,14 +76,15 @@ def _json_text(t: Type, data: bytes) -> str | None:
 
 def read_state(url: str, types: Iterable[Type | str] | Mapping[str, Type] | None = None, *,
                checkpoint_id: int | None = None, function_types: Iterable[str] | None = None,
-               storage_options: Mapping[str, Any] | None = None) -> pa.Table:
+               storage_options: Mapping[str, Any] | None = None, key: str | bytes | None = None) -> pa.Table:
     """The full state of the newest complete, intact checkpoint under ``url`` (or of ``checkpoint_id``).
 
     ``types``: Types (or typenames of JSON types) whose values to decode into ``value_json``.
     ``function_types``: keep only these. The checkpoint id is in the schema metadata
-    (``b"rayfun.checkpoint_id"``). Raises CheckpointError when there is no checkpoint.
+    (``b"rayfun.checkpoint_id"``). ``key``: the application's ``checkpoint_key`` if it has one (default
+    $RAYFUN_CHECKPOINT_KEY). Raises CheckpointError when there is no checkpoint.
     """
-    store = CheckpointStore(url, storage_options=storage_options)
+    store = CheckpointStore(url, storage_options=storage_options, key=key)
     if checkpoint_id is None:
         state = m = None
         for candidate in store.manifests():

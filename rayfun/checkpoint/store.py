@@ -17,9 +17,10 @@ manifest is written with write-temp-then-rename on a local disk and one PUT else
 and memory). A checkpoint without its manifest does not exist. Empty tables are not written at all (the
 manifest records them with ``path=None``).
 
-Files are checked against the size and SHA-256 in the manifest before they are parsed. SHA-256 costs
-~1.5 ms per MB here (OpenSSL), against tens of ms to write the same Parquet; CRC-32 would be ~2x faster but
-is not collision-resistant, and the difference is noise next to the upload.
+Files are checked against the size and SHA-256 in the manifest before they are parsed (or HMAC-SHA256
+with a key: see checksum.py for what each protects against). SHA-256 costs ~1.5 ms per MB here (OpenSSL),
+against tens of ms to write the same Parquet; CRC-32 would be ~2x faster but is not collision-resistant,
+and the difference is noise next to the upload.
 
 Retention keeps the newest ``retain`` manifests and every file any of them references (their state chains
 may reach far back); a data file is deleted only if no retained manifest references it and it belongs to a
@@ -28,7 +29,6 @@ checkpoint older than the newest committed one (so the parts of an in-flight che
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,12 +43,12 @@ import fsspec
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import CheckpointError, CorruptCheckpointError
+from .errors import CheckpointError, CheckpointKeyError, CorruptCheckpointError
 from .parquet import read_parquet, write_parquet
 from .manifest import (
     MAX_ANCESTORS, FileRef, Manifest, ShardEntry, ShardPart, check_ranges, json_meta, now_ms, prune_chain,
-    _digest,
 )
+from .checksum import Checksum
 from .records import (
     decode_egress, decode_messages, decode_timers, encode_egress, encode_messages, encode_timers, upgrade_egress,
 )
@@ -138,11 +138,14 @@ class CheckpointStore:
     """
 
     def __init__(self, url: str, retain: int = 3, storage_options: Mapping[str, Any] | None = None, *,
-                 compression: str = "lz4", compression_level: int | None = None):
+                 compression: str = "lz4", compression_level: int | None = None,
+                 key: str | bytes | Checksum | None = None):
         if retain < 1:
             raise ValueError(f"retain must be >= 1, got {retain}")
         self.url = url
         self.retain = retain
+        # SHA-256 digests, or HMAC-SHA256 with ``key`` (default: $RAYFUN_CHECKPOINT_KEY): see checksum.py
+        self.checksum = key if isinstance(key, Checksum) else Checksum(key)
         self.storage_options = dict(storage_options or {})
         try:
             available = compression.lower() == "none" or pa.Codec.is_available(compression)
@@ -162,7 +165,7 @@ class CheckpointStore:
 
     def __reduce__(self):
         return (_rebuild, (self.url, self.retain, self.storage_options, self.compression,
-                           self.compression_level))
+                           self.compression_level, self.checksum))
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.url!r}, retain={self.retain})"
@@ -260,7 +263,7 @@ class CheckpointStore:
         if table.num_rows == 0:
             return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
         data = self._parquet(table, kind)
-        ref = FileRef(kind, rel, len(data), hashlib.sha256(data).hexdigest(), table.num_rows,
+        ref = FileRef(kind, rel, len(data), self.checksum.of(data), table.num_rows,
                       key_group_range, checkpoint_id, shard, base)
         return ref, data
 
@@ -401,7 +404,7 @@ class CheckpointStore:
                                     {k: f for k, f in p.files.items()}, p.meta) for p in parts),
             state_chain=tuple(chain), layouts=layouts, parent_id=parent_id, ancestors=tuple(ancestors),
             compacted_through=compacted_through, app=json_meta(app_meta, "app_meta"))
-        self._put_atomic(self.manifest_path(checkpoint_id), manifest.to_json_bytes())
+        self._put_atomic(self.manifest_path(checkpoint_id), manifest.to_json_bytes(self.checksum))
         with self._lock:
             self._manifests[checkpoint_id] = manifest
         try:
@@ -470,7 +473,7 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {checkpoint_id} does not exist (no manifest "
                                   f"{self._abs(rel)})") from None
         try:
-            manifest = Manifest.from_json_bytes(data)
+            manifest = Manifest.from_json_bytes(data, self.checksum)
         except ValueError as exc:
             raise CorruptCheckpointError(self._abs(rel), "unreadable", str(exc), checkpoint_id) from None
         if manifest.checkpoint_id != checkpoint_id:
@@ -488,6 +491,8 @@ class CheckpointStore:
                 continue
             try:
                 yield self.manifest(cid)
+            except CheckpointKeyError:
+                raise  # another key, or none: not a checkpoint to skip silently
             except CheckpointError as exc:
                 log.error("checkpoint %d skipped: %s", cid, exc)
 
@@ -534,6 +539,8 @@ class CheckpointStore:
                 log.error("checkpoint %d is damaged, falling back to an older one: %s", cid, exc)
                 if quarantine and self._still_damaged(cid, full):
                     self.quarantine(cid, str(exc))
+            except CheckpointKeyError as exc:
+                raise CheckpointKeyError(f"checkpoint {cid} in {self.url}: {exc}") from None
             except CheckpointError as exc:  # the manifest vanished meanwhile (retention)
                 log.error("checkpoint %d skipped: %s", cid, exc)
         return None
@@ -545,7 +552,7 @@ class CheckpointStore:
             self.verify(self.manifest(checkpoint_id), full=full)
         except CorruptCheckpointError:
             return True
-        except CheckpointError:
+        except CheckpointError:  # gone meanwhile, or a key error: not damage
             return False
         return False
 
@@ -564,9 +571,9 @@ class CheckpointStore:
         if len(data) != ref.size:
             raise CorruptCheckpointError(path, "size mismatch", f"{len(data)} bytes, manifest says {ref.size}",
                                          checkpoint_id)
-        if hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise CorruptCheckpointError(path, "checksum mismatch", "SHA-256 differs from the manifest",
-                                         checkpoint_id)
+        if not self.checksum.matches(data, ref.sha256):
+            raise CorruptCheckpointError(path, "checksum mismatch",
+                                         f"{self.checksum.algorithm} differs from the manifest", checkpoint_id)
         try:
             table = read_parquet(data)
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -709,8 +716,10 @@ class CheckpointStore:
     def _read_compaction_record(self, rel: str) -> CompactionResult:
         doc = json.loads(self._get(rel).decode("utf-8"))
         body = doc["compaction"]
-        if _digest(body) != doc["sha256"]:
-            raise CorruptCheckpointError(self._abs(rel), "checksum mismatch")
+        try:
+            self.checksum.check_document(doc, body)
+        except (ValueError, CheckpointError) as exc:  # a compaction is only an optimisation: never used then
+            raise CorruptCheckpointError(self._abs(rel), "checksum mismatch", str(exc)) from None
         return CompactionResult(int(body["source"]), tuple(FileRef.from_json(f) for f in body["files"]), rel)
 
     def _check_exist(self, refs: Iterable[FileRef]) -> None:
@@ -803,6 +812,6 @@ class CheckpointStore:
                     pass
 
 
-def _rebuild(url, retain, storage_options, compression, compression_level) -> CheckpointStore:
+def _rebuild(url, retain, storage_options, compression, compression_level, checksum) -> CheckpointStore:
     return CheckpointStore(url, retain, storage_options, compression=compression,
-                           compression_level=compression_level)
+                           compression_level=compression_level, key=checksum)

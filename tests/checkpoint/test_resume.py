@@ -111,3 +111,30 @@ def test_a_warm_standby_shard_replaces_a_dead_one(ray_session, tmp_path):
         assert plain.info()["standby"] is None
     finally:
         plain.stop()
+
+
+def test_a_keyed_application_resumes_with_its_key_only(ray_session, tmp_path):
+    """checkpoint_key reaches every shard: the checkpoints it writes resume with the key, read_state needs
+    it, and a start without it is told why instead of starting empty."""
+    url = str(tmp_path / "cp")
+    key = "the operators' secret, 32 bytes."
+    app = rayfun.start(counters(), shards=2, checkpoint_dir=url, checkpoint_interval=None, checkpoint_key=key)
+    try:
+        app.send_many([("resume/counter", f"c{i}", i) for i in range(20)])
+        app.wait()
+        app.checkpoint()
+    finally:
+        app.stop()
+    app = rayfun.start(counters(), shards=3, checkpoint_dir=url, checkpoint_interval=None, checkpoint_key=key)
+    try:
+        assert app.state("resume/counter", "c7") == {"count": 7}
+    finally:
+        app.stop()
+    from rayfun.checkpoint.errors import CheckpointKeyError
+
+    assert rayfun.read_state(url, key=key).num_rows == 20
+    with pytest.raises(CheckpointKeyError, match="pass checkpoint_key"):
+        rayfun.read_state(url)
+    with pytest.raises(Exception, match="pass checkpoint_key"):
+        rayfun.start(counters(), shards=2, checkpoint_dir=url, checkpoint_interval=None)
+    assert os.listdir(os.path.join(url, "manifests")) and not os.path.exists(os.path.join(url, "damaged"))

@@ -359,3 +359,52 @@ def test_egress_files_of_the_packed_format_are_read_as_today(tmp_path):
     pq.write_table(old, tmp_path / "old.parquet")
     assert decode_egress(upgrade_egress(pq.read_table(tmp_path / "old.parquet"))) == [
         (2, 9, 4, "test/out", StringType.typename, "x")]
+
+
+def test_a_keyed_checkpoint_refuses_what_the_key_did_not_sign(tmp_path):
+    """SHA-256 catches damage, not someone who can write the bucket: they can change a file and its
+    digest in the manifest alike. With a key, digests are HMACs: a change without the key fails its check,
+    an unkeyed manifest is refused, and a reader without the key is told to pass one."""
+    import hashlib
+    import json as _json
+
+    from rayfun.checkpoint import StateDelta, StateLayout
+
+    key = "a secret of sixteen bytes or more"
+    url = str(tmp_path / "cp")
+    store = CheckpointStore(url, key=key)
+    layout = StateLayout.of("test/counter", [("count", IntType.typename)])
+    part = store.write_shard_part(1, 0, (0, 8), key_groups=8, state=[StateDelta(layout, {"a": [1]})])
+    store.commit(1, [part], key_groups=8)
+    assert CheckpointStore(url, key=key).load_shard(1).instances("test/counter") == {"a": [1]}
+    from rayfun.checkpoint.errors import CheckpointKeyError
+
+    with pytest.raises(CheckpointKeyError, match="pass checkpoint_key"):
+        CheckpointStore(url).manifest(1)
+
+    # someone who can write the bucket swaps the state file and fixes its SHA-256 and the manifest's
+    manifest_path = tmp_path / "cp" / "manifests" / "cp-0000000001.json"
+    doc = _json.loads(manifest_path.read_text())
+    ref = doc["manifest"]["shards"][0]["files"]["state"]
+    forged = CheckpointStore(str(tmp_path / "other"))
+    other = forged.write_shard_part(1, 0, (0, 8), key_groups=8, state=[StateDelta(layout, {"a": [666]})])
+    data = (tmp_path / "other" / other.files["state"].path).read_bytes()
+    (tmp_path / "cp" / ref["path"]).write_bytes(data)
+    ref["size"], ref["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    for f in doc["manifest"]["state_chain"]:
+        if f["path"] == ref["path"]:
+            f["size"], f["sha256"] = ref["size"], ref["sha256"]
+    unkeyed = {"manifest": doc["manifest"], "sha256": CheckpointStore(url).checksum.of_document(doc["manifest"])}
+    manifest_path.write_text(_json.dumps(unkeyed))
+    with pytest.raises(CheckpointKeyError, match="not signed with the checkpoint key"):
+        CheckpointStore(url, key=key).manifest(1)
+    doc["checksum"] = "hmac-sha256"  # claims to be keyed, with a digest made without the key
+    doc["sha256"] = unkeyed["sha256"]
+    manifest_path.write_text(_json.dumps(doc))
+    with pytest.raises(CheckpointKeyError, match="HMAC mismatch"):
+        CheckpointStore(url, key=key).manifest(1)
+    with pytest.raises(CheckpointKeyError):  # never taken for damage: not skipped, not quarantined
+        CheckpointStore(url, key=key).latest_valid(quarantine=True)
+    assert (tmp_path / "cp" / "manifests" / "cp-0000000001.json").exists()
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        CheckpointStore(url, key="short")

@@ -5,7 +5,6 @@ SDK_VENV ?= .venv-sdk
 FLOOR_VENV ?= .venv-floor
 PYARROW_FLOOR := $(shell sed -n 's/.*"pyarrow>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 PY := $(VENV)/bin/python
-export RAY_AUTH_MODE ?= disabled
 
 .PHONY: install demo test test-fast bench clean
 

@@ -100,6 +100,9 @@ _LOCAL_ONLY = {"num_cpus", "num_gpus", "resources", "object_store_memory", "incl
 def _init_ray(options: dict) -> None:
     """``ray.init`` that lets one program run on a laptop and under ``ray job submit`` unchanged: when
     joining an existing cluster (``RAY_ADDRESS``, set by ``ray job submit``), local sizing is dropped."""
+    # Ray's token authentication on for the Ray we start (its default since Ray 2.6x; Ray 2.52-2.5x had it off):
+    # ray.init makes a token in ~/.ray/auth_token, which other drivers of the same user find there
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     if os.environ.get("RAY_ADDRESS") or options.get("address"):
         dropped = sorted(set(options) & _LOCAL_ONLY)
         if dropped:

@@ -11,7 +11,6 @@ import pytest
 
 from .servers import free_port, stop, wait_for_port
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
@@ -20,8 +19,9 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+        # Ray's token authentication stays on (its default): ray.init makes a token in ~/.ray/auth_token,
+        # which the drivers and servers the tests start as the same user find there
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

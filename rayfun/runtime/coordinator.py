@@ -356,8 +356,8 @@ class Coordinator:
                     await self.recover(failed)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # e.g. another shard died during the recovery: look again and recover again
-                log.exception("recovery failed; retrying")
+            except Exception as exc:  # e.g. another shard died during the recovery: look again, recover again
+                log.warning("recovery failed (%s); recovering again", _first_line(exc))
 
     async def _failed_shards(self) -> dict[int, tuple[bool, str]]:
         """Shards that died or report a failure: ``index -> (dead, reason)``."""
@@ -385,7 +385,7 @@ class Coordinator:
                 for index, (_, reason) in failed.items():
                     log.warning("shard %d failed (%s): rolling back to the last checkpoint", index, reason)
                 self.last_failure = "; ".join(f"shard {i}: {reason}" for i, (_, reason) in failed.items())
-                await self._recovery_backoff()
+                await self._recovery_backoff(any(dead for dead, _ in failed.values()))
                 dead = [i for i, (is_dead, _) in failed.items() if is_dead]
                 for i in dead:
                     try:
@@ -412,8 +412,12 @@ class Coordinator:
         asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self._keep_standby)
         log.warning("recovered from checkpoint %s in %.2f s", self.last_checkpoint, self.last_recovery_s)
 
-    async def _recovery_backoff(self) -> None:
-        """Pause before a rollback that follows the last one closely: 0, 0.5, 1, 2 ... s, capped."""
+    async def _recovery_backoff(self, died: bool) -> None:
+        """Pause before a rollback for a failure a shard reported (a remote function down, a sink that
+        refuses) that follows the last recovery closely: 0, 0.5, 1, 2 ... s, capped. A shard that died is
+        replaced at once: waiting would not bring it back, and its work waits."""
+        if died:
+            return
         if self._recovered_at and time.monotonic() - self._recovered_at < RECOVERY_CALM_S:
             self._recoveries_in_a_row += 1
         else:
@@ -482,11 +486,10 @@ class Coordinator:
                                                 driver_from[i]) for i, s in enumerate(self.shards)])
         # the driver's channel: re-send what the checkpoint had not read, under the same numbers
         self._driver_sent = [0] * self.config.shards
-        for dest in range(self.config.shards):
-            log_ = self._driver_log[dest] = [(seq, rows) for seq, rows in self._driver_log[dest]
-                                             if seq >= driver_from[dest]]
-            for seq, rows in log_:
-                self._deliver_driver(dest, seq, rows)
+        for dest in range(self.config.shards):  # the log itself keeps all (an older checkpoint may be next)
+            for seq, rows in self._driver_log[dest]:
+                if seq >= driver_from[dest]:
+                    self._deliver_driver(dest, seq, rows)
 
     # -- introspection ----------------------------------------------------------------------------------
 

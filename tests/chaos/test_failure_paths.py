@@ -188,6 +188,34 @@ def test_after_falling_back_past_a_damaged_checkpoint_checkpoints_go_on(ray_sess
         app.stop()
 
 
+def test_a_fall_back_after_a_rollback_resends_what_the_older_checkpoint_had_not_read(ray_session, tmp_path):
+    """Found by the fault campaign (seed 1012): a rollback to the newest checkpoint dropped from the driver
+    log what that checkpoint had read; when the newest was then found damaged, the fall back to the one
+    before needed those messages, and they were gone (the shards waited for them forever)."""
+    cp = str(tmp_path / "cp")
+    ids = [f"f{i}" for i in range(20)]
+    app = rayfun.start(functions(), shards=2, checkpoint_dir=cp, checkpoint_interval=None, standby=False)
+    try:
+        app.send_many([(COUNTER, i, 1) for i in ids])
+        app.wait()
+        app.checkpoint()
+        app.send_many([(COUNTER, i, 1) for i in ids])  # read by the next checkpoint only
+        app.wait()
+        newest = app.checkpoint()
+        app.send_many([(COUNTER, i, 1) for i in ids])
+        app.wait()
+        kill_shard_and_wait(app)  # a rollback to the newest
+        app.wait()
+        assert counts(app, ids) == {i: 3 for i in ids}
+        _damage_newest(cp, newest)
+        kill_shard_and_wait(app, 1)  # the newest is damaged: back to the one before
+        app.wait(timeout=30)
+        assert app.info()["last_checkpoint"] < newest
+        assert counts(app, ids) == {i: 3 for i in ids}
+    finally:
+        app.stop()
+
+
 def test_two_rollbacks_to_one_checkpoint_keep_the_driver_messages(ray_session, tmp_path):
     """Hole 3, the issue's own recipe: 10 messages to each of 20 counters, a checkpoint, 10 more, a kill,
     the recovery, a kill again before another checkpoint. The first rollback used to renumber the driver's

@@ -44,6 +44,16 @@ class Checksum:
             return hashlib.sha256(data).hexdigest()
         return hmac.new(self._key, data, hashlib.sha256).hexdigest()
 
+    def of_file(self, path: str) -> tuple[int, str]:
+        """Size and hex digest of a local file, read a few MB at a time (never all of it in memory)."""
+        digest = hashlib.sha256() if self._key is None else hmac.new(self._key, digestmod=hashlib.sha256)
+        size = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(4 * 2**20):
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
+
     def of_document(self, body: dict) -> str:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return self.of(canonical.encode("utf-8"))

@@ -7,8 +7,9 @@ is off, and never turns it on; ``tests/checkpoint/test_parquet_safety.py`` reads
 ``read_parquet`` with the lowest pyarrow allowed. This module imports nothing of rayfun, so that test can load
 it alone in an interpreter that has only that pyarrow.
 
-Written files stay Arrow buffers (no copy into ``bytes``): a checkpoint of big state would otherwise hold
-its Parquet twice.
+Files are written to a local file, never to a buffer in memory (a growing output buffer held up to three
+copies of big state at once), in row groups of at most ``ROW_GROUP_BYTES``, so the writer holds one row
+group's pages, not the whole file's.
 """
 
 from __future__ import annotations
@@ -18,16 +19,20 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["write_parquet", "read_parquet"]
+__all__ = ["write_parquet", "read_parquet", "ROW_GROUP_BYTES"]
+
+ROW_GROUP_BYTES = 64 * 2**20
+_MAX_ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default
 
 
-def write_parquet(table: pa.Table, *, compression: str, compression_level: int | None,
-                  use_dictionary: Sequence[str], write_statistics: Sequence[str] | bool) -> pa.Buffer:
-    """``table`` as Parquet bytes, in an Arrow buffer (it supports the buffer protocol: hash it, write it)."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression=compression, compression_level=compression_level,
-                   use_dictionary=list(use_dictionary), write_statistics=write_statistics)
-    return sink.getvalue()
+def write_parquet(table: pa.Table, path: str, *, compression: str, compression_level: int | None,
+                  use_dictionary: Sequence[str], write_statistics: Sequence[str] | bool) -> None:
+    """Write ``table`` as Parquet to the local file ``path``."""
+    rows = table.num_rows
+    per_group = max(1, min(_MAX_ROW_GROUP_ROWS, rows * ROW_GROUP_BYTES // max(table.nbytes, 1)))
+    pq.write_table(table, path, row_group_size=per_group, compression=compression,
+                   compression_level=compression_level, use_dictionary=list(use_dictionary),
+                   write_statistics=write_statistics)
 
 
 def read_parquet(data: bytes | pa.Buffer) -> pa.Table:

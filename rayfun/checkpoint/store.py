@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -185,7 +186,7 @@ class CheckpointStore:
     def manifest_path(checkpoint_id: int) -> str:
         return f"manifests/cp-{checkpoint_id:010d}.json"
 
-    def _put(self, rel: str, data: bytes | pa.Buffer) -> None:
+    def _put(self, rel: str, data: bytes) -> None:
         path = self._abs(rel)
         if self._local:
             for attempt in range(3):  # retention may remove an empty directory between makedirs and open
@@ -197,8 +198,8 @@ class CheckpointStore:
                 except FileNotFoundError:
                     if attempt == 2:
                         raise
-        else:  # object-store clients want bytes
-            self.fs.pipe_file(path, data if isinstance(data, bytes) else data.to_pybytes())
+        else:
+            self.fs.pipe_file(path, data)
 
     def _put_atomic(self, rel: str, data: bytes) -> None:
         """All or nothing: temp file + fsync + rename locally; a single PUT on object stores."""
@@ -253,27 +254,57 @@ class CheckpointStore:
     # ----------------------------------------------------------------------------------------------------
     # Writing.
 
-    def _parquet(self, table: pa.Table, kind: str) -> pa.Buffer:
-        return write_parquet(table, compression=self.compression, compression_level=self.compression_level,
-                             use_dictionary=DICTIONARY_COLUMNS[kind],
-                             write_statistics=["key_group"] if "key_group" in table.column_names else False)
+    def _staging_path(self, rel: str) -> str:
+        """Where a file is written before it is put in place: beside it on a local disk (then renamed), in
+        the local temp directory for an object store (then uploaded from there)."""
+        token = uuid.uuid4().hex[:8]
+        if self._local:
+            path = self._abs(rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return f"{path}.tmp-{token}"
+        return os.path.join(tempfile.gettempdir(), f"rayfun-{token}-{rel.rsplit('/', 1)[-1]}")
 
     def _encode_file(self, kind: str, table: pa.Table, rel: str, key_group_range: tuple[int, int],
-                     checkpoint_id: int, shard: int, base: bool = True) -> tuple[FileRef, pa.Buffer | None]:
+                     checkpoint_id: int, shard: int, base: bool = True) -> tuple[FileRef, str | None]:
+        """Write ``table`` as Parquet to a staging file; its reference (size, digest) and the file's path
+        (``_put_file`` puts it in place)."""
         if table.num_rows == 0:
             return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
-        data = self._parquet(table, kind)
-        ref = FileRef(kind, rel, len(data), self.checksum.of(data), table.num_rows,
-                      key_group_range, checkpoint_id, shard, base)
-        return ref, data
+        for attempt in range(3):  # retention may remove an empty directory between makedirs and open
+            staged = self._staging_path(rel)
+            try:
+                write_parquet(table, staged, compression=self.compression, compression_level=self.compression_level,
+                              use_dictionary=DICTIONARY_COLUMNS[kind],
+                              write_statistics=["key_group"] if "key_group" in table.column_names else False)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        try:
+            size, digest = self.checksum.of_file(staged)
+        except BaseException:
+            _remove(staged)
+            raise
+        return FileRef(kind, rel, size, digest, table.num_rows, key_group_range, checkpoint_id, shard, base), staged
 
-    def _put_many(self, blobs: dict[str, bytes | pa.Buffer]) -> None:
-        if len(blobs) <= 1:
-            for rel, data in blobs.items():
-                self._put(rel, data)
+    def _put_file(self, rel: str, staged: str) -> None:
+        """Put a staged file in place (a rename on a local disk, an upload elsewhere); it is gone after."""
+        path = self._abs(rel)
+        try:
+            if self._local:
+                os.replace(staged, path)
+            else:
+                self.fs.put_file(staged, path)
+        finally:
+            _remove(staged)
+
+    def _put_many(self, staged: dict[str, str]) -> None:
+        if len(staged) <= 1:
+            for rel, path in staged.items():
+                self._put_file(rel, path)
             return
-        with ThreadPoolExecutor(min(_IO_THREADS, len(blobs))) as pool:
-            list(pool.map(lambda item: self._put(*item), blobs.items()))
+        with ThreadPoolExecutor(min(_IO_THREADS, len(staged))) as pool:
+            list(pool.map(lambda item: self._put_file(*item), staged.items()))
 
     def write_shard_part(
         self,
@@ -326,16 +357,20 @@ class CheckpointStore:
             "egress": encode_egress(egress),
         }
         refs: dict[str, FileRef] = {}
-        blobs: dict[str, pa.Buffer] = {}
-        for kind, table in tables.items():
-            if kind == "state" and table.num_rows == 0 and not full:
-                continue  # an empty delta changes nothing: no chain entry at all
-            ref, data = self._encode_file(kind, table, f"{prefix}.{kind}.parquet", key_group_range,
-                                          checkpoint_id, shard_index, base=full)
-            refs[kind] = ref
-            if data is not None:
-                blobs[ref.path] = data
-        self._put_many(blobs)
+        staged: dict[str, str] = {}
+        try:
+            for kind, table in tables.items():
+                if kind == "state" and table.num_rows == 0 and not full:
+                    continue  # an empty delta changes nothing: no chain entry at all
+                ref, path = self._encode_file(kind, table, f"{prefix}.{kind}.parquet", key_group_range,
+                                              checkpoint_id, shard_index, base=full)
+                refs[kind] = ref
+                if path is not None:
+                    staged[ref.path] = path
+            self._put_many(staged)
+        finally:
+            for path in staged.values():  # what a failure left behind
+                _remove(path)
         return ShardPart(checkpoint_id, shard_index, (start, end), key_groups, refs,
                          json_meta(meta, f"meta of shard {shard_index}"), parent_id, full, layouts_json)
 
@@ -810,6 +845,13 @@ class CheckpointStore:
                     os.rmdir(os.path.join(base, name))  # only succeeds when empty
                 except OSError:
                     pass
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _rebuild(url, retain, storage_options, compression, compression_level, checksum) -> CheckpointStore:

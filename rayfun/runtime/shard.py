@@ -22,6 +22,7 @@ Data path inside a shard (one asyncio event loop, one thread, so no locks)::
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import gc
 import logging
@@ -77,10 +78,22 @@ class ShardConfig:
     mailbox_low: int = 16384        # ... until it is back under this; sources read only below it
     max_outstanding: int = 4        # unacknowledged batches per peer before sources pause
     egress_high: int = 262144       # exactly-once records held for their checkpoint before sources pause
+    local_copy_max_bytes: int = 256 * 2**20  # the in-memory rollback copy is dropped past this (big state)
 
 
 class CheckpointRefused(RuntimeError):
     """A shard will not take part in a checkpoint: it has asked for a rollback, or gave that checkpoint up."""
+
+
+def _release_memory() -> None:
+    """Hand memory freed after a restore or a big checkpoint back to the system: Arrow's pool keeps freed
+    buffers, and glibc keeps freed heap (its mmap threshold grows after big frees), so a shard that read a
+    big checkpoint would otherwise stay at its peak."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _retrieve(future: asyncio.Future) -> None:
@@ -135,6 +148,7 @@ class _Snapshot:
         self.captured: dict[str, tuple[dict, bool]] | None = {}
         self.rows = 0  # instances captured (changed ones, or all of them for a full snapshot)
         self.state: pa.Table | None = None  # the captured state, encoded (kept for the in-memory copy)
+        self.too_big = False  # its state was too big to keep in memory (see local_copy_max_bytes)
         self.timers: list = []
         self.pending: list[tuple] = []
         self.egress: list[tuple] = []
@@ -895,11 +909,15 @@ class ShardCore:
                   for t, (instances, values) in snap.captured.items()]
         snap.state = encode_state(deltas, None)  # key groups left to readers (see checkpoint.schema)
         snap.captured = None  # the table holds the state now
-        return self._store.write_shard_part(
+        part = self._store.write_shard_part(
             snap.id, self.index, self.key_group_range, key_groups=self.config.key_groups, state=snap.state,
             layouts={d.layout.function_type: d.layout for d in deltas},
             parent_id=snap.parent_id, full=snap.full, timers=snap.timers, messages=snap.pending + snap.recorded,
             egress=snap.egress, meta=snap.meta)
+        if snap.state.nbytes > self.config.local_copy_max_bytes:  # big state: no second copy in memory
+            snap.state, snap.too_big = None, True
+            _release_memory()
+        return part
 
     async def checkpoint_complete(self, n: int) -> None:
         """Checkpoint ``n`` is durable everywhere: publish the exactly-once egress of epochs up to ``n``."""
@@ -944,15 +962,23 @@ class ShardCore:
         """Add a committed snapshot to the in-memory copy of the last complete checkpoint, so that a shard
         that survives a failure rolls back from memory instead of re-reading storage (only the replacement
         of the shard that died reads its part). A full snapshot replaces the layers; bases are frequent
-        enough (``FULL_AFTER``) that the layers stay a small multiple of the live state."""
+        enough (``FULL_AFTER``) that the layers stay a small multiple of the live state. Past
+        ``local_copy_max_bytes`` there is no copy (a second copy of big state would double the shard's
+        memory): the shard then rolls back from storage, like a replacement."""
         local = self._local
-        if local is None or local.checkpoint_id != snap.parent_id:
+        if snap.too_big or not snap.full and (local is None or local.checkpoint_id != snap.parent_id):
             self._local = None  # the copy is not the snapshot's parent: restore from storage next time
             return
         layers = [] if snap.full else list(local.layers)
         if snap.state is not None and (snap.full or snap.state.num_rows):
             layers.append(snap.state)
-        self._local = _LocalCopy(snap.id, layers, snap.timers, snap.pending + snap.recorded, snap.egress)
+        self._local = self._bounded_copy(_LocalCopy(snap.id, layers, snap.timers, snap.pending + snap.recorded,
+                                                    snap.egress))
+
+    def _bounded_copy(self, copy: _LocalCopy) -> _LocalCopy | None:
+        if sum(t.nbytes for t in copy.layers) > self.config.local_copy_max_bytes:
+            return None
+        return copy
 
     async def restore(self, generation: int, peers: list, source_partitions: list,
                       checkpoint_id: int | None, driver_from: int = 0) -> None:
@@ -1036,6 +1062,8 @@ class ShardCore:
             log.info("shard %d restored checkpoint %d from %s: read %.2f s, loaded %.2f s (%d state rows, "
                      "%d messages)", self.index, checkpoint_id, "memory" if from_memory else "storage", loaded - began,
                      time.perf_counter() - loaded, restored.state.num_rows, len(restored.messages))
+            del restored
+            _release_memory()
         self._open_sources(source_partitions)
         self._open_sinks()
         # the restored state is hundreds of thousands of long-lived lists: keep the collector from walking
@@ -1058,8 +1086,8 @@ class ShardCore:
             log.warning("checkpoint %d holds state of %s, which is no longer bound: ignored",
                         restored.checkpoint_id, typename)
         self._chain_rows = max(0, restored.chain_rows - restored.state.num_rows)  # the deltas, roughly
-        self._local = _LocalCopy(restored.checkpoint_id, [restored.state], restored.timers, restored.messages,
-                                 restored.egress)
+        self._local = self._bounded_copy(_LocalCopy(restored.checkpoint_id, [restored.state], restored.timers,
+                                                    restored.messages, restored.egress))
         self._load_rest(restored.timers, restored.messages, restored.egress)
 
     def _load_rest(self, timers: list, messages: list, egress: list) -> None:

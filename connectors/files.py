@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from rayfun.io import DeadLetter, DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
 from rayfun.messages import KAFKA_PRODUCER_RECORD, EgressMessage, Message
-from rayfun.types import BUILTIN_TYPES, check_text, display_value, validate_typename
+from rayfun.types import BUILTIN_TYPES, check_id, display_value, validate_typename
 
 __all__ = ["FileSource", "FileSink", "read_sink_records"]
 
@@ -188,9 +188,7 @@ class FileSourcePartition(SourcePartition):
                 id = id if isinstance(id, str) else json.dumps(id)
             else:
                 id = self._key_fn(text)
-            if not isinstance(id, str) or not id:
-                raise ValueError(f"gives no target id (got {id!r})")
-            check_text(id, "its target id")
+            check_id(id, "its target id")
         except Exception as exc:
             rows.append(DeadLetter(f"line {where} cannot be routed: {exc}", source.id, raw))
             return

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rayfun.io import DeadLetter, DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
 from rayfun.messages import EgressMessage, Message
-from rayfun.types import IntType, StringType, Type, check_text, infer_type, to_payload, validate_typename
+from rayfun.types import (IntType, MAX_ID_CHARS, StringType, Type, check_id, infer_type, to_payload,
+                          validate_typename)
 
 __all__ = ["MemorySource", "MemorySink", "to_message"]
 
@@ -27,7 +28,7 @@ def to_message(record: Any, value_type: Type | None = None) -> Message:
     """Turn a ``Message`` or a ``(typename, id, value)`` tuple into a message (types inferred if not given)."""
     if type(record) is tuple and len(record) == 3 and value_type is None:
         typename, id, value = record  # the hot path: a validated typename, an ASCII id, an int or ASCII str
-        if typename in _VALID_TYPENAMES and type(id) is str and id and id.isascii():
+        if typename in _VALID_TYPENAMES and type(id) is str and id and id.isascii() and len(id) <= MAX_ID_CHARS:
             kind = type(value)
             if kind is int and -2147483648 <= value <= 2147483647:
                 return Message(typename, id, _INT, value)
@@ -41,9 +42,7 @@ def to_message(record: Any, value_type: Type | None = None) -> Message:
         raise ValueError(f"an in-memory record must be a Message or (typename, id, value), got {record!r}") from None
     validate_typename(typename)
     _VALID_TYPENAMES.add(typename)
-    if not isinstance(id, str) or not id:
-        raise ValueError(f"record {record!r}: the id must be a non-empty str")
-    check_text(id, f"the id of record {record!r}")
+    check_id(id, f"the id of record {record!r}")
     t = value_type or infer_type(value)
     return Message(typename, id, t.typename, to_payload(value, t))
 
@@ -52,7 +51,7 @@ def to_row(record: Any, value_type: Type | None = None) -> tuple:
     """A record as a runtime row ``(typename, id, None, value typename, payload)`` (see SourcePartition)."""
     if type(record) is tuple and len(record) == 3 and value_type is None:
         typename, id, value = record  # the hot path, as in to_message
-        if typename in _VALID_TYPENAMES and type(id) is str and id and id.isascii():
+        if typename in _VALID_TYPENAMES and type(id) is str and id and id.isascii() and len(id) <= MAX_ID_CHARS:
             kind = type(value)
             if kind is int and -2147483648 <= value <= 2147483647:
                 return (typename, id, None, _INT, value)
@@ -108,7 +107,7 @@ class _MemoryPartition(SourcePartition):
             if type(r) is tuple and len(r) == 3:
                 typename, id, value = r
                 if type(value) is int and typename in valid and type(id) is str and id and id.isascii() \
-                        and -2147483648 <= value <= 2147483647:
+                        and len(id) <= MAX_ID_CHARS and -2147483648 <= value <= 2147483647:
                     append((typename, id, None, _INT, value))
                     continue
             append(self._convert(to_row, r))

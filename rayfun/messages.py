@@ -18,7 +18,7 @@ from .types import (
     LongType,
     StringType,
     Type,
-    check_text,
+    check_id,
     write_varint,
     encode_payload,
     from_payload,
@@ -165,9 +165,7 @@ _BUILDER_KWARGS = {
 def message_builder(target_typename: str, target_id: str, **kwargs: Any) -> Message:
     """Build a message: exactly one of ``int_value=``, ``str_value=``, ... or ``value=`` with ``value_type=``."""
     validate_typename(target_typename)
-    if not isinstance(target_id, str) or not target_id:
-        raise ValueError(f"target_id must be a non-empty str, got {target_id!r}")
-    check_text(target_id, "target_id")
+    check_id(target_id, "target_id")
     value_type = kwargs.pop("value_type", None)
     if "value" in kwargs:
         value = kwargs.pop("value")

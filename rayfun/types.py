@@ -37,7 +37,13 @@ __all__ = [
     "decode_payload",
     "infer_type",
     "check_text",
+    "check_id",
+    "MAX_ID_CHARS",
+    "MAX_TYPENAME_CHARS",
 ]
+
+MAX_ID_CHARS = 64 * 1024  # an instance id (it is stored with every row of its state and every message)
+MAX_TYPENAME_CHARS = 1024
 
 
 class TypeSerializer(ABC, Generic[T]):
@@ -71,13 +77,30 @@ class Type(ABC, Generic[T]):
 
 
 def validate_typename(typename: str) -> tuple[str, str]:
-    """Split ``namespace/name`` on the last ``/`` (as the SDK does); reject anything else clearly."""
+    """Split ``namespace/name`` on the last ``/`` (as the SDK does); reject anything else clearly: it is
+    stored with every message and state row, so at most MAX_TYPENAME_CHARS of valid text, no control or
+    space characters."""
     if not isinstance(typename, str):
         raise TypeError(f"a typename must be a str 'namespace/name', got {type(typename).__name__}")
     namespace, sep, name = typename.rpartition("/")
     if not sep or not namespace or not name:
         raise ValueError(f"invalid typename {typename!r}: expected 'namespace/name'")
+    if len(typename) > MAX_TYPENAME_CHARS:
+        raise ValueError(f"typename {typename[:40]!r}... has {len(typename)} characters, more than "
+                         f"{MAX_TYPENAME_CHARS}")
+    if not typename.isprintable() or any(c.isspace() for c in typename):
+        raise ValueError(f"invalid typename {typename!r}: no spaces or control characters")
+    check_text(typename, f"typename {typename!r}")
     return namespace, name
+
+
+def check_id(id: Any, what: str = "an id") -> str:
+    """``id`` if it can address an instance: a non-empty str of valid text, at most MAX_ID_CHARS long."""
+    if not isinstance(id, str) or not id:
+        raise ValueError(f"{what} must be a non-empty str, got {id!r}")
+    if len(id) > MAX_ID_CHARS:
+        raise ValueError(f"{what} has {len(id)} characters, more than {MAX_ID_CHARS}")
+    return check_text(id, what)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from rayfun.io import DeadLetter, Source, SourcePartition
 from rayfun.messages import Message
-from rayfun.types import BUILTIN_TYPES, validate_typename
+from rayfun.types import BUILTIN_TYPES, MAX_ID_CHARS, validate_typename
 
 if TYPE_CHECKING:  # confluent-kafka is imported when a partition opens (the `kafka` extra)
     from confluent_kafka import Consumer
@@ -284,6 +284,9 @@ class KafkaSourcePartition(SourcePartition):
                 continue
             if not id:
                 append(self._dead(m, "has an empty key: the key must be the target function id"))
+                continue
+            if len(id) > MAX_ID_CHARS:
+                append(self._dead(m, f"has a key of {len(id)} characters, more than an id may have ({MAX_ID_CHARS})"))
                 continue
             if builtin:
                 try:

@@ -62,3 +62,52 @@ def test_builtin_types_pickle_as_singletons():
     import pickle
 
     assert pickle.loads(pickle.dumps(IntType)) is IntType
+
+
+def test_what_cannot_be_stored_or_sent_is_refused_where_it_enters():
+    """Text that is not valid Unicode, ids and typenames past their bounds or with control characters are
+    refused with the reason at the boundary (a builder, a source record, a state write), never later."""
+    import pytest
+
+    from connectors.memory import MemorySource
+    from rayfun import StringType, message_builder
+    from rayfun.io import DeadLetter
+    from rayfun.types import MAX_ID_CHARS, MAX_TYPENAME_CHARS, check_id, validate_typename
+
+    with pytest.raises(ValueError, match="not valid Unicode text"):
+        StringType.check("ok \ud800")
+    assert StringType.check("café ☕") == "café ☕"
+    with pytest.raises(ValueError, match="target_id is not valid Unicode text"):
+        message_builder("t/x", "\udfff", int_value=1)
+    with pytest.raises(ValueError, match=f"more than {MAX_ID_CHARS}"):
+        message_builder("t/x", "k" * (MAX_ID_CHARS + 1), int_value=1)
+    assert check_id("k" * MAX_ID_CHARS) == "k" * MAX_ID_CHARS
+    with pytest.raises(ValueError, match="non-empty str"):
+        check_id("")
+    with pytest.raises(ValueError, match="no spaces or control characters"):
+        validate_typename("t/with space")
+    with pytest.raises(ValueError, match="no spaces or control characters"):
+        validate_typename("t/bell\x07")
+    with pytest.raises(ValueError, match=f"more than {MAX_TYPENAME_CHARS}"):
+        validate_typename("t/" + "n" * MAX_TYPENAME_CHARS)
+
+    records = [("t/x", "a", "fine"), ("t/x", "b", "bad \ud800"), ("t/x", "k" * (MAX_ID_CHARS + 1), 1),
+               ("t/x", "c", 1)]
+    rows = MemorySource(records, id="t/in").build_partition("0", None).next_rows()
+    assert [type(r).__name__ for r in rows] == ["tuple", "DeadLetter", "DeadLetter", "tuple"]
+    assert all(isinstance(r, DeadLetter) and r.source == "t/in" for r in rows[1:3])
+    assert "not valid Unicode text" in rows[1].reason and f"more than {MAX_ID_CHARS}" in rows[2].reason
+
+
+def test_a_string_state_write_of_invalid_text_fails_the_invocation():
+    import pytest
+
+    from rayfun import StringType, ValueSpec
+    from rayfun.context import make_storage_class
+
+    storage = make_storage_class("t/s", [ValueSpec("s", StringType)])([None], 0)
+    storage.s = "ascii"
+    storage.s = "ünïcode"
+    with pytest.raises(ValueError, match="state 's' of t/s.*not valid Unicode text"):
+        storage.s = "lone \ud800"
+    assert storage.s == "ünïcode"

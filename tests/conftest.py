@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
-from .servers import free_port, stop, wait_for_port
+from .servers import moto_executable, start_moto, stop
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -30,19 +27,11 @@ def ray_session():
 def moto_s3():
     """A real S3 API (moto_server) on a free loopback port; always stopped, start bounded to 30 s.
     Yields storage_options for s3fs with the bucket ``rayfun-test`` created."""
-    s3fs = pytest.importorskip("s3fs")
-    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
-    if not os.path.exists(exe):
+    pytest.importorskip("s3fs")
+    if moto_executable() is None:
         pytest.skip("moto_server not installed")
-    port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc, options = start_moto()
     try:
-        wait_for_port(proc, port, "moto_server")
-        options = {"key": "testing", "secret": "testing", "use_listings_cache": False,
-                   "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "eu-west-1"}}
-        fs = s3fs.S3FileSystem(**options)
-        fs.mkdir("rayfun-test")
         yield options
     finally:
         stop(proc)

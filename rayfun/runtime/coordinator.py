@@ -37,6 +37,7 @@ from ray.exceptions import RayActorError
 
 from ..functions import StatefulFunctions
 from ..io import Sink, Source
+from .aio import cancel_quietly, retrieve
 from .egress_collector import EgressCollector
 from .shard import DRIVER, ShardActor, ShardConfig
 
@@ -262,10 +263,10 @@ class Coordinator:
                 results = pending.result()
                 break
             if self._abandon:
-                pending.cancel()
+                cancel_quietly(pending)
                 raise CheckpointAbandoned(f"checkpoint {n} abandoned: a shard failed, rolling back")
             if time.monotonic() > deadline:
-                pending.cancel()
+                cancel_quietly(pending)
                 raise TimeoutError(f"checkpoint {n} did not complete within {CHECKPOINT_TIMEOUT_S:.0f} s")
         if generation != self.generation:
             raise CheckpointAbandoned(f"checkpoint {n} abandoned: the application was rolled back meanwhile")
@@ -278,6 +279,7 @@ class Coordinator:
         """Tell every shard that checkpoint ``n`` will never complete (best effort: a shard that does not
         answer is dead or stuck, and the failure monitor deals with it)."""
         aborts = asyncio.gather(*[s.checkpoint_aborted.remote(n) for s in self.shards], return_exceptions=True)
+        aborts.add_done_callback(retrieve)  # wait_for cancels it on a timeout
         try:
             await asyncio.wait_for(aborts, 10)
         except asyncio.TimeoutError:
@@ -571,6 +573,7 @@ class Coordinator:
         # shards flush and close their sinks; one that does not answer in time (its loop blocked in a
         # sink call, say) must not keep the application from stopping: it is killed like the others
         stops = asyncio.gather(*[s.stop.remote() for s in self.shards], return_exceptions=True)
+        stops.add_done_callback(retrieve)
         try:
             await asyncio.wait_for(stops, STOP_TIMEOUT_S)
         except asyncio.TimeoutError:

@@ -39,6 +39,7 @@ from ..functions import StatefulFunctions
 from ..io import DEAD_LETTER_EGRESS, DeadLetter, DeliverySemantic, Sink, Source
 from ..messages import EgressMessage, Message
 from ..checkpoint.state_codec import StateDelta, StateLayout, encode_state, fold_layers
+from .aio import retrieve
 from .deadletters import dead_letter_record
 from .embedded import EmbeddedFunction
 from .partitioning import Partitioner, shard_ranges
@@ -94,12 +95,6 @@ def _release_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-def _retrieve(future: asyncio.Future) -> None:
-    """Mark a snapshot's outcome as seen: nobody may ask for a refused or failed one (no asyncio warning)."""
-    if not future.cancelled():
-        future.exception()
 
 
 class _Channel:
@@ -814,7 +809,7 @@ class ShardCore:
         if self._snapshot is not None:  # an older snapshot never completed (its checkpoint was given up)
             self.checkpoint_aborted(self._snapshot.id)
         done = self._snapshots_done[n] = loop.create_future()
-        done.add_done_callback(_retrieve)
+        done.add_done_callback(retrieve)  # nobody may ask for a refused or failed one
         if self._failure is not None:
             # This shard has asked for a rollback: what the failure dropped (a remote batch that failed for
             # good, an epoch whose publishing failed) is no longer in flight, so a cut now would miss it,

@@ -37,7 +37,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Callable
+
+from tests.servers import MOTO_BUCKET, free_port, s3_options, start_moto, stop, wait_for_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,7 +47,7 @@ EMBEDDED = "chaos/interpreter"
 REMOTE = "chaosr/interpreter"
 EGRESS = "chaos/out"
 COMMANDS = "chaos/Commands"
-BUCKET = "rayfun-test"
+BUCKET = MOTO_BUCKET
 RAY_NAMESPACE = "rayfun-campaign"
 
 KINDS = ("kill", "sigkill", "kill-burst", "kill-restore", "kill-checkpoint", "storage-outage", "damage",
@@ -195,36 +197,6 @@ SDK_SERVER = textwrap.dedent(f'''
 
 # -- servers and proxies --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(proc: subprocess.Popen, port: int, name: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f} s") from None
-            time.sleep(0.05)
-
-
-def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
-
-
 @dataclass
 class SdkServer:
     """The SDK function server of a campaign: ``port``; it answers 500 while ``flag`` exists."""
@@ -243,16 +215,8 @@ class Servers:
         self._tmp = tempfile.mkdtemp(prefix="campaign-servers-")
 
     def start_moto(self) -> dict:
-        import s3fs
-
-        exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
-        port = free_port()
-        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc, self.s3_options = start_moto()
         self.procs.append(proc)
-        _wait_for_port(proc, port, "moto_server")
-        self.s3_options = s3_options(port)
-        s3fs.S3FileSystem(**self.s3_options).mkdir(BUCKET)
         return self.s3_options
 
     def start_sdk(self, python: str) -> SdkServer:
@@ -261,21 +225,15 @@ class Servers:
         proc = subprocess.Popen([python, "-c", SDK_SERVER, str(port), flag], cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         self.procs.append(proc)
-        _wait_for_port(proc, port, "SDK function server")
+        wait_for_port(proc, port, "SDK function server")
         self.sdk = SdkServer(port, flag)
         return self.sdk
 
     def stop(self) -> None:
         for proc in self.procs:
-            _stop_process(proc)
+            stop(proc)
         self.procs.clear()
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-
-def s3_options(port: int) -> dict:
-    """s3fs options for moto (or a proxy in front of it) on ``port``, as tests/conftest.py's moto_s3."""
-    return {"key": "testing", "secret": "testing", "use_listings_cache": False,
-            "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "eu-west-1"}}
 
 
 def sdk_python() -> str | None:
@@ -498,7 +456,7 @@ class Result:
 
 
 class Timeout(Exception):
-    pass
+    """Raised inside a run's thread once the run was cancelled (it took too long): unwinds it at once."""
 
 
 class _Run:
@@ -558,7 +516,7 @@ class _Run:
 
     def spec(self) -> dict:
         """What a driver process needs to start the same application (see ``driver_main``)."""
-        return {"seed": self.sc.seed, "only": list(self.only) if self.only else None,
+        return {"seed": self.sc.seed, "only": None if self.only is None else list(self.only),
                 "checkpoint_dir": self.checkpoint_dir, "storage_options": self.storage_options,
                 "egress_dir": self.egress_dir, "sdk_port": self.sdk_proxy.port if self.sdk_proxy else None}
 
@@ -586,7 +544,7 @@ class _Run:
         if self.cancelled.wait(max(0.0, seconds)):
             raise Timeout()
 
-    def wait_for(self, what: str, check: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
+    def wait_for(self, check: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:
@@ -597,7 +555,15 @@ class _Run:
     # -- feeding --------------------------------------------------------------------------------------
 
     def feed(self) -> None:
-        """``app.send_many`` in batches spread over the first half of the workload's span."""
+        """``app.send_many`` in batches spread over the first half of the workload's span (a failure is a
+        violation: the driver's sends must go through faults)."""
+        try:
+            self._feed()
+        except Exception as exc:
+            if not self.cancelled.is_set():
+                self.violations.append(f"app.send_many failed: {type(exc).__name__}: {exc}".splitlines()[0])
+
+    def _feed(self) -> None:
         records = self.driver_records
         batches = max(1, min(40, len(records) // 40))
         size = -(-len(records) // batches)
@@ -605,7 +571,7 @@ class _Run:
         for k in range(0, len(records), size):
             if self.cancelled.is_set():
                 return
-            self.app.send_many(records[k:k + size], value_type=Commands_type())
+            self.app.send_many(records[k:k + size], value_type=commands_type())
             self.cancelled.wait(gap)
 
     # -- faults ---------------------------------------------------------------------------------------
@@ -623,7 +589,7 @@ class _Run:
         return victim
 
     def wait_recovered(self, before: int, label: str) -> bool:
-        ok = self.wait_for("recovery", lambda: self.info()["recoveries"] > before, RECOVERY_TIMEOUT_S)
+        ok = self.wait_for(lambda: self.info()["recoveries"] > before, RECOVERY_TIMEOUT_S)
         if not ok:
             self.violations.append(f"{label}: no recovery within {RECOVERY_TIMEOUT_S:.0f} s "
                                    f"(info {self.info()})")
@@ -632,7 +598,7 @@ class _Run:
     def expect_checkpoints(self, label: str) -> None:
         """After a fault healed: the job must take checkpoints again."""
         healed = self.info()["last_checkpoint"] or 0
-        if self.wait_for("checkpoint", lambda: (self.info()["last_checkpoint"] or 0) > healed, HEAL_TIMEOUT_S):
+        if self.wait_for(lambda: (self.info()["last_checkpoint"] or 0) > healed, HEAL_TIMEOUT_S):
             self.did.append(f"{label}: checkpoints resumed past {healed}")
         else:
             self.did.append(f"{label}: checkpoints did NOT resume")
@@ -661,25 +627,25 @@ class _Run:
 
     def _heal(self, resource: str) -> None:
         with self.lock:
-            outage = self.outages.pop(resource, None)
+            outage = self.outages.get(resource)
             if outage is None:
                 return
             outage.up()
-        try:
-            info = self.info()
-        except Exception:  # the run is over (cancelled) or its application is gone
-            return
-        self.healed.append((f"{outage.label} ({info['recoveries'] - outage.recoveries} rollbacks meanwhile)",
-                            info["last_checkpoint"] or 0))
+            try:
+                info = self.info()
+                self.healed.append((f"{outage.label} ({info['recoveries'] - outage.recoveries} rollbacks "
+                                    f"meanwhile)", info["last_checkpoint"] or 0))
+            finally:  # only now: an outage is always either under way or in ``healed``
+                del self.outages[resource]
 
     def check_heals(self, wait: bool) -> None:
         """After each outage that healed (with ``wait``: after all, once they heal) the job must take
         checkpoints again, past the one it had when the outage ended."""
         if wait:
-            self.wait_for("outages to heal", lambda: not self.outages, 60)
+            self.wait_for(lambda: not self.outages, 60)
         while self.healed:
             label, healed = self.healed.pop(0)
-            if self.wait_for("checkpoint", lambda: (self.info()["last_checkpoint"] or 0) > healed, HEAL_TIMEOUT_S):
+            if self.wait_for(lambda: (self.info()["last_checkpoint"] or 0) > healed, HEAL_TIMEOUT_S):
                 self.did.append(f"after {label}: checkpoints resumed past {healed}")
             else:
                 self.did.append(f"after {label}: checkpoints did NOT resume")
@@ -706,7 +672,7 @@ class _Run:
     def fault_kill_restore(self, f: Fault) -> None:
         info = self.info()
         first = self.kill_shard()
-        hit = self.wait_for("restore", lambda: self.info()["generation"] > info["generation"], 10, poll=0.005)
+        hit = self.wait_for(lambda: self.info()["generation"] > info["generation"], 10, poll=0.005)
         second = self.kill_shard()
         self.did.append(f"kill-restore shards {first} then {second} "
                         f"({'while restoring' if hit else 'restore not seen'})")
@@ -722,7 +688,7 @@ class _Run:
             return any(st["epoch"] > last for st in ray.get([s.status.remote() for s in shards], timeout=10))
 
         before = self.info()["recoveries"]
-        hit = self.wait_for("checkpoint", in_checkpoint, 10, poll=0.005)
+        hit = self.wait_for(in_checkpoint, 10, poll=0.005)
         victim = self.kill_shard()
         self.did.append(f"kill-checkpoint shard {victim} ({'during a checkpoint' if hit else 'no checkpoint seen'})")
         self.wait_recovered(before, "kill-checkpoint")
@@ -765,19 +731,17 @@ class _Run:
     def fault_damage(self, f: Fault) -> None:
         fs, root = self._fs()
         newest = max(self.info()["last_checkpoint"] or 0, 0)
-        if newest < 2 and not self.wait_for("checkpoints", lambda: (self.info()["last_checkpoint"] or 0) >= 2, 10):
+        if newest < 2 and not self.wait_for(lambda: (self.info()["last_checkpoint"] or 0) >= 2, 10):
             self.did.append("damage skipped (fewer than 2 checkpoints)")
             return
         newest = self.info()["last_checkpoint"]
         manifest = f"{root}/manifests/cp-{newest:010d}.json"
-        if f.mode == "manifest":
+        files = [] if f.mode == "manifest" else \
+            sorted(p for p in fs.find(f"{root}/data/cp-{newest:010d}") if p.endswith(".parquet"))
+        if not files:  # asked for, or the checkpoint wrote no files (nothing changed): damage its manifest
             fs.pipe_file(manifest, b"{ this is not a manifest")
             what = f"manifest of checkpoint {newest} overwritten with garbage"
         else:
-            files = sorted(p for p in fs.find(f"{root}/data/cp-{newest:010d}") if p.endswith(".parquet"))
-            if not files:
-                self.did.append(f"damage skipped (checkpoint {newest} wrote no files)")
-                return
             victim = self.rng.choice(files)
             data = fs.cat_file(victim)
             fs.pipe_file(victim, data[:len(data) // 2])
@@ -805,8 +769,7 @@ class _Run:
     # -- the whole run --------------------------------------------------------------------------------
 
     def launch_driver(self) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "RAY_AUTH_MODE": "disabled"}
+        env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
         import ray
 
         address = ray.get_runtime_context().gcs_address
@@ -829,7 +792,7 @@ class _Run:
 
     def driver_phase(self, f: Fault) -> None:
         proc = self.launch_driver()
-        if not self.wait_for("driver checkpoints", lambda: proc.poll() is not None or self.manifests() >= 2, 60):
+        if not self.wait_for(lambda: proc.poll() is not None or self.manifests() >= 2, 60):
             self.violations.append(f"the driver took no 2 checkpoints within 60 s ({self.driver_log()})")
         self.sleep(max(0.0, f.at_s - 2) + self.rng.uniform(0.2, 1.5))
         if proc.poll() is not None:
@@ -870,8 +833,10 @@ class _Run:
             app.wait(timeout=90)
             self.timings.append(f"idle {time.monotonic() - began:.1f}s")
         except TimeoutError:
-            self.violations.append(f"not idle within 90 s after the faults (info {self.info()}, "
-                                   f"backlog {[st['backlog'] for st in app.metrics()]})")
+            keys = ("generation", "backlog", "in_progress", "early", "outstanding", "sources_busy", "timers",
+                    "sent", "received", "failure")
+            shards = [{k: st.get(k) for k in keys} for st in app.metrics()]
+            self.violations.append(f"not idle within 90 s after the faults (info {self.info()}; shards {shards})")
             return
         if self.sc.file_egress:
             app.checkpoint()  # publishes the last epoch
@@ -918,7 +883,7 @@ class _Run:
             proxy.close()
 
 
-def Commands_type():
+def commands_type():
     """The JSON type of command lists (created lazily: rayfun is imported only where it runs)."""
     from rayfun import make_json_type
 
@@ -934,7 +899,7 @@ def start_application(sc: Scenario, source_records: list, spec: dict, name: str)
     ingresses = []
     if source_records:
         ingresses.append(MemorySource(source_records, partitions=sc.shards, id="chaos/commands", batch_size=50,
-                                      value_type=Commands_type()))
+                                      value_type=commands_type()))
     egresses = [DirSink(EGRESS, spec["egress_dir"])] if sc.file_egress else []
     endpoints = []
     if spec["sdk_port"] is not None:
@@ -1010,7 +975,7 @@ def driver_main(address: str, spec: dict) -> None:
     import ray
 
     ray.init(address=address, log_to_driver=False, namespace=RAY_NAMESPACE)
-    only = tuple(spec["only"]) if spec["only"] else None
+    only = None if spec["only"] is None else tuple(spec["only"])
     sc = make_scenario(spec["seed"], only)
     workload = Workload(sc.seed, (EMBEDDED, REMOTE) if sc.remote else (EMBEDDED,), sc.instances, sc.roots,
                         sc.spread_ms)

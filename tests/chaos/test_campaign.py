@@ -33,6 +33,7 @@ def servers(ray_session, moto_s3):
 
 
 def require_sdk(servers: Servers, seed: int, only: tuple[str, ...]) -> None:
+    """Start the SDK server the first time a seed needs it (skip without .venv-sdk: only those seeds do)."""
     if make_scenario(seed, only).remote and servers.sdk is None:
         python = sdk_python()
         if python is None:
@@ -43,7 +44,7 @@ def require_sdk(servers: Servers, seed: int, only: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("seed,only", SEEDS, ids=[f"{s}-{'+'.join(k)}" for s, k in SEEDS])
 def test_seeded_faults_leave_state_and_egress_exact(servers, seed, only):
     require_sdk(servers, seed, only)
-    result = run_scenario(seed, servers, only=only, timeout=120)
+    result = run_scenario(seed, servers, only=only, timeout=150)
     print(result.line())
     assert result.exact, result.description
 
@@ -56,7 +57,7 @@ def test_the_oracle_notices_a_run_that_is_not_exact(servers):
         workload.expected[(EMBEDDED, "0")] += 1
         workload.egress["never-emitted"] += 1
 
-    result = run_scenario(7, servers, only=(), timeout=120, tamper=tamper)
+    result = run_scenario(7, servers, only=(), timeout=150, tamper=tamper)
     assert not result.exact
     assert "state: 1 instances differ (1 increments missing, 0 extra)" in result.description, result.description
     assert "egress: 1 records missing, e.g. 'never-emitted'x1" in result.description, result.description

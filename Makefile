@@ -47,6 +47,7 @@ bench: $(VENV)/.installed $(SDK_VENV)/.installed
 	$(PY) bench/checkpoint_overhead.py
 	$(PY) bench/recovery.py
 	$(PY) bench/checkpoint_io.py
+	$(PY) bench/memory.py
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) bench/remote.py
 
 clean:

@@ -3,7 +3,7 @@
 Two cases, each on a local Ray of 2 shards, sampling every shard process's resident memory (RSS) 10x a
 second:
 
-- slow async: a fast source (400k records) into an ``async def`` function that sleeps 1 ms per message,
+- slow async (the workload of tests/core/test_backpressure.py): a fast source (400k records) into an ``async def`` function that sleeps 1 ms per message,
   90 % of the traffic on one key. Prints the most messages a shard held (backlog) and its RSS growth: both
   must stay bounded (the sources wait) instead of growing with the input.
 - big state: 300 instances of 5 MB of random bytes (incompressible: the worst case for the Parquet
@@ -18,7 +18,6 @@ The last line is the big-state figure, the worst shard: ``memory: 1.8x live stat
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
@@ -32,13 +31,13 @@ import ray  # noqa: E402
 
 import rayfun  # noqa: E402
 from connectors.memory import MemorySource  # noqa: E402
-from rayfun import IntType, StatefulFunctions, ValueSpec, simple_type  # noqa: E402
+from rayfun import StatefulFunctions, ValueSpec, simple_type  # noqa: E402
+from tests.core.test_backpressure import RECORDS, slow_functions  # noqa: E402  (the same workload as the test)
+from tests.core.test_backpressure import records as slow_records  # noqa: E402
 
 BLOB = simple_type("bench/blob", lambda b: b, bytes)
 VALUE_BYTES = 5 * 2**20
 INSTANCES = 300
-SLOW = "bench/slow"
-RECORDS = 400_000
 
 
 class RssSampler:
@@ -76,21 +75,9 @@ class RssSampler:
         self._thread.join(5)
 
 
-def slow_records(index: int, count: int, start: int = 0):
-    for k in range(index + start * count, RECORDS, count):
-        yield (SLOW, "hot" if k % 10 else str(k % 200), 1)
-
-
 def slow_async() -> None:
-    functions = StatefulFunctions()
-
-    @functions.bind(SLOW, specs=[ValueSpec("n", IntType)])
-    async def slow(context, message):
-        await asyncio.sleep(0.001)
-        context.storage.n = (context.storage.n or 0) + 1
-
-    app = rayfun.start(functions, shards=2, ingresses=[MemorySource(slow_records, partitions=2, id="bench/fast")],
-                       standby=False)
+    app = rayfun.start(slow_functions(), shards=2, ingresses=[MemorySource(slow_records, partitions=2,
+                                                                            id="bench/fast")], standby=False)
     try:
         with RssSampler(app) as sampler:
             before = sampler.rss()

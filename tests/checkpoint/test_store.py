@@ -318,7 +318,6 @@ def test_store_parts_and_errors_pickle(store_url):
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 def test_other_compression_round_trips_and_unknown_is_refused(store_url, compression):
     model = Model(random.Random(5), n=50)
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     def codec(store: CheckpointStore, part: ShardPart) -> str:

@@ -10,7 +10,6 @@ import asyncio
 import time
 
 import pytest
-import ray
 
 import rayfun
 from connectors.memory import MemorySource

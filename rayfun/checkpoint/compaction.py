@@ -59,9 +59,9 @@ def compact(store: CheckpointStore, checkpoint: Manifest | int | None = None) ->
                       if f.path is not None and f.key_group_range[0] < rng[1] and rng[0] < f.key_group_range[1]]
             state = fold_layers(layers)
             rel = f"compacted/{name}/range-{rng[0]:06d}-{rng[1]:06d}.state.parquet"
-            ref, staged = store._encode_file("state", state, rel, rng, k, -1, base=True)
-            if staged is not None:
-                store._put_file(rel, staged)
+            ref, data = store._encode_file("state", state, rel, rng, k, -1, base=True)
+            if data is not None:
+                store._put_file(rel, data)
             refs.append(ref)
         body = {"source": k, "created_ms": now_ms(), "files": [r.to_json() for r in refs]}
         record = f"compactions/{name}.json"

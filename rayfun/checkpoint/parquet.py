@@ -7,9 +7,10 @@ is off, and never turns it on; ``tests/checkpoint/test_parquet_safety.py`` reads
 ``read_parquet`` with the lowest pyarrow allowed. This module imports nothing of rayfun, so that test can load
 it alone in an interpreter that has only that pyarrow.
 
-Files are written to a local file, never to a buffer in memory (a growing output buffer held up to three
-copies of big state at once), in row groups of at most ``ROW_GROUP_BYTES``, so the writer holds one row
-group's pages, not the whole file's.
+Tables of more than ``STAGE_ABOVE_BYTES`` are written to a local file, not to a buffer in memory (a
+growing output buffer held up to three copies of big state at once), in row groups of at most
+``ROW_GROUP_BYTES``, so the writer holds one row group's pages, not the whole file's. Smaller ones are
+written to memory, which costs them less (no second pass over a file to hash it).
 """
 
 from __future__ import annotations
@@ -19,20 +20,24 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["write_parquet", "read_parquet", "ROW_GROUP_BYTES"]
+__all__ = ["write_parquet", "read_parquet", "ROW_GROUP_BYTES", "STAGE_ABOVE_BYTES"]
 
 ROW_GROUP_BYTES = 64 * 2**20
+STAGE_ABOVE_BYTES = 64 * 2**20
 _MAX_ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default
 
 
-def write_parquet(table: pa.Table, path: str, *, compression: str, compression_level: int | None,
-                  use_dictionary: Sequence[str], write_statistics: Sequence[str] | bool) -> None:
-    """Write ``table`` as Parquet to the local file ``path``."""
+def write_parquet(table: pa.Table, path: str | None, *, compression: str, compression_level: int | None,
+                  use_dictionary: Sequence[str], write_statistics: Sequence[str] | bool) -> pa.Buffer | None:
+    """Write ``table`` as Parquet to the local file ``path``, or with ``path=None`` return the bytes (in an
+    Arrow buffer: it supports the buffer protocol, so it is hashed and written without a copy)."""
     rows = table.num_rows
     per_group = max(1, min(_MAX_ROW_GROUP_ROWS, rows * ROW_GROUP_BYTES // max(table.nbytes, 1)))
-    pq.write_table(table, path, row_group_size=per_group, compression=compression,
+    sink = pa.BufferOutputStream() if path is None else path
+    pq.write_table(table, sink, row_group_size=per_group, compression=compression,
                    compression_level=compression_level, use_dictionary=list(use_dictionary),
                    write_statistics=write_statistics)
+    return sink.getvalue() if path is None else None
 
 
 def read_parquet(data: bytes | pa.Buffer) -> pa.Table:

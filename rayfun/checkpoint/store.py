@@ -45,7 +45,7 @@ import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import CheckpointError, CheckpointKeyError, CorruptCheckpointError
-from .parquet import read_parquet, write_parquet
+from .parquet import STAGE_ABOVE_BYTES, read_parquet, write_parquet
 from .manifest import (
     MAX_ANCESTORS, FileRef, Manifest, ShardEntry, ShardPart, check_ranges, json_meta, now_ms, prune_chain,
 )
@@ -186,7 +186,7 @@ class CheckpointStore:
     def manifest_path(checkpoint_id: int) -> str:
         return f"manifests/cp-{checkpoint_id:010d}.json"
 
-    def _put(self, rel: str, data: bytes) -> None:
+    def _put(self, rel: str, data: bytes | pa.Buffer) -> None:
         path = self._abs(rel)
         if self._local:
             for attempt in range(3):  # retention may remove an empty directory between makedirs and open
@@ -198,8 +198,8 @@ class CheckpointStore:
                 except FileNotFoundError:
                     if attempt == 2:
                         raise
-        else:
-            self.fs.pipe_file(path, data)
+        else:  # object-store clients want bytes
+            self.fs.pipe_file(path, data if isinstance(data, bytes) else data.to_pybytes())
 
     def _put_atomic(self, rel: str, data: bytes) -> None:
         """All or nothing: temp file + fsync + rename locally; a single PUT on object stores."""
@@ -265,17 +265,23 @@ class CheckpointStore:
         return os.path.join(tempfile.gettempdir(), f"rayfun-{token}-{rel.rsplit('/', 1)[-1]}")
 
     def _encode_file(self, kind: str, table: pa.Table, rel: str, key_group_range: tuple[int, int],
-                     checkpoint_id: int, shard: int, base: bool = True) -> tuple[FileRef, str | None]:
-        """Write ``table`` as Parquet to a staging file; its reference (size, digest) and the file's path
-        (``_put_file`` puts it in place)."""
+                     checkpoint_id: int, shard: int, base: bool = True) -> tuple[FileRef, pa.Buffer | str | None]:
+        """Encode ``table`` as Parquet: its reference (size, digest) and the data, in memory (a buffer) or,
+        for a big table, in a staging file (its path); ``_put_file`` puts either in place."""
         if table.num_rows == 0:
             return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
+        options = dict(compression=self.compression, compression_level=self.compression_level,
+                       use_dictionary=DICTIONARY_COLUMNS[kind],
+                       write_statistics=["key_group"] if "key_group" in table.column_names else False)
+        if table.nbytes <= STAGE_ABOVE_BYTES:
+            data = write_parquet(table, None, **options)
+            ref = FileRef(kind, rel, len(data), self.checksum.of(data), table.num_rows, key_group_range,
+                          checkpoint_id, shard, base)
+            return ref, data
         for attempt in range(3):  # retention may remove an empty directory between makedirs and open
             staged = self._staging_path(rel)
             try:
-                write_parquet(table, staged, compression=self.compression, compression_level=self.compression_level,
-                              use_dictionary=DICTIONARY_COLUMNS[kind],
-                              write_statistics=["key_group"] if "key_group" in table.column_names else False)
+                write_parquet(table, staged, **options)
                 break
             except FileNotFoundError:
                 if attempt == 2:
@@ -287,24 +293,28 @@ class CheckpointStore:
             raise
         return FileRef(kind, rel, size, digest, table.num_rows, key_group_range, checkpoint_id, shard, base), staged
 
-    def _put_file(self, rel: str, staged: str) -> None:
-        """Put a staged file in place (a rename on a local disk, an upload elsewhere); it is gone after."""
+    def _put_file(self, rel: str, data: pa.Buffer | str) -> None:
+        """Put encoded data in place: a buffer is written, a staged file renamed (local disk) or uploaded
+        (and gone after)."""
+        if not isinstance(data, str):
+            self._put(rel, data)
+            return
         path = self._abs(rel)
         try:
             if self._local:
-                os.replace(staged, path)
+                os.replace(data, path)
             else:
-                self.fs.put_file(staged, path)
+                self.fs.put_file(data, path)
         finally:
-            _remove(staged)
+            _remove(data)
 
-    def _put_many(self, staged: dict[str, str]) -> None:
-        if len(staged) <= 1:
-            for rel, path in staged.items():
-                self._put_file(rel, path)
+    def _put_many(self, blobs: dict[str, pa.Buffer | str]) -> None:
+        if len(blobs) <= 1:
+            for rel, data in blobs.items():
+                self._put_file(rel, data)
             return
-        with ThreadPoolExecutor(min(_IO_THREADS, len(staged))) as pool:
-            list(pool.map(lambda item: self._put_file(*item), staged.items()))
+        with ThreadPoolExecutor(min(_IO_THREADS, len(blobs))) as pool:
+            list(pool.map(lambda item: self._put_file(*item), blobs.items()))
 
     def write_shard_part(
         self,
@@ -357,20 +367,21 @@ class CheckpointStore:
             "egress": encode_egress(egress),
         }
         refs: dict[str, FileRef] = {}
-        staged: dict[str, str] = {}
+        blobs: dict[str, pa.Buffer | str] = {}
         try:
             for kind, table in tables.items():
                 if kind == "state" and table.num_rows == 0 and not full:
                     continue  # an empty delta changes nothing: no chain entry at all
-                ref, path = self._encode_file(kind, table, f"{prefix}.{kind}.parquet", key_group_range,
+                ref, data = self._encode_file(kind, table, f"{prefix}.{kind}.parquet", key_group_range,
                                               checkpoint_id, shard_index, base=full)
                 refs[kind] = ref
-                if path is not None:
-                    staged[ref.path] = path
-            self._put_many(staged)
+                if data is not None:
+                    blobs[ref.path] = data
+            self._put_many(blobs)
         finally:
-            for path in staged.values():  # what a failure left behind
-                _remove(path)
+            for data in blobs.values():  # staged files a failure left behind
+                if isinstance(data, str):
+                    _remove(data)
         return ShardPart(checkpoint_id, shard_index, (start, end), key_groups, refs,
                          json_meta(meta, f"meta of shard {shard_index}"), parent_id, full, layouts_json)
 

@@ -407,3 +407,33 @@ def test_a_keyed_checkpoint_refuses_what_the_key_did_not_sign(tmp_path):
     assert (tmp_path / "cp" / "manifests" / "cp-0000000001.json").exists()
     with pytest.raises(ValueError, match="at least 16 bytes"):
         CheckpointStore(url, key="short")
+
+
+def test_big_tables_go_through_a_staging_file_and_read_back_the_same(store_url, monkeypatch, tmp_path):
+    """Past STAGE_ABOVE_BYTES a file is written to a staging file (no whole copy in memory), in row groups
+    of at most ROW_GROUP_BYTES, hashed from the file and put in place; it restores like a small one, and
+    no staging file is left behind, also when the write fails."""
+    import pyarrow.parquet as pq
+
+    from rayfun.checkpoint import StateDelta, StateLayout, parquet, store as store_module
+
+    monkeypatch.setattr(store_module, "STAGE_ABOVE_BYTES", 0)
+    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 1024)
+    monkeypatch.setattr(store_module.tempfile, "tempdir", str(tmp_path / "staging"))
+    (tmp_path / "staging").mkdir()
+    store = CheckpointStore(store_url)
+    layout = StateLayout.of("test/blob", [("b", "test.types/blob")])
+    cells = {f"k{i}": [bytes([i % 256]) * 300] for i in range(50)}
+    part = store.write_shard_part(1, 0, (0, 8), key_groups=8, state=[StateDelta(layout, cells)])
+    store.commit(1, [part], key_groups=8)
+    assert store.load_shard(1).instances("test/blob") == cells
+    with store.fs.open(store._abs(part.files["state"].path)) as f:
+        assert pq.ParquetFile(f).num_row_groups > 1
+    assert not list((tmp_path / "staging").iterdir())
+    assert not [p for p in store._find("data") if ".tmp-" in p]
+
+    monkeypatch.setattr(store, "_put_file", lambda rel, data: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        store.write_shard_part(2, 0, (0, 8), key_groups=8, parent_id=1, state=[StateDelta(layout, cells)])
+    assert not list((tmp_path / "staging").iterdir())
+    assert not [p for p in store._find("data") if ".tmp-" in p]

@@ -248,6 +248,7 @@ class Coordinator:
         await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in self.shards])
         self._checkpoint_ended = time.monotonic()
         self.last_checkpoint_s = self._checkpoint_ended - began
+        self._metrics.completed(self.last_checkpoint_s)
         return n
 
     async def _gather_parts(self, n: int, full: bool, generation: int) -> list:
@@ -307,7 +308,6 @@ class Coordinator:
                         self.checkpoint_failures)
         self.checkpoint_failures = 0
         self._last_complete_at = time.monotonic()
-        self._metrics.completed(self.last_checkpoint_s or 0.0)
 
     def _maybe_compact(self, loop) -> None:
         """Fold the delta chain into bases in the background if it grew past its bound anyway (e.g. after a

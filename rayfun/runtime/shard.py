@@ -403,8 +403,7 @@ class ShardCore:
             processed += end - start
         self._backlog -= processed
         self.counters["processed"] += processed
-        if self._backlog + self._parked <= self.config.mailbox_low and not self._below_high.is_set():
-            self._below_high.set()
+        self._release_deliveries()
 
     def park(self, n: int = 1) -> None:
         """A runner holds ``n`` more messages until their invocations end (see ``_parked``)."""
@@ -413,6 +412,10 @@ class ShardCore:
     def unpark(self, n: int = 1) -> None:
         """``n`` held messages are done: room for deliveries and sources again once under the low mark."""
         self._parked -= n
+        self._release_deliveries()
+
+    def _release_deliveries(self) -> None:
+        """Let deliveries that wait for room go on once the shard holds no more than ``mailbox_low``."""
         if self._backlog + self._parked <= self.config.mailbox_low and not self._below_high.is_set():
             self._below_high.set()
 

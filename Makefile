@@ -6,12 +6,12 @@ FLOOR_VENV ?= .venv-floor
 PYARROW_FLOOR := $(shell sed -n 's/.*"pyarrow>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,kafka,s3]"
+	$(PY) -m pip install -q -e ".[test,lint,kafka,s3]"
 	touch $@
 
 # The official StateFun SDK pins protobuf<4, so it lives in its own interpreter (tests run its servers there).
@@ -35,6 +35,12 @@ demo: $(VENV)/.installed
 	$(PY) examples/fraud/main.py
 	$(PY) examples/greeter.py
 	$(PY) examples/ping_pong.py
+
+# Style and types: ruff (lint + format check) on everything, mypy on the package.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: $(VENV)/.installed $(SDK_VENV)/.installed $(FLOOR_VENV)/.installed-$(PYARROW_FLOOR)
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) -m pytest -q

@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-from tests.chaos.campaign import KINDS, Servers, make_scenario, run_scenario, sdk_python  # noqa: E402
+from tests.chaos.campaign import KINDS, Servers, make_scenario, run_scenario, sdk_python
 
 
 def parse_only(text: str | None) -> tuple[str, ...] | None:
@@ -38,8 +38,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1000, help="the first seed; run i uses seed+i")
-    parser.add_argument("--only", type=parse_only, default=None,
-                        help=f"comma-separated fault kinds ({', '.join(KINDS)}), or none")
+    parser.add_argument(
+        "--only", type=parse_only, default=None, help=f"comma-separated fault kinds ({', '.join(KINDS)}), or none"
+    )
     parser.add_argument("--timeout", type=float, default=150.0, help="seconds per run before it counts as hung")
     parser.add_argument("--log-to-driver", action="store_true", help="show the Ray workers' logs")
     args = parser.parse_args()

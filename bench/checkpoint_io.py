@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rayfun.checkpoint import CheckpointStore, StateDelta, StateLayout, encode_state  # noqa: E402
-from rayfun.types import IntType  # noqa: E402
+from rayfun.checkpoint import CheckpointStore, StateDelta, StateLayout, encode_state
+from rayfun.types import IntType
 
 G = 1024
 
@@ -72,8 +72,9 @@ def main() -> None:
         t_pq, data = best(parquet, args.repeat)
         t_sha, _ = best(lambda: hashlib.sha256(data).hexdigest(), args.repeat)
         print(f"encode to Arrow:        {t_enc * 1000:8.1f} ms")
-        print(f"Parquet + SHA-256:      {t_pq * 1000:8.1f} ms  ({len(data)} bytes; SHA-256 alone "
-              f"{t_sha * 1000:.1f} ms)")
+        print(
+            f"Parquet + SHA-256:      {t_pq * 1000:8.1f} ms  ({len(data)} bytes; SHA-256 alone {t_sha * 1000:.1f} ms)"
+        )
 
         cid = [0]
 
@@ -100,8 +101,9 @@ def main() -> None:
         parent = cid[0]
         cid[0] += 1
         t_delta = time.perf_counter()
-        delta = store.write_shard_part(cid[0], 0, (0, G), key_groups=G, parent_id=parent,
-                                       state=[StateDelta(layout, changed)])
+        delta = store.write_shard_part(
+            cid[0], 0, (0, G), key_groups=G, parent_id=parent, state=[StateDelta(layout, changed)]
+        )
         store.commit(cid[0], [delta])
         t_delta = time.perf_counter() - t_delta
         assert store.load_shard(cid[0], tables=("state",)).instances("bench/counter") == instances

@@ -21,7 +21,7 @@ import sys
 import ray
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import counter  # noqa: E402
+import counter
 
 
 def main() -> None:
@@ -33,15 +33,18 @@ def main() -> None:
     plain, checkpointed = [], []
     for _ in range(args.rounds):
         for directory, results in ((None, plain), ("tmp", checkpointed)):
-            run_args = argparse.Namespace(messages=args.messages, addresses=1_000_000, shards=2,
-                                          checkpoint_dir=directory, checkpoint_interval=1.0)
+            run_args = argparse.Namespace(
+                messages=args.messages, addresses=1_000_000, shards=2, checkpoint_dir=directory, checkpoint_interval=1.0
+            )
             results.append(counter.run(run_args))
     rate_loss = [1 - c[0] / p[0] for p, c in zip(plain, checkpointed)]
     cpu_gain = [c[1] / p[1] - 1 for p, c in zip(plain, checkpointed)]
     a, b = statistics.median(r for r, _ in plain), statistics.median(r for r, _ in checkpointed)
     print(f"msgs/s without checkpoints {[round(r) for r, _ in plain]}, with {[round(r) for r, _ in checkpointed]}")
-    print(f"ratio of the medians: {100 * (1 - b / a):.1f} % slower; shard CPU per message: "
-          f"{100 * statistics.median(cpu_gain):+.1f} % (median of pairs)")
+    print(
+        f"ratio of the medians: {100 * (1 - b / a):.1f} % slower; shard CPU per message: "
+        f"{100 * statistics.median(cpu_gain):+.1f} % (median of pairs)"
+    )
     print(f"checkpoint overhead: {100 * statistics.median(rate_loss):.1f} %")
 
 

@@ -55,8 +55,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--addresses", type=int, default=10_000)
     parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--checkpoint-dir", default=None,
-                        help="checkpoint here (a fresh temporary directory if 'tmp'); default: no checkpoints")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="checkpoint here (a fresh temporary directory if 'tmp'); default: no checkpoints",
+    )
     parser.add_argument("--checkpoint-interval", type=float, default=1.0)
     args = parser.parse_args()
     print(f"counter: {run(args)[0]:.0f} msgs/s")
@@ -74,10 +77,16 @@ def run(args) -> tuple[float, float]:
 
     if not ray.is_initialized():
         ray.init(num_cpus=max(2, args.shards), include_dashboard=False, log_to_driver=True)
-    source = MemorySource(make_records(args.messages, args.addresses), partitions=args.shards,
-                          id="bench/numbers", batch_size=16384)
-    app = rayfun.start(build_functions(), shards=args.shards, ingresses=[source], checkpoint_dir=checkpoint_dir,
-                       checkpoint_interval=args.checkpoint_interval)
+    source = MemorySource(
+        make_records(args.messages, args.addresses), partitions=args.shards, id="bench/numbers", batch_size=16384
+    )
+    app = rayfun.start(
+        build_functions(),
+        shards=args.shards,
+        ingresses=[source],
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_interval=args.checkpoint_interval,
+    )
     # The shards start reading as soon as they start: count from here, minus what they already did.
     started = time.perf_counter()
     before = app.metrics()
@@ -102,12 +111,16 @@ def run(args) -> tuple[float, float]:
         raise SystemExit(f"WRONG: processed {processed} of {args.messages}; wrong state at {wrong[:5]}")
     rate = (processed - done_before) / elapsed
     for m in metrics:
-        print(f"shard {m['index']}: processed {m['processed']}, idle {m['idle_s']:.2f} s, snapshot capture "
-              f"{m['snapshot_capture_s']:.2f} s, write {m['snapshot_write_s']:.2f} s in a thread "
-              f"({m['snapshot_write_cpu_s']:.2f} s CPU), commit {m['snapshot_commit_s']:.2f} s")
-    print(f"processed {processed} messages over {args.addresses} addresses on {args.shards} shards; "
-          f"{processed - done_before} in {elapsed:.2f} s after start-up; state exact at {len(sample)} "
-          f"sampled addresses; {checkpoints or 0} checkpoints; shard CPU {cpu_us:.2f} us per message")
+        print(
+            f"shard {m['index']}: processed {m['processed']}, idle {m['idle_s']:.2f} s, snapshot capture "
+            f"{m['snapshot_capture_s']:.2f} s, write {m['snapshot_write_s']:.2f} s in a thread "
+            f"({m['snapshot_write_cpu_s']:.2f} s CPU), commit {m['snapshot_commit_s']:.2f} s"
+        )
+    print(
+        f"processed {processed} messages over {args.addresses} addresses on {args.shards} shards; "
+        f"{processed - done_before} in {elapsed:.2f} s after start-up; state exact at {len(sample)} "
+        f"sampled addresses; {checkpoints or 0} checkpoints; shard CPU {cpu_us:.2f} us per message"
+    )
     return rate, cpu_us
 
 

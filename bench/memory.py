@@ -26,14 +26,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import psutil  # noqa: E402  (a dependency of Ray)
-import ray  # noqa: E402
+import psutil
+import ray
 
-import rayfun  # noqa: E402
-from connectors.memory import MemorySource  # noqa: E402
-from rayfun import StatefulFunctions, ValueSpec, simple_type  # noqa: E402
-from tests.core.test_backpressure import RECORDS, slow_functions  # noqa: E402  (the same workload as the test)
-from tests.core.test_backpressure import records as slow_records  # noqa: E402
+import rayfun
+from connectors.memory import MemorySource
+from rayfun import StatefulFunctions, ValueSpec, simple_type
+from tests.core.test_backpressure import RECORDS, slow_functions
+from tests.core.test_backpressure import records as slow_records
 
 BLOB = simple_type("bench/blob", lambda b: b, bytes)
 VALUE_BYTES = 5 * 2**20
@@ -66,7 +66,7 @@ class RssSampler:
             except Exception:  # a shard that just died: the next sample sees its replacement
                 pass
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -76,8 +76,9 @@ class RssSampler:
 
 
 def slow_async() -> None:
-    app = rayfun.start(slow_functions(), shards=2, ingresses=[MemorySource(slow_records, partitions=2,
-                                                                            id="bench/fast")], standby=False)
+    app = rayfun.start(
+        slow_functions(), shards=2, ingresses=[MemorySource(slow_records, partitions=2, id="bench/fast")], standby=False
+    )
     try:
         with RssSampler(app) as sampler:
             before = sampler.rss()
@@ -87,16 +88,21 @@ def slow_async() -> None:
                 time.sleep(0.1)
             read = sum(st["ingested"] for st in app.metrics())
         growth = max((sampler.peak.get(i, 0) - before[i]) / 2**20 for i in before)
-        print(f"slow async: read {read} of {RECORDS} records in 10 s, at most {held} messages held by a shard, "
-              f"RSS growth {growth:.0f} MB")
+        print(
+            f"slow async: read {read} of {RECORDS} records in 10 s, at most {held} messages held by a shard, "
+            f"RSS growth {growth:.0f} MB"
+        )
     finally:
         app.stop()
 
 
 def phase(sampler: RssSampler, name: str) -> None:
     now, peak = sampler.rss(), dict(sampler.peak)
-    print(f"  {name}: RSS now {[round(v / 2**20) for _, v in sorted(now.items())]} MB, peak so far "
-          f"{[round(v / 2**20) for _, v in sorted(peak.items())]} MB", flush=True)
+    print(
+        f"  {name}: RSS now {[round(v / 2**20) for _, v in sorted(now.items())]} MB, peak so far "
+        f"{[round(v / 2**20) for _, v in sorted(peak.items())]} MB",
+        flush=True,
+    )
 
 
 def big_state(checkpoint_dir: str) -> float:
@@ -130,15 +136,19 @@ def big_state(checkpoint_dir: str) -> float:
             app.wait(timeout=300)
             time.sleep(1)
             phase(sampler, "recovered")
-            live = {i: sum(ray.get(shards_now.instance_count.remote()).values()) * VALUE_BYTES
-                    for i, shards_now in enumerate(ray.get(app._coordinator.shard_handles.remote()))}
+            live = {
+                i: sum(ray.get(shards_now.instance_count.remote()).values()) * VALUE_BYTES
+                for i, shards_now in enumerate(ray.get(app._coordinator.shard_handles.remote()))
+            }
         ratios = {}
         for index in sorted(live):
             grown = sampler.peak.get(index, 0) - baseline.get(index, 0)
             ratios[index] = grown / max(live[index], 1)
-            print(f"big state: shard {index}: live {live[index] / 2**20:.0f} MB, peak RSS "
-                  f"{sampler.peak.get(index, 0) / 2**20:.0f} MB (started at {baseline.get(index, 0) / 2**20:.0f} "
-                  f"MB): {ratios[index]:.2f}x live state")
+            print(
+                f"big state: shard {index}: live {live[index] / 2**20:.0f} MB, peak RSS "
+                f"{sampler.peak.get(index, 0) / 2**20:.0f} MB (started at {baseline.get(index, 0) / 2**20:.0f} "
+                f"MB): {ratios[index]:.2f}x live state"
+            )
         return max(ratios.values())
     finally:
         app.stop()

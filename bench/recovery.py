@@ -25,7 +25,7 @@ import rayfun
 from connectors.memory import MemorySource
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from counter import TYPENAME, build_functions  # noqa: E402  (the same counter function)
+from counter import TYPENAME, build_functions
 
 
 def endless(instances: int):
@@ -86,9 +86,11 @@ def kill_and_time(app, victim: int) -> float:
             break
         if time.perf_counter() - killed_at > 120:
             raise SystemExit("did not get back to full speed within 120 s")
-    print(f"shard {victim} killed at {before:.0f} msgs/s: rolled back and restored after "
-          f"{restored_at - killed_at:.2f} s (coordinator: {app.info()['last_recovery_s']:.2f} s), "
-          f"full speed after {back - killed_at:.2f} s")
+    print(
+        f"shard {victim} killed at {before:.0f} msgs/s: rolled back and restored after "
+        f"{restored_at - killed_at:.2f} s (coordinator: {app.info()['last_recovery_s']:.2f} s), "
+        f"full speed after {back - killed_at:.2f} s"
+    )
     return back - killed_at
 
 
@@ -100,14 +102,17 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False)
     directory = tempfile.mkdtemp(prefix="rayfun-recovery-")
     source = MemorySource(endless(args.instances), partitions=2, id="bench/endless", batch_size=8192)
-    app = rayfun.start(build_functions(), shards=2, ingresses=[source], checkpoint_dir=directory,
-                       checkpoint_interval=1.0)
+    app = rayfun.start(
+        build_functions(), shards=2, ingresses=[source], checkpoint_dir=directory, checkpoint_interval=1.0
+    )
     try:
         while processed(app) < args.instances * 1.2:  # every instance exists, with margin
             time.sleep(0.2)
         time.sleep(5.0)  # past the first full bases: the rate right after warm-up runs ~15 % high
-        instances = sum(sum(c.values()) for c in
-                        ray.get([s.instance_count.remote() for s in ray.get(app._coordinator.shard_handles.remote())]))
+        instances = sum(
+            sum(c.values())
+            for c in ray.get([s.instance_count.remote() for s in ray.get(app._coordinator.shard_handles.remote())])
+        )
         print(f"{instances} instances on 2 shards, checkpoints every second")
         times = []
         for k in range(args.kills):

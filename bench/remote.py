@@ -57,17 +57,23 @@ def main() -> None:
     try:
         ray.init(num_cpus=2, include_dashboard=False)
         n, a = args.messages, args.addresses
-        source = MemorySource(lambda p, k: ((TYPENAME, str(i % a), 1) for i in range(p, n, k)), partitions=2,
-                              id="bench/remote-input", batch_size=4096)
-        app = rayfun.start(StatefulFunctions(), shards=2, ingresses=[source],
-                           endpoints=[HttpEndpoint("bench/*", url)])
+        source = MemorySource(
+            lambda p, k: ((TYPENAME, str(i % a), 1) for i in range(p, n, k)),
+            partitions=2,
+            id="bench/remote-input",
+            batch_size=4096,
+        )
+        app = rayfun.start(StatefulFunctions(), shards=2, ingresses=[source], endpoints=[HttpEndpoint("bench/*", url)])
         started = time.perf_counter()
         app.wait(timeout=900)
         elapsed = time.perf_counter() - started
         metrics = app.metrics()
         requests = sum(m["remote_requests"] for m in metrics)
-        wrong = [i for i in range(0, a, max(1, a // 50))
-                 if app.state(TYPENAME, str(i), wait=False).get("count") != n // a + (1 if i < n % a else 0)]
+        wrong = [
+            i
+            for i in range(0, a, max(1, a // 50))
+            if app.state(TYPENAME, str(i), wait=False).get("count") != n // a + (1 if i < n % a else 0)
+        ]
         app.stop()
         ray.shutdown()
     finally:
@@ -77,10 +83,17 @@ def main() -> None:
         raise SystemExit(f"WRONG state at addresses {wrong[:5]}")
     rate = n / elapsed
     batch = max(1, round(n / max(requests, 1)))
-    print(f"rayfun -> SDK over HTTP: {n} messages in {elapsed:.2f} s = {rate:.0f} msgs/s, "
-          f"{requests} HTTP requests ({n / max(requests, 1):.1f} messages per request); state exact")
-    limit_out = subprocess.run([SDK_PYTHON, os.path.join(HERE, "remote_app.py"), "--limit", str(min(n, 100_000)),
-                                str(batch)], capture_output=True, text=True, timeout=600, check=True).stdout
+    print(
+        f"rayfun -> SDK over HTTP: {n} messages in {elapsed:.2f} s = {rate:.0f} msgs/s, "
+        f"{requests} HTTP requests ({n / max(requests, 1):.1f} messages per request); state exact"
+    )
+    limit_out = subprocess.run(
+        [SDK_PYTHON, os.path.join(HERE, "remote_app.py"), "--limit", str(min(n, 100_000)), str(batch)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
     limit = float(limit_out.strip().splitlines()[-1].split(":")[1].split()[0])
     print(f"SDK handler alone, batches of {batch}: {limit:.0f} msgs/s")
     print(f"remote/sdk ratio: {rate / limit:.2f}")

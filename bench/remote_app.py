@@ -65,8 +65,9 @@ if __name__ == "__main__":
         from aiohttp import web
 
         async def handle(request):
-            return web.Response(body=await handler.handle_async(await request.read()),
-                                content_type="application/octet-stream")
+            return web.Response(
+                body=await handler.handle_async(await request.read()), content_type="application/octet-stream"
+            )
 
         app = web.Application()
         app.router.add_post("/statefun", handle)

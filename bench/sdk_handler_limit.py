@@ -71,8 +71,13 @@ async def run(batch: int, keys: int, seconds: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 10, 100],
-                        help="messages per request (one line per size; the last one is the headline)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[1, 10, 100],
+        help="messages per request (one line per size; the last one is the headline)",
+    )
     parser.add_argument("--keys", type=int, default=1000, help="distinct addresses cycled through")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per batch size")
     args = parser.parse_args()

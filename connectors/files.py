@@ -19,13 +19,14 @@ import json
 import logging
 import os
 import uuid
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from rayfun.io import DeadLetter, DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
 from rayfun.messages import KAFKA_PRODUCER_RECORD, EgressMessage, Message
 from rayfun.types import BUILTIN_TYPES, check_id, display_value, validate_typename
 
-__all__ = ["FileSource", "FileSink", "read_sink_records"]
+__all__ = ["FileSink", "FileSource", "read_sink_records"]
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,19 @@ class FileSource(Source):
     JSON. Lines that cannot be routed or parsed come back as ``DeadLetter``s; empty lines are skipped.
     """
 
-    def __init__(self, id: str, urls: str | Sequence[str], target: str | Sequence[str], *,
-                 key: str | Callable[[str], str], value: str | Callable[[str], Any] | None = None,
-                 value_type: str = "io.statefun.types/string",
-                 partitions: int = 1, batch_size: int = 2000, storage_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        id: str,
+        urls: str | Sequence[str],
+        target: str | Sequence[str],
+        *,
+        key: str | Callable[[str], str],
+        value: str | Callable[[str], Any] | None = None,
+        value_type: str = "io.statefun.types/string",
+        partitions: int = 1,
+        batch_size: int = 2000,
+        storage_options: Mapping[str, Any] | None = None,
+    ):
         validate_typename(id)
         targets = (target,) if isinstance(target, str) else tuple(target)
         if not targets:
@@ -103,7 +113,7 @@ class FileSource(Source):
         if not 0 <= index < self._count:
             raise ValueError(f"FileSource {self.id}: unknown partition {partition!r}")
         file_index, offset = resume_state if resume_state is not None else (0, 0)
-        return FileSourcePartition(self, self.files[index::self._count], int(file_index), int(offset))
+        return FileSourcePartition(self, self.files[index :: self._count], int(file_index), int(offset))
 
 
 class FileSourcePartition(SourcePartition):
@@ -240,6 +250,7 @@ class FileSourcePartition(SourcePartition):
 
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _json_value(typename: str, payload: Any) -> dict[str, Any]:
     """The value of an egress record for a JSON line: decoded where its type is known, else text or base64."""
     if typename == KAFKA_PRODUCER_RECORD and isinstance(payload, (bytes, bytearray)):
@@ -271,8 +282,14 @@ def _json_value(typename: str, payload: Any) -> dict[str, Any]:
 class FileSink(Sink):
     """An egress to JSON-lines files under ``url_dir``: ``{"egress", "type", "value"}`` per record."""
 
-    def __init__(self, id: str, url_dir: str, *, delivery: str = DeliverySemantic.EXACTLY_ONCE,
-                 storage_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        id: str,
+        url_dir: str,
+        *,
+        delivery: str = DeliverySemantic.EXACTLY_ONCE,
+        storage_options: Mapping[str, Any] | None = None,
+    ):
         validate_typename(id)
         if delivery not in (DeliverySemantic.EXACTLY_ONCE, DeliverySemantic.AT_LEAST_ONCE):
             raise ValueError(f"FileSink {id}: delivery must be exactly-once or at-least-once, got {delivery!r}")

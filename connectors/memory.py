@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from rayfun.io import DeadLetter, DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
 from rayfun.messages import EgressMessage, Message
-from rayfun.types import (IntType, MAX_ID_CHARS, StringType, Type, check_id, infer_type, to_payload,
-                          validate_typename)
+from rayfun.types import MAX_ID_CHARS, IntType, StringType, Type, check_id, infer_type, to_payload, validate_typename
 
-__all__ = ["MemorySource", "MemorySink", "to_message"]
+__all__ = ["MemorySink", "MemorySource", "to_message"]
 
 
 _VALID_TYPENAMES: set[str] = set()
@@ -62,8 +62,9 @@ def to_row(record: Any, value_type: Type | None = None) -> tuple:
 
 
 class _MemoryPartition(SourcePartition):
-    def __init__(self, records: Iterable[Any], position: int, batch_size: int, value_type: Type | None,
-                 skip: int, source_id: str):
+    def __init__(
+        self, records: Iterable[Any], position: int, batch_size: int, value_type: Type | None, skip: int, source_id: str
+    ):
         self._source_id = source_id
         self._it = itertools.islice(iter(records), skip, None) if skip else iter(records)
         self._position = position
@@ -92,8 +93,11 @@ class _MemoryPartition(SourcePartition):
         try:
             return convert(record, self._value_type)
         except (TypeError, ValueError) as exc:
-            return DeadLetter(f"record {record!r} cannot become a message: {exc}", self._source_id,
-                              repr(record).encode("utf-8", "backslashreplace"))
+            return DeadLetter(
+                f"record {record!r} cannot become a message: {exc}",
+                self._source_id,
+                repr(record).encode("utf-8", "backslashreplace"),
+            )
 
     def next_rows(self) -> list[tuple] | None:
         chunk = self._take()
@@ -106,8 +110,15 @@ class _MemoryPartition(SourcePartition):
         for r in chunk:  # to_row's fast path, inlined: this loop runs once per ingested record
             if type(r) is tuple and len(r) == 3:
                 typename, id, value = r
-                if type(value) is int and typename in valid and type(id) is str and id and id.isascii() \
-                        and len(id) <= MAX_ID_CHARS and -2147483648 <= value <= 2147483647:
+                if (
+                    type(value) is int
+                    and typename in valid
+                    and type(id) is str
+                    and id
+                    and id.isascii()
+                    and len(id) <= MAX_ID_CHARS
+                    and -2147483648 <= value <= 2147483647
+                ):
                     append((typename, id, None, _INT, value))
                     continue
             append(self._convert(to_row, r))
@@ -127,8 +138,15 @@ class MemorySource(Source):
     everything before it.
     """
 
-    def __init__(self, records: Sequence[Any] | Callable[[int, int], Iterable[Any]], *, partitions: int = 1,
-                 id: str = "rayfun/memory-ingress", batch_size: int = 2048, value_type: Type | None = None):
+    def __init__(
+        self,
+        records: Sequence[Any] | Callable[[int, int], Iterable[Any]],
+        *,
+        partitions: int = 1,
+        id: str = "rayfun/memory-ingress",
+        batch_size: int = 2048,
+        value_type: Type | None = None,
+    ):
         if partitions < 1:
             raise ValueError("partitions must be >= 1")
         if not callable(records):

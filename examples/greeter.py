@@ -17,8 +17,7 @@ functions = StatefulFunctions()
 def person(context, message):
     visits = (context.storage.visits or 0) + 1
     context.storage.visits = visits
-    context.send(message_builder(target_typename="example/greeter", target_id=context.address.id,
-                                 int_value=visits))
+    context.send(message_builder(target_typename="example/greeter", target_id=context.address.id, int_value=visits))
 
 
 @functions.bind(typename="example/greeter")
@@ -26,8 +25,9 @@ def greeter(context, message):
     visits = message.as_int()
     name = context.address.id
     greeting = f"Hello {name}!" if visits == 1 else f"Hello again {name}, visit number {visits}!"
-    context.send_egress(egress_message_builder(target_typename="example/greetings", value=greeting,
-                                               value_type=StringType))
+    context.send_egress(
+        egress_message_builder(target_typename="example/greetings", value=greeting, value_type=StringType)
+    )
 
 
 def main() -> None:

@@ -9,8 +9,6 @@ from .checkpoint import CorruptCheckpointError, read_state
 from .context import Context
 from .functions import StatefulFunctions, ValueSpec
 from .io import DEAD_LETTER_EGRESS, DeadLetter, Sink, SinkPartition, Source, SourcePartition
-from .module_yaml import load_module
-from .remote import HttpEndpoint, RemoteFunctionError, make_app, make_handler, serve
 from .messages import (
     Address,
     EgressMessage,
@@ -20,6 +18,8 @@ from .messages import (
     kinesis_egress_message,
     message_builder,
 )
+from .module_yaml import load_module
+from .remote import HttpEndpoint, RemoteFunctionError, make_app, make_handler, serve
 from .types import (
     BoolType,
     DoubleType,
@@ -37,10 +37,42 @@ from .types import (
 SdkAddress = Address  # the StateFun SDK's name for it
 
 __all__ = [
-    "start", "App", "StatefulFunctions", "ValueSpec", "Context", "Message", "EgressMessage", "Address",
-    "SdkAddress", "message_builder", "egress_message_builder", "kafka_egress_message", "kinesis_egress_message",
-    "Type", "TypeSerializer", "BoolType", "IntType", "LongType", "FloatType", "DoubleType", "StringType",
-    "make_json_type", "make_protobuf_type", "simple_type", "Source", "SourcePartition", "Sink",
-    "SinkPartition", "DeadLetter", "DEAD_LETTER_EGRESS", "read_state", "CorruptCheckpointError",
-    "HttpEndpoint", "RemoteFunctionError", "serve", "make_app", "make_handler", "load_module",
+    "DEAD_LETTER_EGRESS",
+    "Address",
+    "App",
+    "BoolType",
+    "Context",
+    "CorruptCheckpointError",
+    "DeadLetter",
+    "DoubleType",
+    "EgressMessage",
+    "FloatType",
+    "HttpEndpoint",
+    "IntType",
+    "LongType",
+    "Message",
+    "RemoteFunctionError",
+    "SdkAddress",
+    "Sink",
+    "SinkPartition",
+    "Source",
+    "SourcePartition",
+    "StatefulFunctions",
+    "StringType",
+    "Type",
+    "TypeSerializer",
+    "ValueSpec",
+    "egress_message_builder",
+    "kafka_egress_message",
+    "kinesis_egress_message",
+    "load_module",
+    "make_app",
+    "make_handler",
+    "make_json_type",
+    "make_protobuf_type",
+    "message_builder",
+    "read_state",
+    "serve",
+    "simple_type",
+    "start",
 ]

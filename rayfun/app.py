@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import ray
 
@@ -26,13 +27,26 @@ log = logging.getLogger("rayfun")
 __all__ = ["App", "start"]
 
 
-def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[Source] = (),
-          egresses: Sequence[Sink] = (), endpoints: Sequence[Any] = (), key_groups: int = DEFAULT_KEY_GROUPS,
-          checkpoint_dir: str | None = None, checkpoint_interval: float | None = 1.0, retain: int = 3,
-          storage_options: dict | None = None, checkpoint_compression: str = "lz4",
-          checkpoint_key: str | bytes | None = None,
-          shard_options: dict | None = None, standby: bool = True,
-          ray_init: dict | None = None, name: str | None = None, module: str | None = None) -> "App":
+def start(
+    functions: StatefulFunctions,
+    *,
+    shards: int = 2,
+    ingresses: Sequence[Source] = (),
+    egresses: Sequence[Sink] = (),
+    endpoints: Sequence[Any] = (),
+    key_groups: int = DEFAULT_KEY_GROUPS,
+    checkpoint_dir: str | None = None,
+    checkpoint_interval: float | None = 1.0,
+    retain: int = 3,
+    storage_options: dict | None = None,
+    checkpoint_compression: str = "lz4",
+    checkpoint_key: str | bytes | None = None,
+    shard_options: dict | None = None,
+    standby: bool = True,
+    ray_init: dict | None = None,
+    name: str | None = None,
+    module: str | None = None,
+) -> App:
     """Start an application on Ray and return its handle.
 
     ``ingresses`` are sources (``connectors.memory.MemorySource``, ``connectors.kafka.KafkaSource``, ...),
@@ -77,13 +91,25 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
     Checksum(checkpoint_key)  # a key too short is refused here, not in an actor
     if checkpoint_dir is not None and "://" not in str(checkpoint_dir):
         checkpoint_dir = os.path.abspath(checkpoint_dir)  # shards may run in another working directory
-    config = AppConfig(functions=functions, shards=shards, key_groups=key_groups, endpoints=list(endpoints),
-                       sources=list(ingresses), sinks=list(egresses), shard_options=dict(shard_options or {}),
-                       standby=standby,
-                       checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
-                       checkpoint_options={"retain": retain, "storage_options": storage_options or None,
-                                           "compression": checkpoint_compression, "key": checkpoint_key},
-                       name=name)
+    config = AppConfig(
+        functions=functions,
+        shards=shards,
+        key_groups=key_groups,
+        endpoints=list(endpoints),
+        sources=list(ingresses),
+        sinks=list(egresses),
+        shard_options=dict(shard_options or {}),
+        standby=standby,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_interval=checkpoint_interval,
+        checkpoint_options={
+            "retain": retain,
+            "storage_options": storage_options or None,
+            "compression": checkpoint_compression,
+            "key": checkpoint_key,
+        },
+        name=name,
+    )
     options = {"num_cpus": 0, "max_concurrency": 1000}
     if name:
         options["name"] = f"rayfun:{name}"
@@ -93,8 +119,15 @@ def start(functions: StatefulFunctions, *, shards: int = 2, ingresses: Sequence[
 
 
 # ray.init arguments that only make sense when it starts a local Ray; joining a cluster rejects them
-_LOCAL_ONLY = {"num_cpus", "num_gpus", "resources", "object_store_memory", "include_dashboard", "dashboard_host",
-               "dashboard_port"}
+_LOCAL_ONLY = {
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "object_store_memory",
+    "include_dashboard",
+    "dashboard_host",
+    "dashboard_port",
+}
 
 
 def _init_ray(options: dict) -> None:
@@ -137,8 +170,7 @@ class App:
         for record in records:
             m = to_message(record, value_type)
             if m.target_typename not in self._registry:
-                raise ValueError(f"unknown function type {m.target_typename!r} (bound: "
-                                 f"{self._registry.describe()})")
+                raise ValueError(f"unknown function type {m.target_typename!r} (bound: {self._registry.describe()})")
             dest = self._partitioner.shard_of(m.target_typename, m.target_id)
             out.setdefault(dest, []).append((m.target_typename, m.target_id, None, m.value_type_name, m.payload))
         if out:  # through the coordinator, which re-sends them after a rollback until a checkpoint has them
@@ -156,8 +188,10 @@ class App:
         ray.get(self._pending_refs)
         self._pending_refs.clear()
         if not ray.get(self._coordinator.wait_idle.remote(timeout, timers)):
-            raise TimeoutError(f"the application did not become idle within {timeout} s "
-                               f"(pass timers=False to ignore pending delayed messages)")
+            raise TimeoutError(
+                f"the application did not become idle within {timeout} s "
+                f"(pass timers=False to ignore pending delayed messages)"
+            )
 
     # -- out --------------------------------------------------------------------------------------------
 
@@ -219,7 +253,7 @@ class App:
             ray.kill(self._coordinator)
             self._coordinator = None
 
-    def __enter__(self) -> "App":
+    def __enter__(self) -> App:
         return self
 
     def __exit__(self, *exc) -> None:

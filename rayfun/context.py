@@ -11,14 +11,15 @@ storage object of an invocation works on a *copy* of that list; the runtime keep
 
 from __future__ import annotations
 
+from collections.abc import Container, Sequence
 from datetime import timedelta
-from typing import Any, Container, Sequence
+from typing import Any
 
 from .functions import ValueSpec
 from .messages import Address, EgressMessage, Message
 from .types import BUILTIN_TYPES, check_text, to_payload
 
-__all__ = ["Context", "make_storage_class", "StorageBase"]
+__all__ = ["Context", "StorageBase", "make_storage_class"]
 
 
 class StorageBase:
@@ -36,8 +37,7 @@ class StorageBase:
         self.dirty = 0
 
     def __getattr__(self, name: str) -> Any:  # only reached for undeclared names
-        raise AttributeError(
-            f"{self._typename} has no state named {name!r}; declared ValueSpecs: {list(self._names)}")
+        raise AttributeError(f"{self._typename} has no state named {name!r}; declared ValueSpecs: {list(self._names)}")
 
     def __repr__(self) -> str:
         return f"Storage({self._typename}: {', '.join(self._names)})"
@@ -53,9 +53,11 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
     deadline_at = n + index
 
     if builtin is not None and not expiring:
+
         def get(self):
             return self._cells[index]
     elif builtin is not None:
+
         def get(self):
             cells = self._cells
             if cells[index] is not None and 0 < cells[deadline_at] <= self._now:
@@ -64,6 +66,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                 self.dirty = 2
             return cells[index]
     else:
+
         def get(self):
             cells = self._cells
             if expiring and cells[index] is not None and 0 < cells[deadline_at] <= self._now:
@@ -76,8 +79,9 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
             try:
                 return deserialize(value)
             except Exception as exc:
-                raise TypeError(f"state {spec.name!r} of {typename} cannot be read as {spec.type.typename}: "
-                                f"{exc}") from exc
+                raise TypeError(
+                    f"state {spec.name!r} of {typename} cannot be read as {spec.type.typename}: {exc}"
+                ) from exc
 
     if builtin is not None:
         check = builtin.check
@@ -98,6 +102,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
         if after_write:
             set_ = checked_set
         elif fast_type is str:
+
             def set_(self, value):
                 if type(value) is str and value.isascii():  # hot path: ASCII text needs no check
                     self._cells[index] = value
@@ -105,6 +110,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                 else:
                     checked_set(self, value)
         elif lo is not None:
+
             def set_(self, value):
                 if type(value) is fast_type and lo <= value <= hi:  # hot path: an in-range int
                     self._cells[index] = value
@@ -112,6 +118,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                 else:
                     checked_set(self, value)
         else:
+
             def set_(self, value):
                 if type(value) is fast_type:  # hot path: exactly the built-in's Python type
                     self._cells[index] = value
@@ -119,6 +126,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                 else:
                     checked_set(self, value)
     else:
+
         def set_(self, value):
             self._cells[index] = to_payload(value, spec.type)
             if after_write:
@@ -146,10 +154,16 @@ def make_storage_class(typename: str, specs: Sequence[ValueSpec]) -> type[Storag
 class Context:
     """The context of one invocation, as in the StateFun SDK."""
 
-    __slots__ = ("_typename", "_id", "_caller", "storage", "sends", "timers", "egress", "_known")
+    __slots__ = ("_caller", "_id", "_known", "_typename", "egress", "sends", "storage", "timers")
 
-    def __init__(self, typename: str, id: str, caller: tuple[str, str] | None, storage: StorageBase,
-                 known: Container[str] | None = None):
+    def __init__(
+        self,
+        typename: str,
+        id: str,
+        caller: tuple[str, str] | None,
+        storage: StorageBase,
+        known: Container[str] | None = None,
+    ):
         self._known = known  # function types that exist: a send to any other fails here, in user code
         self._typename = typename
         self._id = id
@@ -175,8 +189,9 @@ class Context:
         if not isinstance(message, Message):
             raise TypeError(f"send() takes a Message (use message_builder), got {type(message).__name__}")
         if self._known is not None and message.target_typename not in self._known:
-            raise ValueError(f"unknown function type {message.target_typename!r}: no function or remote "
-                             f"endpoint is bound to it")
+            raise ValueError(
+                f"unknown function type {message.target_typename!r}: no function or remote endpoint is bound to it"
+            )
         if self.sends is None:
             self.sends = [message]
         else:
@@ -187,8 +202,9 @@ class Context:
         if not isinstance(message, Message):
             raise TypeError(f"send_after() takes a Message, got {type(message).__name__}")
         if self._known is not None and message.target_typename not in self._known:
-            raise ValueError(f"unknown function type {message.target_typename!r}: no function or remote "
-                             f"endpoint is bound to it")
+            raise ValueError(
+                f"unknown function type {message.target_typename!r}: no function or remote endpoint is bound to it"
+            )
         if not isinstance(delay, timedelta) or delay < timedelta(0):
             raise ValueError(f"send_after() needs a non-negative timedelta, got {delay!r}")
         if not isinstance(cancellation_token, str):
@@ -211,8 +227,9 @@ class Context:
     def send_egress(self, message: EgressMessage) -> None:
         """Emit a record to an egress (published per the egress's delivery semantics)."""
         if not isinstance(message, EgressMessage):
-            raise TypeError(f"send_egress() takes an EgressMessage (use egress_message_builder), "
-                            f"got {type(message).__name__}")
+            raise TypeError(
+                f"send_egress() takes an EgressMessage (use egress_message_builder), got {type(message).__name__}"
+            )
         if self.egress is None:
             self.egress = [message]
         else:

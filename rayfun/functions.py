@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import inspect
 import keyword
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .types import Type, validate_typename
 
-__all__ = ["ValueSpec", "StatefulFunctions", "FunctionSpec"]
+__all__ = ["FunctionSpec", "StatefulFunctions", "ValueSpec"]
 
 
 class ValueSpec:
     """One named, typed piece of per-instance state, optionally expiring after a write or after any call."""
 
-    __slots__ = ("name", "type", "expire_after_call", "expire_after_write")
+    __slots__ = ("expire_after_call", "expire_after_write", "name", "type")
 
-    def __init__(self, name: str, type: Type, expire_after_call: timedelta | None = None,
-                 expire_after_write: timedelta | None = None):
+    def __init__(
+        self,
+        name: str,
+        type: Type,
+        expire_after_call: timedelta | None = None,
+        expire_after_write: timedelta | None = None,
+    ):
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name != name.lower():
             raise ValueError(f"state name {name!r} must be a lowercase Python identifier that is not a keyword")
         if not isinstance(type, Type):
@@ -77,8 +83,11 @@ class StatefulFunctions:
         validate_typename(typename)
         if not callable(fun):
             raise TypeError(f"{typename}: the function must be callable")
-        params = [p for p in inspect.signature(fun).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(fun).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
         if len(params) != 2:
             raise TypeError(f"{typename}: a function takes exactly (context, message), got {len(params)} parameters")
         specs = tuple(specs or ())

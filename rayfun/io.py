@@ -16,12 +16,20 @@ epoch again after a crash, so ``write_batch`` must be idempotent per ``(partitio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .messages import EgressMessage, Message
 
-__all__ = ["Source", "SourcePartition", "Sink", "SinkPartition", "DeliverySemantic", "DeadLetter",
-           "DEAD_LETTER_EGRESS"]
+__all__ = [
+    "DEAD_LETTER_EGRESS",
+    "DeadLetter",
+    "DeliverySemantic",
+    "Sink",
+    "SinkPartition",
+    "Source",
+    "SourcePartition",
+]
 
 #: the egress that receives what could not be processed (malformed records, failing functions, ...).
 DEAD_LETTER_EGRESS = "rayfun/dead-letters"
@@ -34,7 +42,7 @@ class DeadLetter:
     and publishes them to the ``rayfun/dead-letters`` egress, so nothing is silently dropped.
     """
 
-    __slots__ = ("reason", "source", "payload")
+    __slots__ = ("payload", "reason", "source")
 
     def __init__(self, reason: str, source: str, payload: bytes | None = None):
         self.reason = reason

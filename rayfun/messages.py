@@ -19,23 +19,23 @@ from .types import (
     StringType,
     Type,
     check_id,
-    write_varint,
     encode_payload,
     from_payload,
     to_payload,
     validate_typename,
+    write_varint,
 )
 
 __all__ = [
+    "KAFKA_PRODUCER_RECORD",
+    "KINESIS_EGRESS_RECORD",
     "Address",
-    "Message",
     "EgressMessage",
-    "message_builder",
+    "Message",
     "egress_message_builder",
     "kafka_egress_message",
     "kinesis_egress_message",
-    "KAFKA_PRODUCER_RECORD",
-    "KINESIS_EGRESS_RECORD",
+    "message_builder",
 ]
 
 _INT = IntType.typename
@@ -55,7 +55,7 @@ class Address(NamedTuple):
         return f"{self.namespace}/{self.name}"
 
     @classmethod
-    def of(cls, typename: str, id: str) -> "Address":
+    def of(cls, typename: str, id: str) -> Address:
         namespace, name = validate_typename(typename)
         return cls(namespace, name, id)
 
@@ -126,7 +126,7 @@ class _Typed:
 class Message(_Typed):
     """A message to ``(target_typename, target_id)`` carrying one typed value."""
 
-    __slots__ = ("target_typename", "target_id", "value_type_name", "payload")
+    __slots__ = ("payload", "target_id", "target_typename", "value_type_name")
 
     def __init__(self, target_typename: str, target_id: str, value_typename: str, payload: Any):
         self.target_typename = target_typename
@@ -141,7 +141,7 @@ class Message(_Typed):
 class EgressMessage(_Typed):
     """A record for the egress ``typename`` (an ingress/egress id such as ``example/greetings``)."""
 
-    __slots__ = ("typename", "value_type_name", "payload")
+    __slots__ = ("payload", "typename", "value_type_name")
 
     def __init__(self, typename: str, value_typename: str, payload: Any):
         self.typename = typename
@@ -178,7 +178,7 @@ def message_builder(target_typename: str, target_id: str, **kwargs: Any) -> Mess
         raise ValueError("value_type= needs value=")
     if len(kwargs) != 1:
         raise ValueError(f"give exactly one of {sorted(_BUILDER_KWARGS)} or value=/value_type=, got {sorted(kwargs)}")
-    (key, value), = kwargs.items()
+    ((key, value),) = kwargs.items()
     t = _BUILDER_KWARGS.get(key)
     if t is None:
         raise ValueError(f"unknown message_builder argument {key!r}")
@@ -218,8 +218,9 @@ def _egress_value_bytes(value: Any, value_type: Type | None) -> bytes:
     raise TypeError(f"cannot serialize {type(value).__name__} for egress; pass value_type=")
 
 
-def kafka_egress_message(typename: str, topic: str, value: Any, value_type: Type | None = None,
-                         key: str | None = None) -> EgressMessage:
+def kafka_egress_message(
+    typename: str, topic: str, value: Any, value_type: Type | None = None, key: str | None = None
+) -> EgressMessage:
     """A ``KafkaProducerRecord`` for a Kafka egress (str, bytes, int, float, or ``value_type`` values)."""
     validate_typename(typename)
     if not topic:
@@ -228,10 +229,17 @@ def kafka_egress_message(typename: str, topic: str, value: Any, value_type: Type
     return EgressMessage(typename, KAFKA_PRODUCER_RECORD, record)
 
 
-def kinesis_egress_message(typename: str, stream: str, value: Any, partition_key: str,
-                           value_type: Type | None = None, explicit_hash_key: str | None = None) -> EgressMessage:
+def kinesis_egress_message(
+    typename: str,
+    stream: str,
+    value: Any,
+    partition_key: str,
+    value_type: Type | None = None,
+    explicit_hash_key: str | None = None,
+) -> EgressMessage:
     """A ``KinesisEgressRecord`` for a Kinesis egress."""
     validate_typename(typename)
-    record = _proto_fields((1, partition_key), (2, _egress_value_bytes(value, value_type)), (3, stream),
-                           (4, explicit_hash_key or ""))
+    record = _proto_fields(
+        (1, partition_key), (2, _egress_value_bytes(value, value_type)), (3, stream), (4, explicit_hash_key or "")
+    )
     return EgressMessage(typename, KINESIS_EGRESS_RECORD, record)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
@@ -83,8 +84,9 @@ def _lookup(kind: str) -> tuple[Builder, str] | None:
                 try:
                     importlib.import_module(module)  # registers its kinds
                 except ImportError as exc:
-                    raise ModuleSpecError(f"kind {kind} needs the connector module {module!r}, which cannot be "
-                                          f"imported: {exc}") from exc
+                    raise ModuleSpecError(
+                        f"kind {kind} needs the connector module {module!r}, which cannot be imported: {exc}"
+                    ) from exc
                 found = _KINDS.get(kind)
     return found
 
@@ -106,8 +108,10 @@ def load_module(path_or_text: str | os.PathLike) -> ModuleSpec:
         if not isinstance(doc, dict):
             raise ModuleSpecError(f"{where}: expected a mapping with 'kind' and 'spec', got {type(doc).__name__}")
         if "module" in doc and "kind" not in doc:
-            raise ModuleSpecError(f"{where}: the legacy StateFun 3.0 format (version/module) is not supported; "
-                                  f"write one 'kind:' + 'spec:' document per component")
+            raise ModuleSpecError(
+                f"{where}: the legacy StateFun 3.0 format (version/module) is not supported; "
+                f"write one 'kind:' + 'spec:' document per component"
+            )
         kind = doc.get("kind")
         if not isinstance(kind, str) or not kind:
             raise ModuleSpecError(f"{where}: missing 'kind' (e.g. io.statefun.endpoints.v2/http)")
@@ -138,7 +142,7 @@ def _read(path_or_text: str | os.PathLike) -> tuple[str, str]:
     if isinstance(path_or_text, os.PathLike):
         path = os.fspath(path_or_text)
     elif isinstance(path_or_text, str):
-        path = path_or_text[len("file://"):] if path_or_text.startswith("file://") else path_or_text
+        path = path_or_text[len("file://") :] if path_or_text.startswith("file://") else path_or_text
         if not os.path.isfile(path):
             if "\n" in path_or_text or ":" in path_or_text:
                 return path_or_text, "module.yaml text"
@@ -173,15 +177,19 @@ def _check_unique(module: ModuleSpec, source: str) -> None:
 
 _ASYNC = "io.statefun.transports.v1/async"
 _OKHTTP = "io.statefun.transports.v1/okhttp"
-_RAYFUN_KEYS = {"maxRetries": "max_retries", "onFailure": "on_failure",
-                "maxConcurrentRequests": "max_concurrent_requests"}
+_RAYFUN_KEYS = {
+    "maxRetries": "max_retries",
+    "onFailure": "on_failure",
+    "maxConcurrentRequests": "max_concurrent_requests",
+}
 
 
 def _check_keys(mapping: Mapping[str, Any], allowed: set[str], what: str) -> None:
     unknown = sorted(set(mapping) - allowed)
     if unknown:
-        raise ModuleSpecError(f"unknown key{'s' if len(unknown) > 1 else ''} {unknown} in {what}; "
-                              f"allowed: {sorted(allowed)}")
+        raise ModuleSpecError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {unknown} in {what}; allowed: {sorted(allowed)}"
+        )
 
 
 def _duration(value: Any, what: str) -> float:
@@ -201,7 +209,7 @@ def _file_path(value: Any, what: str) -> str:
         raise ModuleSpecError(f"{what}: classpath: resources are a JVM notion; give a file path")
     for prefix in ("file://", "file:"):
         if value.startswith(prefix):
-            return value[len(prefix):]
+            return value[len(prefix) :]
     return value
 
 
@@ -223,8 +231,21 @@ def _okhttp_timeouts(timeouts: Any, what: str) -> dict[str, Any]:
 
 
 def _async_transport(transport: Mapping[str, Any], what: str) -> dict[str, Any]:
-    keys = {"type", "call", "connect", "read", "timeouts", "pool_ttl", "pool_size", "payload_max_bytes",
-            "trust_cacerts", "client_cert", "client_key", "client_key_password", "verify"}
+    keys = {
+        "type",
+        "call",
+        "connect",
+        "read",
+        "timeouts",
+        "pool_ttl",
+        "pool_size",
+        "payload_max_bytes",
+        "trust_cacerts",
+        "client_cert",
+        "client_key",
+        "client_key_password",
+        "verify",
+    }
     _check_keys(transport, keys, what)
     timeouts = transport.get("timeouts") or {}
     if not isinstance(timeouts, dict):
@@ -269,8 +290,7 @@ def _endpoint_common(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_http_endpoint_v2(spec: Mapping[str, Any]) -> HttpEndpoint:
     """``io.statefun.endpoints.v2/http``: the async transport by default, or okhttp."""
-    _check_keys(spec, {"functions", "urlPathTemplate", "maxNumBatchRequests", "transport", *_RAYFUN_KEYS},
-                "spec")
+    _check_keys(spec, {"functions", "urlPathTemplate", "maxNumBatchRequests", "transport", *_RAYFUN_KEYS}, "spec")
     kwargs = _endpoint_common(spec)
     transport = spec.get("transport") or {}
     if not isinstance(transport, dict):

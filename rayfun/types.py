@@ -15,31 +15,32 @@ from __future__ import annotations
 import json
 import struct
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 __all__ = [
-    "Type",
-    "TypeSerializer",
-    "BoolType",
-    "IntType",
-    "LongType",
-    "FloatType",
-    "DoubleType",
-    "StringType",
-    "simple_type",
-    "make_json_type",
-    "make_protobuf_type",
     "BUILTIN_TYPES",
-    "type_for_typename",
-    "encode_payload",
-    "decode_payload",
-    "infer_type",
-    "check_text",
-    "check_id",
     "MAX_ID_CHARS",
     "MAX_TYPENAME_CHARS",
+    "BoolType",
+    "DoubleType",
+    "FloatType",
+    "IntType",
+    "LongType",
+    "StringType",
+    "Type",
+    "TypeSerializer",
+    "check_id",
+    "check_text",
+    "decode_payload",
+    "encode_payload",
+    "infer_type",
+    "make_json_type",
+    "make_protobuf_type",
+    "simple_type",
+    "type_for_typename",
 ]
 
 MAX_ID_CHARS = 64 * 1024  # an instance id (it is stored with every row of its state and every message)
@@ -86,8 +87,9 @@ def validate_typename(typename: str) -> tuple[str, str]:
     if not sep or not namespace or not name:
         raise ValueError(f"invalid typename {typename!r}: expected 'namespace/name'")
     if len(typename) > MAX_TYPENAME_CHARS:
-        raise ValueError(f"typename {typename[:40]!r}... has {len(typename)} characters, more than "
-                         f"{MAX_TYPENAME_CHARS}")
+        raise ValueError(
+            f"typename {typename[:40]!r}... has {len(typename)} characters, more than {MAX_TYPENAME_CHARS}"
+        )
     if not typename.isprintable() or any(c.isspace() for c in typename):
         raise ValueError(f"invalid typename {typename!r}: no spaces or control characters")
     check_text(typename, f"typename {typename!r}")
@@ -105,6 +107,7 @@ def check_id(id: Any, what: str = "an id") -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Built-in types: one-field protobuf wrappers (io.statefun.sdk.types), hand-encoded.
+
 
 def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
@@ -144,12 +147,12 @@ def _field1(data: bytes, wire_type: int, typename: str) -> bytes | int | None:
             if wt == 0:
                 v, pos = read_varint(data, pos)
             elif wt == 1:
-                v, pos = data[pos:pos + 8], pos + 8
+                v, pos = data[pos : pos + 8], pos + 8
             elif wt == 5:
-                v, pos = data[pos:pos + 4], pos + 4
+                v, pos = data[pos : pos + 4], pos + 4
             elif wt == 2:
                 ln, pos = read_varint(data, pos)
-                v, pos = data[pos:pos + ln], pos + ln
+                v, pos = data[pos : pos + ln], pos + ln
             else:
                 raise ValueError(f"unsupported wire type {wt}")
             if pos > n:
@@ -235,8 +238,10 @@ def check_text(value: str, what: str = "a string") -> str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"{what} is not valid Unicode text ({exc.reason}: {value[exc.start:exc.end]!r} at "
-                             f"position {exc.start}), so it cannot be stored or sent") from None
+            raise ValueError(
+                f"{what} is not valid Unicode text ({exc.reason}: {value[exc.start : exc.end]!r} at "
+                f"position {exc.start}), so it cannot be stored or sent"
+            ) from None
     return value
 
 
@@ -275,7 +280,8 @@ BUILTIN_TYPES: dict[str, _BuiltinType] = {
     t.typename: t for t in (BoolType, IntType, LongType, FloatType, DoubleType, StringType)
 }
 
-def _builtin(typename: str) -> "_BuiltinType":
+
+def _builtin(typename: str) -> _BuiltinType:
     return BUILTIN_TYPES[typename]
 
 
@@ -295,6 +301,7 @@ def _remember(t: Type) -> Type:
 
 # ---------------------------------------------------------------------------------------------------------
 # User types.
+
 
 class _SimpleSerializer(TypeSerializer[T]):
     def __init__(self, serialize_fn: Callable[[T], bytes], deserialize_fn: Callable[[bytes], T]):
@@ -338,6 +345,7 @@ def make_protobuf_type(cls: Any, namespace: str = "type.googleapis.com") -> Type
 
 # ---------------------------------------------------------------------------------------------------------
 # Payload helpers shared by messages, state and the wire.
+
 
 def encode_payload(typename: str, payload: Any) -> bytes:
     """The wire bytes of a runtime payload (built-ins are held decoded, everything else as bytes)."""

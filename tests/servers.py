@@ -49,8 +49,12 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def s3_options(port: int) -> dict:
     """s3fs storage_options for a moto_server (or a proxy in front of it) on loopback ``port``."""
-    return {"key": "testing", "secret": "testing", "use_listings_cache": False,
-            "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "eu-west-1"}}
+    return {
+        "key": "testing",
+        "secret": "testing",
+        "use_listings_cache": False,
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "eu-west-1"},
+    }
 
 
 def moto_executable() -> str | None:
@@ -67,8 +71,9 @@ def start_moto() -> tuple[subprocess.Popen, dict]:
     if exe is None:
         raise RuntimeError("moto_server is not installed (pip install 'moto[server]')")
     port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_port(proc, port, "moto_server")
         options = s3_options(port)

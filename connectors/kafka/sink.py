@@ -48,7 +48,8 @@ import logging
 import time
 import uuid
 import zlib
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from rayfun.io import DeliverySemantic, Sink, SinkPartition
 from rayfun.messages import KAFKA_PRODUCER_RECORD, EgressMessage
@@ -59,7 +60,7 @@ from .records import KafkaProducerRecord, decode_producer_record
 if TYPE_CHECKING:
     from confluent_kafka import Producer
 
-__all__ = ["KafkaSink", "EgressRecordError", "KafkaEgressError", "MARKER_TOPIC"]
+__all__ = ["MARKER_TOPIC", "EgressRecordError", "KafkaEgressError", "KafkaSink"]
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,20 @@ class KafkaSink(Sink):
     commit within one ``write_batch``).
     """
 
-    def __init__(self, id: str, bootstrap: str, *, delivery: str = DeliverySemantic.EXACTLY_ONCE,
-                 transactional_id_prefix: str | None = None, properties: Mapping[str, Any] | None = None,
-                 transaction_timeout_ms: int = 60_000, marker_topic: str = MARKER_TOPIC,
-                 marker_partitions: int = 32, timeout: float = 60.0, run_id: str | None = None):
+    def __init__(
+        self,
+        id: str,
+        bootstrap: str,
+        *,
+        delivery: str = DeliverySemantic.EXACTLY_ONCE,
+        transactional_id_prefix: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        transaction_timeout_ms: int = 60_000,
+        marker_topic: str = MARKER_TOPIC,
+        marker_partitions: int = 32,
+        timeout: float = 60.0,
+        run_id: str | None = None,
+    ):
         validate_typename(id)
         if not bootstrap:
             raise ValueError(f"Kafka egress {id}: no bootstrap address")
@@ -121,8 +132,9 @@ class KafkaSink(Sink):
         self.semantic = delivery
         self.delivery = DeliverySemantic.EXACTLY_ONCE if delivery == "exactly-once" else DeliverySemantic.AT_LEAST_ONCE
         properties = dict(properties or {})
-        self.transactional_id_prefix = str(properties.pop("transactional.id", None) or transactional_id_prefix
-                                           or "rayfun-" + id.replace("/", "."))
+        self.transactional_id_prefix = str(
+            properties.pop("transactional.id", None) or transactional_id_prefix or "rayfun-" + id.replace("/", ".")
+        )
         self.properties = properties
         self.transaction_timeout_ms = int(transaction_timeout_ms)
         self.marker_topic = marker_topic
@@ -175,13 +187,20 @@ class KafkaSinkPartition(SinkPartition):
 
     # -- records ---------------------------------------------------------------------------------------
 
-    def _decode(self, records: list[EgressMessage]) -> tuple[list[KafkaProducerRecord], list[tuple[EgressMessage, str]]]:
+    def _decode(
+        self, records: list[EgressMessage]
+    ) -> tuple[list[KafkaProducerRecord], list[tuple[EgressMessage, str]]]:
         decoded: list[tuple[EgressMessage, KafkaProducerRecord]] = []
         rejected: list[tuple[EgressMessage, str]] = []
         for r in records:
             if r.value_type_name != KAFKA_PRODUCER_RECORD:
-                rejected.append((r, f"accepts only {KAFKA_PRODUCER_RECORD} values (build them with "
-                                    f"kafka_egress_message), got a value of type {r.value_type_name}"))
+                rejected.append(
+                    (
+                        r,
+                        f"accepts only {KAFKA_PRODUCER_RECORD} values (build them with "
+                        f"kafka_egress_message), got a value of type {r.value_type_name}",
+                    )
+                )
                 continue
             try:
                 decoded.append((r, decode_producer_record(r.payload)))
@@ -189,8 +208,11 @@ class KafkaSinkPartition(SinkPartition):
                 rejected.append((r, f"malformed {KAFKA_PRODUCER_RECORD}: {exc}"))
         missing = self._missing_topics({rec.topic for _, rec in decoded}) if decoded else set()
         if missing:
-            rejected.extend((r, f"topic {rec.topic!r} does not exist on {self._sink.bootstrap}")
-                            for r, rec in decoded if rec.topic in missing)
+            rejected.extend(
+                (r, f"topic {rec.topic!r} does not exist on {self._sink.bootstrap}")
+                for r, rec in decoded
+                if rec.topic in missing
+            )
         return [rec for _, rec in decoded if rec.topic not in missing], rejected
 
     def _missing_topics(self, topics: set[str]) -> set[str]:
@@ -221,16 +243,18 @@ class KafkaSinkPartition(SinkPartition):
     def _flush(self) -> None:
         left = self._producer.flush(self._timeout)
         if left:
-            raise KafkaEgressError(f"Kafka egress {self._id}: {left} records not delivered within "
-                                   f"{self._timeout:.0f} s")
+            raise KafkaEgressError(
+                f"Kafka egress {self._id}: {left} records not delivered within {self._timeout:.0f} s"
+            )
         self._raise_delivery_errors()
 
     def _raise_delivery_errors(self) -> None:
         if self._errors:
             errors, self._errors = self._errors, []
             err, topic = errors[0]
-            raise KafkaEgressError(f"Kafka egress {self._id}: {len(errors)} records failed, e.g. to topic "
-                                   f"{topic!r}: {err}")
+            raise KafkaEgressError(
+                f"Kafka egress {self._id}: {len(errors)} records failed, e.g. to topic {topic!r}: {err}"
+            )
 
     # -- the contract ----------------------------------------------------------------------------------
 
@@ -250,8 +274,9 @@ class KafkaSinkPartition(SinkPartition):
         if producer is not None:
             left = producer.flush(self._timeout)
             if left:
-                log.error("Kafka egress %s partition %d: %d records not delivered at close", self._id,
-                          self._index, left)
+                log.error(
+                    "Kafka egress %s partition %d: %d records not delivered at close", self._id, self._index, left
+                )
 
 
 class TransactionalKafkaPartition(KafkaSinkPartition):
@@ -261,7 +286,7 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
 
     def __init__(self, sink: KafkaSink, index: int):
         super().__init__(sink, index)
-        self._marker_key = f"{sink.transactional_id_prefix}-{index}/{sink.run_id}".encode("utf-8")
+        self._marker_key = f"{sink.transactional_id_prefix}-{index}/{sink.run_id}".encode()
         try:
             self._marker_partition = self._ensure_marker_topic(sink, index)
             self._init()
@@ -275,19 +300,27 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
         md = self._producer.list_topics(sink.marker_topic, timeout=self._timeout).topics.get(sink.marker_topic)
         if md is None or md.error is not None or not md.partitions:
             try:
-                create_topics(sink.bootstrap, [sink.marker_topic], partitions=sink.marker_partitions,
-                              config={"cleanup.policy": "compact"}, timeout=self._timeout)
+                create_topics(
+                    sink.bootstrap,
+                    [sink.marker_topic],
+                    partitions=sink.marker_partitions,
+                    config={"cleanup.policy": "compact"},
+                    timeout=self._timeout,
+                )
             except BrokerError:  # a broker that refuses the config: markers work uncompacted too
-                create_topics(sink.bootstrap, [sink.marker_topic], partitions=sink.marker_partitions,
-                              timeout=self._timeout)
+                create_topics(
+                    sink.bootstrap, [sink.marker_topic], partitions=sink.marker_partitions, timeout=self._timeout
+                )
             deadline = time.monotonic() + self._timeout
             while True:
                 md = self._producer.list_topics(sink.marker_topic, timeout=self._timeout).topics.get(sink.marker_topic)
                 if md is not None and md.error is None and md.partitions:
                     break
                 if time.monotonic() > deadline:
-                    raise KafkaEgressError(f"Kafka egress {sink.id}: marker topic {sink.marker_topic!r} is not "
-                                           f"available on {sink.bootstrap}")
+                    raise KafkaEgressError(
+                        f"Kafka egress {sink.id}: marker topic {sink.marker_topic!r} is not "
+                        f"available on {sink.bootstrap}"
+                    )
                 time.sleep(0.1)
         # stable as long as the marker topic's partition count is never changed
         return (zlib.crc32(sink.id.encode("utf-8")) + index) % len(md.partitions)
@@ -296,8 +329,10 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
         try:
             self._producer.init_transactions(self._timeout)
         except self._ck.KafkaException as exc:
-            raise KafkaEgressError(f"Kafka egress {self._id} partition {self._index}: init_transactions "
-                                   f"failed (does the broker support transactions?): {exc}") from None
+            raise KafkaEgressError(
+                f"Kafka egress {self._id} partition {self._index}: init_transactions "
+                f"failed (does the broker support transactions?): {exc}"
+            ) from None
         self._last_epoch = self._read_last_epoch()
         log.debug("Kafka egress %s partition %d: last published epoch %s", self._id, self._index, self._last_epoch)
 
@@ -312,11 +347,18 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
         ck = self._ck
         tp = ck.TopicPartition(self._sink.marker_topic, self._marker_partition)
         low, end = self._stable_range(tp)
-        consumer = ck.Consumer({"bootstrap.servers": self._sink.bootstrap,
-                                "group.id": f"{self._sink.transactional_id_prefix}-markers",
-                                "enable.auto.commit": False, "isolation.level": "read_committed",
-                                "enable.partition.eof": True, "auto.offset.reset": "earliest",
-                                "fetch.wait.max.ms": 10, "log_level": 3})
+        consumer = ck.Consumer(
+            {
+                "bootstrap.servers": self._sink.bootstrap,
+                "group.id": f"{self._sink.transactional_id_prefix}-markers",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,
+                "log_level": 3,
+            }
+        )
         try:
             window, stop = 256, None  # the newest window is read to the partition's end, whatever it is
             while end > low:
@@ -351,7 +393,8 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
                 raise KafkaEgressError(
                     f"Kafka egress {self._id} partition {self._index}: marker partition {tp.topic}/{tp.partition} "
                     f"has a transaction open for more than {wait_s:.0f} s (a crashed egress partition that shares "
-                    f"it has not been reopened, and the broker does not time transactions out)")
+                    f"it has not been reopened, and the broker does not time transactions out)"
+                )
             time.sleep(0.05)
         return max(low, 0), high
 
@@ -374,18 +417,30 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
                     try:
                         found = int(json.loads(m.value())["epoch"])
                     except (ValueError, KeyError, TypeError):
-                        log.warning("Kafka egress %s: unreadable epoch marker at %s/%d@%d", self._id, tp.topic,
-                                    tp.partition, m.offset())
+                        log.warning(
+                            "Kafka egress %s: unreadable epoch marker at %s/%d@%d",
+                            self._id,
+                            tp.topic,
+                            tp.partition,
+                            m.offset(),
+                        )
             if time.monotonic() > deadline:
-                raise KafkaEgressError(f"Kafka egress {self._id}: reading markers from {tp.topic}/{tp.partition} "
-                                       f"timed out after {self._timeout:.0f} s")
+                raise KafkaEgressError(
+                    f"Kafka egress {self._id}: reading markers from {tp.topic}/{tp.partition} "
+                    f"timed out after {self._timeout:.0f} s"
+                )
 
     # -- the contract ----------------------------------------------------------------------------------
 
     def write_batch(self, records: list[EgressMessage], epoch: int) -> None:
         if epoch >= 0 and self._last_epoch is not None and epoch <= self._last_epoch:
-            log.info("Kafka egress %s partition %d: epoch %d already published (last %d): skipped",
-                     self._id, self._index, epoch, self._last_epoch)
+            log.info(
+                "Kafka egress %s partition %d: epoch %d already published (last %d): skipped",
+                self._id,
+                self._index,
+                epoch,
+                self._last_epoch,
+            )
             return
         good, rejected = self._decode(records)
         if good:
@@ -404,26 +459,38 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
                 if epoch >= 0:
                     self._flush()  # every record is written before the marker (see the module doc)
                     marker = json.dumps({"epoch": epoch, "records": len(records)}).encode("utf-8")
-                    producer.produce(self._sink.marker_topic, marker, self._marker_key,
-                                     partition=self._marker_partition)
+                    producer.produce(
+                        self._sink.marker_topic, marker, self._marker_key, partition=self._marker_partition
+                    )
                 self._commit()
                 return
             except (ck.KafkaException, KafkaEgressError) as exc:
                 err = exc.args[0] if isinstance(exc, ck.KafkaException) and exc.args else None
                 self._errors = []
                 if isinstance(err, ck.KafkaError) and (err.fatal() or not err.txn_requires_abort()):
-                    raise KafkaEgressError(f"Kafka egress {self._id} partition {self._index}: publishing epoch "
-                                           f"{epoch} failed: {err}") from None
+                    raise KafkaEgressError(
+                        f"Kafka egress {self._id} partition {self._index}: publishing epoch {epoch} failed: {err}"
+                    ) from None
                 try:
                     producer.abort_transaction(self._timeout)
                 except ck.KafkaException as abort_exc:
-                    raise KafkaEgressError(f"Kafka egress {self._id} partition {self._index}: epoch {epoch} "
-                                           f"failed ({exc}) and aborting failed too: {abort_exc}") from None
+                    raise KafkaEgressError(
+                        f"Kafka egress {self._id} partition {self._index}: epoch {epoch} "
+                        f"failed ({exc}) and aborting failed too: {abort_exc}"
+                    ) from None
                 if attempt == self._ATTEMPTS:
-                    raise KafkaEgressError(f"Kafka egress {self._id} partition {self._index}: publishing epoch "
-                                           f"{epoch} failed {attempt} times: {exc}") from None
-                log.warning("Kafka egress %s partition %d: epoch %d attempt %d failed, retrying: %s",
-                            self._id, self._index, epoch, attempt, exc)
+                    raise KafkaEgressError(
+                        f"Kafka egress {self._id} partition {self._index}: publishing epoch "
+                        f"{epoch} failed {attempt} times: {exc}"
+                    ) from None
+                log.warning(
+                    "Kafka egress %s partition %d: epoch %d attempt %d failed, retrying: %s",
+                    self._id,
+                    self._index,
+                    epoch,
+                    attempt,
+                    exc,
+                )
 
     def _commit(self) -> None:
         deadline = time.monotonic() + self._timeout

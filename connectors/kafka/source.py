@@ -18,8 +18,9 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rayfun.io import DeadLetter, Source, SourcePartition
 from rayfun.messages import Message
@@ -28,7 +29,7 @@ from rayfun.types import BUILTIN_TYPES, MAX_ID_CHARS, validate_typename
 if TYPE_CHECKING:  # confluent-kafka is imported when a partition opens (the `kafka` extra)
     from confluent_kafka import Consumer
 
-__all__ = ["KafkaSource", "KafkaTopic", "STARTUP_POSITIONS"]
+__all__ = ["STARTUP_POSITIONS", "KafkaSource", "KafkaTopic"]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _normalize_startup(startup: Any) -> tuple[str, Any]:
             raise ValueError(f"unknown startup position {startup!r}: expected one of {STARTUP_POSITIONS}")
         return startup, None
     if isinstance(startup, Mapping) and len(startup) == 1:
-        (kind, arg), = startup.items()
+        ((kind, arg),) = startup.items()
         if kind == "specific-offsets":
             offsets = {}
             for name, offset in dict(arg).items():
@@ -105,8 +106,10 @@ def _normalize_startup(startup: Any) -> tuple[str, Any]:
             return kind, offsets
         if kind == "date":
             return kind, _date_ms(arg)
-    raise ValueError(f"invalid startup position {startup!r}: expected one of 'earliest', 'latest', "
-                     f"'group-offsets', {{'specific-offsets': {{'topic/0': 42}}}} or {{'date': ...}}")
+    raise ValueError(
+        f"invalid startup position {startup!r}: expected one of 'earliest', 'latest', "
+        f"'group-offsets', {{'specific-offsets': {{'topic/0': 42}}}} or {{'date': ...}}"
+    )
 
 
 class KafkaSource(Source):
@@ -119,11 +122,21 @@ class KafkaSource(Source):
     settings and override the defaults (``isolation.level=read_committed`` among them).
     """
 
-    def __init__(self, id: str, bootstrap: str, topics: Sequence[KafkaTopic], *,
-                 consumer_group: str | None = None, startup: Any = "group-offsets",
-                 auto_offset_reset: str = "latest", properties: Mapping[str, Any] | None = None,
-                 batch_size: int = 2000, poll_timeout: float = 0.005, metadata_timeout: float = 30.0,
-                 commit_interval: float = 5.0):
+    def __init__(
+        self,
+        id: str,
+        bootstrap: str,
+        topics: Sequence[KafkaTopic],
+        *,
+        consumer_group: str | None = None,
+        startup: Any = "group-offsets",
+        auto_offset_reset: str = "latest",
+        properties: Mapping[str, Any] | None = None,
+        batch_size: int = 2000,
+        poll_timeout: float = 0.005,
+        metadata_timeout: float = 30.0,
+        commit_interval: float = 5.0,
+    ):
         validate_typename(id)
         if not bootstrap:
             raise ValueError(f"Kafka ingress {id}: no bootstrap address")
@@ -134,8 +147,9 @@ class KafkaSource(Source):
         if len(set(names)) != len(names):
             raise ValueError(f"Kafka ingress {id}: a topic is listed twice in {names}")
         if auto_offset_reset not in ("earliest", "latest"):
-            raise ValueError(f"Kafka ingress {id}: auto_offset_reset must be 'earliest' or 'latest', "
-                             f"got {auto_offset_reset!r}")
+            raise ValueError(
+                f"Kafka ingress {id}: auto_offset_reset must be 'earliest' or 'latest', got {auto_offset_reset!r}"
+            )
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.id = id
@@ -175,8 +189,10 @@ class KafkaSource(Source):
                 md = consumer.list_topics(topic, timeout=self.metadata_timeout).topics.get(topic)
                 if md is None or md.error is not None or not md.partitions:
                     why = md.error if md is not None and md.error is not None else "no partitions"
-                    raise RuntimeError(f"Kafka ingress {self.id}: topic {topic!r} is not available on "
-                                       f"{self.bootstrap} ({why}); create it first")
+                    raise RuntimeError(
+                        f"Kafka ingress {self.id}: topic {topic!r} is not available on "
+                        f"{self.bootstrap} ({why}); create it first"
+                    )
                 names.extend(f"{topic}/{p}" for p in sorted(md.partitions))
             return names
         finally:
@@ -186,8 +202,9 @@ class KafkaSource(Source):
         topic, sep, number = partition.rpartition("/")
         if not sep or topic not in self.topics or not number.isdigit():
             raise ValueError(f"Kafka ingress {self.id}: unknown partition {partition!r}")
-        return KafkaSourcePartition(self, self.topics[topic], int(number),
-                                    None if resume_state is None else int(resume_state))
+        return KafkaSourcePartition(
+            self, self.topics[topic], int(number), None if resume_state is None else int(resume_state)
+        )
 
 
 class KafkaSourcePartition(SourcePartition):
@@ -274,8 +291,14 @@ class KafkaSourcePartition(SourcePartition):
         for m in records:
             key, value = m.key(), m.value()
             if key is None or value is None:
-                append(self._dead(m, "has no key: the key must be the target function id" if key is None
-                                  else "has no value (a tombstone)"))
+                append(
+                    self._dead(
+                        m,
+                        "has no key: the key must be the target function id"
+                        if key is None
+                        else "has no value (a tombstone)",
+                    )
+                )
                 continue
             try:
                 id = key.decode("utf-8")

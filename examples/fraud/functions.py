@@ -19,18 +19,17 @@ from datetime import timedelta
 
 import aiohttp
 
-from rayfun import (IntType, StatefulFunctions, ValueSpec, kafka_egress_message, make_json_type,
-                    message_builder)
+from rayfun import IntType, StatefulFunctions, ValueSpec, kafka_egress_message, make_json_type, message_builder
 
-Transaction = make_json_type("fraud/Transaction")          # {"id", "account", "merchant", "amount"}
-ConfirmFraud = make_json_type("fraud/ConfirmFraud")        # {"account"}
-QueryFraud = make_json_type("fraud/QueryFraud")            # {}
-ReportedFraud = make_json_type("fraud/ReportedFraud")      # {"count"}
-QueryMerchant = make_json_type("fraud/QueryMerchant")      # {}
-MerchantScore = make_json_type("fraud/MerchantScore")      # {"score"} or {"error"}
-FeatureVector = make_json_type("fraud/FeatureVector")      # {"amount", "frauds", "merchant_score"}
-FraudScore = make_json_type("fraud/FraudScore")            # {"score"}
-Pending = make_json_type("fraud/Pending")                  # the manager's partial view of one transaction
+Transaction = make_json_type("fraud/Transaction")  # {"id", "account", "merchant", "amount"}
+ConfirmFraud = make_json_type("fraud/ConfirmFraud")  # {"account"}
+QueryFraud = make_json_type("fraud/QueryFraud")  # {}
+ReportedFraud = make_json_type("fraud/ReportedFraud")  # {"count"}
+QueryMerchant = make_json_type("fraud/QueryMerchant")  # {}
+MerchantScore = make_json_type("fraud/MerchantScore")  # {"score"} or {"error"}
+FeatureVector = make_json_type("fraud/FeatureVector")  # {"amount", "frauds", "merchant_score"}
+FraudScore = make_json_type("fraud/FraudScore")  # {"score"}
+Pending = make_json_type("fraud/Pending")  # the manager's partial view of one transaction
 
 ALERTS_EGRESS = "fraud/alerts"
 ALERTS_TOPIC = "alerts"
@@ -39,14 +38,19 @@ THRESHOLD = 0.8
 functions = StatefulFunctions()
 
 
-@functions.bind("fraud/counter",
-                specs=[ValueSpec("count", IntType, expire_after_write=timedelta(days=30))])
+@functions.bind("fraud/counter", specs=[ValueSpec("count", IntType, expire_after_write=timedelta(days=30))])
 def fraud_count(context, message):
     if message.is_type(ConfirmFraud):
         context.storage.count = (context.storage.count or 0) + 1
     elif message.is_type(QueryFraud):
-        context.send(message_builder(context.caller.typename, context.caller.id,
-                                     value={"count": context.storage.count or 0}, value_type=ReportedFraud))
+        context.send(
+            message_builder(
+                context.caller.typename,
+                context.caller.id,
+                value={"count": context.storage.count or 0},
+                value_type=ReportedFraud,
+            )
+        )
 
 
 _session: aiohttp.ClientSession | None = None
@@ -69,8 +73,7 @@ async def merchant_score(context, message):
             answer = {"score": float((await response.json())["score"])}
     except Exception as exc:  # the service is third-party: an outage must not stall transactions
         answer = {"error": f"{type(exc).__name__}: {exc}"}
-    context.send(message_builder(context.caller.typename, context.caller.id, value=answer,
-                                 value_type=MerchantScore))
+    context.send(message_builder(context.caller.typename, context.caller.id, value=answer, value_type=MerchantScore))
 
 
 @functions.bind("fraud/transaction-manager", specs=[ValueSpec("pending", Pending)])
@@ -93,16 +96,20 @@ def transaction_manager(context, message):
         score = message.as_type(FraudScore)["score"]
         tx = pending["tx"]
         if score > THRESHOLD:
-            alert = (f'{{"transaction": "{me}", "account": "{tx["account"]}", "merchant": "{tx["merchant"]}", '
-                     f'"amount": {tx["amount"]}, "score": {score:.3f}}}')
-            context.send_egress(kafka_egress_message(ALERTS_EGRESS, topic=ALERTS_TOPIC, key=tx["account"],
-                                                     value=alert))
+            alert = (
+                f'{{"transaction": "{me}", "account": "{tx["account"]}", "merchant": "{tx["merchant"]}", '
+                f'"amount": {tx["amount"]}, "score": {score:.3f}}}'
+            )
+            context.send_egress(kafka_egress_message(ALERTS_EGRESS, topic=ALERTS_TOPIC, key=tx["account"], value=alert))
         del context.storage.pending
         return
     if "frauds" in pending and "merchant" in pending:
         merchant = pending["merchant"]
-        features = {"amount": pending["tx"]["amount"], "frauds": pending["frauds"],
-                    "merchant_score": merchant.get("score", 0.5)}  # unknown merchant risk: neutral
+        features = {
+            "amount": pending["tx"]["amount"],
+            "frauds": pending["frauds"],
+            "merchant_score": merchant.get("score", 0.5),
+        }  # unknown merchant risk: neutral
         context.send(message_builder("fraud/model", me, value=features, value_type=FeatureVector))
     context.storage.pending = pending
 
@@ -111,5 +118,8 @@ def transaction_manager(context, message):
 def model(context, message):
     f = message.as_type(FeatureVector)
     z = -4.0 + 1.6 * f["frauds"] + 2.5 * f["merchant_score"] + 0.0008 * f["amount"]
-    context.send(message_builder(context.caller.typename, context.caller.id,
-                                 value={"score": 1 / (1 + math.exp(-z))}, value_type=FraudScore))
+    context.send(
+        message_builder(
+            context.caller.typename, context.caller.id, value={"score": 1 / (1 + math.exp(-z))}, value_type=FraudScore
+        )
+    )

@@ -24,9 +24,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import rayfun  # noqa: E402
-from connectors.kafka import KafkaBroker, KafkaSink, KafkaSource, KafkaTopic, create_topics  # noqa: E402
-from functions import ALERTS_EGRESS, ALERTS_TOPIC, functions  # noqa: E402
+from functions import ALERTS_EGRESS, ALERTS_TOPIC, functions
+
+import rayfun
+from connectors.kafka import KafkaBroker, KafkaSink, KafkaSource, KafkaTopic, create_topics
 
 
 def merchant_service(port: int) -> threading.Thread:
@@ -81,11 +82,19 @@ def read_alerts(bootstrap: str, partitions: int = 2, timeout: float = 10.0) -> l
     """Every committed alert: read each partition of the topic from the start to its end."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-reader-{os.getpid()}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"demo-reader-{os.getpid()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     assigned = [TopicPartition(ALERTS_TOPIC, p, OFFSET_BEGINNING) for p in range(partitions)]
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(ALERTS_TOPIC, p), timeout=timeout)[1]
-            for p in range(partitions)}
+    ends = {
+        p: consumer.get_watermark_offsets(TopicPartition(ALERTS_TOPIC, p), timeout=timeout)[1]
+        for p in range(partitions)
+    }
     consumer.assign(assigned)
     alerts, positions, deadline = [], {p: 0 for p in range(partitions)}, time.monotonic() + timeout
     while any(positions[p] < ends[p] for p in ends) and time.monotonic() < deadline:
@@ -103,8 +112,9 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=300)
     parser.add_argument("--bootstrap", help="an existing Kafka; default: start a Tansu broker on loopback")
     parser.add_argument("--checkpoint-dir", default="checkpoints/fraud")
-    parser.add_argument("--fresh", action="store_true", default=True,
-                        help="start from scratch (remove the checkpoint directory first)")
+    parser.add_argument(
+        "--fresh", action="store_true", default=True, help="start from scratch (remove the checkpoint directory first)"
+    )
     args = parser.parse_args()
 
     broker = None
@@ -123,25 +133,43 @@ def main() -> None:
     try:
         create_topics(bootstrap, ["transactions", "confirmed-fraud", ALERTS_TOPIC], partitions=2)
         produce_sample_traffic(bootstrap, args.transactions)
-        ingress = KafkaSource("fraud/in", bootstrap, [
-            KafkaTopic("transactions", value_type="fraud/Transaction", targets=["fraud/transaction-manager"]),
-            KafkaTopic("confirmed-fraud", value_type="fraud/ConfirmFraud", targets=["fraud/counter"]),
-        ], consumer_group="fraud-demo", startup="earliest")
+        ingress = KafkaSource(
+            "fraud/in",
+            bootstrap,
+            [
+                KafkaTopic("transactions", value_type="fraud/Transaction", targets=["fraud/transaction-manager"]),
+                KafkaTopic("confirmed-fraud", value_type="fraud/ConfirmFraud", targets=["fraud/counter"]),
+            ],
+            consumer_group="fraud-demo",
+            startup="earliest",
+        )
         egress = KafkaSink(ALERTS_EGRESS, bootstrap, delivery="exactly-once")
-        app = rayfun.start(functions, shards=2, ingresses=[ingress], egresses=[egress],
-                           checkpoint_dir=args.checkpoint_dir, checkpoint_interval=1.0,
-                           ray_init={"num_cpus": 2, "include_dashboard": False,
-                                     "runtime_env": {"env_vars": {"FRAUD_MERCHANT_SERVICE":
-                                                                  os.environ["FRAUD_MERCHANT_SERVICE"]}}})
+        app = rayfun.start(
+            functions,
+            shards=2,
+            ingresses=[ingress],
+            egresses=[egress],
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_interval=1.0,
+            ray_init={
+                "num_cpus": 2,
+                "include_dashboard": False,
+                "runtime_env": {"env_vars": {"FRAUD_MERCHANT_SERVICE": os.environ["FRAUD_MERCHANT_SERVICE"]}},
+            },
+        )
         app.wait(timeout=120)
         app.checkpoint()  # alerts are published exactly once, when their checkpoint completes
         alerts = read_alerts(bootstrap)
         emitted = sum(m["egress"] for m in app.metrics())
-        print(f"{len(alerts)} alerts in Kafka from {args.transactions} transactions "
-              f"({emitted} egress records emitted by the functions):")
+        print(
+            f"{len(alerts)} alerts in Kafka from {args.transactions} transactions "
+            f"({emitted} egress records emitted by the functions):"
+        )
         for alert in sorted(alerts, key=lambda a: -a["score"])[:10]:
-            print(f"  {alert['transaction']:>7}  {alert['account']:<8} at {alert['merchant']:<18} "
-                  f"{alert['amount']:>5}  score {alert['score']}")
+            print(
+                f"  {alert['transaction']:>7}  {alert['account']:<8} at {alert['merchant']:<18} "
+                f"{alert['amount']:>5}  score {alert['score']}"
+            )
         print("fraud count of acct-0:", app.state("fraud/counter", "acct-0", wait=False))
         print(f"checkpoints in {args.checkpoint_dir}: state readable offline with rayfun.read_state()")
         table = rayfun.read_state(args.checkpoint_dir, function_types=["fraud/counter"])

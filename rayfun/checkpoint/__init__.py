@@ -22,7 +22,20 @@ from .state_codec import StateDelta, StateLayout, decode_instances, encode_state
 from .store import CheckpointStore, CompactionResult, RestoredShard
 
 __all__ = [
-    "CheckpointStore", "RestoredShard", "CompactionResult", "ShardPart", "Manifest", "ShardEntry", "FileRef",
-    "StateDelta", "StateLayout", "encode_state", "decode_instances", "read_state", "needs_compaction",
-    "CheckpointError", "CorruptCheckpointError", "CheckpointKeyError",
+    "CheckpointError",
+    "CheckpointKeyError",
+    "CheckpointStore",
+    "CompactionResult",
+    "CorruptCheckpointError",
+    "FileRef",
+    "Manifest",
+    "RestoredShard",
+    "ShardEntry",
+    "ShardPart",
+    "StateDelta",
+    "StateLayout",
+    "decode_instances",
+    "encode_state",
+    "needs_compaction",
+    "read_state",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import CheckpointKeyError
 
-__all__ = ["Checksum", "KEY_ENV"]
+__all__ = ["KEY_ENV", "Checksum"]
 
 KEY_ENV = "RAYFUN_CHECKPOINT_KEY"
 
@@ -67,14 +67,18 @@ class Checksum:
         algorithm = doc.get("checksum", "sha256")
         if algorithm != self.algorithm:
             if self._key is not None:
-                raise CheckpointKeyError(f"not signed with the checkpoint key (its checksum is {algorithm}): "
-                                         f"refused; start without checkpoint_key to use unsigned checkpoints")
-            raise CheckpointKeyError(f"signed with a checkpoint key ({algorithm}): pass checkpoint_key= (or set "
-                                     f"{KEY_ENV}) to read it")
+                raise CheckpointKeyError(
+                    f"not signed with the checkpoint key (its checksum is {algorithm}): "
+                    f"refused; start without checkpoint_key to use unsigned checkpoints"
+                )
+            raise CheckpointKeyError(
+                f"signed with a checkpoint key ({algorithm}): pass checkpoint_key= (or set {KEY_ENV}) to read it"
+            )
         if not hmac.compare_digest(self.of_document(body), str(doc.get("sha256"))):
             if self._key is not None:
-                raise CheckpointKeyError("HMAC mismatch: signed with another key, or changed by someone "
-                                         "without the key")
+                raise CheckpointKeyError(
+                    "HMAC mismatch: signed with another key, or changed by someone without the key"
+                )
             raise ValueError("checksum mismatch")
 
     def document(self, name: str, body: dict) -> dict:

@@ -55,8 +55,11 @@ def compact(store: CheckpointStore, checkpoint: Manifest | int | None = None) ->
         refs = []
         for shard in sorted(m.shards, key=lambda s: s.key_group_range):
             rng = shard.key_group_range
-            layers = [filter_key_groups(read[f.path], rng, m.key_groups, f.key_group_range) for f in m.state_chain
-                      if f.path is not None and f.key_group_range[0] < rng[1] and rng[0] < f.key_group_range[1]]
+            layers = [
+                filter_key_groups(read[f.path], rng, m.key_groups, f.key_group_range)
+                for f in m.state_chain
+                if f.path is not None and f.key_group_range[0] < rng[1] and rng[0] < f.key_group_range[1]
+            ]
             state = fold_layers(layers)
             rel = f"compacted/{name}/range-{rng[0]:06d}-{rng[1]:06d}.state.parquet"
             ref, data = store._encode_file("state", state, rel, rng, k, -1, base=True)
@@ -75,7 +78,11 @@ def compact(store: CheckpointStore, checkpoint: Manifest | int | None = None) ->
         except OSError as exc:  # a stale marker only delays cleanup of this compaction's files
             log.warning("compaction of checkpoint %d: cannot remove %s: %s", k, marker, exc)
     result = CompactionResult(k, tuple(refs), record)
-    log.info("compacted checkpoint %d: %d chain files -> %d bases (%d bytes)", k, len(m.state_chain),
-             len(refs), result.bytes_written)
+    log.info(
+        "compacted checkpoint %d: %d chain files -> %d bases (%d bytes)",
+        k,
+        len(m.state_chain),
+        len(refs),
+        result.bytes_written,
+    )
     return result
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "CorruptCheckpointError", "CheckpointKeyError"]
+__all__ = ["CheckpointError", "CheckpointKeyError", "CorruptCheckpointError"]
 
 
 class CheckpointError(Exception):

@@ -24,7 +24,7 @@ from typing import Any
 from .checksum import Checksum
 from .errors import CheckpointError
 
-__all__ = ["FileRef", "ShardPart", "ShardEntry", "Manifest", "prune_chain", "covers", "FORMAT", "VERSION"]
+__all__ = ["FORMAT", "VERSION", "FileRef", "Manifest", "ShardEntry", "ShardPart", "covers", "prune_chain"]
 
 FORMAT = "rayfun-checkpoint"
 VERSION = 1
@@ -36,15 +36,15 @@ class FileRef:
     """One immutable file of a checkpoint. ``path`` is relative to the store root; None for an empty table
     (nothing is written for it, but an empty *base* still matters: it covers its range)."""
 
-    kind: str                        # "state" | "timers" | "messages" | "egress"
+    kind: str  # "state" | "timers" | "messages" | "egress"
     path: str | None
     size: int
     sha256: str
     rows: int
     key_group_range: tuple[int, int]  # [start, end) the rows lie in
-    checkpoint_id: int               # the checkpoint it was written for (for a compacted base: its source)
-    shard: int                       # writer shard index; -1 for compaction output
-    base: bool = True                # state only: a full snapshot of its range (else a delta)
+    checkpoint_id: int  # the checkpoint it was written for (for a compacted base: its source)
+    shard: int  # writer shard index; -1 for compaction output
+    base: bool = True  # state only: a full snapshot of its range (else a delta)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -52,10 +52,18 @@ class FileRef:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "FileRef":
-        return cls(d["kind"], d["path"], int(d["size"]), d["sha256"], int(d["rows"]),
-                   (int(d["key_group_range"][0]), int(d["key_group_range"][1])), int(d["checkpoint_id"]),
-                   int(d["shard"]), bool(d.get("base", True)))
+    def from_json(cls, d: dict) -> FileRef:
+        return cls(
+            d["kind"],
+            d["path"],
+            int(d["size"]),
+            d["sha256"],
+            int(d["rows"]),
+            (int(d["key_group_range"][0]), int(d["key_group_range"][1])),
+            int(d["checkpoint_id"]),
+            int(d["shard"]),
+            bool(d.get("base", True)),
+        )
 
 
 @dataclass(frozen=True)
@@ -92,13 +100,21 @@ class ShardEntry:
     meta: dict
 
     def to_json(self) -> dict:
-        return {"index": self.index, "key_group_range": list(self.key_group_range),
-                "files": {k: f.to_json() for k, f in self.files.items()}, "meta": self.meta}
+        return {
+            "index": self.index,
+            "key_group_range": list(self.key_group_range),
+            "files": {k: f.to_json() for k, f in self.files.items()},
+            "meta": self.meta,
+        }
 
     @classmethod
-    def from_json(cls, d: dict) -> "ShardEntry":
-        return cls(int(d["index"]), (int(d["key_group_range"][0]), int(d["key_group_range"][1])),
-                   {k: FileRef.from_json(f) for k, f in d["files"].items()}, d.get("meta") or {})
+    def from_json(cls, d: dict) -> ShardEntry:
+        return cls(
+            int(d["index"]),
+            (int(d["key_group_range"][0]), int(d["key_group_range"][1])),
+            {k: FileRef.from_json(f) for k, f in d["files"].items()},
+            d.get("meta") or {},
+        )
 
 
 @dataclass(frozen=True)
@@ -110,9 +126,9 @@ class Manifest:
     key_groups: int
     shards: tuple[ShardEntry, ...]
     state_chain: tuple[FileRef, ...]
-    layouts: dict[str, list[dict]]        # function type -> its state specs (StateLayout.to_json())
+    layouts: dict[str, list[dict]]  # function type -> its state specs (StateLayout.to_json())
     parent_id: int | None = None
-    ancestors: tuple[int, ...] = ()       # parent, grandparent, ... (bounded)
+    ancestors: tuple[int, ...] = ()  # parent, grandparent, ... (bounded)
     compacted_through: int | None = None  # newest compaction source spliced into the chain
     app: dict = field(default_factory=dict)
 
@@ -130,18 +146,25 @@ class Manifest:
 
     def to_json_bytes(self, checksum: Checksum | None = None) -> bytes:
         body = {
-            "format": FORMAT, "version": VERSION, "checkpoint_id": self.checkpoint_id,
-            "created_ms": self.created_ms, "key_groups": self.key_groups, "parent_id": self.parent_id,
-            "ancestors": list(self.ancestors), "compacted_through": self.compacted_through,
+            "format": FORMAT,
+            "version": VERSION,
+            "checkpoint_id": self.checkpoint_id,
+            "created_ms": self.created_ms,
+            "key_groups": self.key_groups,
+            "parent_id": self.parent_id,
+            "ancestors": list(self.ancestors),
+            "compacted_through": self.compacted_through,
             "shards": [s.to_json() for s in self.shards],
             "state_chain": [f.to_json() for f in self.state_chain],
-            "layouts": self.layouts, "app": self.app,
+            "layouts": self.layouts,
+            "app": self.app,
         }
-        return json.dumps((checksum or Checksum()).document("manifest", body), indent=1, ensure_ascii=False,
-                          allow_nan=False).encode("utf-8")
+        return json.dumps(
+            (checksum or Checksum()).document("manifest", body), indent=1, ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
 
     @classmethod
-    def from_json_bytes(cls, data: bytes, checksum: Checksum | None = None) -> "Manifest":
+    def from_json_bytes(cls, data: bytes, checksum: Checksum | None = None) -> Manifest:
         """Parse and verify; raises ValueError (with the reason) on anything malformed."""
         try:
             doc = json.loads(data.decode("utf-8"))
@@ -158,13 +181,17 @@ class Manifest:
             raise ValueError(f"unknown manifest format {body.get('format')!r} version {body.get('version')!r}")
         try:
             return cls(
-                checkpoint_id=int(body["checkpoint_id"]), created_ms=int(body["created_ms"]),
+                checkpoint_id=int(body["checkpoint_id"]),
+                created_ms=int(body["created_ms"]),
                 key_groups=int(body["key_groups"]),
                 shards=tuple(ShardEntry.from_json(s) for s in body["shards"]),
                 state_chain=tuple(FileRef.from_json(f) for f in body["state_chain"]),
-                layouts=body.get("layouts") or {}, parent_id=body.get("parent_id"),
-                ancestors=tuple(body.get("ancestors") or ()), compacted_through=body.get("compacted_through"),
-                app=body.get("app") or {})
+                layouts=body.get("layouts") or {},
+                parent_id=body.get("parent_id"),
+                ancestors=tuple(body.get("ancestors") or ()),
+                compacted_through=body.get("compacted_through"),
+                app=body.get("app") or {},
+            )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"malformed manifest: {exc!r}") from None
 
@@ -208,8 +235,9 @@ def check_ranges(ranges: list[tuple[int, int]], key_groups: int) -> None:
     pos = 0
     for lo, hi in sorted(ranges):
         if lo != pos or hi <= lo:
-            raise CheckpointError(f"shard key-group ranges {sorted(ranges)} do not tile [0, {key_groups}) "
-                                  f"(gap or overlap at {pos})")
+            raise CheckpointError(
+                f"shard key-group ranges {sorted(ranges)} do not tile [0, {key_groups}) (gap or overlap at {pos})"
+            )
         pos = hi
     if pos != key_groups:
         raise CheckpointError(f"shard key-group ranges {sorted(ranges)} do not cover [0, {key_groups})")
@@ -225,5 +253,6 @@ def json_meta(meta: Any, what: str) -> dict:
     try:
         return json.loads(json.dumps(meta, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{what} must be JSON-serializable (str keys; str, int, float, bool, None, "
-                              f"lists, dicts): {exc}") from None
+        raise CheckpointError(
+            f"{what} must be JSON-serializable (str keys; str, int, float, bool, None, lists, dicts): {exc}"
+        ) from None

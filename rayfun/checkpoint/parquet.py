@@ -15,28 +15,41 @@ written to memory, which costs them less (no second pass over a file to hash it)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["write_parquet", "read_parquet", "ROW_GROUP_BYTES", "STAGE_ABOVE_BYTES"]
+__all__ = ["ROW_GROUP_BYTES", "STAGE_ABOVE_BYTES", "read_parquet", "write_parquet"]
 
 ROW_GROUP_BYTES = 64 * 2**20
 STAGE_ABOVE_BYTES = 64 * 2**20
 _MAX_ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default
 
 
-def write_parquet(table: pa.Table, path: str | None, *, compression: str, compression_level: int | None,
-                  use_dictionary: Sequence[str], write_statistics: Sequence[str] | bool) -> pa.Buffer | None:
+def write_parquet(
+    table: pa.Table,
+    path: str | None,
+    *,
+    compression: str,
+    compression_level: int | None,
+    use_dictionary: Sequence[str],
+    write_statistics: Sequence[str] | bool,
+) -> pa.Buffer | None:
     """Write ``table`` as Parquet to the local file ``path``, or with ``path=None`` return the bytes (in an
     Arrow buffer: it supports the buffer protocol, so it is hashed and written without a copy)."""
     rows = table.num_rows
     per_group = max(1, min(_MAX_ROW_GROUP_ROWS, rows * ROW_GROUP_BYTES // max(table.nbytes, 1)))
     sink = pa.BufferOutputStream() if path is None else path
-    pq.write_table(table, sink, row_group_size=per_group, compression=compression,
-                   compression_level=compression_level, use_dictionary=list(use_dictionary),
-                   write_statistics=write_statistics)
+    pq.write_table(
+        table,
+        sink,
+        row_group_size=per_group,
+        compression=compression,
+        compression_level=compression_level,
+        use_dictionary=list(use_dictionary),
+        write_statistics=write_statistics,
+    )
     return sink.getvalue() if path is None else None
 
 

@@ -15,39 +15,49 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..types import BUILTIN_TYPES, Type
 from .errors import CheckpointError, CorruptCheckpointError
-from .store import CheckpointStore
 from .state_codec import with_key_groups
+from .store import CheckpointStore
 
 log = logging.getLogger("rayfun.checkpoint")
 
-__all__ = ["read_state", "READ_STATE_SCHEMA"]
+__all__ = ["READ_STATE_SCHEMA", "read_state"]
 
-READ_STATE_SCHEMA = pa.schema([
-    pa.field("function_type", pa.string()),
-    pa.field("id", pa.string()),
-    pa.field("state_name", pa.string()),
-    pa.field("value_typename", pa.string()),
-    pa.field("value", pa.binary()),
-    pa.field("value_int", pa.int64()),
-    pa.field("value_float", pa.float64()),
-    pa.field("value_str", pa.string()),
-    pa.field("value_bool", pa.bool_()),
-    pa.field("value_json", pa.string()),
-    pa.field("expires_at_ms", pa.int64()),
-    pa.field("key_group", pa.int32()),
-])
+READ_STATE_SCHEMA = pa.schema(
+    [
+        pa.field("function_type", pa.string()),
+        pa.field("id", pa.string()),
+        pa.field("state_name", pa.string()),
+        pa.field("value_typename", pa.string()),
+        pa.field("value", pa.binary()),
+        pa.field("value_int", pa.int64()),
+        pa.field("value_float", pa.float64()),
+        pa.field("value_str", pa.string()),
+        pa.field("value_bool", pa.bool_()),
+        pa.field("value_json", pa.string()),
+        pa.field("expires_at_ms", pa.int64()),
+        pa.field("key_group", pa.int32()),
+    ]
+)
 
-_COLUMN_OF = {t: c for t, c in (
-    ("io.statefun.types/int", "value_int"), ("io.statefun.types/long", "value_int"),
-    ("io.statefun.types/float", "value_float"), ("io.statefun.types/double", "value_float"),
-    ("io.statefun.types/string", "value_str"), ("io.statefun.types/bool", "value_bool"))}
+_COLUMN_OF = {
+    t: c
+    for t, c in (
+        ("io.statefun.types/int", "value_int"),
+        ("io.statefun.types/long", "value_int"),
+        ("io.statefun.types/float", "value_float"),
+        ("io.statefun.types/double", "value_float"),
+        ("io.statefun.types/string", "value_str"),
+        ("io.statefun.types/bool", "value_bool"),
+    )
+}
 
 
 def _types_by_name(types: Iterable[Type | str] | Mapping[str, Type] | None) -> dict[str, Type | None]:
@@ -74,9 +84,15 @@ def _json_text(t: Type, data: bytes) -> str | None:
         return None
 
 
-def read_state(url: str, types: Iterable[Type | str] | Mapping[str, Type] | None = None, *,
-               checkpoint_id: int | None = None, function_types: Iterable[str] | None = None,
-               storage_options: Mapping[str, Any] | None = None, key: str | bytes | None = None) -> pa.Table:
+def read_state(
+    url: str,
+    types: Iterable[Type | str] | Mapping[str, Type] | None = None,
+    *,
+    checkpoint_id: int | None = None,
+    function_types: Iterable[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    key: str | bytes | None = None,
+) -> pa.Table:
     """The full state of the newest complete, intact checkpoint under ``url`` (or of ``checkpoint_id``).
 
     ``types``: Types (or typenames of JSON types) whose values to decode into ``value_json``.
@@ -102,11 +118,9 @@ def read_state(url: str, types: Iterable[Type | str] | Mapping[str, Type] | None
     plain = pa.schema([f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in state.schema])
     state = state.cast(plain)  # users get plain strings (and sort_by does not take dictionaries)
     if function_types is not None:
-        state = state.filter(pc.is_in(state["function_type"], value_set=pa.array(list(function_types),
-                                                                                 pa.string())))
+        state = state.filter(pc.is_in(state["function_type"], value_set=pa.array(list(function_types), pa.string())))
     if state.num_rows:
-        state = state.sort_by([("function_type", "ascending"), ("id", "ascending"),
-                               ("state_name", "ascending")])
+        state = state.sort_by([("function_type", "ascending"), ("id", "ascending"), ("state_name", "ascending")])
     state = state.combine_chunks()
     vtype = state["value_typename"].combine_chunks()
     present = set(pc.unique(vtype).to_pylist()) if state.num_rows else set()
@@ -130,9 +144,21 @@ def read_state(url: str, types: Iterable[Type | str] | Mapping[str, Type] | None
             text = pa.array([_json_text(t, b) for b in raw.to_pylist()], pa.string())
         value_json = pc.replace_with_mask(value_json, mask, text)
 
-    columns = {name: state[name] for name in ("function_type", "id", "state_name", "value_typename",
-                                              "value_int", "value_float", "value_str", "value_bool",
-                                              "expires_at_ms", "key_group")}
+    columns = {
+        name: state[name]
+        for name in (
+            "function_type",
+            "id",
+            "state_name",
+            "value_typename",
+            "value_int",
+            "value_float",
+            "value_str",
+            "value_bool",
+            "expires_at_ms",
+            "key_group",
+        )
+    }
     columns["value"] = value
     columns["value_json"] = value_json
     table = pa.table({f.name: columns[f.name] for f in READ_STATE_SCHEMA}, schema=READ_STATE_SCHEMA)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -26,8 +27,15 @@ from .errors import CheckpointError
 from .schema import EGRESS_SCHEMA, MESSAGES_SCHEMA, TIMERS_SCHEMA
 from .state_codec import key_groups_mixed
 
-__all__ = ["encode_timers", "decode_timers", "encode_messages", "decode_messages", "encode_egress",
-           "decode_egress", "upgrade_egress"]
+__all__ = [
+    "decode_egress",
+    "decode_messages",
+    "decode_timers",
+    "encode_egress",
+    "encode_messages",
+    "encode_timers",
+    "upgrade_egress",
+]
 
 Timer = tuple  # (due_ms, seq, sender_typename, sender_id, token, target_typename, target_id, vtype, payload)
 MessageRow = tuple  # (target_typename, target_id, caller | None, value_typename, payload)
@@ -52,8 +60,9 @@ def _wire(typenames: Sequence[str], payloads: Sequence[Any], what: str) -> list[
             serialize = serializers.get(t)
             if serialize is None:
                 builtin = BUILTIN_TYPES.get(t)
-                serialize = serializers[t] = (builtin.serialize if builtin is not None
-                                              else functools.partial(encode_payload, t))
+                serialize = serializers[t] = (
+                    builtin.serialize if builtin is not None else functools.partial(encode_payload, t)
+                )
             append(serialize(p))
     except (TypeError, struct.error) as exc:
         raise CheckpointError(f"a {what} holds a payload that cannot be stored: {exc}") from None
@@ -75,10 +84,20 @@ def encode_timers(timers: Iterable[Timer], key_groups: int | None) -> pa.Table:
         return TIMERS_SCHEMA.empty_table()
     due, seq, stype, sid, token, ttype, tid, vtype, payload = (list(c) for c in zip(*rows))
     return pa.Table.from_arrays(
-        [_key_groups(stype, sid, key_groups), pa.array(due, pa.int64()), pa.array(seq, pa.int64()),
-         pa.array(stype, pa.string()), pa.array(sid, pa.string()), pa.array(token, pa.string()),
-         pa.array(ttype, pa.string()), pa.array(tid, pa.string()), pa.array(vtype, pa.string()),
-         pa.array(_wire(vtype, payload, "timer"), pa.binary())], schema=TIMERS_SCHEMA)
+        [
+            _key_groups(stype, sid, key_groups),
+            pa.array(due, pa.int64()),
+            pa.array(seq, pa.int64()),
+            pa.array(stype, pa.string()),
+            pa.array(sid, pa.string()),
+            pa.array(token, pa.string()),
+            pa.array(ttype, pa.string()),
+            pa.array(tid, pa.string()),
+            pa.array(vtype, pa.string()),
+            pa.array(_wire(vtype, payload, "timer"), pa.binary()),
+        ],
+        schema=TIMERS_SCHEMA,
+    )
 
 
 def decode_timers(table: pa.Table) -> list[Timer]:
@@ -86,8 +105,19 @@ def decode_timers(table: pa.Table) -> list[Timer]:
     if table.num_rows == 0:
         return []
     table = table.sort_by([("due_ms", "ascending"), ("seq", "ascending")])
-    cols = [table[c].to_pylist() for c in ("due_ms", "seq", "sender_typename", "sender_id", "token",
-                                           "target_typename", "target_id", "value_typename")]
+    cols = [
+        table[c].to_pylist()
+        for c in (
+            "due_ms",
+            "seq",
+            "sender_typename",
+            "sender_id",
+            "token",
+            "target_typename",
+            "target_id",
+            "value_typename",
+        )
+    ]
     return list(zip(*cols, _payloads(table)))
 
 
@@ -99,11 +129,17 @@ def encode_messages(messages: Iterable[MessageRow], key_groups: int | None) -> p
         return MESSAGES_SCHEMA.empty_table()
     ttype, tid, caller, vtype, payload = (list(c) for c in zip(*rows))
     return pa.Table.from_arrays(
-        [_key_groups(ttype, tid, key_groups), pa.array(ttype, pa.string()), pa.array(tid, pa.string()),
-         pa.array([c[0] if c else None for c in caller], pa.string()),
-         pa.array([c[1] if c else None for c in caller], pa.string()),
-         pa.array(vtype, pa.string()), pa.array(_wire(vtype, payload, "message"), pa.binary())],
-        schema=MESSAGES_SCHEMA)
+        [
+            _key_groups(ttype, tid, key_groups),
+            pa.array(ttype, pa.string()),
+            pa.array(tid, pa.string()),
+            pa.array([c[0] if c else None for c in caller], pa.string()),
+            pa.array([c[1] if c else None for c in caller], pa.string()),
+            pa.array(vtype, pa.string()),
+            pa.array(_wire(vtype, payload, "message"), pa.binary()),
+        ],
+        schema=MESSAGES_SCHEMA,
+    )
 
 
 def decode_messages(table: pa.Table) -> list[MessageRow]:
@@ -112,8 +148,15 @@ def decode_messages(table: pa.Table) -> list[MessageRow]:
         return []
     ctype, cid = table["caller_typename"].to_pylist(), table["caller_id"].to_pylist()
     callers = [None if t is None else (t, i) for t, i in zip(ctype, cid)]
-    return list(zip(table["target_typename"].to_pylist(), table["target_id"].to_pylist(), callers,
-                    table["value_typename"].to_pylist(), _payloads(table)))
+    return list(
+        zip(
+            table["target_typename"].to_pylist(),
+            table["target_id"].to_pylist(),
+            callers,
+            table["value_typename"].to_pylist(),
+            _payloads(table),
+        )
+    )
 
 
 def encode_egress(records: Iterable[EgressRow]) -> pa.Table:
@@ -123,9 +166,16 @@ def encode_egress(records: Iterable[EgressRow]) -> pa.Table:
         return EGRESS_SCHEMA.empty_table()
     shard, epoch, seq, egress_id, vtype, payload = (list(c) for c in zip(*rows))
     return pa.Table.from_arrays(
-        [pa.array(shard, pa.int32()), pa.array(epoch, pa.int64()), pa.array(seq, pa.int64()),
-         pa.array(egress_id, pa.string()), pa.array(vtype, pa.string()),
-         pa.array(_wire(vtype, payload, "egress record"), pa.binary())], schema=EGRESS_SCHEMA)
+        [
+            pa.array(shard, pa.int32()),
+            pa.array(epoch, pa.int64()),
+            pa.array(seq, pa.int64()),
+            pa.array(egress_id, pa.string()),
+            pa.array(vtype, pa.string()),
+            pa.array(_wire(vtype, payload, "egress record"), pa.binary()),
+        ],
+        schema=EGRESS_SCHEMA,
+    )
 
 
 def upgrade_egress(table: pa.Table) -> pa.Table:
@@ -146,5 +196,13 @@ def decode_egress(table: pa.Table) -> list[EgressRow]:
     if table.num_rows == 0:
         return []
     table = table.sort_by([("shard", "ascending"), ("epoch", "ascending"), ("seq", "ascending")])
-    return list(zip(table["shard"].to_pylist(), table["epoch"].to_pylist(), table["seq"].to_pylist(),
-                    table["egress_id"].to_pylist(), table["value_typename"].to_pylist(), _payloads(table)))
+    return list(
+        zip(
+            table["shard"].to_pylist(),
+            table["epoch"].to_pylist(),
+            table["seq"].to_pylist(),
+            table["egress_id"].to_pylist(),
+            table["value_typename"].to_pylist(),
+            _payloads(table),
+        )
+    )

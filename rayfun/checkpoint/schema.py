@@ -26,70 +26,91 @@ import pyarrow as pa
 from ..types import BoolType, DoubleType, FloatType, IntType, LongType, StringType
 
 __all__ = [
-    "STATE_SCHEMA", "TIMERS_SCHEMA", "MESSAGES_SCHEMA", "EGRESS_SCHEMA", "SCHEMAS", "DICTIONARY_COLUMNS",
     "ADDRESS_COLUMNS",
-    "VALUE_COLUMN_OF", "VALUE_COLUMNS", "value_column",
+    "DICTIONARY_COLUMNS",
+    "EGRESS_SCHEMA",
+    "MESSAGES_SCHEMA",
+    "SCHEMAS",
+    "STATE_SCHEMA",
+    "TIMERS_SCHEMA",
+    "VALUE_COLUMNS",
+    "VALUE_COLUMN_OF",
+    "value_column",
 ]
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 
 #: one row per non-empty state value of an instance, or one tombstone row (``deleted``) per removed instance
-STATE_SCHEMA = pa.schema([
-    pa.field("key_group", pa.int32()),            # null where the writer left it to readers (see below)
-    pa.field("function_type", _DICT, nullable=False),
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("state_name", _DICT),                # null on a tombstone
-    pa.field("value_typename", _DICT),            # null on a tombstone
-    pa.field("value_int", pa.int64()),            # io.statefun.types/int and /long
-    pa.field("value_float", pa.float64()),        # io.statefun.types/float and /double (held as Python float)
-    pa.field("value_str", pa.string()),           # io.statefun.types/string
-    pa.field("value_bool", pa.bool_()),           # io.statefun.types/bool
-    pa.field("value", pa.binary()),               # any other type: its serialized bytes
-    pa.field("expires_at_ms", pa.int64()),        # expiry deadline, ms since the epoch; null = none
-    pa.field("deleted", pa.bool_(), nullable=False),  # tombstone: the instance became empty
-])
+STATE_SCHEMA = pa.schema(
+    [
+        pa.field("key_group", pa.int32()),  # null where the writer left it to readers (see below)
+        pa.field("function_type", _DICT, nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("state_name", _DICT),  # null on a tombstone
+        pa.field("value_typename", _DICT),  # null on a tombstone
+        pa.field("value_int", pa.int64()),  # io.statefun.types/int and /long
+        pa.field("value_float", pa.float64()),  # io.statefun.types/float and /double (held as Python float)
+        pa.field("value_str", pa.string()),  # io.statefun.types/string
+        pa.field("value_bool", pa.bool_()),  # io.statefun.types/bool
+        pa.field("value", pa.binary()),  # any other type: its serialized bytes
+        pa.field("expires_at_ms", pa.int64()),  # expiry deadline, ms since the epoch; null = none
+        pa.field("deleted", pa.bool_(), nullable=False),  # tombstone: the instance became empty
+    ]
+)
 
 #: pending delayed messages (``send_after``), keyed by the *sender* (timers live in the sender's shard)
-TIMERS_SCHEMA = pa.schema([
-    pa.field("key_group", pa.int32()),            # null where the writer left it to readers
-    pa.field("due_ms", pa.int64(), nullable=False),
-    pa.field("seq", pa.int64(), nullable=False),
-    pa.field("sender_typename", pa.string(), nullable=False),
-    pa.field("sender_id", pa.string(), nullable=False),
-    pa.field("token", pa.string(), nullable=False),
-    pa.field("target_typename", pa.string(), nullable=False),
-    pa.field("target_id", pa.string(), nullable=False),
-    pa.field("value_typename", pa.string(), nullable=False),
-    pa.field("value", pa.binary(), nullable=False),
-])
+TIMERS_SCHEMA = pa.schema(
+    [
+        pa.field("key_group", pa.int32()),  # null where the writer left it to readers
+        pa.field("due_ms", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("sender_typename", pa.string(), nullable=False),
+        pa.field("sender_id", pa.string(), nullable=False),
+        pa.field("token", pa.string(), nullable=False),
+        pa.field("target_typename", pa.string(), nullable=False),
+        pa.field("target_id", pa.string(), nullable=False),
+        pa.field("value_typename", pa.string(), nullable=False),
+        pa.field("value", pa.binary(), nullable=False),
+    ]
+)
 
 #: messages not yet handled plus the recorded channel state, keyed by the *target*, in delivery order
-MESSAGES_SCHEMA = pa.schema([
-    pa.field("key_group", pa.int32()),            # null where the writer left it to readers
-    pa.field("target_typename", pa.string(), nullable=False),
-    pa.field("target_id", pa.string(), nullable=False),
-    pa.field("caller_typename", pa.string()),
-    pa.field("caller_id", pa.string()),
-    pa.field("value_typename", pa.string(), nullable=False),
-    pa.field("value", pa.binary(), nullable=False),
-])
+MESSAGES_SCHEMA = pa.schema(
+    [
+        pa.field("key_group", pa.int32()),  # null where the writer left it to readers
+        pa.field("target_typename", pa.string(), nullable=False),
+        pa.field("target_id", pa.string(), nullable=False),
+        pa.field("caller_typename", pa.string()),
+        pa.field("caller_id", pa.string()),
+        pa.field("value_typename", pa.string(), nullable=False),
+        pa.field("value", pa.binary(), nullable=False),
+    ]
+)
 
 #: the columns whose address a row's key group is of (see ``state_codec.with_key_groups``)
-ADDRESS_COLUMNS = {"state": ("function_type", "id"), "timers": ("sender_typename", "sender_id"),
-                   "messages": ("target_typename", "target_id")}
+ADDRESS_COLUMNS = {
+    "state": ("function_type", "id"),
+    "timers": ("sender_typename", "sender_id"),
+    "messages": ("target_typename", "target_id"),
+}
 
 #: the egress records a shard produced in the epoch that the checkpoint closes (re-published after a crash)
-EGRESS_SCHEMA = pa.schema([
-    pa.field("shard", pa.int32(), nullable=False),   # the shard that emitted it (its sink partition)
-    pa.field("epoch", pa.int64(), nullable=False),   # the checkpoint epoch it belongs to
-    pa.field("seq", pa.int64(), nullable=False),     # its position in that shard's epoch
-    pa.field("egress_id", pa.string(), nullable=False),
-    pa.field("value_typename", pa.string(), nullable=False),
-    pa.field("value", pa.binary(), nullable=False),
-])
+EGRESS_SCHEMA = pa.schema(
+    [
+        pa.field("shard", pa.int32(), nullable=False),  # the shard that emitted it (its sink partition)
+        pa.field("epoch", pa.int64(), nullable=False),  # the checkpoint epoch it belongs to
+        pa.field("seq", pa.int64(), nullable=False),  # its position in that shard's epoch
+        pa.field("egress_id", pa.string(), nullable=False),
+        pa.field("value_typename", pa.string(), nullable=False),
+        pa.field("value", pa.binary(), nullable=False),
+    ]
+)
 
 SCHEMAS: dict[str, pa.Schema] = {
-    "state": STATE_SCHEMA, "timers": TIMERS_SCHEMA, "messages": MESSAGES_SCHEMA, "egress": EGRESS_SCHEMA,
+    "state": STATE_SCHEMA,
+    "timers": TIMERS_SCHEMA,
+    "messages": MESSAGES_SCHEMA,
+    "egress": EGRESS_SCHEMA,
 }
 
 DICTIONARY_COLUMNS: dict[str, list[str]] = {

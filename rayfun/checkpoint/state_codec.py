@@ -22,9 +22,10 @@ import logging
 import operator
 import zlib
 from array import array
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,13 +37,21 @@ from .schema import ADDRESS_COLUMNS, STATE_SCHEMA, VALUE_COLUMNS, value_column
 log = logging.getLogger("rayfun.checkpoint")
 
 __all__ = [
-    "StateLayout", "StateDelta", "encode_state", "fold_layers", "decode_instances", "filter_key_groups",
-    "with_key_groups", "key_groups_of", "key_groups_mixed",
+    "StateDelta",
+    "StateLayout",
+    "decode_instances",
+    "encode_state",
+    "filter_key_groups",
+    "fold_layers",
+    "key_groups_mixed",
+    "key_groups_of",
+    "with_key_groups",
 ]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Layouts and deltas: what the runtime hands over.
+
 
 @dataclass(frozen=True)
 class StateLayout:
@@ -66,7 +75,7 @@ class StateLayout:
         return [None] * n + ([0] * n if self.expiring else [])
 
     @classmethod
-    def of(cls, function_type: str, specs: Iterable[Any]) -> "StateLayout":
+    def of(cls, function_type: str, specs: Iterable[Any]) -> StateLayout:
         """Build from ``ValueSpec`` objects, ``(name, typename)`` or ``(name, typename, expire_mode,
         expire_after_ms)`` tuples, or dicts with those keys (as stored in a manifest)."""
         names, typenames, modes, ttls = [], [], [], []
@@ -87,17 +96,18 @@ class StateLayout:
             ttls.append(ttl)
         if len(set(names)) != len(names):
             raise CheckpointError(f"{function_type}: duplicate state names in {names}")
-        return cls(function_type, tuple(names), tuple(typenames), any(m for m in modes), tuple(modes),
-                   tuple(ttls))
+        return cls(function_type, tuple(names), tuple(typenames), any(m for m in modes), tuple(modes), tuple(ttls))
 
     def to_json(self) -> list[dict]:
         modes = self.expire_modes or (None,) * len(self.names)
         ttls = self.expire_after_ms or (0,) * len(self.names)
-        return [{"name": n, "typename": t, "expire_mode": m, "expire_after_ms": a}
-                for n, t, m, a in zip(self.names, self.typenames, modes, ttls)]
+        return [
+            {"name": n, "typename": t, "expire_mode": m, "expire_after_ms": a}
+            for n, t, m, a in zip(self.names, self.typenames, modes, ttls)
+        ]
 
     @classmethod
-    def from_json(cls, function_type: str, specs: list[dict]) -> "StateLayout":
+    def from_json(cls, function_type: str, specs: list[dict]) -> StateLayout:
         return cls.of(function_type, specs)
 
 
@@ -119,11 +129,13 @@ class StateDelta:
 
     def __post_init__(self) -> None:
         if self.values and self.layout.width != 1:
-            raise ValueError(f"{self.layout.function_type}: values=True needs a single-cell layout, this one "
-                             f"has {self.layout.width} cells")
+            raise ValueError(
+                f"{self.layout.function_type}: values=True needs a single-cell layout, this one "
+                f"has {self.layout.width} cells"
+            )
 
     @classmethod
-    def from_function_state(cls, state: Any, full: bool = False) -> "StateDelta":
+    def from_function_state(cls, state: Any, full: bool = False) -> StateDelta:
         """From the runtime's ``FunctionState`` (``typename``, ``specs``, ``instances``, ``changed``): the
         changed instances and tombstones, or with ``full`` every live instance."""
         layout = StateLayout.of(state.typename, state.specs)
@@ -172,8 +184,13 @@ def key_groups_mixed(typenames: Sequence[str], ids: Sequence[str], key_groups: i
 # ---------------------------------------------------------------------------------------------------------
 # Encoding.
 
-_ARROW_TYPE = {"value_int": pa.int64(), "value_float": pa.float64(), "value_str": pa.string(),
-               "value_bool": pa.bool_(), "value": pa.binary()}
+_ARROW_TYPE = {
+    "value_int": pa.int64(),
+    "value_float": pa.float64(),
+    "value_str": pa.string(),
+    "value_bool": pa.bool_(),
+    "value": pa.binary(),
+}
 _ARRAY_CODE = {"value_int": "q", "value_float": "d"}
 _CONVERSION_ERRORS = (TypeError, ValueError, OverflowError, pa.ArrowInvalid, pa.ArrowTypeError)
 
@@ -195,12 +212,14 @@ def _typed_array(values: list, column: str, typename: str, function_type: str, n
         if column == "value":
             values = [None if v is None else encode_payload(typename, v) for v in values]
         else:
-            values = [decode_payload(typename, v) if isinstance(v, (bytes, bytearray, memoryview)) else v
-                      for v in values]
+            values = [
+                decode_payload(typename, v) if isinstance(v, (bytes, bytearray, memoryview)) else v for v in values
+            ]
         return pa.array(values, _ARROW_TYPE[column])
     except _CONVERSION_ERRORS as exc:
-        raise CheckpointError(f"state {name!r} of {function_type} ({typename}) holds a value that cannot "
-                              f"be stored: {exc}") from None
+        raise CheckpointError(
+            f"state {name!r} of {function_type} ({typename}) holds a value that cannot be stored: {exc}"
+        ) from None
 
 
 def _constant(value: str | None, indices: pa.Array) -> pa.DictionaryArray:
@@ -237,8 +256,10 @@ def _spec_columns(layout: StateLayout, cells: list) -> list[tuple[list, list | N
     """Per spec, its payloads and (for an expiring layout) its deadlines, one C-level pass each. Raises
     TypeError if a cell is None (a tombstone), IndexError if one is too short."""
     n = len(layout.names)
-    return [(list(map(itemgetter(i), cells)), list(map(itemgetter(n + i), cells)) if layout.expiring else None)
-            for i in range(n)]
+    return [
+        (list(map(itemgetter(i), cells)), list(map(itemgetter(n + i), cells)) if layout.expiring else None)
+        for i in range(n)
+    ]
 
 
 def _key_group_column(typename: str, ids: list, key_groups: int | None) -> pa.Array:
@@ -286,9 +307,11 @@ class _Columns:
             return list(itertools.compress(ids, live)), _spec_columns(layout, cells)
         except IndexError:
             bad = next(c for c in cells if c is not None and len(c) < layout.width)
-            raise CheckpointError(f"{layout.function_type}: an instance has {len(bad)} cells, its layout expects "
-                                  f"{layout.width} ({len(layout.names)} specs"
-                                  f"{', expiring' if layout.expiring else ''})") from None
+            raise CheckpointError(
+                f"{layout.function_type}: an instance has {len(bad)} cells, its layout expects "
+                f"{layout.width} ({len(layout.names)} specs"
+                f"{', expiring' if layout.expiring else ''})"
+            ) from None
 
     def _add(self, layout: StateLayout, ids: list, columns: list, key_groups: int | None) -> None:
         if not ids:
@@ -331,9 +354,22 @@ def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
             cols = dict(nulls)
             cols[column] = arr
             table = pa.Table.from_arrays(
-                [kg, ft_arr, id_arr, _constant(name, zero), _constant(typename, zero),
-                 cols["value_int"], cols["value_float"], cols["value_str"], cols["value_bool"], cols["value"],
-                 expires, not_deleted], schema=STATE_SCHEMA)
+                [
+                    kg,
+                    ft_arr,
+                    id_arr,
+                    _constant(name, zero),
+                    _constant(typename, zero),
+                    cols["value_int"],
+                    cols["value_float"],
+                    cols["value_str"],
+                    cols["value_bool"],
+                    cols["value"],
+                    expires,
+                    not_deleted,
+                ],
+                schema=STATE_SCHEMA,
+            )
             if arr.null_count:
                 valid = arr.is_valid()
                 table = table.filter(valid)
@@ -350,13 +386,21 @@ def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
             deleted += empty.to_pylist()
     if deleted:
         n = len(deleted)
-        pieces.append(pa.Table.from_arrays(
-            [_key_group_column(ft, deleted, key_groups),
-             _constant(ft, pa.repeat(pa.scalar(0, pa.int32()), n)),
-             pa.array(deleted, pa.string()), _constant(None, pa.nulls(n, pa.int32())),
-             _constant(None, pa.nulls(n, pa.int32())),
-             *(pa.nulls(n, _ARROW_TYPE[c]) for c in VALUE_COLUMNS), pa.nulls(n, pa.int64()),
-             pa.repeat(pa.scalar(True), n)], schema=STATE_SCHEMA))
+        pieces.append(
+            pa.Table.from_arrays(
+                [
+                    _key_group_column(ft, deleted, key_groups),
+                    _constant(ft, pa.repeat(pa.scalar(0, pa.int32()), n)),
+                    pa.array(deleted, pa.string()),
+                    _constant(None, pa.nulls(n, pa.int32())),
+                    _constant(None, pa.nulls(n, pa.int32())),
+                    *(pa.nulls(n, _ARROW_TYPE[c]) for c in VALUE_COLUMNS),
+                    pa.nulls(n, pa.int64()),
+                    pa.repeat(pa.scalar(True), n),
+                ],
+                schema=STATE_SCHEMA,
+            )
+        )
     return pieces
 
 
@@ -376,8 +420,12 @@ def encode_state(deltas: Mapping[str, StateDelta] | Iterable[StateDelta], key_gr
 # ---------------------------------------------------------------------------------------------------------
 # Restoring: range filter, fold of layers, back to cells.
 
-def with_key_groups(table: pa.Table, key_groups: int, address: tuple[str, str] = ADDRESS_COLUMNS["state"],
-                    ) -> pa.Table:
+
+def with_key_groups(
+    table: pa.Table,
+    key_groups: int,
+    address: tuple[str, str] = ADDRESS_COLUMNS["state"],
+) -> pa.Table:
     """``table`` with its ``key_group`` column computed where it is null (rows as shards write them), from
     the ``address`` columns (typename, id): see ``schema.ADDRESS_COLUMNS``."""
     kg = table["key_group"]
@@ -392,9 +440,13 @@ def with_key_groups(table: pa.Table, key_groups: int, address: tuple[str, str] =
     return table.set_column(table.schema.get_field_index("key_group"), table.schema.field("key_group"), computed)
 
 
-def filter_key_groups(table: pa.Table, key_group_range: tuple[int, int], key_groups: int,
-                      file_range: tuple[int, int] | None = None,
-                      address: tuple[str, str] = ADDRESS_COLUMNS["state"]) -> pa.Table:
+def filter_key_groups(
+    table: pa.Table,
+    key_group_range: tuple[int, int],
+    key_groups: int,
+    file_range: tuple[int, int] | None = None,
+    address: tuple[str, str] = ADDRESS_COLUMNS["state"],
+) -> pa.Table:
     """The rows whose key group lies in ``[start, end)``. A file written for ``file_range`` holds only
     rows of that range: if it lies within ``[start, end)``, no key group is looked at (or computed)."""
     start, end = key_group_range
@@ -470,8 +522,10 @@ def _convert(values: list, stored: str, declared: str, function_type: str, name:
         try:
             out.append(decode_payload(declared, encode_payload(stored, v)))
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"state {name!r} of {function_type} was stored as {stored} and cannot be "
-                                  f"read as its declared type {declared}: {exc}") from None
+            raise CheckpointError(
+                f"state {name!r} of {function_type} was stored as {stored} and cannot be "
+                f"read as its declared type {declared}: {exc}"
+            ) from None
     return out
 
 
@@ -505,8 +559,13 @@ def _decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
         i = index.get(name)
         sub = table if single else table.filter(pc.equal(table["state_name"], name))
         if i is None:
-            log.warning("checkpoint: dropping %d values of state %r of %s: not declared (declared: %s)",
-                        sub.num_rows, name, ft, list(layout.names))
+            log.warning(
+                "checkpoint: dropping %d values of state %r of %s: not declared (declared: %s)",
+                sub.num_rows,
+                name,
+                ft,
+                list(layout.names),
+            )
             continue
         declared = layout.typenames[i]
         stored_types = pc.unique(sub["value_typename"]).to_pylist()

@@ -36,31 +36,51 @@ import re
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import fsspec
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import CheckpointError, CheckpointKeyError, CorruptCheckpointError
-from .parquet import STAGE_ABOVE_BYTES, read_parquet, write_parquet
-from .manifest import (
-    MAX_ANCESTORS, FileRef, Manifest, ShardEntry, ShardPart, check_ranges, json_meta, now_ms, prune_chain,
-)
 from .checksum import Checksum
+from .errors import CheckpointError, CheckpointKeyError, CorruptCheckpointError
+from .manifest import (
+    MAX_ANCESTORS,
+    FileRef,
+    Manifest,
+    ShardEntry,
+    ShardPart,
+    check_ranges,
+    json_meta,
+    now_ms,
+    prune_chain,
+)
+from .parquet import STAGE_ABOVE_BYTES, read_parquet, write_parquet
 from .records import (
-    decode_egress, decode_messages, decode_timers, encode_egress, encode_messages, encode_timers, upgrade_egress,
+    decode_egress,
+    decode_messages,
+    decode_timers,
+    encode_egress,
+    encode_messages,
+    encode_timers,
+    upgrade_egress,
 )
 from .schema import ADDRESS_COLUMNS, DICTIONARY_COLUMNS, SCHEMAS
 from .state_codec import (
-    StateDelta, StateLayout, decode_instances, encode_state, filter_key_groups, fold_layers,
+    StateDelta,
+    StateLayout,
+    decode_instances,
+    encode_state,
+    filter_key_groups,
+    fold_layers,
 )
 
 log = logging.getLogger("rayfun.checkpoint")
 
-__all__ = ["CheckpointStore", "RestoredShard", "CompactionResult"]
+__all__ = ["CheckpointStore", "CompactionResult", "RestoredShard"]
 
 _MANIFEST_RE = re.compile(r"cp-(\d+)\.json$")
 _DATA_RE = re.compile(r"data/cp-(\d+)/")
@@ -106,8 +126,9 @@ class RestoredShard:
         else:
             layout = self.layouts.get(function_type)
             if layout is None:
-                raise CheckpointError(f"checkpoint {self.checkpoint_id} has no state layout for "
-                                      f"{function_type!r}; pass its specs")
+                raise CheckpointError(
+                    f"checkpoint {self.checkpoint_id} has no state layout for {function_type!r}; pass its specs"
+                )
         table = self.state
         if len(self.layouts) != 1 or function_type not in self.layouts:
             table = table.filter(pa.compute.equal(table["function_type"], function_type))
@@ -138,9 +159,16 @@ class CheckpointStore:
     delta: 14 vs 45 ms); pass ``"zstd"`` where storage or bandwidth costs more than CPU.
     """
 
-    def __init__(self, url: str, retain: int = 3, storage_options: Mapping[str, Any] | None = None, *,
-                 compression: str = "lz4", compression_level: int | None = None,
-                 key: str | bytes | Checksum | None = None):
+    def __init__(
+        self,
+        url: str,
+        retain: int = 3,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        compression: str = "lz4",
+        compression_level: int | None = None,
+        key: str | bytes | Checksum | None = None,
+    ):
         if retain < 1:
             raise ValueError(f"retain must be >= 1, got {retain}")
         self.url = url
@@ -153,8 +181,10 @@ class CheckpointStore:
         except ValueError:  # not a codec name at all
             available = False
         if not available:
-            raise ValueError(f"checkpoint compression {compression!r} is not available here (lz4, zstd, snappy, "
-                             f"gzip, brotli or none)")
+            raise ValueError(
+                f"checkpoint compression {compression!r} is not available here (lz4, zstd, snappy, "
+                f"gzip, brotli or none)"
+            )
         self.compression = compression
         # zstd's default level costs twice its level 1 for a few percent fewer bytes
         self.compression_level = 1 if compression_level is None and compression == "zstd" else compression_level
@@ -165,8 +195,10 @@ class CheckpointStore:
         self._lock = threading.Lock()
 
     def __reduce__(self):
-        return (_rebuild, (self.url, self.retain, self.storage_options, self.compression,
-                           self.compression_level, self.checksum))
+        return (
+            _rebuild,
+            (self.url, self.retain, self.storage_options, self.compression, self.compression_level, self.checksum),
+        )
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.url!r}, retain={self.retain})"
@@ -180,7 +212,7 @@ class CheckpointStore:
     def _rel(self, path: str) -> str:
         path = self.fs._strip_protocol(path)
         prefix = self.root.rstrip("/") + "/"
-        return path[len(prefix):] if path.startswith(prefix) else path
+        return path[len(prefix) :] if path.startswith(prefix) else path
 
     @staticmethod
     def manifest_path(checkpoint_id: int) -> str:
@@ -264,19 +296,39 @@ class CheckpointStore:
             return f"{path}.tmp-{token}"
         return os.path.join(tempfile.gettempdir(), f"rayfun-{token}-{rel.rsplit('/', 1)[-1]}")
 
-    def _encode_file(self, kind: str, table: pa.Table, rel: str, key_group_range: tuple[int, int],
-                     checkpoint_id: int, shard: int, base: bool = True) -> tuple[FileRef, pa.Buffer | str | None]:
+    def _encode_file(
+        self,
+        kind: str,
+        table: pa.Table,
+        rel: str,
+        key_group_range: tuple[int, int],
+        checkpoint_id: int,
+        shard: int,
+        base: bool = True,
+    ) -> tuple[FileRef, pa.Buffer | str | None]:
         """Encode ``table`` as Parquet: its reference (size, digest) and the data, in memory (a buffer) or,
         for a big table, in a staging file (its path); ``_put_file`` puts either in place."""
         if table.num_rows == 0:
             return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
-        options = dict(compression=self.compression, compression_level=self.compression_level,
-                       use_dictionary=DICTIONARY_COLUMNS[kind],
-                       write_statistics=["key_group"] if "key_group" in table.column_names else False)
+        options = dict(
+            compression=self.compression,
+            compression_level=self.compression_level,
+            use_dictionary=DICTIONARY_COLUMNS[kind],
+            write_statistics=["key_group"] if "key_group" in table.column_names else False,
+        )
         if table.nbytes <= STAGE_ABOVE_BYTES:
             data = write_parquet(table, None, **options)
-            ref = FileRef(kind, rel, len(data), self.checksum.of(data), table.num_rows, key_group_range,
-                          checkpoint_id, shard, base)
+            ref = FileRef(
+                kind,
+                rel,
+                len(data),
+                self.checksum.of(data),
+                table.num_rows,
+                key_group_range,
+                checkpoint_id,
+                shard,
+                base,
+            )
             return ref, data
         for attempt in range(3):  # retention may remove an empty directory between makedirs and open
             staged = self._staging_path(rel)
@@ -343,8 +395,9 @@ class CheckpointStore:
         """
         start, end = key_group_range
         if not 0 <= start < end <= key_groups:
-            raise CheckpointError(f"shard {shard_index}: key-group range {key_group_range} is not within "
-                                  f"[0, {key_groups})")
+            raise CheckpointError(
+                f"shard {shard_index}: key-group range {key_group_range} is not within [0, {key_groups})"
+            )
         full = full or parent_id is None
         if parent_id is not None and parent_id >= checkpoint_id:
             raise CheckpointError(f"checkpoint {checkpoint_id}: parent {parent_id} must be older")
@@ -372,8 +425,9 @@ class CheckpointStore:
             for kind, table in tables.items():
                 if kind == "state" and table.num_rows == 0 and not full:
                     continue  # an empty delta changes nothing: no chain entry at all
-                ref, data = self._encode_file(kind, table, f"{prefix}.{kind}.parquet", key_group_range,
-                                              checkpoint_id, shard_index, base=full)
+                ref, data = self._encode_file(
+                    kind, table, f"{prefix}.{kind}.parquet", key_group_range, checkpoint_id, shard_index, base=full
+                )
                 refs[kind] = ref
                 if data is not None:
                     blobs[ref.path] = data
@@ -382,14 +436,29 @@ class CheckpointStore:
             for data in blobs.values():  # staged files a failure left behind
                 if isinstance(data, str):
                     _remove(data)
-        return ShardPart(checkpoint_id, shard_index, (start, end), key_groups, refs,
-                         json_meta(meta, f"meta of shard {shard_index}"), parent_id, full, layouts_json)
+        return ShardPart(
+            checkpoint_id,
+            shard_index,
+            (start, end),
+            key_groups,
+            refs,
+            json_meta(meta, f"meta of shard {shard_index}"),
+            parent_id,
+            full,
+            layouts_json,
+        )
 
     # ----------------------------------------------------------------------------------------------------
     # Committing.
 
-    def commit(self, checkpoint_id: int, parts: Sequence[ShardPart], *, key_groups: int | None = None,
-               app_meta: dict | None = None) -> Manifest:
+    def commit(
+        self,
+        checkpoint_id: int,
+        parts: Sequence[ShardPart],
+        *,
+        key_groups: int | None = None,
+        app_meta: dict | None = None,
+    ) -> Manifest:
         """Make checkpoint ``checkpoint_id`` complete: write its manifest (last, atomically), then apply
         retention. Call once every shard has reported its part; the parts must tile ``[0, key_groups)`` and
         their deltas share one committed parent. Retention failures are logged, never raised: the checkpoint
@@ -398,8 +467,10 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {checkpoint_id}: no shard parts to commit")
         for p in parts:
             if p.checkpoint_id != checkpoint_id:
-                raise CheckpointError(f"checkpoint {checkpoint_id}: got the part of shard {p.shard_index} "
-                                      f"for checkpoint {p.checkpoint_id}")
+                raise CheckpointError(
+                    f"checkpoint {checkpoint_id}: got the part of shard {p.shard_index} "
+                    f"for checkpoint {p.checkpoint_id}"
+                )
         groups = {p.key_groups for p in parts} | ({key_groups} if key_groups is not None else set())
         if len(groups) != 1:
             raise CheckpointError(f"checkpoint {checkpoint_id}: parts disagree on key_groups: {sorted(groups)}")
@@ -410,8 +481,10 @@ class CheckpointStore:
         check_ranges([p.key_group_range for p in parts], key_groups)
         parents = {p.parent_id for p in parts if p.parent_id is not None}
         if len(parents) > 1:
-            raise CheckpointError(f"checkpoint {checkpoint_id}: shard parts have different parents "
-                                  f"{sorted(parents)}; all shards must restore from / build on one checkpoint")
+            raise CheckpointError(
+                f"checkpoint {checkpoint_id}: shard parts have different parents "
+                f"{sorted(parents)}; all shards must restore from / build on one checkpoint"
+            )
         parent_id = parents.pop() if parents else None
         if self._exists(self.manifest_path(checkpoint_id)):
             raise CheckpointError(f"checkpoint {checkpoint_id} is already committed")
@@ -424,20 +497,26 @@ class CheckpointStore:
                 if not all(p.full for p in parts):
                     raise CheckpointError(
                         f"checkpoint {checkpoint_id}: the state deltas build on checkpoint {parent_id}, which "
-                        f"cannot be read ({exc}); write full parts instead") from exc
-                log.warning("checkpoint %d: parent %d unreadable (%s); all parts are full, committing anyway",
-                            checkpoint_id, parent_id, exc)
+                        f"cannot be read ({exc}); write full parts instead"
+                    ) from exc
+                log.warning(
+                    "checkpoint %d: parent %d unreadable (%s); all parts are full, committing anyway",
+                    checkpoint_id,
+                    parent_id,
+                    exc,
+                )
             if parent is not None and parent.key_groups != key_groups:
-                raise CheckpointError(f"checkpoint {checkpoint_id}: key_groups {key_groups} differs from "
-                                      f"parent {parent_id}'s {parent.key_groups}")
+                raise CheckpointError(
+                    f"checkpoint {checkpoint_id}: key_groups {key_groups} differs from "
+                    f"parent {parent_id}'s {parent.key_groups}"
+                )
 
         chain = list(parent.state_chain) if parent is not None else []
         chain += [p.files["state"] for p in parts if "state" in p.files]
         layouts = dict(parent.layouts) if parent is not None else {}
         for p in parts:
             layouts.update(p.layouts)
-        ancestors = (parent_id, *(parent.ancestors if parent else ()))[:MAX_ANCESTORS] \
-            if parent_id is not None else ()
+        ancestors = (parent_id, *(parent.ancestors if parent else ()))[:MAX_ANCESTORS] if parent_id is not None else ()
         compacted_through = parent.compacted_through if parent is not None else None
         spliced = self._usable_compaction(ancestors, compacted_through)
         if spliced is not None:
@@ -445,11 +524,19 @@ class CheckpointStore:
             compacted_through = spliced.source
         chain = prune_chain(chain)
         manifest = Manifest(
-            checkpoint_id=checkpoint_id, created_ms=now_ms(), key_groups=key_groups,
-            shards=tuple(ShardEntry(p.shard_index, p.key_group_range,
-                                    {k: f for k, f in p.files.items()}, p.meta) for p in parts),
-            state_chain=tuple(chain), layouts=layouts, parent_id=parent_id, ancestors=tuple(ancestors),
-            compacted_through=compacted_through, app=json_meta(app_meta, "app_meta"))
+            checkpoint_id=checkpoint_id,
+            created_ms=now_ms(),
+            key_groups=key_groups,
+            shards=tuple(
+                ShardEntry(p.shard_index, p.key_group_range, {k: f for k, f in p.files.items()}, p.meta) for p in parts
+            ),
+            state_chain=tuple(chain),
+            layouts=layouts,
+            parent_id=parent_id,
+            ancestors=tuple(ancestors),
+            compacted_through=compacted_through,
+            app=json_meta(app_meta, "app_meta"),
+        )
         self._put_atomic(self.manifest_path(checkpoint_id), manifest.to_json_bytes(self.checksum))
         with self._lock:
             self._manifests[checkpoint_id] = manifest
@@ -499,7 +586,7 @@ class CheckpointStore:
             data = None
         if data is not None:
             self._put(f"damaged/{name}", data)
-        self._put(f"damaged/{name[:-len('.json')]}.reason.txt", reason.encode("utf-8"))
+        self._put(f"damaged/{name[: -len('.json')]}.reason.txt", reason.encode("utf-8"))
         if data is not None:
             self._delete([rel])
         with self._lock:
@@ -516,15 +603,15 @@ class CheckpointStore:
         try:
             data = self._get(rel)
         except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {checkpoint_id} does not exist (no manifest "
-                                  f"{self._abs(rel)})") from None
+            raise CheckpointError(f"checkpoint {checkpoint_id} does not exist (no manifest {self._abs(rel)})") from None
         try:
             manifest = Manifest.from_json_bytes(data, self.checksum)
         except ValueError as exc:
             raise CorruptCheckpointError(self._abs(rel), "unreadable", str(exc), checkpoint_id) from None
         if manifest.checkpoint_id != checkpoint_id:
-            raise CorruptCheckpointError(self._abs(rel), "unreadable",
-                                         f"holds checkpoint {manifest.checkpoint_id}", checkpoint_id)
+            raise CorruptCheckpointError(
+                self._abs(rel), "unreadable", f"holds checkpoint {manifest.checkpoint_id}", checkpoint_id
+            )
         with self._lock:
             self._manifests[checkpoint_id] = manifest
         return manifest
@@ -563,12 +650,14 @@ class CheckpointStore:
                 if ref.path not in sizes:
                     raise CorruptCheckpointError(self._abs(ref.path), "missing", checkpoint_id=m.checkpoint_id)
                 if sizes[ref.path] != ref.size:
-                    raise CorruptCheckpointError(self._abs(ref.path), "size mismatch",
-                                                 f"{sizes[ref.path]} bytes, manifest says {ref.size}",
-                                                 m.checkpoint_id)
+                    raise CorruptCheckpointError(
+                        self._abs(ref.path),
+                        "size mismatch",
+                        f"{sizes[ref.path]} bytes, manifest says {ref.size}",
+                        m.checkpoint_id,
+                    )
 
-    def latest_valid(self, before: int | None = None, full: bool = False,
-                     quarantine: bool = False) -> Manifest | None:
+    def latest_valid(self, before: int | None = None, full: bool = False, quarantine: bool = False) -> Manifest | None:
         """The newest complete checkpoint that passes ``verify`` (each failure logged), or None. This is
         what a coordinator restores; a shard that still finds a checksum mismatch while loading raises
         CorruptCheckpointError, and the coordinator then asks again with ``before=`` that checkpoint.
@@ -615,11 +704,13 @@ class CheckpointStore:
         except FileNotFoundError:
             raise CorruptCheckpointError(path, "missing", checkpoint_id=checkpoint_id) from None
         if len(data) != ref.size:
-            raise CorruptCheckpointError(path, "size mismatch", f"{len(data)} bytes, manifest says {ref.size}",
-                                         checkpoint_id)
+            raise CorruptCheckpointError(
+                path, "size mismatch", f"{len(data)} bytes, manifest says {ref.size}", checkpoint_id
+            )
         if not self.checksum.matches(data, ref.sha256):
-            raise CorruptCheckpointError(path, "checksum mismatch",
-                                         f"{self.checksum.algorithm} differs from the manifest", checkpoint_id)
+            raise CorruptCheckpointError(
+                path, "checksum mismatch", f"{self.checksum.algorithm} differs from the manifest", checkpoint_id
+            )
         try:
             table = read_parquet(data)
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -631,11 +722,11 @@ class CheckpointStore:
             try:  # tolerate schema metadata / nullability drift, never different columns
                 table = table.select(expected.names).cast(expected)
             except (pa.ArrowException, KeyError, ValueError) as exc:
-                raise CorruptCheckpointError(path, "unreadable", f"unexpected schema: {exc}",
-                                             checkpoint_id) from None
+                raise CorruptCheckpointError(path, "unreadable", f"unexpected schema: {exc}", checkpoint_id) from None
             if table.num_rows != ref.rows:
-                raise CorruptCheckpointError(path, "unreadable", f"{table.num_rows} rows, manifest says "
-                                             f"{ref.rows}", checkpoint_id)
+                raise CorruptCheckpointError(
+                    path, "unreadable", f"{table.num_rows} rows, manifest says {ref.rows}", checkpoint_id
+                )
         return table
 
     def _read_tables(self, refs: Sequence[FileRef], checkpoint_id: int) -> dict[str, pa.Table]:
@@ -644,14 +735,19 @@ class CheckpointStore:
         if not todo:
             return {}
         if len(todo) == 1:
-            (path, ref), = todo.items()
+            ((path, ref),) = todo.items()
             return {path: self._read_one(ref, checkpoint_id)}
         with ThreadPoolExecutor(min(_IO_THREADS, len(todo))) as pool:
             futures = {p: pool.submit(self._read_one, r, checkpoint_id) for p, r in todo.items()}
             return {p: f.result() for p, f in futures.items()}
 
-    def load_shard(self, checkpoint: Manifest | int, key_group_range: tuple[int, int] | None = None, *,
-                   tables: Sequence[str] = ("state", "timers", "messages", "egress")) -> RestoredShard:
+    def load_shard(
+        self,
+        checkpoint: Manifest | int,
+        key_group_range: tuple[int, int] | None = None,
+        *,
+        tables: Sequence[str] = ("state", "timers", "messages", "egress"),
+    ) -> RestoredShard:
         """Everything a shard owning ``key_group_range`` (default: all) restores from ``checkpoint``: the
         folded state chain, timers and messages filtered to the range, the egress of the old shards it
         inherits, and the metas of the old shards that overlap. Verifies every file it reads; raises
@@ -660,12 +756,16 @@ class CheckpointStore:
         rng = key_group_range or (0, m.key_groups)
         start, end = rng
         if not 0 <= start < end <= m.key_groups:
-            raise CheckpointError(f"key-group range {rng} is not within [0, {m.key_groups}) of checkpoint "
-                                  f"{m.checkpoint_id}")
+            raise CheckpointError(
+                f"key-group range {rng} is not within [0, {m.key_groups}) of checkpoint {m.checkpoint_id}"
+            )
         overlapping = m.shards_overlapping(rng)
         egress_owners = [s for s in m.shards if start <= s.key_group_range[0] < end]
-        chain = [r for r in m.state_chain if r.key_group_range[0] < end and start < r.key_group_range[1]] \
-            if "state" in tables else []
+        chain = (
+            [r for r in m.state_chain if r.key_group_range[0] < end and start < r.key_group_range[1]]
+            if "state" in tables
+            else []
+        )
         wanted: list[FileRef] = [r for r in chain if r.path is not None]
         for kind in ("timers", "messages"):
             if kind in tables:
@@ -674,8 +774,9 @@ class CheckpointStore:
             wanted += [s.files["egress"] for s in egress_owners if "egress" in s.files and s.files["egress"].path]
         read = self._read_tables(wanted, m.checkpoint_id)
 
-        layers = [filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range)
-                  for r in chain if r.path is not None]
+        layers = [
+            filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range) for r in chain if r.path is not None
+        ]
         state = fold_layers(layers)
 
         def gather(kind: str, shards: list[ShardEntry], ranged: bool) -> pa.Table | None:
@@ -683,8 +784,12 @@ class CheckpointStore:
             if not refs:
                 return None
             if ranged:
-                return pa.concat_tables([filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range,
-                                                           ADDRESS_COLUMNS[kind]) for r in refs])
+                return pa.concat_tables(
+                    [
+                        filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range, ADDRESS_COLUMNS[kind])
+                        for r in refs
+                    ]
+                )
             return pa.concat_tables([read[r.path] for r in refs])
 
         timers = gather("timers", overlapping, True) if "timers" in tables else None
@@ -696,25 +801,33 @@ class CheckpointStore:
         messages = gather("messages", overlapping, True) if "messages" in tables else None
         egress = gather("egress", egress_owners, False) if "egress" in tables else None
         return RestoredShard(
-            checkpoint_id=m.checkpoint_id, key_group_range=(start, end), key_groups=m.key_groups, state=state,
+            checkpoint_id=m.checkpoint_id,
+            key_group_range=(start, end),
+            key_groups=m.key_groups,
+            state=state,
             chain_rows=sum(t.num_rows for t in layers),
             layouts={ft: StateLayout.from_json(ft, specs) for ft, specs in m.layouts.items()},
             timers=timer_rows,
             messages=decode_messages(messages) if messages is not None else [],
             egress=decode_egress(egress) if egress is not None else [],
-            metas={s.index: s.meta for s in overlapping}, app=m.app)
+            metas={s.index: s.meta for s in overlapping},
+            app=m.app,
+        )
 
-    def load_latest_valid(self, key_group_range: tuple[int, int] | None = None, *, before: int | None = None,
-                          tables: Sequence[str] = ("state", "timers", "messages", "egress"),
-                          ) -> RestoredShard | None:
+    def load_latest_valid(
+        self,
+        key_group_range: tuple[int, int] | None = None,
+        *,
+        before: int | None = None,
+        tables: Sequence[str] = ("state", "timers", "messages", "egress"),
+    ) -> RestoredShard | None:
         """``load_shard`` of the newest checkpoint that loads cleanly: on CorruptCheckpointError (logged,
         naming the file and cause) fall back to the previous complete checkpoint. None if none loads."""
         for m in self.manifests(before):
             try:
                 return self.load_shard(m, key_group_range, tables=tables)
             except CorruptCheckpointError as exc:
-                log.error("checkpoint %d cannot be restored, falling back to an older one: %s",
-                          m.checkpoint_id, exc)
+                log.error("checkpoint %d cannot be restored, falling back to an older one: %s", m.checkpoint_id, exc)
         return None
 
     def load_egress(self, checkpoint: Manifest | int) -> dict[int, list[tuple]]:
@@ -750,7 +863,7 @@ class CheckpointStore:
                 source = int(m.group(1))
                 if source in lineage and (compacted_through is None or source > compacted_through):
                     candidates.append((source, self._rel(p)))
-        for source, rel in sorted(candidates, reverse=True):
+        for _source, rel in sorted(candidates, reverse=True):
             try:
                 result = self._read_compaction_record(rel)
                 self._check_exist(result.files)
@@ -792,7 +905,7 @@ class CheckpointStore:
         ids = self.checkpoint_ids()
         if not ids:
             return []
-        keep, drop = ids[-self.retain:], ids[:-self.retain]
+        keep, drop = ids[-self.retain :], ids[: -self.retain]
         deleted = [self.manifest_path(i) for i in drop]
         self._delete(deleted)  # manifests first: from here on those checkpoints do not exist
         with self._lock:
@@ -866,5 +979,6 @@ def _remove(path: str) -> None:
 
 
 def _rebuild(url, retain, storage_options, compression, compression_level, checksum) -> CheckpointStore:
-    return CheckpointStore(url, retain, storage_options, compression=compression,
-                           compression_level=compression_level, key=checksum)
+    return CheckpointStore(
+        url, retain, storage_options, compression=compression, compression_level=compression_level, key=checksum
+    )

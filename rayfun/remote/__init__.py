@@ -12,4 +12,4 @@ from .client import RemoteFunctionClient, RemoteFunctionError
 from .endpoint import HttpEndpoint
 from .serve import make_app, make_handler, serve
 
-__all__ = ["HttpEndpoint", "RemoteFunctionClient", "RemoteFunctionError", "serve", "make_app", "make_handler"]
+__all__ = ["HttpEndpoint", "RemoteFunctionClient", "RemoteFunctionError", "make_app", "make_handler", "serve"]

@@ -26,7 +26,7 @@ import aiohttp
 from .endpoint import HttpEndpoint
 from .protocol import DecodeError, InvocationResult, MissingStates, ProtocolError, decode_response, encode_request
 
-__all__ = ["RemoteFunctionClient", "RemoteFunctionError", "InvocationResult", "MissingStates"]
+__all__ = ["InvocationResult", "MissingStates", "RemoteFunctionClient", "RemoteFunctionError"]
 
 _CONTENT_TYPE = "application/octet-stream"
 _FIRST_BACKOFF = 0.002  # StateFun's async transport: 2 ms, doubling
@@ -41,8 +41,16 @@ class RemoteFunctionError(Exception):
     is False for protocol errors (retrying would get the same answer).
     """
 
-    def __init__(self, function: str, id: str, url: str, attempts: int, last_error: str,
-                 retryable: bool = True, elapsed: float = 0.0):
+    def __init__(
+        self,
+        function: str,
+        id: str,
+        url: str,
+        attempts: int,
+        last_error: str,
+        retryable: bool = True,
+        elapsed: float = 0.0,
+    ):
         self.function = function
         self.id = id
         self.url = url
@@ -51,15 +59,19 @@ class RemoteFunctionError(Exception):
         self.retryable = retryable
         self.elapsed = elapsed
         if retryable:
-            what = (f"failed after {attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.2f}s; "
-                    f"last error: {last_error}")
+            what = (
+                f"failed after {attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.2f}s; "
+                f"last error: {last_error}"
+            )
         else:
             what = f"answered against the protocol (attempt {attempts}): {last_error}"
         super().__init__(f"remote function {function} (id {id!r}) at {url} {what}")
 
     def __reduce__(self):  # keep the fields across Ray's pickling of exceptions
-        return (type(self), (self.function, self.id, self.url, self.attempts, self.last_error,
-                             self.retryable, self.elapsed))
+        return (
+            type(self),
+            (self.function, self.id, self.url, self.attempts, self.last_error, self.retryable, self.elapsed),
+        )
 
 
 class _AttemptFailed(Exception):
@@ -85,8 +97,10 @@ def make_ssl_context(endpoint: HttpEndpoint) -> ssl.SSLContext | None:
         if endpoint.client_cert:
             ctx.load_cert_chain(endpoint.client_cert, endpoint.client_key, endpoint.client_key_password)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"endpoint {endpoint.functions!r}: cannot load TLS files (ca_file={endpoint.ca_file!r}, "
-                         f"client_cert={endpoint.client_cert!r}, client_key={endpoint.client_key!r}): {exc}") from exc
+        raise ValueError(
+            f"endpoint {endpoint.functions!r}: cannot load TLS files (ca_file={endpoint.ca_file!r}, "
+            f"client_cert={endpoint.client_cert!r}, client_key={endpoint.client_key!r}): {exc}"
+        ) from exc
     return ctx
 
 
@@ -129,17 +143,23 @@ class RemoteFunctionClient:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             # a session is bound to its loop; a new loop (e.g. a restarted actor) gets a new one
-            connector = aiohttp.TCPConnector(limit=self.endpoint.pool_size, ssl=self._ssl if self._ssl else True,
-                                             keepalive_timeout=self.endpoint.pool_ttl or None)
+            connector = aiohttp.TCPConnector(
+                limit=self.endpoint.pool_size,
+                ssl=self._ssl if self._ssl else True,
+                keepalive_timeout=self.endpoint.pool_ttl or None,
+            )
             self._session = aiohttp.ClientSession(connector=connector, headers={"Content-Type": _CONTENT_TYPE})
             self._loop = loop
             self._slots = asyncio.Semaphore(self.endpoint.max_concurrent_requests)
         return self._session
 
-    async def invoke(self, target_typename: str, target_id: str,
-                     states: list[tuple[str, str, Any]],
-                     invocations: list[tuple[tuple[str, str] | None, str, Any]],
-                     ) -> InvocationResult | MissingStates:
+    async def invoke(
+        self,
+        target_typename: str,
+        target_id: str,
+        states: list[tuple[str, str, Any]],
+        invocations: list[tuple[tuple[str, str] | None, str, Any]],
+    ) -> InvocationResult | MissingStates:
         """Send one batch to ``target_typename``/``target_id`` and return its validated answer.
 
         ``states``: ``(state_name, state_typename, payload or None)`` for every registered state;
@@ -163,8 +183,9 @@ class RemoteFunctionClient:
             self.stats["invocations"] += len(invocations)
         return result
 
-    async def _call(self, session: aiohttp.ClientSession, url: str, body: bytes, registered: dict[str, str],
-                    function: str, id: str) -> InvocationResult | MissingStates:
+    async def _call(
+        self, session: aiohttp.ClientSession, url: str, body: bytes, registered: dict[str, str], function: str, id: str
+    ) -> InvocationResult | MissingStates:
         endpoint = self.endpoint
         start = time.monotonic()
         deadline = start + endpoint.call_timeout
@@ -177,20 +198,23 @@ class RemoteFunctionClient:
                 self.stats["retries"] += 1
             remaining = deadline - time.monotonic()
             attempt_budget = remaining if endpoint.read_timeout is None else min(remaining, endpoint.read_timeout)
-            timeout = aiohttp.ClientTimeout(total=attempt_budget, sock_connect=min(endpoint.connect_timeout,
-                                                                                   attempt_budget))
+            timeout = aiohttp.ClientTimeout(
+                total=attempt_budget, sock_connect=min(endpoint.connect_timeout, attempt_budget)
+            )
             try:
                 answer = await self._attempt(session, url, body, timeout)
                 return decode_response(answer, registered)
             except ProtocolError as exc:
                 self.stats["failures"] += 1
                 self.stats["protocol_errors"] += 1
-                raise RemoteFunctionError(function, id, url, attempts, str(exc), retryable=False,
-                                          elapsed=time.monotonic() - start) from None
+                raise RemoteFunctionError(
+                    function, id, url, attempts, str(exc), retryable=False, elapsed=time.monotonic() - start
+                ) from None
             except _Fatal as exc:
                 self.stats["failures"] += 1
-                raise RemoteFunctionError(function, id, url, attempts, str(exc),
-                                          elapsed=time.monotonic() - start) from None
+                raise RemoteFunctionError(
+                    function, id, url, attempts, str(exc), elapsed=time.monotonic() - start
+                ) from None
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, DecodeError, _AttemptFailed) as exc:
                 last_error = _describe(exc)
                 if isinstance(exc, asyncio.TimeoutError):
@@ -202,17 +226,16 @@ class RemoteFunctionClient:
             retries_left = endpoint.max_retries is None or attempts <= endpoint.max_retries
             if remaining < _MIN_BUDGET or not retries_left:
                 self.stats["failures"] += 1
-                raise RemoteFunctionError(function, id, url, attempts, last_error,
-                                          elapsed=time.monotonic() - start)
+                raise RemoteFunctionError(function, id, url, attempts, last_error, elapsed=time.monotonic() - start)
             await asyncio.sleep(min(backoff, remaining))
             backoff = min(backoff * 2, _MAX_BACKOFF)
             if deadline - time.monotonic() < _MIN_BUDGET:
                 self.stats["failures"] += 1
-                raise RemoteFunctionError(function, id, url, attempts, last_error,
-                                          elapsed=time.monotonic() - start)
+                raise RemoteFunctionError(function, id, url, attempts, last_error, elapsed=time.monotonic() - start)
 
-    async def _attempt(self, session: aiohttp.ClientSession, url: str, body: bytes,
-                       timeout: aiohttp.ClientTimeout) -> bytes:
+    async def _attempt(
+        self, session: aiohttp.ClientSession, url: str, body: bytes, timeout: aiohttp.ClientTimeout
+    ) -> bytes:
         """One POST; returns the raw answer of a 2xx with the right content type, raises otherwise."""
         try:
             async with session.post(url, data=body, timeout=timeout) as resp:
@@ -227,8 +250,7 @@ class RemoteFunctionClient:
                     raise _AttemptFailed(f"wrong content type {ctype or '(none)'!r}, expected {_CONTENT_TYPE}")
                 limit = self.endpoint.payload_max_bytes
                 if resp.content_length is not None and resp.content_length > limit:
-                    raise _AttemptFailed(f"answer of {resp.content_length} bytes exceeds payload_max_bytes "
-                                         f"({limit})")
+                    raise _AttemptFailed(f"answer of {resp.content_length} bytes exceeds payload_max_bytes ({limit})")
                 chunks, size = [], 0
                 async for chunk in resp.content.iter_any():
                     size += len(chunk)
@@ -237,9 +259,11 @@ class RemoteFunctionClient:
                     chunks.append(chunk)
                 return b"".join(chunks)
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise _Fatal(f"TLS certificate of the server is not trusted ({_describe(exc.certificate_error)}); "
-                         f"set the endpoint's ca_file (module.yaml: transport.trust_cacerts) to the CA that "
-                         f"signed it, or verify=False") from None
+            raise _Fatal(
+                f"TLS certificate of the server is not trusted ({_describe(exc.certificate_error)}); "
+                f"set the endpoint's ca_file (module.yaml: transport.trust_cacerts) to the CA that "
+                f"signed it, or verify=False"
+            ) from None
 
     async def close(self) -> None:
         """Close the pooled connections (the client can still be used: a new session opens lazily)."""

@@ -16,14 +16,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Union
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..types import validate_typename
 
-__all__ = ["HttpEndpoint", "Duration", "parse_duration", "ON_FAILURE_MODES"]
+__all__ = ["ON_FAILURE_MODES", "Duration", "HttpEndpoint", "parse_duration"]
 
-Duration = Union[timedelta, int, float, str]
+Duration = timedelta | int | float | str
 
 ON_FAILURE_MODES = ("restart", "dead-letter")
 
@@ -62,12 +62,10 @@ def parse_duration(value: Duration, what: str = "duration") -> float:
         number, unit = m.groups()
         unit = unit.lower()
         if unit and unit not in _UNITS:
-            raise ValueError(f"{what}: unknown time unit {unit!r} in {value!r}; use one of "
-                             f"ms, s, sec, min, m, h, d")
+            raise ValueError(f"{what}: unknown time unit {unit!r} in {value!r}; use one of ms, s, sec, min, m, h, d")
         seconds = float(number) * (_UNITS[unit] if unit else 1e-3)
     else:
-        raise TypeError(f"{what}: expected a timedelta, seconds or a string like '1 min', got "
-                        f"{type(value).__name__}")
+        raise TypeError(f"{what}: expected a timedelta, seconds or a string like '1 min', got {type(value).__name__}")
     if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"{what}: a duration must not be negative, got {value!r}")
     return seconds
@@ -117,14 +115,17 @@ class HttpEndpoint:
         if "*" in namespace or ("*" in name and name != "*"):
             raise ValueError(f"{where}: '*' may only stand for the whole function name ('ns/*')")
         if not isinstance(self.url_path_template, str) or not self.url_path_template:
-            raise ValueError(f"{where}: url_path_template must be a URL such as "
-                             f"'http://host:8000/statefun' or 'http://host:8000/{{function.name}}'")
+            raise ValueError(
+                f"{where}: url_path_template must be a URL such as "
+                f"'http://host:8000/statefun' or 'http://host:8000/{{function.name}}'"
+            )
         url = urlsplit(self.url_path_template.replace("{function.name}", "fn"))
         if url.scheme in ("http+unix", "https+unix"):
             raise ValueError(f"{where}: unix-socket URLs ({url.scheme}://) are not supported; use http(s)://")
         if url.scheme not in ("http", "https") or not url.netloc:
-            raise ValueError(f"{where}: url_path_template {self.url_path_template!r} must be an absolute "
-                             f"http:// or https:// URL")
+            raise ValueError(
+                f"{where}: url_path_template {self.url_path_template!r} must be an absolute http:// or https:// URL"
+            )
 
         put("call_timeout", parse_duration(self.call_timeout, f"{where}: call_timeout"))
         put("connect_timeout", parse_duration(self.connect_timeout, f"{where}: connect_timeout"))
@@ -137,16 +138,23 @@ class HttpEndpoint:
             if value is not None and value <= 0:
                 raise ValueError(f"{where}: {key} must be positive, got {value:g}s")
 
-        for key, low in (("max_num_batch_requests", None), ("max_concurrent_requests", 1), ("pool_size", 1),
-                         ("payload_max_bytes", 1)):
+        for key, low in (
+            ("max_num_batch_requests", None),
+            ("max_concurrent_requests", 1),
+            ("pool_size", 1),
+            ("payload_max_bytes", 1),
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
                 need = "an int" if low is None else f"an int >= {low}"
                 raise ValueError(f"{where}: {key} must be {need}, got {value!r}")
-        if self.max_retries is not None and (isinstance(self.max_retries, bool)
-                                             or not isinstance(self.max_retries, int) or self.max_retries < 0):
-            raise ValueError(f"{where}: max_retries must be None (retry within call_timeout) or an int >= 0, "
-                             f"got {self.max_retries!r}")
+        if self.max_retries is not None and (
+            isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0
+        ):
+            raise ValueError(
+                f"{where}: max_retries must be None (retry within call_timeout) or an int >= 0, "
+                f"got {self.max_retries!r}"
+            )
         if self.on_failure not in ON_FAILURE_MODES:
             raise ValueError(f"{where}: on_failure must be one of {ON_FAILURE_MODES}, got {self.on_failure!r}")
         if not isinstance(self.verify, bool):

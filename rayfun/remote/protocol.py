@@ -13,8 +13,9 @@ are the only two places where those payloads meet the wire.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -23,29 +24,29 @@ from ..messages import EgressMessage, Message
 from ..types import decode_payload, encode_payload
 
 __all__ = [
+    "EXPIRE_MODE_NUMBERS",
+    "UNSET_TYPENAME",
+    "WRAPPERS",
     "Address",
-    "TypedValue",
-    "ToFunction",
-    "FromFunction",
     "BooleanWrapper",
-    "IntWrapper",
-    "LongWrapper",
-    "FloatWrapper",
+    "DecodeError",
     "DoubleWrapper",
-    "StringWrapper",
+    "FloatWrapper",
+    "FromFunction",
+    "IntWrapper",
+    "InvocationResult",
     "KafkaProducerRecord",
     "KinesisEgressRecord",
-    "WRAPPERS",
-    "UNSET_TYPENAME",
-    "EXPIRE_MODE_NUMBERS",
-    "DecodeError",
-    "ProtocolError",
-    "InvocationResult",
+    "LongWrapper",
     "MissingStates",
-    "typed_value",
-    "payload_of",
-    "encode_request",
+    "ProtocolError",
+    "StringWrapper",
+    "ToFunction",
+    "TypedValue",
     "decode_response",
+    "encode_request",
+    "payload_of",
+    "typed_value",
 ]
 
 #: the state type the runtime assumes when a spec names none (StateFun's ``io.statefun.types/unset``).
@@ -56,15 +57,24 @@ UNSET_TYPENAME = "io.statefun.types/unset"
 
 _FDP = descriptor_pb2.FieldDescriptorProto
 _SCALARS = {
-    "string": _FDP.TYPE_STRING, "bytes": _FDP.TYPE_BYTES, "bool": _FDP.TYPE_BOOL, "int64": _FDP.TYPE_INT64,
-    "sfixed32": _FDP.TYPE_SFIXED32, "sfixed64": _FDP.TYPE_SFIXED64, "float": _FDP.TYPE_FLOAT,
+    "string": _FDP.TYPE_STRING,
+    "bytes": _FDP.TYPE_BYTES,
+    "bool": _FDP.TYPE_BOOL,
+    "int64": _FDP.TYPE_INT64,
+    "sfixed32": _FDP.TYPE_SFIXED32,
+    "sfixed64": _FDP.TYPE_SFIXED64,
+    "float": _FDP.TYPE_FLOAT,
     "double": _FDP.TYPE_DOUBLE,
 }
 
 
-def _message(name: str, fields: Sequence[tuple], nested: Sequence[descriptor_pb2.DescriptorProto] = (),
-             enums: Sequence[tuple[str, Sequence[str]]] = (), oneof: str | None = None
-             ) -> descriptor_pb2.DescriptorProto:
+def _message(
+    name: str,
+    fields: Sequence[tuple],
+    nested: Sequence[descriptor_pb2.DescriptorProto] = (),
+    enums: Sequence[tuple[str, Sequence[str]]] = (),
+    oneof: str | None = None,
+) -> descriptor_pb2.DescriptorProto:
     """A DescriptorProto from ``(name, number, type[, "repeated" | "oneof"])`` tuples.
 
     ``type`` is a scalar name, ``.full.MessageName`` for a message, or ``enum:.full.EnumName``.
@@ -92,8 +102,9 @@ def _message(name: str, fields: Sequence[tuple], nested: Sequence[descriptor_pb2
     return msg
 
 
-def _file(name: str, package: str, messages: Iterable[descriptor_pb2.DescriptorProto]
-          ) -> descriptor_pb2.FileDescriptorProto:
+def _file(
+    name: str, package: str, messages: Iterable[descriptor_pb2.DescriptorProto]
+) -> descriptor_pb2.FileDescriptorProto:
     fdp = descriptor_pb2.FileDescriptorProto(name=name, package=package, syntax="proto3")
     fdp.message_type.extend(messages)
     return fdp
@@ -104,68 +115,120 @@ _TV = f"{_RR}.TypedValue"
 _ADDR = f"{_RR}.Address"
 _FF = f"{_RR}.FromFunction"
 
-_REQUEST_REPLY = _file("rayfun/io/statefun/sdk/reqreply/request-reply.proto", "io.statefun.sdk.reqreply", [
-    _message("Address", [("namespace", 1, "string"), ("type", 2, "string"), ("id", 3, "string")]),
-    _message("TypedValue", [("typename", 1, "string"), ("has_value", 2, "bool"), ("value", 3, "bytes")]),
-    _message("ToFunction", [("invocation", 100, f"{_RR}.ToFunction.InvocationBatchRequest", "oneof")], nested=[
-        _message("PersistedValue", [("state_name", 1, "string"), ("state_value", 2, _TV)]),
-        _message("Invocation", [("caller", 1, _ADDR), ("argument", 2, _TV)]),
-        _message("InvocationBatchRequest", [
-            ("target", 1, _ADDR),
-            ("state", 2, f"{_RR}.ToFunction.PersistedValue", "repeated"),
-            ("invocations", 3, f"{_RR}.ToFunction.Invocation", "repeated"),
-        ]),
-    ], oneof="request"),
-    _message("FromFunction", [
-        ("invocation_result", 100, f"{_FF}.InvocationResponse", "oneof"),
-        ("incomplete_invocation_context", 101, f"{_FF}.IncompleteInvocationContext", "oneof"),
-    ], nested=[
-        _message("PersistedValueMutation", [
-            ("mutation_type", 1, f"enum:{_FF}.PersistedValueMutation.MutationType"),
-            ("state_name", 2, "string"),
-            ("state_value", 3, _TV),
-        ], enums=[("MutationType", ["DELETE", "MODIFY"])]),
-        _message("Invocation", [("target", 1, _ADDR), ("argument", 2, _TV)]),
-        _message("DelayedInvocation", [
-            ("is_cancellation_request", 10, "bool"),
-            ("cancellation_token", 11, "string"),
-            ("delay_in_ms", 1, "int64"),
-            ("target", 2, _ADDR),
-            ("argument", 3, _TV),
-        ]),
-        _message("EgressMessage", [("egress_namespace", 1, "string"), ("egress_type", 2, "string"),
-                                   ("argument", 3, _TV)]),
-        _message("InvocationResponse", [
-            ("state_mutations", 1, f"{_FF}.PersistedValueMutation", "repeated"),
-            ("outgoing_messages", 2, f"{_FF}.Invocation", "repeated"),
-            ("delayed_invocations", 3, f"{_FF}.DelayedInvocation", "repeated"),
-            ("outgoing_egresses", 4, f"{_FF}.EgressMessage", "repeated"),
-        ]),
-        _message("ExpirationSpec", [("mode", 1, f"enum:{_FF}.ExpirationSpec.ExpireMode"),
-                                    ("expire_after_millis", 2, "int64")],
-                 enums=[("ExpireMode", ["NONE", "AFTER_WRITE", "AFTER_INVOKE"])]),
-        _message("PersistedValueSpec", [("state_name", 1, "string"),
-                                        ("expiration_spec", 2, f"{_FF}.ExpirationSpec"),
-                                        ("type_typename", 3, "string")]),
-        _message("IncompleteInvocationContext", [
-            ("missing_values", 1, f"{_FF}.PersistedValueSpec", "repeated")]),
-    ], oneof="response"),
-])
+_REQUEST_REPLY = _file(
+    "rayfun/io/statefun/sdk/reqreply/request-reply.proto",
+    "io.statefun.sdk.reqreply",
+    [
+        _message("Address", [("namespace", 1, "string"), ("type", 2, "string"), ("id", 3, "string")]),
+        _message("TypedValue", [("typename", 1, "string"), ("has_value", 2, "bool"), ("value", 3, "bytes")]),
+        _message(
+            "ToFunction",
+            [("invocation", 100, f"{_RR}.ToFunction.InvocationBatchRequest", "oneof")],
+            nested=[
+                _message("PersistedValue", [("state_name", 1, "string"), ("state_value", 2, _TV)]),
+                _message("Invocation", [("caller", 1, _ADDR), ("argument", 2, _TV)]),
+                _message(
+                    "InvocationBatchRequest",
+                    [
+                        ("target", 1, _ADDR),
+                        ("state", 2, f"{_RR}.ToFunction.PersistedValue", "repeated"),
+                        ("invocations", 3, f"{_RR}.ToFunction.Invocation", "repeated"),
+                    ],
+                ),
+            ],
+            oneof="request",
+        ),
+        _message(
+            "FromFunction",
+            [
+                ("invocation_result", 100, f"{_FF}.InvocationResponse", "oneof"),
+                ("incomplete_invocation_context", 101, f"{_FF}.IncompleteInvocationContext", "oneof"),
+            ],
+            nested=[
+                _message(
+                    "PersistedValueMutation",
+                    [
+                        ("mutation_type", 1, f"enum:{_FF}.PersistedValueMutation.MutationType"),
+                        ("state_name", 2, "string"),
+                        ("state_value", 3, _TV),
+                    ],
+                    enums=[("MutationType", ["DELETE", "MODIFY"])],
+                ),
+                _message("Invocation", [("target", 1, _ADDR), ("argument", 2, _TV)]),
+                _message(
+                    "DelayedInvocation",
+                    [
+                        ("is_cancellation_request", 10, "bool"),
+                        ("cancellation_token", 11, "string"),
+                        ("delay_in_ms", 1, "int64"),
+                        ("target", 2, _ADDR),
+                        ("argument", 3, _TV),
+                    ],
+                ),
+                _message(
+                    "EgressMessage",
+                    [("egress_namespace", 1, "string"), ("egress_type", 2, "string"), ("argument", 3, _TV)],
+                ),
+                _message(
+                    "InvocationResponse",
+                    [
+                        ("state_mutations", 1, f"{_FF}.PersistedValueMutation", "repeated"),
+                        ("outgoing_messages", 2, f"{_FF}.Invocation", "repeated"),
+                        ("delayed_invocations", 3, f"{_FF}.DelayedInvocation", "repeated"),
+                        ("outgoing_egresses", 4, f"{_FF}.EgressMessage", "repeated"),
+                    ],
+                ),
+                _message(
+                    "ExpirationSpec",
+                    [("mode", 1, f"enum:{_FF}.ExpirationSpec.ExpireMode"), ("expire_after_millis", 2, "int64")],
+                    enums=[("ExpireMode", ["NONE", "AFTER_WRITE", "AFTER_INVOKE"])],
+                ),
+                _message(
+                    "PersistedValueSpec",
+                    [
+                        ("state_name", 1, "string"),
+                        ("expiration_spec", 2, f"{_FF}.ExpirationSpec"),
+                        ("type_typename", 3, "string"),
+                    ],
+                ),
+                _message(
+                    "IncompleteInvocationContext", [("missing_values", 1, f"{_FF}.PersistedValueSpec", "repeated")]
+                ),
+            ],
+            oneof="response",
+        ),
+    ],
+)
 
-_TYPES = _file("rayfun/io/statefun/sdk/types/types.proto", "io.statefun.sdk.types", [
-    _message("BooleanWrapper", [("value", 1, "bool")]),
-    _message("IntWrapper", [("value", 1, "sfixed32")]),
-    _message("FloatWrapper", [("value", 1, "float")]),
-    _message("LongWrapper", [("value", 1, "sfixed64")]),
-    _message("DoubleWrapper", [("value", 1, "double")]),
-    _message("StringWrapper", [("value", 1, "string")]),
-])
+_TYPES = _file(
+    "rayfun/io/statefun/sdk/types/types.proto",
+    "io.statefun.sdk.types",
+    [
+        _message("BooleanWrapper", [("value", 1, "bool")]),
+        _message("IntWrapper", [("value", 1, "sfixed32")]),
+        _message("FloatWrapper", [("value", 1, "float")]),
+        _message("LongWrapper", [("value", 1, "sfixed64")]),
+        _message("DoubleWrapper", [("value", 1, "double")]),
+        _message("StringWrapper", [("value", 1, "string")]),
+    ],
+)
 
-_EGRESS = _file("rayfun/io/statefun/sdk/egress/egress.proto", "io.statefun.sdk.egress", [
-    _message("KafkaProducerRecord", [("key", 1, "string"), ("value_bytes", 2, "bytes"), ("topic", 3, "string")]),
-    _message("KinesisEgressRecord", [("partition_key", 1, "string"), ("value_bytes", 2, "bytes"),
-                                      ("stream", 3, "string"), ("explicit_hash_key", 4, "string")]),
-])
+_EGRESS = _file(
+    "rayfun/io/statefun/sdk/egress/egress.proto",
+    "io.statefun.sdk.egress",
+    [
+        _message("KafkaProducerRecord", [("key", 1, "string"), ("value_bytes", 2, "bytes"), ("topic", 3, "string")]),
+        _message(
+            "KinesisEgressRecord",
+            [
+                ("partition_key", 1, "string"),
+                ("value_bytes", 2, "bytes"),
+                ("stream", 3, "string"),
+                ("explicit_hash_key", 4, "string"),
+            ],
+        ),
+    ],
+)
 
 _POOL = descriptor_pool.DescriptorPool()
 for _fdp in (_REQUEST_REPLY, _TYPES, _EGRESS):
@@ -216,6 +279,7 @@ class ProtocolError(ValueError):
 # ---------------------------------------------------------------------------------------------------------
 # Runtime payloads <-> TypedValue.
 
+
 def typed_value(typename: str, payload: Any, out: Any = None) -> Any:
     """A TypedValue for a runtime payload (``None``: has_value false); fills ``out`` when given."""
     tv = TypedValue() if out is None else out
@@ -240,9 +304,12 @@ def _set_address(addr: Any, typename: str, id: str) -> None:
     addr.id = id
 
 
-def encode_request(target_typename: str, target_id: str,
-                   states: Iterable[tuple[str, str, Any]],
-                   invocations: Iterable[tuple[tuple[str, str] | None, str, Any]]) -> bytes:
+def encode_request(
+    target_typename: str,
+    target_id: str,
+    states: Iterable[tuple[str, str, Any]],
+    invocations: Iterable[tuple[tuple[str, str] | None, str, Any]],
+) -> bytes:
     """Serialize one ``ToFunction`` batch.
 
     ``states``: ``(state_name, state_typename, payload or None)`` for every registered state (a state
@@ -267,6 +334,7 @@ def encode_request(target_typename: str, target_id: str,
 
 # ---------------------------------------------------------------------------------------------------------
 # FromFunction -> runtime effects.
+
 
 @dataclass
 class InvocationResult:
@@ -297,8 +365,7 @@ class MissingStates:
 
 def _typename_of(addr: Any, what: str) -> str:
     if not addr.namespace or not addr.type:
-        raise ProtocolError(f"{what} has no target function type (namespace={addr.namespace!r}, "
-                            f"type={addr.type!r})")
+        raise ProtocolError(f"{what} has no target function type (namespace={addr.namespace!r}, type={addr.type!r})")
     return f"{addr.namespace}/{addr.type}"
 
 
@@ -333,12 +400,10 @@ def decode_response(body: bytes, registered: dict[str, str]) -> InvocationResult
                 raise ProtocolError("the function declared a state spec without a name")
             mode = _EXPIRE_MODES.get(spec.expiration_spec.mode)
             if spec.expiration_spec.mode not in _EXPIRE_MODES:
-                raise ProtocolError(f"state {spec.state_name!r}: unknown expire mode "
-                                    f"{spec.expiration_spec.mode}")
+                raise ProtocolError(f"state {spec.state_name!r}: unknown expire mode {spec.expiration_spec.mode}")
             ttl = int(spec.expiration_spec.expire_after_millis)
             if mode is not None and ttl <= 0:
-                raise ProtocolError(f"state {spec.state_name!r}: expiry {mode} needs a positive duration, "
-                                    f"got {ttl} ms")
+                raise ProtocolError(f"state {spec.state_name!r}: expiry {mode} needs a positive duration, got {ttl} ms")
             specs.append((spec.state_name, spec.type_typename or UNSET_TYPENAME, mode, ttl if mode else 0))
         return MissingStates(specs)
 
@@ -360,30 +425,38 @@ def decode_response(body: bytes, registered: dict[str, str]) -> InvocationResult
         if not d.target.id:
             raise ProtocolError(f"a delayed message to {target} has an empty target id")
         if d.delay_in_ms < 0:
-            raise ProtocolError(f"a delayed message to {target}/{d.target.id} has a negative delay "
-                                f"({d.delay_in_ms} ms)")
-        msg = Message(target, d.target.id, d.argument.typename,
-                      _payload(d.argument, f"delayed message to {target}/{d.target.id}"))
+            raise ProtocolError(
+                f"a delayed message to {target}/{d.target.id} has a negative delay ({d.delay_in_ms} ms)"
+            )
+        msg = Message(
+            target, d.target.id, d.argument.typename, _payload(d.argument, f"delayed message to {target}/{d.target.id}")
+        )
         result.delayed.append((int(d.delay_in_ms), msg, d.cancellation_token))
     for e in answer.outgoing_egresses:
         if not e.egress_namespace or not e.egress_type:
-            raise ProtocolError(f"an egress record has no egress id (namespace={e.egress_namespace!r}, "
-                                f"type={e.egress_type!r})")
+            raise ProtocolError(
+                f"an egress record has no egress id (namespace={e.egress_namespace!r}, type={e.egress_type!r})"
+            )
         egress_id = f"{e.egress_namespace}/{e.egress_type}"
-        result.egress.append(EgressMessage(egress_id, e.argument.typename,
-                                           _payload(e.argument, f"egress record for {egress_id}")))
+        result.egress.append(
+            EgressMessage(egress_id, e.argument.typename, _payload(e.argument, f"egress record for {egress_id}"))
+        )
     for mutation in answer.state_mutations:
         name = mutation.state_name
         if name not in registered:
-            raise ProtocolError(f"mutation of state {name!r}, which is not registered for this function "
-                                f"(registered: {sorted(registered)})")
+            raise ProtocolError(
+                f"mutation of state {name!r}, which is not registered for this function "
+                f"(registered: {sorted(registered)})"
+            )
         if mutation.mutation_type != _MODIFY:
             result.state_mutations.append((name, None, None))
             continue
         tv = mutation.state_value
         if tv.typename != registered[name]:
-            raise ProtocolError(f"state {name!r} is registered as {registered[name]} but the function wrote "
-                                f"a value of type {tv.typename or '(none)'}")
+            raise ProtocolError(
+                f"state {name!r} is registered as {registered[name]} but the function wrote "
+                f"a value of type {tv.typename or '(none)'}"
+            )
         if not tv.has_value:
             raise ProtocolError(f"MODIFY of state {name!r} carries no value (use DELETE to clear a state)")
         result.state_mutations.append((name, tv.typename, _payload(tv, f"state {name!r}")))

@@ -24,7 +24,7 @@ from ..messages import Message
 from ..types import decode_payload, encode_payload
 from .protocol import EXPIRE_MODE_NUMBERS, FromFunction, ToFunction, typed_value
 
-__all__ = ["FunctionHandler", "make_handler", "make_app", "serve"]
+__all__ = ["FunctionHandler", "make_app", "make_handler", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,15 @@ def _tracking_storage(typename: str, specs: tuple) -> type[StorageBase]:
             self._touched.add(name)
         object.__delattr__(self, name)
 
-    return type(base.__name__, (base,), {"__slots__": ("_touched",), "__setattr__": __setattr__,
-                                         "__delattr__": __delattr__})
+    return type(
+        base.__name__, (base,), {"__slots__": ("_touched",), "__setattr__": __setattr__, "__delattr__": __delattr__}
+    )
 
 
 class _Bound:
     """A function type prepared for serving: its spec, storage class and state index."""
 
-    __slots__ = ("spec", "storage_cls", "index")
+    __slots__ = ("index", "spec", "storage_cls")
 
     def __init__(self, spec: FunctionSpec):
         self.spec = spec
@@ -119,8 +120,10 @@ class FunctionHandler:
             if not tv.has_value:
                 continue
             if tv.typename != spec.type.typename:
-                raise BadRequest(f"state {spec.name!r} of {typename} is declared as {spec.type.typename} but the "
-                                 f"runtime sent a value of type {tv.typename}")
+                raise BadRequest(
+                    f"state {spec.name!r} of {typename} is declared as {spec.type.typename} but the "
+                    f"runtime sent a value of type {tv.typename}"
+                )
             cells[i] = decode_payload(tv.typename, tv.value)
         for i in range(n, 2 * n):
             cells[i] = 0
@@ -135,8 +138,7 @@ class FunctionHandler:
         egress: list = []
         for inv in batch.invocations:
             caller = inv.caller
-            caller_key = (f"{caller.namespace}/{caller.type}", caller.id) if caller.namespace or caller.type \
-                else None
+            caller_key = (f"{caller.namespace}/{caller.type}", caller.id) if caller.namespace or caller.type else None
             arg = inv.argument
             payload = decode_payload(arg.typename, arg.value) if arg.has_value else None
             ctx = Context(typename, target.id, caller_key, storage)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["retrieve", "cancel_quietly"]
+__all__ = ["cancel_quietly", "retrieve"]
 
 
 def retrieve(future: asyncio.Future) -> None:

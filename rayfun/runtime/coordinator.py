@@ -46,7 +46,7 @@ log = logging.getLogger("rayfun")
 __all__ = ["AppConfig", "Coordinator"]
 
 FULL_EVERY = 50  # at the latest, a full base every this many checkpoints (shards write one sooner, as
-                 # their deltas grow: see shard.FULL_AFTER); bounds the number of files in a chain
+# their deltas grow: see shard.FULL_AFTER); bounds the number of files in a chain
 STANDBY_DELAY_S = 5.0  # after a recovery, wait this long before starting the next standby shard
 STOP_TIMEOUT_S = 30.0  # how long app.stop() waits for the shards to flush and close their sinks
 MONITOR_INTERVAL_S = 0.1  # how often the shards are asked whether they are alive and well
@@ -127,9 +127,18 @@ class Coordinator:
 
     def _shard_config(self) -> ShardConfig:
         c = self.config
-        return ShardConfig(functions=c.functions, shards=c.shards, key_groups=c.key_groups, endpoints=c.endpoints,
-                           sources=c.sources, sinks=c.sinks, checkpoint_url=c.checkpoint_dir,
-                           checkpoint_options=c.checkpoint_options, collector=self.collector, run_id=self.run_id)
+        return ShardConfig(
+            functions=c.functions,
+            shards=c.shards,
+            key_groups=c.key_groups,
+            endpoints=c.endpoints,
+            sources=c.sources,
+            sinks=c.sinks,
+            checkpoint_url=c.checkpoint_dir,
+            checkpoint_options=c.checkpoint_options,
+            collector=self.collector,
+            run_id=self.run_id,
+        )
 
     def _new_shard(self, index: int):
         options = {"num_cpus": 0, "max_concurrency": 10_000, "max_restarts": 0, **self.config.shard_options}
@@ -183,7 +192,8 @@ class Coordinator:
         if self.store is None:
             return None
         return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.store.latest_valid(before, quarantine=True))
+            None, lambda: self.store.latest_valid(before, quarantine=True)
+        )
 
     # -- the driver's channel ---------------------------------------------------------------------------
 
@@ -227,10 +237,20 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         try:
             parts = await self._gather_parts(n, full, generation)
-            await loop.run_in_executor(None, lambda: self.store.commit(
-                n, list(parts), key_groups=self.config.key_groups,
-                app_meta={"functions": self.config.functions.typenames, "shards": self.config.shards,
-                          "run_id": self.run_id, "coordinator": self.incarnation}))
+            await loop.run_in_executor(
+                None,
+                lambda: self.store.commit(
+                    n,
+                    list(parts),
+                    key_groups=self.config.key_groups,
+                    app_meta={
+                        "functions": self.config.functions.typenames,
+                        "shards": self.config.shards,
+                        "run_id": self.run_id,
+                        "coordinator": self.incarnation,
+                    },
+                ),
+            )
         except CheckpointAbandoned:
             raise
         except Exception as exc:
@@ -297,15 +317,23 @@ class Coordinator:
             log.warning("checkpoint %d failed (%s); retrying with a new checkpoint", n, self.last_checkpoint_error)
         elif self.checkpoint_failures == CHECKPOINT_ALARM_AFTER or now - self._last_alarm > 30:
             self._last_alarm = now
-            log.error("checkpoints keep failing: %d in a row, none complete for %.0f s (last: %s). Exactly-once "
-                      "egress is held back until one completes, and a failure now would roll back to "
-                      "checkpoint %s", self.checkpoint_failures, age, self.last_checkpoint_error,
-                      self.last_checkpoint)
+            log.error(
+                "checkpoints keep failing: %d in a row, none complete for %.0f s (last: %s). Exactly-once "
+                "egress is held back until one completes, and a failure now would roll back to "
+                "checkpoint %s",
+                self.checkpoint_failures,
+                age,
+                self.last_checkpoint_error,
+                self.last_checkpoint,
+            )
 
     def _checkpoint_succeeded(self) -> None:
         if self.checkpoint_failures >= CHECKPOINT_ALARM_AFTER:
-            log.warning("checkpoints complete again (checkpoint %d, after %d failures)", self.last_checkpoint,
-                        self.checkpoint_failures)
+            log.warning(
+                "checkpoints complete again (checkpoint %d, after %d failures)",
+                self.last_checkpoint,
+                self.checkpoint_failures,
+            )
         self.checkpoint_failures = 0
         self._last_complete_at = time.monotonic()
 
@@ -331,8 +359,9 @@ class Coordinator:
             now = time.monotonic()
             wait = max(began + interval - now, interval / 2 - (now - self._checkpoint_ended), 0.0)
             if self.checkpoint_failures:  # back off while they fail (storage down): 2x per failure, capped
-                wait = max(wait, min(interval * 2 ** (self.checkpoint_failures - 1),
-                                     max(CHECKPOINT_BACKOFF_MAX_S, interval)))
+                wait = max(
+                    wait, min(interval * 2 ** (self.checkpoint_failures - 1), max(CHECKPOINT_BACKOFF_MAX_S, interval))
+                )
             await asyncio.sleep(wait)
             began = time.monotonic()
             self._metrics.age(began - self._last_complete_at)
@@ -403,8 +432,13 @@ class Coordinator:
                     await self._restore_newest(checkpoint)
                 self.recoveries += 1
                 self._metrics.recovered()
-                log.info("recovery: replacing %d shard(s) %.2f s, finding checkpoint %.2f s, restoring %.2f s",
-                         len(dead), replaced - started, found - replaced, time.monotonic() - found)
+                log.info(
+                    "recovery: replacing %d shard(s) %.2f s, finding checkpoint %.2f s, restoring %.2f s",
+                    len(dead),
+                    replaced - started,
+                    found - replaced,
+                    time.monotonic() - found,
+                )
         finally:
             self._recovering = False
             self._abandon = False
@@ -427,8 +461,13 @@ class Coordinator:
         if self._recoveries_in_a_row < 2:
             return
         pause = min(0.5 * 2 ** (self._recoveries_in_a_row - 2), RECOVERY_BACKOFF_MAX_S)
-        log.warning("failure %d in a row within %.0f s of the last recovery: rolling back in %.1f s (%s)",
-                    self._recoveries_in_a_row, RECOVERY_CALM_S, pause, self.last_failure)
+        log.warning(
+            "failure %d in a row within %.0f s of the last recovery: rolling back in %.1f s (%s)",
+            self._recoveries_in_a_row,
+            RECOVERY_CALM_S,
+            pause,
+            self.last_failure,
+        )
         await asyncio.sleep(pause)
 
     async def _replacement(self, index: int):
@@ -461,9 +500,12 @@ class Coordinator:
                 if checkpoint is None:
                     raise
                 damaged = checkpoint.checkpoint_id
-                log.error("checkpoint %d cannot be restored (%s); falling back to the one before. Egress that "
-                          "it published will be published again by the replay (that epoch is at-least-once)",
-                          damaged, exc)
+                log.error(
+                    "checkpoint %d cannot be restored (%s); falling back to the one before. Egress that "
+                    "it published will be published again by the replay (that epoch is at-least-once)",
+                    damaged,
+                    exc,
+                )
                 await loop.run_in_executor(None, self.store.quarantine, damaged, str(exc))
                 checkpoint = await self._latest_checkpoint(before=damaged)
 
@@ -484,8 +526,12 @@ class Coordinator:
                     driver_from[entry.index] = meta.get("driver_seq", 0)
         assignment = self._assign_partitions(positions)
         checkpoint_id = None if checkpoint is None else checkpoint.checkpoint_id
-        await asyncio.gather(*[s.restore.remote(self.generation, self.shards, assignment[i], checkpoint_id,
-                                                driver_from[i]) for i, s in enumerate(self.shards)])
+        await asyncio.gather(
+            *[
+                s.restore.remote(self.generation, self.shards, assignment[i], checkpoint_id, driver_from[i])
+                for i, s in enumerate(self.shards)
+            ]
+        )
         # the driver's channel: re-send what the checkpoint had not read, under the same numbers
         self._driver_sent = [0] * self.config.shards
         for dest in range(self.config.shards):  # the log itself keeps all (an older checkpoint may be next)
@@ -502,16 +548,19 @@ class Coordinator:
         return self.collector
 
     def info(self) -> dict:
-        return {"generation": self.generation, "last_checkpoint": self.last_checkpoint,
-                "recoveries": self.recoveries, "last_recovery_s": self.last_recovery_s,
-                "last_failure": self.last_failure,
-                "last_checkpoint_s": self.last_checkpoint_s,
-                "last_checkpoint_age_s": (time.monotonic() - self._last_complete_at
-                                          if self.store is not None else None),
-                "checkpoint_failures": self.checkpoint_failures,
-                "checkpoint_failures_total": self.checkpoint_failures_total,
-                "last_checkpoint_error": self.last_checkpoint_error,
-                "standby": None if self._spare is None else self._spare._actor_id.hex()}
+        return {
+            "generation": self.generation,
+            "last_checkpoint": self.last_checkpoint,
+            "recoveries": self.recoveries,
+            "last_recovery_s": self.last_recovery_s,
+            "last_failure": self.last_failure,
+            "last_checkpoint_s": self.last_checkpoint_s,
+            "last_checkpoint_age_s": (time.monotonic() - self._last_complete_at if self.store is not None else None),
+            "checkpoint_failures": self.checkpoint_failures,
+            "checkpoint_failures_total": self.checkpoint_failures_total,
+            "last_checkpoint_error": self.last_checkpoint_error,
+            "standby": None if self._spare is None else self._spare._actor_id.hex(),
+        }
 
     async def statuses(self) -> list[dict]:
         return await asyncio.gather(*[s.status.remote() for s in self.shards])
@@ -537,8 +586,10 @@ class Coordinator:
                 except RayActorError:
                     statuses = None
                 if statuses is not None and self._quiet(statuses, self._driver_sent, timers):
-                    key = [(st["generation"], st["processed"], st["sent"], sorted(st["received"].items()))
-                           for st in statuses]
+                    key = [
+                        (st["generation"], st["processed"], st["sent"], sorted(st["received"].items()))
+                        for st in statuses
+                    ]
                     if key == previous:
                         return True
                     previous = key
@@ -577,8 +628,7 @@ class Coordinator:
         try:
             await asyncio.wait_for(stops, STOP_TIMEOUT_S)
         except asyncio.TimeoutError:
-            log.warning("shards did not stop within %.0f s: killing them (sinks may not have flushed)",
-                        STOP_TIMEOUT_S)
+            log.warning("shards did not stop within %.0f s: killing them (sinks may not have flushed)", STOP_TIMEOUT_S)
         for s in self.shards + ([self._spare] if self._spare is not None else []):
             ray.kill(s)
         self._spare = None
@@ -602,16 +652,21 @@ class _CheckpointMetrics:
         from ray.util import metrics
 
         tags = {"application": app_name or "rayfun"}
-        self._failures = metrics.Counter("rayfun_checkpoint_failures", "checkpoints that failed",
-                                         tag_keys=("application",))
-        self._completed = metrics.Counter("rayfun_checkpoints_completed", "checkpoints completed",
-                                          tag_keys=("application",))
-        self._duration = metrics.Gauge("rayfun_checkpoint_duration_seconds", "duration of the last checkpoint",
-                                       tag_keys=("application",))
-        self._age = metrics.Gauge("rayfun_checkpoint_age_seconds", "time since the last complete checkpoint",
-                                  tag_keys=("application",))
-        self._recoveries = metrics.Counter("rayfun_recoveries", "rollbacks to the last checkpoint",
-                                           tag_keys=("application",))
+        self._failures = metrics.Counter(
+            "rayfun_checkpoint_failures", "checkpoints that failed", tag_keys=("application",)
+        )
+        self._completed = metrics.Counter(
+            "rayfun_checkpoints_completed", "checkpoints completed", tag_keys=("application",)
+        )
+        self._duration = metrics.Gauge(
+            "rayfun_checkpoint_duration_seconds", "duration of the last checkpoint", tag_keys=("application",)
+        )
+        self._age = metrics.Gauge(
+            "rayfun_checkpoint_age_seconds", "time since the last complete checkpoint", tag_keys=("application",)
+        )
+        self._recoveries = metrics.Counter(
+            "rayfun_recoveries", "rollbacks to the last checkpoint", tag_keys=("application",)
+        )
         for metric in (self._failures, self._completed, self._duration, self._age, self._recoveries):
             metric.set_default_tags(tags)
 

@@ -21,10 +21,17 @@ __all__ = ["DEAD_LETTER_EGRESS", "DeadLetterType", "dead_letter_record"]
 DeadLetterType = make_json_type("rayfun/DeadLetter")
 
 
-def dead_letter_record(reason: str, *, function: str | None = None, id: str | None = None,
-                       caller: tuple[str, str] | None = None, source: str | None = None,
-                       endpoint: str | None = None, value_typename: str | None = None,
-                       payload: Any = None) -> EgressMessage:
+def dead_letter_record(
+    reason: str,
+    *,
+    function: str | None = None,
+    id: str | None = None,
+    caller: tuple[str, str] | None = None,
+    source: str | None = None,
+    endpoint: str | None = None,
+    value_typename: str | None = None,
+    payload: Any = None,
+) -> EgressMessage:
     """Build the dead-letter egress record for one failed input."""
     record: dict[str, Any] = {"reason": reason}
     if function:

@@ -22,7 +22,7 @@ from ..messages import Message
 if TYPE_CHECKING:
     from .shard import ShardCore
 
-__all__ = ["FunctionState", "EmbeddedFunction"]
+__all__ = ["EmbeddedFunction", "FunctionState"]
 
 
 class FunctionState:
@@ -38,8 +38,9 @@ class FunctionState:
         self.expiring = any(s.expire_mode for s in self.specs)
         self.width = self.n * 2 if self.expiring else self.n
         self.empty = [None] * self.n + ([0] * self.n if self.expiring else [])
-        self.after_call = tuple((i, s.expire_after_millis) for i, s in enumerate(self.specs)
-                                if s.expire_mode == "after_call")
+        self.after_call = tuple(
+            (i, s.expire_after_millis) for i, s in enumerate(self.specs) if s.expire_mode == "after_call"
+        )
         self.single = self.width == 1  # ``changed`` holds values, not cells
         self.instances: dict[str, list] = {}
         self.changed: dict[str, Any] = {}
@@ -104,7 +105,7 @@ class FunctionState:
 class EmbeddedFunction:
     """Invokes one embedded function type for the addresses of one shard."""
 
-    def __init__(self, spec: FunctionSpec, shard: "ShardCore") -> None:
+    def __init__(self, spec: FunctionSpec, shard: ShardCore) -> None:
         self.typename = spec.typename
         self.fn = spec.fn
         self.is_async = spec.is_async
@@ -185,8 +186,7 @@ class EmbeddedFunction:
 
         return run
 
-    def _invoke_async(self, id: str, caller: tuple[str, str] | None, vtype: str, payload: Any,
-                      now_ms: int) -> None:
+    def _invoke_async(self, id: str, caller: tuple[str, str] | None, vtype: str, payload: Any, now_ms: int) -> None:
         self.shard.park()
         queue = self.busy.get(id)
         if queue is not None:

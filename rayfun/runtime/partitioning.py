@@ -12,7 +12,7 @@ import zlib
 
 DEFAULT_KEY_GROUPS = 1024
 
-__all__ = ["DEFAULT_KEY_GROUPS", "key_group", "shard_ranges", "Partitioner"]
+__all__ = ["DEFAULT_KEY_GROUPS", "Partitioner", "key_group", "shard_ranges"]
 
 
 def _seed(typename: str) -> int:
@@ -40,7 +40,7 @@ def shard_ranges(key_groups: int, shards: int) -> list[tuple[int, int]]:
 class Partitioner:
     """Maps an address to its key group and owning shard; caches the per-typename hash seed (hot path)."""
 
-    __slots__ = ("key_groups", "owner", "_seeds")
+    __slots__ = ("_seeds", "key_groups", "owner")
 
     def __init__(self, key_groups: int, shards: int):
         self.key_groups = key_groups
@@ -61,5 +61,4 @@ class Partitioner:
         seed = self._seeds.get(typename)
         if seed is None:
             seed = self._seeds[typename] = _seed(typename)
-        return self.owner[(((zlib.crc32(id.encode("utf-8"), seed) * 0x9E3779B1) & 0xFFFFFFFF)
-                           * self.key_groups) >> 32]
+        return self.owner[(((zlib.crc32(id.encode("utf-8"), seed) * 0x9E3779B1) & 0xFFFFFFFF) * self.key_groups) >> 32]

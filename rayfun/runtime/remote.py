@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rayfun")
 
-__all__ = ["RemoteSpec", "RemoteFunction"]
+__all__ = ["RemoteFunction", "RemoteSpec"]
 
 
 class _RawType:
@@ -50,7 +50,7 @@ class _RawType:
 class RemoteSpec:
     """A state spec registered by a remote function's handshake (shaped like a ValueSpec)."""
 
-    __slots__ = ("name", "type", "expire_mode", "expire_after_millis")
+    __slots__ = ("expire_after_millis", "expire_mode", "name", "type")
 
     def __init__(self, name: str, typename: str, expire_mode: str | None, expire_after_millis: int):
         self.name = name
@@ -65,16 +65,16 @@ class RemoteSpec:
 class RemoteFunction:
     """Invokes one remote function type for the addresses of one shard."""
 
-    def __init__(self, typename: str, endpoint, client: RemoteFunctionClient, shard: "ShardCore") -> None:
+    def __init__(self, typename: str, endpoint, client: RemoteFunctionClient, shard: ShardCore) -> None:
         self.typename = typename
         self.endpoint = endpoint
         self.client = client
         self.shard = shard
         self.state = FunctionState(typename, ())
         self.uncommitted: list[dict] = []  # changes taken by snapshots not yet committed, oldest first
-        self.inflight: dict[str, list] = {}   # id -> the batch being sent
-        self.queued: dict[str, list] = {}     # id -> messages that arrived meanwhile
-        self.blocked = 0                      # addresses at max_num_batch_requests (backpressure)
+        self.inflight: dict[str, list] = {}  # id -> the batch being sent
+        self.queued: dict[str, list] = {}  # id -> messages that arrived meanwhile
+        self.blocked = 0  # addresses at max_num_batch_requests (backpressure)
         self.run = self._make_run()
 
     # -- state specs ------------------------------------------------------------------------------------
@@ -89,9 +89,15 @@ class RemoteFunction:
             if old is None:
                 new.append(spec)
             elif old.type.typename != spec.type.typename:
-                raise RemoteFunctionError(self.typename, "-", self.endpoint.url_for(self.typename), 1,
-                                          f"state {name!r} was registered as {old.type.typename}, the function "
-                                          f"now declares {spec.type.typename}", retryable=False)
+                raise RemoteFunctionError(
+                    self.typename,
+                    "-",
+                    self.endpoint.url_for(self.typename),
+                    1,
+                    f"state {name!r} was registered as {old.type.typename}, the function "
+                    f"now declares {spec.type.typename}",
+                    retryable=False,
+                )
         if len(new) == len(self.state.specs):
             return
         old_state = self.state
@@ -205,11 +211,20 @@ class RemoteFunction:
     def _apply(self, id: str, result, now_ms: int, batch: list) -> None:
         shard = self.shard
         try:
-            shard.apply_effects(self.typename, id, result.outgoing, result.delayed, result.egress, now_ms,
-                                strict=False)
+            shard.apply_effects(self.typename, id, result.outgoing, result.delayed, result.egress, now_ms, strict=False)
         except InvalidEffect as exc:  # the answer cannot be applied, now or on a retry: refuse it
-            self._refused(id, batch, RemoteFunctionError(self.typename, id, self.endpoint.url_for(self.typename),
-                                                         1, f"answer refused: {exc}", retryable=False))
+            self._refused(
+                id,
+                batch,
+                RemoteFunctionError(
+                    self.typename,
+                    id,
+                    self.endpoint.url_for(self.typename),
+                    1,
+                    f"answer refused: {exc}",
+                    retryable=False,
+                ),
+            )
             return
         state = self.state
         n = state.n
@@ -225,9 +240,11 @@ class RemoteFunction:
             cells[i] = None if typename is None else payload
             if state.expiring:
                 spec = state.specs[i]
-                cells[n + i] = now_ms + spec.expire_after_millis if (
-                    typename is not None and spec.expire_mode == "after_write") else (
-                    0 if typename is None else cells[n + i])
+                cells[n + i] = (
+                    now_ms + spec.expire_after_millis
+                    if (typename is not None and spec.expire_mode == "after_write")
+                    else (0 if typename is None else cells[n + i])
+                )
         for i, ttl in state.after_call:
             if cells[i] is not None:
                 cells[n + i] = now_ms + ttl
@@ -239,9 +256,15 @@ class RemoteFunction:
         line = str(exc)
         log.warning("%s; dead-lettering %d message(s)", line, len(batch))
         for caller, vtype, payload in batch:
-            self.shard.dead_letter(line, function=self.typename, id=id, caller=caller,
-                                   endpoint=self.endpoint.url_for(self.typename), value_typename=vtype,
-                                   payload=payload)
+            self.shard.dead_letter(
+                line,
+                function=self.typename,
+                id=id,
+                caller=caller,
+                endpoint=self.endpoint.url_for(self.typename),
+                value_typename=vtype,
+                payload=payload,
+            )
 
     def _failed(self, id: str, batch: list, exc: RemoteFunctionError) -> None:
         if self.endpoint.on_failure == "dead-letter":

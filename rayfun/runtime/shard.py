@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
+from ..checkpoint.state_codec import StateDelta, StateLayout, encode_state, fold_layers
 from ..functions import StatefulFunctions
 from ..io import DEAD_LETTER_EGRESS, DeadLetter, DeliverySemantic, Sink, Source
 from ..messages import EgressMessage, Message
-from ..checkpoint.state_codec import StateDelta, StateLayout, encode_state, fold_layers
 from .aio import retrieve
 from .deadletters import dead_letter_record
 from .embedded import EmbeddedFunction
@@ -51,13 +51,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rayfun")
 
-__all__ = ["ShardConfig", "ShardCore", "ShardActor", "DRIVER"]
+__all__ = ["DRIVER", "ShardActor", "ShardConfig", "ShardCore"]
 
 DRIVER = -1  # channel id of messages sent by the driver (app.send)
 MAX_DUE_MS = 2**63 - 1  # timers are stored as 64-bit milliseconds since the epoch
 SWEEP_INTERVAL_S = 5.0  # how often expired state is dropped from instances that were not touched
 FULL_AFTER = 3.0  # a full base once the deltas on the last one hold this many times the live rows (a restore
-                 # then reads at most 4x the live rows; 1.5 wrote ~20 % more rows where most state changes)
+# then reads at most 4x the live rows; 1.5 wrote ~20 % more rows where most state changes)
 
 
 @dataclass
@@ -72,13 +72,13 @@ class ShardConfig:
     sinks: list[Sink] = field(default_factory=list)
     checkpoint_url: str | None = None
     checkpoint_options: dict = field(default_factory=dict)
-    collector: Any = None           # the in-memory egress collector actor (see egress_collector.py)
-    run_id: str = ""                # the application's id across restores (see _sink)
-    chunk_size: int = 16384         # messages processed between flushes
-    mailbox_high: int = 65536       # deliver() waits while the mailbox holds more than this
-    mailbox_low: int = 16384        # ... until it is back under this; sources read only below it
-    max_outstanding: int = 4        # unacknowledged batches per peer before sources pause
-    egress_high: int = 262144       # exactly-once records held for their checkpoint before sources pause
+    collector: Any = None  # the in-memory egress collector actor (see egress_collector.py)
+    run_id: str = ""  # the application's id across restores (see _sink)
+    chunk_size: int = 16384  # messages processed between flushes
+    mailbox_high: int = 65536  # deliver() waits while the mailbox holds more than this
+    mailbox_low: int = 16384  # ... until it is back under this; sources read only below it
+    max_outstanding: int = 4  # unacknowledged batches per peer before sources pause
+    egress_high: int = 262144  # exactly-once records held for their checkpoint before sources pause
     local_copy_max_bytes: int = 256 * 2**20  # the in-memory rollback copy is dropped past this (big state)
 
 
@@ -100,7 +100,7 @@ def _release_memory() -> None:
 class _Channel:
     """Re-orders the batches (and checkpoint markers) of one sender by sequence number."""
 
-    __slots__ = ("expected", "early", "received")
+    __slots__ = ("early", "expected", "received")
 
     def __init__(self) -> None:
         self.expected = 0
@@ -122,13 +122,21 @@ class _LocalCopy(NamedTuple):
     messages: list
     egress: list
 
-    def restored(self, key_group_range: tuple[int, int], key_groups: int, layouts: dict) -> "RestoredShard":
+    def restored(self, key_group_range: tuple[int, int], key_groups: int, layouts: dict) -> RestoredShard:
         """This copy as what a shard restores from storage, state folded."""
         from ..checkpoint.store import RestoredShard
 
-        return RestoredShard(self.checkpoint_id, key_group_range, key_groups, fold_layers(self.layers), layouts,
-                             self.timers, self.messages, self.egress,
-                             chain_rows=sum(t.num_rows for t in self.layers))
+        return RestoredShard(
+            self.checkpoint_id,
+            key_group_range,
+            key_groups,
+            fold_layers(self.layers),
+            layouts,
+            self.timers,
+            self.messages,
+            self.egress,
+            chain_rows=sum(t.num_rows for t in self.layers),
+        )
 
 
 class _Snapshot:
@@ -153,7 +161,7 @@ class _Snapshot:
 
 
 class _SourceSlot:
-    __slots__ = ("source_id", "source_index", "name", "partition", "exhausted", "idle")
+    __slots__ = ("exhausted", "idle", "name", "partition", "source_id", "source_index")
 
     def __init__(self, source_id: str, name: str, partition) -> None:
         self.source_id, self.name, self.partition = source_id, name, partition
@@ -207,22 +215,31 @@ class ShardCore:
         self.generation = 0
         self._restoring = False  # a rollback is loading state: deliveries of its generation wait
         self._restore_waiters: list[asyncio.Future] = []
-        self._epoch = 0                       # records emitted now belong to checkpoint epoch + 1
-        self._snapshot: "_Snapshot | None" = None
+        self._epoch = 0  # records emitted now belong to checkpoint epoch + 1
+        self._snapshot: _Snapshot | None = None
         self._snapshots_done: dict[int, asyncio.Future] = {}
         self._last_begun = 0  # the newest checkpoint id this shard began (ids only grow)
-        self._epoch_egress: list[EgressMessage] = []      # exactly-once records of the current epoch
+        self._epoch_egress: list[EgressMessage] = []  # exactly-once records of the current epoch
         self._unpublished: dict[int, list[EgressMessage]] = {}
         self._store = None
-        self._committed: int | None = None   # the newest checkpoint known complete (deltas build on it)
+        self._committed: int | None = None  # the newest checkpoint known complete (deltas build on it)
         self._written: dict[int, _Snapshot] = {}
         self._full_next = False  # the next snapshot writes a full base (the coordinator asked)
-        self._chain_rows = 0     # delta rows committed on top of this shard's newest committed base
+        self._chain_rows = 0  # delta rows committed on top of this shard's newest committed base
         self._local: _LocalCopy | None = _LocalCopy(None, [], [], [], [])  # state as of ``_committed``
         self._layout_cache: dict[str, Any] = {}
-        self.counters = {"snapshot_capture_s": 0.0, "snapshot_write_s": 0.0, "snapshot_write_cpu_s": 0.0,
-                         "snapshot_commit_s": 0.0, "idle_s": 0.0, "ingested": 0, "processed": 0, "dead_letters": 0, "egress": 0,
-                         "timers_fired": 0}
+        self.counters = {
+            "snapshot_capture_s": 0.0,
+            "snapshot_write_s": 0.0,
+            "snapshot_write_cpu_s": 0.0,
+            "snapshot_commit_s": 0.0,
+            "idle_s": 0.0,
+            "ingested": 0,
+            "processed": 0,
+            "dead_letters": 0,
+            "egress": 0,
+            "timers_fired": 0,
+        }
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -290,14 +307,16 @@ class ShardCore:
 
     # -- inbound ----------------------------------------------------------------------------------------
 
-    async def deliver(self, sender: int, seq: int, data: bytes | None, generation: int,
-                      marker: int | None = None) -> None:
+    async def deliver(
+        self, sender: int, seq: int, data: bytes | None, generation: int, marker: int | None = None
+    ) -> None:
         """Accept a pickled batch of rows, or checkpoint ``marker``, from ``sender`` (a shard index, or
         DRIVER) in channel order. Anything from an older generation (before a rollback) is dropped; a
         batch from a newer one (a peer that finished its rollback first) waits until this shard has too."""
-        if generation != self.generation or self._restoring:
-            if generation < self.generation or not await self._restored(generation):
-                return
+        if (generation != self.generation or self._restoring) and (
+            generation < self.generation or not await self._restored(generation)
+        ):
+            return
         item = marker if data is None else pickle.loads(data)
         channel = self._channels.get(sender)
         if channel is None:
@@ -452,8 +471,10 @@ class ShardCore:
             return False
         if len(self._epoch_egress) + sum(map(len, self._unpublished.values())) > self.config.egress_high:
             return False  # egress waits for a checkpoint that does not come (storage down): stop reading
-        if self._clients and (any(getattr(r, "blocked", 0) for r in self.runners.values())
-                              or any(c.saturated for c in self._clients.values())):
+        if self._clients and (
+            any(getattr(r, "blocked", 0) for r in self.runners.values())
+            or any(c.saturated for c in self._clients.values())
+        ):
             return False  # a remote function is the bottleneck: let it catch up (StateFun's backpressure)
         limit = self.config.max_outstanding
         return all(o < limit for o in self._outstanding)
@@ -498,9 +519,14 @@ class ShardCore:
             cache = caches.get(ttype)
             if cache is None:
                 if ttype not in registry:
-                    self._dead_letter(f"unknown function type {ttype!r} (bound: {registry.describe()})",
-                                      source=slot.source_id, function=ttype, id=tid, value_typename=row[3],
-                                      payload=row[4])
+                    self._dead_letter(
+                        f"unknown function type {ttype!r} (bound: {registry.describe()})",
+                        source=slot.source_id,
+                        function=ttype,
+                        id=tid,
+                        value_typename=row[3],
+                        payload=row[4],
+                    )
                     continue
                 cache = caches[ttype] = {}
             dest = cache.get(tid)
@@ -565,8 +591,7 @@ class ShardCore:
             if generation != self.generation:
                 return
             if self._failure is None:  # once: the coordinator rolls everything back anyway
-                log.error("shard %d: delivery to shard %d failed: %s", self.index, dest,
-                          str(exc).splitlines()[0])
+                log.error("shard %d: delivery to shard %d failed: %s", self.index, dest, str(exc).splitlines()[0])
             self._failure = f"shard {dest} is unreachable"
         finally:
             if generation == self.generation:  # a rollback reset the counters (and cancelled this task)
@@ -579,8 +604,16 @@ class ShardCore:
 
     # -- effects of an invocation -----------------------------------------------------------------------
 
-    def apply_effects(self, typename: str, id: str, sends: list | None, timers: list | None,
-                      egress: list | None, now_ms: int, strict: bool = True) -> None:
+    def apply_effects(
+        self,
+        typename: str,
+        id: str,
+        sends: list | None,
+        timers: list | None,
+        egress: list | None,
+        now_ms: int,
+        strict: bool = True,
+    ) -> None:
         """Commit a successful invocation's sends, timers and egress records (validated first).
 
         ``strict=False`` (remote answers, already past the function): a message to a function type that
@@ -592,10 +625,15 @@ class ShardCore:
             registry = self.registry
             for m in sends:
                 if not strict and m.target_typename not in registry:
-                    self._dead_letter(f"{typename} (id {id!r}) sent to unknown function type "
-                                      f"{m.target_typename!r} (bound: {registry.describe()})",
-                                      function=m.target_typename, id=m.target_id, caller=caller,
-                                      value_typename=m.value_type_name, payload=m.payload)
+                    self._dead_letter(
+                        f"{typename} (id {id!r}) sent to unknown function type "
+                        f"{m.target_typename!r} (bound: {registry.describe()})",
+                        function=m.target_typename,
+                        id=m.target_id,
+                        caller=caller,
+                        value_typename=m.value_type_name,
+                        payload=m.payload,
+                    )
                     continue
                 self.route(m.target_typename, m.target_id, caller, m.value_type_name, m.payload)
         if timers:
@@ -603,8 +641,16 @@ class ShardCore:
                 if message is None:
                     self.timers.cancel(typename, id, token)
                 else:
-                    self.timers.add(now_ms + delay_ms, typename, id, token, message.target_typename,
-                                    message.target_id, message.value_type_name, message.payload)
+                    self.timers.add(
+                        now_ms + delay_ms,
+                        typename,
+                        id,
+                        token,
+                        message.target_typename,
+                        message.target_id,
+                        message.value_type_name,
+                        message.payload,
+                    )
             self._schedule_timers()
         if egress:
             for record in egress:
@@ -616,8 +662,10 @@ class ShardCore:
         pending: dict[str, bool] = {}
         for delay_ms, message, token in timers:
             if message is not None and now_ms + delay_ms > MAX_DUE_MS:
-                raise InvalidEffect(f"{typename} (id {id!r}) sent a message to {message.target_typename} with a "
-                                    f"delay of {delay_ms} ms, past the latest time a timer can hold")
+                raise InvalidEffect(
+                    f"{typename} (id {id!r}) sent a message to {message.target_typename} with a "
+                    f"delay of {delay_ms} ms, past the latest time a timer can hold"
+                )
             if not token:
                 continue
             live = pending.get(token)
@@ -630,15 +678,29 @@ class ShardCore:
             else:
                 pending[token] = True
 
-    def invocation_failed(self, typename: str, id: str, caller, vtype: str, payload: Any, exc: BaseException,
-                          endpoint: str | None = None) -> None:
+    def invocation_failed(
+        self, typename: str, id: str, caller, vtype: str, payload: Any, exc: BaseException, endpoint: str | None = None
+    ) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        self._dead_letter(f"function {typename} (id {id!r}) failed: {reason}", function=typename, id=id,
-                          caller=caller, endpoint=endpoint, value_typename=vtype, payload=payload)
+        self._dead_letter(
+            f"function {typename} (id {id!r}) failed: {reason}",
+            function=typename,
+            id=id,
+            caller=caller,
+            endpoint=endpoint,
+            value_typename=vtype,
+            payload=payload,
+        )
 
     def _unknown_target(self, ttype: str, tid: str, caller, vtype: str, payload: Any) -> None:
-        self._dead_letter(f"unknown function type {ttype!r} (bound: {self.registry.describe()})",
-                          function=ttype, id=tid, caller=caller, value_typename=vtype, payload=payload)
+        self._dead_letter(
+            f"unknown function type {ttype!r} (bound: {self.registry.describe()})",
+            function=ttype,
+            id=tid,
+            caller=caller,
+            value_typename=vtype,
+            payload=payload,
+        )
 
     def fail(self, reason: str) -> None:
         """Ask the coordinator to roll everything back to the last checkpoint (it polls for this)."""
@@ -714,8 +776,9 @@ class ShardCore:
         for egress_id, records in pending.items():
             self._publish(egress_id, records, -1)
 
-    def _publish(self, egress_id: str, records: list[EgressMessage], epoch: int,
-                 partition_index: int | None = None) -> None:
+    def _publish(
+        self, egress_id: str, records: list[EgressMessage], epoch: int, partition_index: int | None = None
+    ) -> None:
         """Hand records to their sink: this shard's partition, or ``partition_index``'s (an old shard's
         unpublished epoch after rescaling is published under that shard's index, where its sink dedups).
         The one place where a sink's refusal or failure is handled: rejected records are dead-lettered,
@@ -730,16 +793,22 @@ class ShardCore:
             rejected = getattr(exc, "rejected", None)
             if rejected is not None:  # the sink published the rest: dead-letter just what it refused
                 for record, reason in rejected:
-                    self._dead_letter(f"egress {egress_id} rejected the record: {reason}",
-                                      value_typename=record.value_type_name, payload=record.payload)
+                    self._dead_letter(
+                        f"egress {egress_id} rejected the record: {reason}",
+                        value_typename=record.value_type_name,
+                        payload=record.payload,
+                    )
             elif epoch >= 0:  # nothing was published: roll back, the epoch is published again after it
                 log.error("egress %s: publishing epoch %d failed: %s", egress_id, epoch, exc)
                 self.fail(f"egress {egress_id}: publishing epoch {epoch} failed: {exc}")
             elif egress_id != DEAD_LETTER_EGRESS:
                 log.error("egress %s: publishing %d records failed: %s", egress_id, len(records), exc)
                 for r in records:
-                    self._dead_letter(f"egress {egress_id} failed to publish the record: {exc}",
-                                      value_typename=r.value_type_name, payload=r.payload)
+                    self._dead_letter(
+                        f"egress {egress_id} failed to publish the record: {exc}",
+                        value_typename=r.value_type_name,
+                        payload=r.payload,
+                    )
         finally:
             if foreign:
                 partition.close()
@@ -818,8 +887,9 @@ class ShardCore:
             # good, an epoch whose publishing failed) is no longer in flight, so a cut now would miss it,
             # and the rollback would go to that cut. Refuse it; the peers get their marker all the same.
             self._send_markers(n)
-            done.set_exception(CheckpointRefused(f"shard {self.index} refuses checkpoint {n}: a rollback is "
-                                                 f"pending ({self._failure})"))
+            done.set_exception(
+                CheckpointRefused(f"shard {self.index} refuses checkpoint {n}: a rollback is pending ({self._failure})")
+            )
             return
         self._flush()  # what was produced before the cut travels before the marker
         snap = _Snapshot(n)
@@ -833,8 +903,9 @@ class ShardCore:
         # at fixed intervals rewrites all state however little of it changes
         delta_rows = sum(len(c) for r in self.runners.values() for c in r.uncommitted)
         live_rows = sum(len(r.state.instances) for r in self.runners.values())
-        snap.full = (self._full_next or self._committed is None
-                     or self._chain_rows + delta_rows > FULL_AFTER * max(live_rows, 1))
+        snap.full = (
+            self._full_next or self._committed is None or self._chain_rows + delta_rows > FULL_AFTER * max(live_rows, 1)
+        )
         self._full_next = False
         for typename, runner in self.runners.items():
             # the thread that encodes reads dicts nobody writes to any more (so the encoding sees the cut
@@ -854,10 +925,13 @@ class ShardCore:
         for batch, start in self._mailbox:
             snap.pending.extend(batch[start:] if start else batch)
         for runner in self.runners.values():
-            snap.pending.extend((runner.typename, id, caller, vtype, payload)
-                                for id, caller, vtype, payload in runner.pending_messages())
-        snap.meta["sources"] = [[slot.source_index, slot.name, slot.partition.snapshot(), slot.exhausted]
-                                for slot in self._sources]
+            snap.pending.extend(
+                (runner.typename, id, caller, vtype, payload)
+                for id, caller, vtype, payload in runner.pending_messages()
+            )
+        snap.meta["sources"] = [
+            [slot.source_index, slot.name, slot.partition.snapshot(), slot.exhausted] for slot in self._sources
+        ]
         driver = self._channels.get(DRIVER)
         snap.meta["driver_seq"] = driver.expected if driver else 0
         # exactly-once egress: this epoch's records, plus any earlier epoch not yet confirmed published
@@ -865,8 +939,10 @@ class ShardCore:
             self._unpublished[n] = self._epoch_egress
             self._epoch_egress = []
         for epoch in sorted(self._unpublished):
-            snap.egress.extend((self.index, epoch, pos, r.typename, r.value_type_name, r.payload)
-                               for pos, r in enumerate(self._unpublished[epoch]))
+            snap.egress.extend(
+                (self.index, epoch, pos, r.typename, r.value_type_name, r.payload)
+                for pos, r in enumerate(self._unpublished[epoch])
+            )
         self._epoch = n
         snap.waiting = self._send_markers(n)
         self._snapshot = snap
@@ -879,7 +955,7 @@ class ShardCore:
         task = self._write_snapshot(snap, self._snapshots_done[snap.id], self.generation)
         self.track_task(asyncio.get_running_loop().create_task(task))
 
-    async def _write_snapshot(self, snap: "_Snapshot", done: asyncio.Future, generation: int) -> None:
+    async def _write_snapshot(self, snap: _Snapshot, done: asyncio.Future, generation: int) -> None:
         try:
             # encoding and I/O run in a thread: Parquet compression and storage calls release the GIL,
             # so processing goes on meanwhile (the captured dicts are not written to any more, and the cells
@@ -894,7 +970,7 @@ class ShardCore:
             self._written[snap.id] = snap
             done.set_result(part)
 
-    def _write_part(self, snap: "_Snapshot"):
+    def _write_part(self, snap: _Snapshot):
         began, cpu = time.perf_counter(), time.thread_time()
         try:
             return self._write_part_now(snap)
@@ -902,16 +978,26 @@ class ShardCore:
             self.counters["snapshot_write_s"] += time.perf_counter() - began
             self.counters["snapshot_write_cpu_s"] += time.thread_time() - cpu
 
-    def _write_part_now(self, snap: "_Snapshot"):
-        deltas = [StateDelta(self._layout(t), instances, values=values)
-                  for t, (instances, values) in snap.captured.items()]
+    def _write_part_now(self, snap: _Snapshot):
+        deltas = [
+            StateDelta(self._layout(t), instances, values=values) for t, (instances, values) in snap.captured.items()
+        ]
         snap.state = encode_state(deltas, None)  # key groups left to readers (see checkpoint.schema)
         snap.captured = None  # the table holds the state now
         part = self._store.write_shard_part(
-            snap.id, self.index, self.key_group_range, key_groups=self.config.key_groups, state=snap.state,
+            snap.id,
+            self.index,
+            self.key_group_range,
+            key_groups=self.config.key_groups,
+            state=snap.state,
             layouts={d.layout.function_type: d.layout for d in deltas},
-            parent_id=snap.parent_id, full=snap.full, timers=snap.timers, messages=snap.pending + snap.recorded,
-            egress=snap.egress, meta=snap.meta)
+            parent_id=snap.parent_id,
+            full=snap.full,
+            timers=snap.timers,
+            messages=snap.pending + snap.recorded,
+            egress=snap.egress,
+            meta=snap.meta,
+        )
         if snap.state.nbytes > self.config.local_copy_max_bytes:  # big state: no second copy in memory
             snap.state, snap.too_big = None, True
             _release_memory()
@@ -956,7 +1042,7 @@ class ShardCore:
         for egress_id, group in by_egress.items():
             self._publish(egress_id, group, epoch, partition_index)
 
-    def _keep_local_copy(self, snap: "_Snapshot") -> None:
+    def _keep_local_copy(self, snap: _Snapshot) -> None:
         """Add a committed snapshot to the in-memory copy of the last complete checkpoint, so that a shard
         that survives a failure rolls back from memory instead of re-reading storage (only the replacement
         of the shard that died reads its part). A full snapshot replaces the layers; bases are frequent
@@ -964,22 +1050,24 @@ class ShardCore:
         ``local_copy_max_bytes`` there is no copy (a second copy of big state would double the shard's
         memory): the shard then rolls back from storage, like a replacement."""
         local = self._local
-        if snap.too_big or not snap.full and (local is None or local.checkpoint_id != snap.parent_id):
+        if snap.too_big or (not snap.full and (local is None or local.checkpoint_id != snap.parent_id)):
             self._local = None  # the copy is not the snapshot's parent: restore from storage next time
             return
         layers = [] if snap.full else list(local.layers)
         if snap.state is not None and (snap.full or snap.state.num_rows):
             layers.append(snap.state)
-        self._local = self._bounded_copy(_LocalCopy(snap.id, layers, snap.timers, snap.pending + snap.recorded,
-                                                    snap.egress))
+        self._local = self._bounded_copy(
+            _LocalCopy(snap.id, layers, snap.timers, snap.pending + snap.recorded, snap.egress)
+        )
 
     def _bounded_copy(self, copy: _LocalCopy) -> _LocalCopy | None:
         if sum(t.nbytes for t in copy.layers) > self.config.local_copy_max_bytes:
             return None
         return copy
 
-    async def restore(self, generation: int, peers: list, source_partitions: list,
-                      checkpoint_id: int | None, driver_from: int = 0) -> None:
+    async def restore(
+        self, generation: int, peers: list, source_partitions: list, checkpoint_id: int | None, driver_from: int = 0
+    ) -> None:
         """Roll back to checkpoint ``checkpoint_id`` (None: to the very beginning). Everything in memory is
         dropped; then this shard's key-group range of state, timers and unprocessed messages is loaded,
         sources reopen at their recorded positions, and the egress epochs that the old shards (whose
@@ -1003,8 +1091,9 @@ class ShardCore:
                         waiter.set_result(None)
                 self._below_high.set()  # deliveries of the old generation that waited for room: let them go
 
-    async def _restore_now(self, generation: int, peers: list, source_partitions: list,
-                           checkpoint_id: int | None, driver_from: int) -> None:
+    async def _restore_now(
+        self, generation: int, peers: list, source_partitions: list, checkpoint_id: int | None, driver_from: int
+    ) -> None:
         self.epoch_token = object()
         self._halt()
         if self._timer_handle is not None:
@@ -1057,9 +1146,16 @@ class ShardCore:
                 return  # a newer rollback began while this one read (the coordinator fell back): it wins
             loaded = time.perf_counter()
             self._load(restored)
-            log.info("shard %d restored checkpoint %d from %s: read %.2f s, loaded %.2f s (%d state rows, "
-                     "%d messages)", self.index, checkpoint_id, "memory" if from_memory else "storage", loaded - began,
-                     time.perf_counter() - loaded, restored.state.num_rows, len(restored.messages))
+            log.info(
+                "shard %d restored checkpoint %d from %s: read %.2f s, loaded %.2f s (%d state rows, %d messages)",
+                self.index,
+                checkpoint_id,
+                "memory" if from_memory else "storage",
+                loaded - began,
+                time.perf_counter() - loaded,
+                restored.state.num_rows,
+                len(restored.messages),
+            )
             del restored
             _release_memory()
         self._open_sources(source_partitions)
@@ -1074,18 +1170,27 @@ class ShardCore:
     def _load(self, restored) -> None:
         for typename, layout in restored.layouts.items():  # remote functions: their registered specs
             if typename not in self.runners and self._remote_runner(typename) is not None:
-                self.runners[typename].register(list(zip(layout.names, layout.typenames,
-                                                         layout.expire_modes or (None,) * len(layout.names),
-                                                         layout.expire_after_ms or (0,) * len(layout.names))))
+                self.runners[typename].register(
+                    list(
+                        zip(
+                            layout.names,
+                            layout.typenames,
+                            layout.expire_modes or (None,) * len(layout.names),
+                            layout.expire_after_ms or (0,) * len(layout.names),
+                        )
+                    )
+                )
         for typename, runner in self.runners.items():
             if typename in restored.layouts:
                 runner.state.instances.update(restored.instances(typename, runner.state.specs))
         for typename in set(restored.layouts) - set(self.runners):
-            log.warning("checkpoint %d holds state of %s, which is no longer bound: ignored",
-                        restored.checkpoint_id, typename)
+            log.warning(
+                "checkpoint %d holds state of %s, which is no longer bound: ignored", restored.checkpoint_id, typename
+            )
         self._chain_rows = max(0, restored.chain_rows - restored.state.num_rows)  # the deltas, roughly
-        self._local = self._bounded_copy(_LocalCopy(restored.checkpoint_id, [restored.state], restored.timers,
-                                                    restored.messages, restored.egress))
+        self._local = self._bounded_copy(
+            _LocalCopy(restored.checkpoint_id, [restored.state], restored.timers, restored.messages, restored.egress)
+        )
         self._load_rest(restored.timers, restored.messages, restored.egress)
 
     def _load_rest(self, timers: list, messages: list, egress: list) -> None:
@@ -1162,8 +1267,9 @@ class ShardActor:
     async def stop(self) -> None:
         await self.core.stop()
 
-    async def deliver(self, sender: int, seq: int, data: bytes | None, generation: int,
-                      marker: int | None = None) -> None:
+    async def deliver(
+        self, sender: int, seq: int, data: bytes | None, generation: int, marker: int | None = None
+    ) -> None:
         await self.core.deliver(sender, seq, data, generation, marker)
 
     async def checkpoint(self, n: int, full: bool = False):
@@ -1180,8 +1286,9 @@ class ShardActor:
         self.core._publish_now()
         await self.core._published()
 
-    async def restore(self, generation: int, peers: list, source_partitions: list,
-                      checkpoint_id: int | None, driver_from: int = 0) -> None:
+    async def restore(
+        self, generation: int, peers: list, source_partitions: list, checkpoint_id: int | None, driver_from: int = 0
+    ) -> None:
         await self.core.restore(generation, peers, source_partitions, checkpoint_id, driver_from)
 
     def status(self) -> dict:

@@ -50,17 +50,27 @@ class TimerService:
     def token_pending(self, sender_typename: str, sender_id: str, token: str) -> bool:
         return (sender_typename, sender_id, token) in self._tokens
 
-    def add(self, due_ms: int, sender_typename: str, sender_id: str, token: str, target_typename: str,
-            target_id: str, value_typename: str, payload: Any, seq: int | None = None) -> Timer:
+    def add(
+        self,
+        due_ms: int,
+        sender_typename: str,
+        sender_id: str,
+        token: str,
+        target_typename: str,
+        target_id: str,
+        value_typename: str,
+        payload: Any,
+        seq: int | None = None,
+    ) -> Timer:
         if token and (sender_typename, sender_id, token) in self._tokens:
-            raise TokenInUseError(f"cancellation token {token!r} of {sender_typename}/{sender_id} "
-                                  f"is still pending")
+            raise TokenInUseError(f"cancellation token {token!r} of {sender_typename}/{sender_id} is still pending")
         if seq is None:
             seq = next(self._seq)
         else:  # restored timer: keep its sequence, and never hand it out again
             self._seq = itertools.count(max(seq + 1, next(self._seq)))
-        timer = Timer(due_ms, seq, sender_typename, sender_id, token, target_typename, target_id,
-                      value_typename, payload)
+        timer = Timer(
+            due_ms, seq, sender_typename, sender_id, token, target_typename, target_id, value_typename, payload
+        )
         self._timers[seq] = timer
         if token:
             self._tokens[(sender_typename, sender_id, token)] = seq

@@ -34,10 +34,10 @@ import time
 import traceback
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import SimpleNamespace
-from typing import Callable
 
 from tests.servers import MOTO_BUCKET, free_port, s3_options, start_moto, stop, wait_for_port
 
@@ -50,14 +50,25 @@ COMMANDS = "chaos/Commands"
 BUCKET = MOTO_BUCKET
 RAY_NAMESPACE = "rayfun-campaign"
 
-KINDS = ("kill", "sigkill", "kill-burst", "kill-restore", "kill-checkpoint", "storage-outage", "damage",
-         "remote-outage", "coordinator-kill", "driver-kill")
+KINDS = (
+    "kill",
+    "sigkill",
+    "kill-burst",
+    "kill-restore",
+    "kill-checkpoint",
+    "storage-outage",
+    "damage",
+    "remote-outage",
+    "coordinator-kill",
+    "driver-kill",
+)
 PROCESS_KINDS = ("coordinator-kill", "driver-kill")
-HEAL_TIMEOUT_S = 20.0     # checkpoints must resume this soon after a storage, damage or remote fault heals
+HEAL_TIMEOUT_S = 20.0  # checkpoints must resume this soon after a storage, damage or remote fault heals
 RECOVERY_TIMEOUT_S = 30.0
 
 
 # -- the workload ---------------------------------------------------------------------------------------
+
 
 def run_commands(context, commands: list, api) -> None:
     """The interpreter, shared verbatim by the embedded function and the SDK-served one (its source is
@@ -68,17 +79,18 @@ def run_commands(context, commands: list, api) -> None:
             context.storage.count = (context.storage.count or 0) + 1
             context.storage.scratch = 1
         elif kind == "send":
-            context.send(api.message_builder(command[1], str(command[2]), value=command[3],
-                                             value_type=api.Commands))
+            context.send(api.message_builder(command[1], str(command[2]), value=command[3], value_type=api.Commands))
         elif kind == "after":
-            context.send_after(api.timedelta(milliseconds=command[4]),
-                               api.message_builder(command[1], str(command[2]), value=command[3],
-                                                   value_type=api.Commands))
+            context.send_after(
+                api.timedelta(milliseconds=command[4]),
+                api.message_builder(command[1], str(command[2]), value=command[3], value_type=api.Commands),
+            )
         elif kind == "cancelled":  # a delayed increment cancelled at once: it must never land
-            context.send_after(api.timedelta(milliseconds=200),
-                               api.message_builder(command[1], str(command[2]), value=[["inc"]],
-                                                   value_type=api.Commands),
-                               cancellation_token=command[3])
+            context.send_after(
+                api.timedelta(milliseconds=200),
+                api.message_builder(command[1], str(command[2]), value=[["inc"]], value_type=api.Commands),
+                cancellation_token=command[3],
+            )
             context.cancel_delayed_message(command[3])
         elif kind == "egress":
             context.send_egress(api.egress_message_builder(api.EGRESS, command[1], api.StringType))
@@ -86,16 +98,33 @@ def run_commands(context, commands: list, api) -> None:
 
 def build_functions():
     """The embedded interpreter (the remote one is served by the SDK server, see ``SDK_SERVER``)."""
-    from rayfun import (IntType, StatefulFunctions, StringType, ValueSpec, egress_message_builder,
-                        make_json_type, message_builder)
+    from rayfun import (
+        IntType,
+        StatefulFunctions,
+        StringType,
+        ValueSpec,
+        egress_message_builder,
+        make_json_type,
+        message_builder,
+    )
 
-    api = SimpleNamespace(message_builder=message_builder, egress_message_builder=egress_message_builder,
-                          StringType=StringType, Commands=make_json_type(COMMANDS), timedelta=timedelta,
-                          EGRESS=EGRESS)
+    api = SimpleNamespace(
+        message_builder=message_builder,
+        egress_message_builder=egress_message_builder,
+        StringType=StringType,
+        Commands=make_json_type(COMMANDS),
+        timedelta=timedelta,
+        EGRESS=EGRESS,
+    )
     functions = StatefulFunctions()
 
-    @functions.bind(EMBEDDED, specs=[ValueSpec("count", IntType),
-                                     ValueSpec("scratch", IntType, expire_after_write=timedelta(milliseconds=50))])
+    @functions.bind(
+        EMBEDDED,
+        specs=[
+            ValueSpec("count", IntType),
+            ValueSpec("scratch", IntType, expire_after_write=timedelta(milliseconds=50)),
+        ],
+    )
     def interpreter(context, message):
         run_commands(context, message.as_type(api.Commands), api)
 
@@ -108,8 +137,16 @@ class Workload:
     mostly wrapped in a delayed message of up to ``spread_ms``, so work stays in flight for that long
     however fast the records are read."""
 
-    def __init__(self, seed: int, types: tuple[str, ...], instances: int, roots: int, spread_ms: int,
-                 depth: int = 4, remote_share: float = 0.3):
+    def __init__(
+        self,
+        seed: int,
+        types: tuple[str, ...],
+        instances: int,
+        roots: int,
+        spread_ms: int,
+        depth: int = 4,
+        remote_share: float = 0.3,
+    ):
         self.rng = random.Random(seed)
         self.seed, self.types, self.instances, self.depth = seed, types, instances, depth
         self.remote_share = remote_share
@@ -122,8 +159,15 @@ class Workload:
             commands = self._commands(typename, target, self.rng.randrange(1, depth + 1))
             if self.rng.random() < 0.8:
                 later_type, later = self._pick()
-                commands = [["after", later_type, later, self._commands(later_type, later, depth),
-                             self.rng.randrange(1, spread_ms)]] + commands
+                commands = [
+                    [
+                        "after",
+                        later_type,
+                        later,
+                        self._commands(later_type, later, depth),
+                        self.rng.randrange(1, spread_ms),
+                    ]
+                ] + commands
             self.records.append((typename, str(target), commands))
 
     def _pick(self) -> tuple[str, int]:
@@ -161,7 +205,8 @@ class Workload:
 
 # The remote interpreter, served by the official SDK in its own interpreter: ``python -c SDK_SERVER PORT
 # FLAG``. While the file FLAG exists it answers HTTP 500 (a function that fails for a while).
-SDK_SERVER = textwrap.dedent(f'''
+SDK_SERVER = (
+    textwrap.dedent(f"""
     import os, sys
     from datetime import timedelta
     from types import SimpleNamespace
@@ -190,12 +235,16 @@ SDK_SERVER = textwrap.dedent(f'''
 
     app = web.Application()
     app.router.add_post("/statefun", handle)
-''') + inspect.getsource(run_commands) + textwrap.dedent('''
+""")
+    + inspect.getsource(run_commands)
+    + textwrap.dedent("""
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-''')
+""")
+)
 
 
 # -- servers and proxies --------------------------------------------------------------------------------
+
 
 @dataclass
 class SdkServer:
@@ -222,8 +271,9 @@ class Servers:
     def start_sdk(self, python: str) -> SdkServer:
         port = free_port()
         flag = os.path.join(self._tmp, "sdk-fail")
-        proc = subprocess.Popen([python, "-c", SDK_SERVER, str(port), flag], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [python, "-c", SDK_SERVER, str(port), flag], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self.procs.append(proc)
         wait_for_port(proc, port, "SDK function server")
         self.sdk = SdkServer(port, flag)
@@ -324,12 +374,13 @@ class TcpProxy:
 
 # -- scenarios ------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Fault:
     kind: str
-    at_s: float               # not before this many seconds after the application (re)started
-    duration_s: float = 0.0   # outages
-    mode: str = ""            # storage: -; remote: "500" | "refuse"; damage: "truncate" | "manifest"
+    at_s: float  # not before this many seconds after the application (re)started
+    duration_s: float = 0.0  # outages
+    mode: str = ""  # storage: -; remote: "500" | "refuse"; damage: "truncate" | "manifest"
 
 
 @dataclass
@@ -337,8 +388,8 @@ class Scenario:
     seed: int
     shards: int
     interval: float
-    storage: str               # "local" | "s3"
-    feed: str                  # "source" | "driver" | "both"
+    storage: str  # "local" | "s3"
+    feed: str  # "source" | "driver" | "both"
     remote: bool
     file_egress: bool
     instances: int
@@ -347,11 +398,16 @@ class Scenario:
     faults: list[Fault]
 
     def describe(self) -> str:
-        faults = ", ".join(f"{f.kind}{'/' + f.mode if f.mode else ''}@{f.at_s:.1f}s"
-                           + (f" for {f.duration_s:.1f}s" if f.duration_s else "") for f in self.faults)
-        return (f"{self.shards} shards, cp every {self.interval}s on {self.storage}, feed={self.feed}, "
-                f"remote={'yes' if self.remote else 'no'}, egress={'file' if self.file_egress else 'memory'}, "
-                f"{self.roots} roots over {self.instances} instances/type; faults: {faults or 'none'}")
+        faults = ", ".join(
+            f"{f.kind}{'/' + f.mode if f.mode else ''}@{f.at_s:.1f}s"
+            + (f" for {f.duration_s:.1f}s" if f.duration_s else "")
+            for f in self.faults
+        )
+        return (
+            f"{self.shards} shards, cp every {self.interval}s on {self.storage}, feed={self.feed}, "
+            f"remote={'yes' if self.remote else 'no'}, egress={'file' if self.file_egress else 'memory'}, "
+            f"{self.roots} roots over {self.instances} instances/type; faults: {faults or 'none'}"
+        )
 
 
 def make_scenario(seed: int, only: tuple[str, ...] | None = None) -> Scenario:
@@ -379,15 +435,22 @@ def make_scenario(seed: int, only: tuple[str, ...] | None = None) -> Scenario:
             fault.mode = rng.choice(["truncate", "manifest"])
         faults.append(fault)
     return Scenario(
-        seed=seed, shards=rng.randint(2, 3), interval=round(rng.uniform(0.2, 0.5), 2),
+        seed=seed,
+        shards=rng.randint(2, 3),
+        interval=round(rng.uniform(0.2, 0.5), 2),
         storage=rng.choice(["local", "s3"]),
         feed="source" if process else rng.choice(["source", "driver", "both"]),
-        remote=remote, file_egress=bool(process) or "damage" in picked or rng.random() < 0.3,
-        instances=rng.randint(60, 150), roots=rng.randint(1500, 3000) if not remote else rng.randint(800, 1500),
-        spread_ms=spread_ms, faults=faults)
+        remote=remote,
+        file_egress=bool(process) or "damage" in picked or rng.random() < 0.3,
+        instances=rng.randint(60, 150),
+        roots=rng.randint(1500, 3000) if not remote else rng.randint(800, 1500),
+        spread_ms=spread_ms,
+        faults=faults,
+    )
 
 
 # -- the oracle -----------------------------------------------------------------------------------------
+
 
 def read_egress_files(root: str) -> list[tuple[int, str]]:
     """Every record of the file egress (``dir_sink.DirSink``: one file per partition and epoch) with its
@@ -405,8 +468,9 @@ def _examples(counter: Counter, n: int = 3) -> str:
     return ", ".join(f"{k!r}x{v}" for k, v in list(counter.items())[:n])
 
 
-def compare(workload: Workload, states: dict[tuple[str, str], dict], egress: Counter,
-            allowed_extra: Counter | None = None) -> list[str]:
+def compare(
+    workload: Workload, states: dict[tuple[str, str], dict], egress: Counter, allowed_extra: Counter | None = None
+) -> list[str]:
     """What differs from the workload's outcome, as sentences (empty: exact). ``allowed_extra`` are records
     that may appear once more than expected (those of damaged checkpoints' epochs)."""
     problems = []
@@ -421,8 +485,9 @@ def compare(workload: Workload, states: dict[tuple[str, str], dict], egress: Cou
         lost = sum(max(0, e - s.get("count", 0)) for s, e in wrong.values())
         twice = sum(max(0, s.get("count", 0) - e) for s, e in wrong.values())
         sample = "; ".join(f"{t}/{i}: {s} expected count {e}" for (t, i), (s, e) in list(wrong.items())[:3])
-        problems.append(f"state: {len(wrong)} instances differ ({lost} increments missing, {twice} extra), "
-                        f"e.g. {sample}")
+        problems.append(
+            f"state: {len(wrong)} instances differ ({lost} increments missing, {twice} extra), e.g. {sample}"
+        )
     missing = workload.egress - egress
     extra = egress - workload.egress
     unexplained = extra - (allowed_extra or Counter())
@@ -435,12 +500,13 @@ def compare(workload: Workload, states: dict[tuple[str, str], dict], egress: Cou
 
 # -- one run --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Result:
     seed: int
     exact: bool
-    description: str           # one paragraph: what differed (or "exact"), the scenario, what the faults did
-    faults: list[str]          # what each fault did, as it happened
+    description: str  # one paragraph: what differed (or "exact"), the scenario, what the faults did
+    faults: list[str]  # what each fault did, as it happened
     scenario: str
     replay: str
     duration_s: float
@@ -451,8 +517,10 @@ class Result:
         """One line for a run: the verdict with the scenario and what the faults did."""
         if not self.exact:
             return f"seed {self.seed}: NOT EXACT ({self.duration_s:.0f}s): {self.description}"
-        return (f"seed {self.seed}: exact ({self.duration_s:.0f}s: {', '.join(self.timings)}); {self.scenario}; "
-                f"did: {'; '.join(self.faults) or '-'}")
+        return (
+            f"seed {self.seed}: exact ({self.duration_s:.0f}s: {', '.join(self.timings)}); {self.scenario}; "
+            f"did: {'; '.join(self.faults) or '-'}"
+        )
 
 
 class Timeout(Exception):
@@ -478,7 +546,7 @@ class _Run:
         else:
             self.source_records, self.driver_records = records[::2], records[1::2]
         self.app = None
-        self.apps: list = []          # every application started (all are stopped at the end)
+        self.apps: list = []  # every application started (all are stopped at the end)
         self.driver: subprocess.Popen | None = None
         self.cancelled = threading.Event()
         self.did: list[str] = []
@@ -489,7 +557,7 @@ class _Run:
         self.immutable: list[str] = []
         self.lock = threading.Lock()
         self.outages: dict[str, SimpleNamespace] = {}  # resource -> the outage under way (label, up, timer)
-        self.healed: list[tuple[str, int]] = []         # outages ended: label, last checkpoint at the end
+        self.healed: list[tuple[str, int]] = []  # outages ended: label, last checkpoint at the end
         self.proxies: list[TcpProxy] = []
         self.s3_proxy: TcpProxy | None = None
         self.sdk_proxy: TcpProxy | None = None
@@ -516,9 +584,14 @@ class _Run:
 
     def spec(self) -> dict:
         """What a driver process needs to start the same application (see ``driver_main``)."""
-        return {"seed": self.sc.seed, "only": None if self.only is None else list(self.only),
-                "checkpoint_dir": self.checkpoint_dir, "storage_options": self.storage_options,
-                "egress_dir": self.egress_dir, "sdk_port": self.sdk_proxy.port if self.sdk_proxy else None}
+        return {
+            "seed": self.sc.seed,
+            "only": None if self.only is None else list(self.only),
+            "checkpoint_dir": self.checkpoint_dir,
+            "storage_options": self.storage_options,
+            "egress_dir": self.egress_dir,
+            "sdk_port": self.sdk_proxy.port if self.sdk_proxy else None,
+        }
 
     def start_app(self):
         started = time.monotonic()
@@ -571,7 +644,7 @@ class _Run:
         for k in range(0, len(records), size):
             if self.cancelled.is_set():
                 return
-            self.app.send_many(records[k:k + size], value_type=commands_type())
+            self.app.send_many(records[k : k + size], value_type=commands_type())
             self.cancelled.wait(gap)
 
     # -- faults ---------------------------------------------------------------------------------------
@@ -591,8 +664,7 @@ class _Run:
     def wait_recovered(self, before: int, label: str) -> bool:
         ok = self.wait_for(lambda: self.info()["recoveries"] > before, RECOVERY_TIMEOUT_S)
         if not ok:
-            self.violations.append(f"{label}: no recovery within {RECOVERY_TIMEOUT_S:.0f} s "
-                                   f"(info {self.info()})")
+            self.violations.append(f"{label}: no recovery within {RECOVERY_TIMEOUT_S:.0f} s (info {self.info()})")
         return ok
 
     def expect_checkpoints(self, label: str) -> None:
@@ -602,11 +674,14 @@ class _Run:
             self.did.append(f"{label}: checkpoints resumed past {healed}")
         else:
             self.did.append(f"{label}: checkpoints did NOT resume")
-            self.violations.append(f"checkpoints did not resume after {label}: last_checkpoint stayed at "
-                                   f"{healed} for {HEAL_TIMEOUT_S:.0f} s (info {self.info()})")
+            self.violations.append(
+                f"checkpoints did not resume after {label}: last_checkpoint stayed at "
+                f"{healed} for {HEAL_TIMEOUT_S:.0f} s (info {self.info()})"
+            )
 
-    def begin_outage(self, resource: str, label: str, duration: float, down: Callable[[], None],
-                     up: Callable[[], None]) -> None:
+    def begin_outage(
+        self, resource: str, label: str, duration: float, down: Callable[[], None], up: Callable[[], None]
+    ) -> None:
         """Take ``resource`` down now and heal it ``duration`` seconds later (a timer), while the next
         faults go on: a shard killed during a storage outage must restore through it. An outage of a
         resource already down extends that one."""
@@ -617,8 +692,9 @@ class _Run:
                 outage.timer.cancel()
             else:
                 down()
-                outage = self.outages[resource] = SimpleNamespace(label=label, up=up,
-                                                                  recoveries=self.info()["recoveries"])
+                outage = self.outages[resource] = SimpleNamespace(
+                    label=label, up=up, recoveries=self.info()["recoveries"]
+                )
             outage.heal_at = max(getattr(outage, "heal_at", 0.0), time.monotonic() + duration)
             outage.timer = threading.Timer(outage.heal_at - time.monotonic(), self._heal, args=(resource,))
             outage.timer.daemon = True
@@ -633,8 +709,12 @@ class _Run:
             outage.up()
             try:
                 info = self.info()
-                self.healed.append((f"{outage.label} ({info['recoveries'] - outage.recoveries} rollbacks "
-                                    f"meanwhile)", info["last_checkpoint"] or 0))
+                self.healed.append(
+                    (
+                        f"{outage.label} ({info['recoveries'] - outage.recoveries} rollbacks meanwhile)",
+                        info["last_checkpoint"] or 0,
+                    )
+                )
             finally:  # only now: an outage is always either under way or in ``healed``
                 del self.outages[resource]
 
@@ -649,8 +729,10 @@ class _Run:
                 self.did.append(f"after {label}: checkpoints resumed past {healed}")
             else:
                 self.did.append(f"after {label}: checkpoints did NOT resume")
-                self.violations.append(f"checkpoints did not resume after {label}: last_checkpoint stayed at "
-                                       f"{healed} for {HEAL_TIMEOUT_S:.0f} s after it healed (info {self.info()})")
+                self.violations.append(
+                    f"checkpoints did not resume after {label}: last_checkpoint stayed at "
+                    f"{healed} for {HEAL_TIMEOUT_S:.0f} s after it healed (info {self.info()})"
+                )
 
     def fault_kill(self, f: Fault) -> None:
         before = self.info()["recoveries"]
@@ -674,8 +756,9 @@ class _Run:
         first = self.kill_shard()
         hit = self.wait_for(lambda: self.info()["generation"] > info["generation"], 10, poll=0.005)
         second = self.kill_shard()
-        self.did.append(f"kill-restore shards {first} then {second} "
-                        f"({'while restoring' if hit else 'restore not seen'})")
+        self.did.append(
+            f"kill-restore shards {first} then {second} ({'while restoring' if hit else 'restore not seen'})"
+        )
         self.wait_recovered(info["recoveries"], "kill-restore")
 
     def fault_kill_checkpoint(self, f: Fault) -> None:
@@ -695,11 +778,17 @@ class _Run:
 
     def fault_storage_outage(self, f: Fault) -> None:
         if self.s3_proxy is not None:
-            self.begin_outage("storage", "S3 unreachable (proxy resets)", f.duration_s, self.s3_proxy.down,
-                              self.s3_proxy.up)
+            self.begin_outage(
+                "storage", "S3 unreachable (proxy resets)", f.duration_s, self.s3_proxy.down, self.s3_proxy.up
+            )
         else:
-            self.begin_outage("storage", "checkpoint dirs immutable (chattr +i)", f.duration_s,
-                              self.make_immutable, self.release_immutable)
+            self.begin_outage(
+                "storage",
+                "checkpoint dirs immutable (chattr +i)",
+                f.duration_s,
+                self.make_immutable,
+                self.release_immutable,
+            )
 
     def make_immutable(self) -> None:
         for d in (os.path.join(self.checkpoint_dir, d) for d in ("manifests", "data")):
@@ -714,11 +803,17 @@ class _Run:
     def fault_remote_outage(self, f: Fault) -> None:
         if f.mode == "500":
             flag = self.servers.sdk.flag
-            self.begin_outage("remote", "remote function answers 500", f.duration_s,
-                              lambda: open(flag, "w").close(), lambda: os.unlink(flag))
+            self.begin_outage(
+                "remote",
+                "remote function answers 500",
+                f.duration_s,
+                lambda: open(flag, "w").close(),
+                lambda: os.unlink(flag),
+            )
         else:
-            self.begin_outage("remote", "remote function unreachable", f.duration_s, self.sdk_proxy.down,
-                              self.sdk_proxy.up)
+            self.begin_outage(
+                "remote", "remote function unreachable", f.duration_s, self.sdk_proxy.down, self.sdk_proxy.up
+            )
 
     def _fs(self):
         import fsspec
@@ -726,7 +821,7 @@ class _Run:
         if self.s3_proxy is None:
             return fsspec.filesystem("file"), self.checkpoint_dir
         direct = self.servers.s3_options  # straight to moto: the damage must not depend on the proxy
-        return fsspec.filesystem("s3", **direct), self.checkpoint_dir[len("s3://"):]
+        return fsspec.filesystem("s3", **direct), self.checkpoint_dir[len("s3://") :]
 
     def fault_damage(self, f: Fault) -> None:
         fs, root = self._fs()
@@ -736,15 +831,18 @@ class _Run:
             return
         newest = self.info()["last_checkpoint"]
         manifest = f"{root}/manifests/cp-{newest:010d}.json"
-        files = [] if f.mode == "manifest" else \
-            sorted(p for p in fs.find(f"{root}/data/cp-{newest:010d}") if p.endswith(".parquet"))
+        files = (
+            []
+            if f.mode == "manifest"
+            else sorted(p for p in fs.find(f"{root}/data/cp-{newest:010d}") if p.endswith(".parquet"))
+        )
         if not files:  # asked for, or the checkpoint wrote no files (nothing changed): damage its manifest
             fs.pipe_file(manifest, b"{ this is not a manifest")
             what = f"manifest of checkpoint {newest} overwritten with garbage"
         else:
             victim = self.rng.choice(files)
             data = fs.cat_file(victim)
-            fs.pipe_file(victim, data[:len(data) // 2])
+            fs.pipe_file(victim, data[: len(data) // 2])
             what = f"{os.path.basename(victim)} of checkpoint {newest} truncated to {len(data) // 2} bytes"
         info = self.info()
         self.kill_shard()
@@ -773,9 +871,13 @@ class _Run:
         import ray
 
         address = ray.get_runtime_context().gcs_address
-        self.driver = subprocess.Popen([sys.executable, "-m", "tests.chaos.campaign", "driver", address,
-                                        json.dumps(self.spec())], cwd=REPO, env=env,
-                                       stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.work, "driver.log"), "w"))
+        self.driver = subprocess.Popen(
+            [sys.executable, "-m", "tests.chaos.campaign", "driver", address, json.dumps(self.spec())],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.work, "driver.log"), "w"),
+        )
         return self.driver
 
     def driver_log(self) -> str:
@@ -796,8 +898,9 @@ class _Run:
             self.violations.append(f"the driver took no 2 checkpoints within 60 s ({self.driver_log()})")
         self.sleep(max(0.0, f.at_s - 2) + self.rng.uniform(0.2, 1.5))
         if proc.poll() is not None:
-            self.violations.append(f"the driver exited ({proc.returncode}) before it could be killed "
-                                   f"({self.driver_log()})")
+            self.violations.append(
+                f"the driver exited ({proc.returncode}) before it could be killed ({self.driver_log()})"
+            )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         count = self.manifests()
@@ -833,8 +936,18 @@ class _Run:
             app.wait(timeout=90)
             self.timings.append(f"idle {time.monotonic() - began:.1f}s")
         except TimeoutError:
-            keys = ("generation", "backlog", "in_progress", "early", "outstanding", "sources_busy", "timers",
-                    "sent", "received", "failure")
+            keys = (
+                "generation",
+                "backlog",
+                "in_progress",
+                "early",
+                "outstanding",
+                "sources_busy",
+                "timers",
+                "sent",
+                "received",
+                "failure",
+            )
             shards = [{k: st.get(k) for k in keys} for st in app.metrics()]
             self.violations.append(f"not idle within 90 s after the faults (info {self.info()}; shards {shards})")
             return
@@ -846,13 +959,18 @@ class _Run:
         else:
             egress = Counter(app.egress(EGRESS, timeout=60))
             allowed = Counter()
-        states = {(t, str(i)): app.state(t, str(i), wait=False)
-                  for t in self.workload.types for i in range(self.workload.instances)}
+        states = {
+            (t, str(i)): app.state(t, str(i), wait=False)
+            for t in self.workload.types
+            for i in range(self.workload.instances)
+        }
         self.violations.extend(compare(self.workload, states, egress, allowed))
         self.timings.append(f"checked {time.monotonic() - began:.1f}s")
         if self.damaged_epochs:
-            self.notes.append(f"duplicates allowed for the records of damaged epochs {sorted(self.damaged_epochs)}"
-                              f" ({sum((egress - self.workload.egress).values())} seen)")
+            self.notes.append(
+                f"duplicates allowed for the records of damaged epochs {sorted(self.damaged_epochs)}"
+                f" ({sum((egress - self.workload.egress).values())} seen)"
+            )
 
     def cleanup(self) -> None:
         import ray
@@ -898,27 +1016,51 @@ def start_application(sc: Scenario, source_records: list, spec: dict, name: str)
 
     ingresses = []
     if source_records:
-        ingresses.append(MemorySource(source_records, partitions=sc.shards, id="chaos/commands", batch_size=50,
-                                      value_type=commands_type()))
+        ingresses.append(
+            MemorySource(
+                source_records, partitions=sc.shards, id="chaos/commands", batch_size=50, value_type=commands_type()
+            )
+        )
     egresses = [DirSink(EGRESS, spec["egress_dir"])] if sc.file_egress else []
     endpoints = []
     if spec["sdk_port"] is not None:
-        endpoints.append(rayfun.HttpEndpoint(functions="chaosr/*",
-                                             url_path_template=f"http://127.0.0.1:{spec['sdk_port']}/statefun",
-                                             call_timeout=2.0, connect_timeout=1.0, on_failure="restart"))
-    return rayfun.start(build_functions(), shards=sc.shards, ingresses=ingresses, egresses=egresses,
-                        endpoints=endpoints, checkpoint_dir=spec["checkpoint_dir"],
-                        storage_options=spec["storage_options"], checkpoint_interval=sc.interval, name=name)
+        endpoints.append(
+            rayfun.HttpEndpoint(
+                functions="chaosr/*",
+                url_path_template=f"http://127.0.0.1:{spec['sdk_port']}/statefun",
+                call_timeout=2.0,
+                connect_timeout=1.0,
+                on_failure="restart",
+            )
+        )
+    return rayfun.start(
+        build_functions(),
+        shards=sc.shards,
+        ingresses=ingresses,
+        egresses=egresses,
+        endpoints=endpoints,
+        checkpoint_dir=spec["checkpoint_dir"],
+        storage_options=spec["storage_options"],
+        checkpoint_interval=sc.interval,
+        name=name,
+    )
 
 
 def replay_command(seed: int, only: tuple[str, ...] | None = None) -> str:
     """The command that runs this seed again (``--only none``: without faults)."""
-    return f".venv/bin/python bench/chaos.py --runs 1 --seed {seed}" + \
-        ("" if only is None else f" --only {','.join(only) or 'none'}")
+    return f".venv/bin/python bench/chaos.py --runs 1 --seed {seed}" + (
+        "" if only is None else f" --only {','.join(only) or 'none'}"
+    )
 
 
-def run_scenario(seed: int, servers: Servers, *, only: tuple[str, ...] | None = None, timeout: float = 150.0,
-                 tamper: Callable[[Workload], None] | None = None) -> Result:
+def run_scenario(
+    seed: int,
+    servers: Servers,
+    *,
+    only: tuple[str, ...] | None = None,
+    timeout: float = 150.0,
+    tamper: Callable[[Workload], None] | None = None,
+) -> Result:
     """Run the scenario of ``seed`` against the running Ray, bounded by ``timeout`` seconds (a run that
     takes longer is not exact: "timed out"). ``tamper`` edits the expected outcome before the check (a
     self-test that the oracle notices a broken run)."""
@@ -961,12 +1103,23 @@ def run_scenario(seed: int, servers: Servers, *, only: tuple[str, ...] | None = 
     problems = error + run.violations
     replay = replay_command(seed, only)
     exact = not problems
-    description = ("exact" if exact else " ".join(p.rstrip(".") + "." for p in problems)) + \
-        f" Scenario: {sc.describe()}. Faults did: {'; '.join(run.did) or 'nothing'}." + \
-        (f" Notes: {' '.join(n for n in run.notes if not n.startswith('Traceback'))}" if run.notes else "") + \
-        f" Replay: {replay}"
-    return Result(seed=seed, exact=exact, description=description, faults=run.did, scenario=sc.describe(),
-                  replay=replay, duration_s=time.monotonic() - began, notes=run.notes, timings=run.timings)
+    description = (
+        ("exact" if exact else " ".join(p.rstrip(".") + "." for p in problems))
+        + f" Scenario: {sc.describe()}. Faults did: {'; '.join(run.did) or 'nothing'}."
+        + (f" Notes: {' '.join(n for n in run.notes if not n.startswith('Traceback'))}" if run.notes else "")
+        + f" Replay: {replay}"
+    )
+    return Result(
+        seed=seed,
+        exact=exact,
+        description=description,
+        faults=run.did,
+        scenario=sc.describe(),
+        replay=replay,
+        duration_s=time.monotonic() - began,
+        notes=run.notes,
+        timings=run.timings,
+    )
 
 
 def driver_main(address: str, spec: dict) -> None:
@@ -977,8 +1130,7 @@ def driver_main(address: str, spec: dict) -> None:
     ray.init(address=address, log_to_driver=False, namespace=RAY_NAMESPACE)
     only = None if spec["only"] is None else tuple(spec["only"])
     sc = make_scenario(spec["seed"], only)
-    workload = Workload(sc.seed, (EMBEDDED, REMOTE) if sc.remote else (EMBEDDED,), sc.instances, sc.roots,
-                        sc.spread_ms)
+    workload = Workload(sc.seed, (EMBEDDED, REMOTE) if sc.remote else (EMBEDDED,), sc.instances, sc.roots, sc.spread_ms)
     app = start_application(sc, workload.records, spec, f"campaign-driver-{os.getpid()}")
     while True:  # what it logs is shown when the driver misbehaves
         print(app.info(), file=sys.stderr, flush=True)

@@ -20,8 +20,15 @@ def main(address: str, work: str, seed: int, instances: int, messages: int) -> N
     ray.init(address=address, log_to_driver=False, namespace="rayfun-chaos")
     gen = Generator(seed, instances=instances, messages=messages)
     source = MemorySource(gen.records, partitions=3, id="chaos/commands", batch_size=50, value_type=Commands)
-    app = rayfun.start(build_functions(), shards=3, ingresses=[source], egresses=[DirSink(EGRESS, f"{work}/egress")],
-                       checkpoint_dir=f"{work}/cp", checkpoint_interval=0.3, name=f"chaos-{os.getpid()}")
+    app = rayfun.start(
+        build_functions(),
+        shards=3,
+        ingresses=[source],
+        egresses=[DirSink(EGRESS, f"{work}/egress")],
+        checkpoint_dir=f"{work}/cp",
+        checkpoint_interval=0.3,
+        name=f"chaos-{os.getpid()}",
+    )
     with open(f"{work}/coordinator-{os.getpid()}", "w") as f:
         f.write(f"rayfun:chaos-{os.getpid()}")
     app.wait(timeout=300)

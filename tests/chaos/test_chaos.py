@@ -54,8 +54,14 @@ def run_with_shard_kills(checkpoint_dir: str, storage_options: dict | None = Non
     rng = random.Random(SEED)
     gen = Generator(SEED, instances=300, messages=5000)
     source = MemorySource(gen.records, partitions=3, id="chaos/commands", batch_size=50, value_type=Commands)
-    app = rayfun.start(build_functions(), shards=3, ingresses=[source], checkpoint_dir=checkpoint_dir,
-                       checkpoint_interval=0.3, storage_options=storage_options)
+    app = rayfun.start(
+        build_functions(),
+        shards=3,
+        ingresses=[source],
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_interval=0.3,
+        storage_options=storage_options,
+    )
     stop = threading.Event()
     killed: list[int] = []
     killer = threading.Thread(target=lambda: killed.extend(kill_shards_meanwhile(app, rng, kills, stop)))
@@ -87,8 +93,9 @@ def test_same_workload_without_failures_is_exact(ray_session, tmp_path):
     """The reference run: also proves the checker itself is sound (it would flag a broken run)."""
     gen = Generator(SEED, instances=300, messages=1500)
     source = MemorySource(gen.records, partitions=3, id="chaos/commands", batch_size=50, value_type=Commands)
-    app = rayfun.start(build_functions(), shards=3, ingresses=[source], checkpoint_dir=str(tmp_path / "cp"),
-                       checkpoint_interval=0.3)
+    app = rayfun.start(
+        build_functions(), shards=3, ingresses=[source], checkpoint_dir=str(tmp_path / "cp"), checkpoint_interval=0.3
+    )
     try:
         check_outcome(app, gen)
         gen.egress["never-emitted"] += 1
@@ -118,9 +125,13 @@ def test_driver_and_coordinator_kills_resume_from_the_checkpoint_dir(ray_session
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def launch():
-        return subprocess.Popen([sys.executable, "-m", "tests.chaos.driver", address, work, str(SEED),
-                                 str(instances), str(messages)], cwd=root, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.chaos.driver", address, work, str(SEED), str(instances), str(messages)],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def wait_for_checkpoints(count: int, proc) -> None:
         deadline = time.monotonic() + 60
@@ -157,8 +168,11 @@ def test_driver_and_coordinator_kills_resume_from_the_checkpoint_dir(ray_session
         assert third.wait(timeout=300) == 0, "the resuming driver failed"
 
     state = json.load(open(os.path.join(work, "state.json")))
-    wrong = {i: (state[str(i)], e) for i, e in enumerate(gen.expected)
-             if state[str(i)].get("count", 0) != e or "scratch" in state[str(i)]}
+    wrong = {
+        i: (state[str(i)], e)
+        for i, e in enumerate(gen.expected)
+        if state[str(i)].get("count", 0) != e or "scratch" in state[str(i)]
+    }
     assert not wrong, f"{len(wrong)} instances differ, e.g. {list(wrong.items())[:3]}"
     egress = Counter(read_all(os.path.join(work, "egress")))
     assert egress == gen.egress, f"egress differs: missing {gen.egress - egress}, extra {egress - gen.egress}"

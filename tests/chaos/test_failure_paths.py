@@ -116,8 +116,14 @@ def test_a_value_that_cannot_be_stored_is_refused_where_it_enters(ray_session, t
     in-memory record holding one is a dead letter, app.send refuses one, and checkpoints go on."""
     bad_line = b'{"name": "\\ud800"}'
     source = MemorySource([(COUNTER, "a", 1), ("t/names", "x", "\ud800"), (COUNTER, "a", 1)], id="t/in")
-    app = rayfun.start(functions(), shards=2, ingresses=[source], checkpoint_dir=str(tmp_path / "cp"),
-                       checkpoint_interval=0.2, standby=False)
+    app = rayfun.start(
+        functions(),
+        shards=2,
+        ingresses=[source],
+        checkpoint_dir=str(tmp_path / "cp"),
+        checkpoint_interval=0.2,
+        standby=False,
+    )
     try:
         app.send("t/names", "ok", b'{"name": "caf\\u00e9"}', value_type=RAW_JSON)
         app.send("t/names", "bad", bad_line, value_type=RAW_JSON)
@@ -221,8 +227,9 @@ def test_two_rollbacks_to_one_checkpoint_keep_the_driver_messages(ray_session, t
     the recovery, a kill again before another checkpoint. The first rollback used to renumber the driver's
     channel while the checkpoint's position was counted the old way: the counters ended at 10."""
     ids = [f"k{i}" for i in range(20)]
-    app = rayfun.start(functions(), shards=2, checkpoint_dir=str(tmp_path / "cp"), checkpoint_interval=None,
-                       standby=False)
+    app = rayfun.start(
+        functions(), shards=2, checkpoint_dir=str(tmp_path / "cp"), checkpoint_interval=None, standby=False
+    )
     try:
         for _ in range(10):
             app.send_many([(COUNTER, i, 1) for i in ids])
@@ -290,8 +297,14 @@ def test_a_remote_function_down_for_a_while_under_restart_loses_nothing(ray_sess
 
     server = _FlakyServer(remote)
     endpoint = HttpEndpoint("r/*", server.url, max_retries=1, call_timeout=2, on_failure="restart")
-    app = rayfun.start(functions(), shards=2, endpoints=[endpoint], checkpoint_dir=str(tmp_path / "cp"),
-                       checkpoint_interval=0.1, standby=False)
+    app = rayfun.start(
+        functions(),
+        shards=2,
+        endpoints=[endpoint],
+        checkpoint_dir=str(tmp_path / "cp"),
+        checkpoint_interval=0.1,
+        standby=False,
+    )
     ids = [f"r{i}" for i in range(10)]
     try:
         app.send_many([("r/counter", i, 1) for i in ids])

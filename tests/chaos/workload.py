@@ -13,8 +13,15 @@ import random
 from collections import Counter
 from datetime import timedelta
 
-from rayfun import (IntType, StatefulFunctions, StringType, ValueSpec, egress_message_builder, make_json_type,
-                    message_builder)
+from rayfun import (
+    IntType,
+    StatefulFunctions,
+    StringType,
+    ValueSpec,
+    egress_message_builder,
+    make_json_type,
+    message_builder,
+)
 
 FN = "chaos/interpreter"
 EGRESS = "chaos/out"
@@ -24,8 +31,13 @@ Commands = make_json_type("chaos/Commands")
 def build_functions() -> StatefulFunctions:
     functions = StatefulFunctions()
 
-    @functions.bind(FN, specs=[ValueSpec("count", IntType),
-                               ValueSpec("scratch", IntType, expire_after_write=timedelta(milliseconds=50))])
+    @functions.bind(
+        FN,
+        specs=[
+            ValueSpec("count", IntType),
+            ValueSpec("scratch", IntType, expire_after_write=timedelta(milliseconds=50)),
+        ],
+    )
     def interpreter(context, message):
         for command in message.as_type(Commands):
             kind = command[0]
@@ -35,13 +47,17 @@ def build_functions() -> StatefulFunctions:
             elif kind == "send":
                 context.send(message_builder(FN, str(command[1]), value=command[2], value_type=Commands))
             elif kind == "after":
-                context.send_after(timedelta(milliseconds=command[3]),
-                                   message_builder(FN, str(command[1]), value=command[2], value_type=Commands))
+                context.send_after(
+                    timedelta(milliseconds=command[3]),
+                    message_builder(FN, str(command[1]), value=command[2], value_type=Commands),
+                )
             elif kind == "cancelled":  # a delayed increment that is cancelled right away: it must never land
                 token = command[2]
-                context.send_after(timedelta(milliseconds=200),
-                                   message_builder(FN, str(command[1]), value=[["inc"]], value_type=Commands),
-                                   cancellation_token=token)
+                context.send_after(
+                    timedelta(milliseconds=200),
+                    message_builder(FN, str(command[1]), value=[["inc"]], value_type=Commands),
+                    cancellation_token=token,
+                )
                 context.cancel_delayed_message(token)
             elif kind == "egress":
                 context.send_egress(egress_message_builder(EGRESS, command[1], StringType))
@@ -58,8 +74,7 @@ class Generator:
         self.expected = [0] * instances
         self.egress: Counter = Counter()
         self._labels = 0
-        self.records = [(FN, str(target), commands) for target, commands in
-                        (self._root() for _ in range(messages))]
+        self.records = [(FN, str(target), commands) for target, commands in (self._root() for _ in range(messages))]
 
     def _root(self):
         target = self.rng.randrange(self.instances)

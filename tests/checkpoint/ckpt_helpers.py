@@ -7,16 +7,18 @@ import random
 from rayfun.checkpoint import StateLayout
 from rayfun.types import BoolType, DoubleType, FloatType, IntType, LongType, StringType
 
-
 COUNTER = StateLayout.of("test/counter", [("count", IntType.typename)])
-PROFILE = StateLayout.of("test/profile", [
-    ("name", StringType.typename, None, 0),
-    ("score", DoubleType.typename, "after_write", 60_000),
-    ("big", LongType.typename, None, 0),
-    ("ratio", FloatType.typename, None, 0),
-    ("active", BoolType.typename, "after_call", 1_000),
-    ("blob", "test.types/blob", None, 0),
-])
+PROFILE = StateLayout.of(
+    "test/profile",
+    [
+        ("name", StringType.typename, None, 0),
+        ("score", DoubleType.typename, "after_write", 60_000),
+        ("big", LongType.typename, None, 0),
+        ("ratio", FloatType.typename, None, 0),
+        ("active", BoolType.typename, "after_call", 1_000),
+        ("blob", "test.types/blob", None, 0),
+    ],
+)
 LAYOUTS = {COUNTER.function_type: COUNTER, PROFILE.function_type: PROFILE}
 
 
@@ -32,21 +34,26 @@ def random_cells(layout: StateLayout, rng: random.Random) -> list:
     }
     n = len(layout.names)
     while True:
-        values = [gens.get(t, lambda: bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 12))))()
-                  if rng.random() < 0.8 else None for t in layout.typenames]
+        values = [
+            gens.get(t, lambda: bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 12))))()
+            if rng.random() < 0.8
+            else None
+            for t in layout.typenames
+        ]
         if any(v is not None for v in values):
             break
     if not layout.expiring:
         return values
-    deadlines = [rng.randint(1, 2**41) if v is not None and layout.expire_modes[i] else 0
-                 for i, v in enumerate(values)]
+    deadlines = [rng.randint(1, 2**41) if v is not None and layout.expire_modes[i] else 0 for i, v in enumerate(values)]
     assert len(values) + len(deadlines) == 2 * n
     return values + deadlines
 
 
 def random_state(rng: random.Random, n: int = 300) -> dict[str, dict[str, list]]:
-    return {ft: {f"{ft.split('/')[1]}-{i}-{rng.getrandbits(20)}": random_cells(layout, rng) for i in range(n)}
-            for ft, layout in LAYOUTS.items()}
+    return {
+        ft: {f"{ft.split('/')[1]}-{i}-{rng.getrandbits(20)}": random_cells(layout, rng) for i in range(n)}
+        for ft, layout in LAYOUTS.items()
+    }
 
 
 class Model:
@@ -77,8 +84,9 @@ class Model:
                 continue
             self.changed[ft].add(id)
 
-    def deltas(self, key_group_range: tuple[int, int] | None = None, key_groups: int = 1024,
-               full: bool = False) -> list:
+    def deltas(
+        self, key_group_range: tuple[int, int] | None = None, key_groups: int = 1024, full: bool = False
+    ) -> list:
         from rayfun.checkpoint import StateDelta
         from rayfun.runtime.partitioning import key_group
 
@@ -92,8 +100,7 @@ class Model:
                 out.append(StateDelta(layout, {i: c for i, c in inst.items() if mine(ft, i)}))
             else:
                 ch = [i for i in self.changed[ft] if mine(ft, i)]
-                out.append(StateDelta(layout, {i: inst[i] for i in ch if i in inst},
-                                      [i for i in ch if i not in inst]))
+                out.append(StateDelta(layout, {i: inst[i] for i in ch if i in inst}, [i for i in ch if i not in inst]))
         return out
 
     def clear_changes(self) -> None:

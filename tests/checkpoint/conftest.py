@@ -8,7 +8,6 @@ import uuid
 import pytest
 
 
-
 @pytest.fixture(params=["memory", "local"])
 def store_url(request, tmp_path) -> str:
     if request.param == "memory":

@@ -27,8 +27,14 @@ def main(module_path: str, work: str) -> None:
     parquet = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(parquet)
     marker = os.path.join(work, "code-ran")
-    field = pa.field("value", pa.binary(), metadata={b"ARROW:extension:name": b"arrow.py_extension_type",
-                                                     b"ARROW:extension:metadata": pickle.dumps(Payload(marker))})
+    field = pa.field(
+        "value",
+        pa.binary(),
+        metadata={
+            b"ARROW:extension:name": b"arrow.py_extension_type",
+            b"ARROW:extension:metadata": pickle.dumps(Payload(marker)),
+        },
+    )
     path = os.path.join(work, "crafted.state.parquet")
     pq.write_table(pa.Table.from_arrays([pa.array([b"x"], pa.binary())], schema=pa.schema([field])), path)
     data = open(path, "rb").read()

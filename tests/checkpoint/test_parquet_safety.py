@@ -25,9 +25,17 @@ def test_a_crafted_parquet_file_runs_no_code_with_the_lowest_allowed_pyarrow(tmp
     python = Path(os.environ.get("RAYFUN_FLOOR_PYTHON", REPO / ".venv-floor" / "bin" / "python"))
     if not python.exists():
         pytest.skip(f"no interpreter with the lowest allowed pyarrow at {python} (run `make test`)")
-    out = subprocess.run([str(python), str(Path(__file__).parent / "parquet_probe.py"),
-                          str(REPO / "rayfun" / "checkpoint" / "parquet.py"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            str(python),
+            str(Path(__file__).parent / "parquet_probe.py"),
+            str(REPO / "rayfun" / "checkpoint" / "parquet.py"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     outcome = json.loads(out.stdout.strip().splitlines()[-1])
     assert outcome["pyarrow"] == _floor(), f"{python} has pyarrow {outcome['pyarrow']}, the floor is {_floor()}"

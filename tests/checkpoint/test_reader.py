@@ -7,13 +7,12 @@ import random
 
 import pyarrow.compute as pc
 import pytest
+from ckpt_helpers import LAYOUTS, Model
 
 from rayfun.checkpoint import CheckpointError, CheckpointStore, StateDelta, StateLayout, read_state
 from rayfun.checkpoint.reader import READ_STATE_SCHEMA
 from rayfun.runtime.partitioning import key_group
 from rayfun.types import BUILTIN_TYPES, DoubleType, IntType, StringType, make_json_type, simple_type
-
-from ckpt_helpers import LAYOUTS, Model
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,8 +29,13 @@ def test_read_state_columns_and_values(store_url):
     assert table.schema.remove_metadata() == READ_STATE_SCHEMA
     assert table.schema.metadata[b"rayfun.checkpoint_id"] == b"2"
     rows = table.to_pylist()
-    expected = {(ft, id, name): cells[i] for ft, inst in model.state.items() for id, cells in inst.items()
-                for i, name in enumerate(LAYOUTS[ft].names) if cells[i] is not None}
+    expected = {
+        (ft, id, name): cells[i]
+        for ft, inst in model.state.items()
+        for id, cells in inst.items()
+        for i, name in enumerate(LAYOUTS[ft].names)
+        if cells[i] is not None
+    }
     assert len(rows) == len(expected)
     keys = [(r["function_type"], r["id"], r["state_name"]) for r in rows]
     assert keys == sorted(keys)
@@ -52,12 +56,16 @@ def test_read_state_columns_and_values(store_url):
 def test_read_state_decodes_given_types_as_json(store_url):
     store = CheckpointStore(store_url)
     j = make_json_type("test.types/order")
-    point = simple_type("test.types/point", lambda p: f"{p[0]},{p[1]}".encode(),
-                        lambda b: tuple(int(x) for x in b.decode().split(",")))
-    layout = StateLayout.of("test/shop", [("order", j.typename), ("at", point.typename),
-                                          ("total", DoubleType.typename)])
-    inst = {"a": [j.serializer().serialize({"items": [1, 2], "who": "ä"}), point.serializer().serialize((3, 4)), 9.5],
-            "b": [None, None, 1.0]}
+    point = simple_type(
+        "test.types/point", lambda p: f"{p[0]},{p[1]}".encode(), lambda b: tuple(int(x) for x in b.decode().split(","))
+    )
+    layout = StateLayout.of(
+        "test/shop", [("order", j.typename), ("at", point.typename), ("total", DoubleType.typename)]
+    )
+    inst = {
+        "a": [j.serializer().serialize({"items": [1, 2], "who": "ä"}), point.serializer().serialize((3, 4)), 9.5],
+        "b": [None, None, 1.0],
+    }
     store.commit(1, [store.write_shard_part(1, 0, (0, G), key_groups=G, state=[StateDelta(layout, inst)])])
     table = read_state(store_url, types=[j, point])
     by = {(r["id"], r["state_name"]): r for r in table.to_pylist()}
@@ -66,7 +74,8 @@ def test_read_state_decodes_given_types_as_json(store_url):
     assert by[("a", "total")]["value_float"] == 9.5 and by[("a", "total")]["value_json"] is None
     bare = read_state(store_url, types=[j.typename])  # a bare typename is read as UTF-8 JSON text
     assert bare.filter(pc.equal(bare["state_name"], "order"))["value_json"].to_pylist() == [
-        '{"items": [1, 2], "who": "ä"}']
+        '{"items": [1, 2], "who": "ä"}'
+    ]
     assert read_state(store_url)["value_json"].null_count == table.num_rows  # nothing decoded unasked
 
 

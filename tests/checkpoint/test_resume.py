@@ -27,8 +27,9 @@ def counters() -> StatefulFunctions:
 
 def test_resume_on_another_shard_count_and_read_state(ray_session, tmp_path):
     url = str(tmp_path / "cp")
-    app = rayfun.start(counters(), shards=3, checkpoint_dir=url, checkpoint_interval=None,
-                       checkpoint_compression="zstd")  # restored below by shards that do not know it
+    app = rayfun.start(
+        counters(), shards=3, checkpoint_dir=url, checkpoint_interval=None, checkpoint_compression="zstd"
+    )  # restored below by shards that do not know it
     app.send_many([("resume/counter", f"c{i}", i) for i in range(500)])
     app.wait()
     app.checkpoint()

@@ -6,12 +6,11 @@ import random
 import uuid
 
 import pytest
+from ckpt_helpers import Model, restored_state
 
 from rayfun.checkpoint import CheckpointStore, CorruptCheckpointError, read_state
 from rayfun.runtime.partitioning import shard_ranges
 from rayfun.types import IntType
-
-from ckpt_helpers import Model, restored_state
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
@@ -19,11 +18,19 @@ G = 1024
 
 
 def _checkpoint(store, cid, model, shards, parent, full=False):
-    parts = [store.write_shard_part(cid, i, r, key_groups=G, parent_id=parent, full=full,
-                                    state=model.deltas(r, G, full=full or parent is None),
-                                    timers=[(cid, i, "test/counter", "t", "", "test/counter", "u", IntType.typename, i)]
-                                    if i == 0 else ())
-             for i, r in enumerate(shard_ranges(G, shards))]
+    parts = [
+        store.write_shard_part(
+            cid,
+            i,
+            r,
+            key_groups=G,
+            parent_id=parent,
+            full=full,
+            state=model.deltas(r, G, full=full or parent is None),
+            timers=[(cid, i, "test/counter", "t", "", "test/counter", "u", IntType.typename, i)] if i == 0 else (),
+        )
+        for i, r in enumerate(shard_ranges(G, shards))
+    ]
     store.commit(cid, parts)
     model.clear_changes()
 

@@ -7,18 +7,22 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pytest
+from ckpt_helpers import COUNTER, LAYOUTS, PROFILE, random_cells, random_state
 
 from rayfun.checkpoint import CheckpointError, StateDelta, StateLayout, decode_instances, encode_state
 from rayfun.checkpoint.schema import STATE_SCHEMA
 from rayfun.checkpoint.state_codec import (
-    ENCODE_CHUNK, filter_key_groups, fold_layers, key_groups_mixed, key_groups_of, with_key_groups,
+    ENCODE_CHUNK,
+    filter_key_groups,
+    fold_layers,
+    key_groups_mixed,
+    key_groups_of,
+    with_key_groups,
 )
 from rayfun.functions import ValueSpec
 from rayfun.runtime.embedded import FunctionState
 from rayfun.runtime.partitioning import key_group
 from rayfun.types import IntType, LongType, StringType, make_json_type
-
-from ckpt_helpers import COUNTER, LAYOUTS, PROFILE, random_cells, random_state
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,8 +31,9 @@ def _roundtrip(state: dict[str, dict[str, list]]) -> dict[str, dict[str, list]]:
     table = encode_state([StateDelta(LAYOUTS[ft], inst) for ft, inst in state.items()], 1024)
     assert table.schema == STATE_SCHEMA
     folded = fold_layers([table])
-    return {ft: decode_instances(folded.filter(pa.compute.equal(folded["function_type"], ft)), LAYOUTS[ft])
-            for ft in state}
+    return {
+        ft: decode_instances(folded.filter(pa.compute.equal(folded["function_type"], ft)), LAYOUTS[ft]) for ft in state
+    }
 
 
 def test_key_groups_match_the_runtime():
@@ -51,7 +56,9 @@ def test_rows_carry_key_groups_and_skip_unset_values():
     table = encode_state([StateDelta(COUNTER, {"a": [1], "b": [2]})], 64)
     rows = table.to_pylist()
     assert [(r["id"], r["value_int"], r["key_group"]) for r in rows] == [
-        ("a", 1, key_group(COUNTER.function_type, "a", 64)), ("b", 2, key_group(COUNTER.function_type, "b", 64))]
+        ("a", 1, key_group(COUNTER.function_type, "a", 64)),
+        ("b", 2, key_group(COUNTER.function_type, "b", 64)),
+    ]
     prof = encode_state([StateDelta(PROFILE, {"p": ["n", None, None, None, None, None, 0, 0, 0, 0, 0, 0]})], 64)
     assert prof.num_rows == 1 and prof["state_name"].to_pylist() == ["name"]
     assert prof["expires_at_ms"].to_pylist() == [None]
@@ -76,8 +83,7 @@ def test_fold_applies_deltas_and_tombstones():
     base = {"a": [1], "b": [2], "c": [3]}
     d1 = StateDelta(COUNTER, {"a": [10], "d": [4]}, deleted=["b"])
     d2 = StateDelta(COUNTER, {"b": [20]}, deleted=["c", "never-existed"])
-    layers = [encode_state([StateDelta(COUNTER, base)], 1024), encode_state([d1], 1024),
-              encode_state([d2], 1024)]
+    layers = [encode_state([StateDelta(COUNTER, base)], 1024), encode_state([d1], 1024), encode_state([d2], 1024)]
     assert decode_instances(fold_layers(layers), COUNTER) == {"a": [10], "b": [20], "d": [4]}
 
 
@@ -85,8 +91,10 @@ def test_fold_superseded_instance_loses_all_old_values():
     """A changed instance replaces every row it had: a value deleted since the base must not come back."""
     cells = ["n", 1.5, 7, 0.5, True, b"x", 0, 99, 0, 0, 5, 0]
     later = ["m", None, None, None, None, None, 0, 0, 0, 0, 0, 0]
-    layers = [encode_state([StateDelta(PROFILE, {"p": cells})], 1024),
-              encode_state([StateDelta(PROFILE, {"p": later})], 1024)]
+    layers = [
+        encode_state([StateDelta(PROFILE, {"p": cells})], 1024),
+        encode_state([StateDelta(PROFILE, {"p": later})], 1024),
+    ]
     assert decode_instances(fold_layers(layers), PROFILE) == {"p": later}
 
 
@@ -99,8 +107,10 @@ def test_from_function_state_of_the_runtime():
     fs.put("b", [None])  # became empty: dropped, a tombstone
     delta = StateDelta.from_function_state(fs)
     assert dict(delta.instances) == {"a": [5], "b": None}  # None: a tombstone
-    assert decode_instances(fold_layers([encode_state([StateDelta(COUNTER, {"a": [1], "b": [2]})], None),
-                                         encode_state([delta], None)]), COUNTER) == {"a": [5]}
+    assert decode_instances(
+        fold_layers([encode_state([StateDelta(COUNTER, {"a": [1], "b": [2]})], None), encode_state([delta], None)]),
+        COUNTER,
+    ) == {"a": [5]}
     full = StateDelta.from_function_state(fs, full=True)
     assert dict(full.instances) == {"a": [5]} and not full.deleted
 
@@ -120,8 +130,9 @@ def test_wire_bytes_in_builtin_cells_are_normalized():
 
 def test_bad_cells_raise_clear_errors():
     with pytest.raises(CheckpointError, match="test/counter.*1 cells.*expects 2"):
-        encode_state([StateDelta(StateLayout.of("test/counter", [("a", IntType.typename, "after_call", 5)]),
-                                 {"x": [1]})], 1024)
+        encode_state(
+            [StateDelta(StateLayout.of("test/counter", [("a", IntType.typename, "after_call", 5)]), {"x": [1]})], 1024
+        )
     with pytest.raises(CheckpointError, match="state 'count' of test/counter"):
         encode_state([StateDelta(COUNTER, {"x": [object()]})], 1024)
 
@@ -142,8 +153,10 @@ def test_type_drift_on_restore():
 
 
 def test_an_instance_without_values_is_a_tombstone():
-    layers = [encode_state([StateDelta(COUNTER, {"a": [1], "b": [2]})], 1024),
-              encode_state([StateDelta(COUNTER, {"a": [None], "b": [3]})], 1024)]
+    layers = [
+        encode_state([StateDelta(COUNTER, {"a": [1], "b": [2]})], 1024),
+        encode_state([StateDelta(COUNTER, {"a": [None], "b": [3]})], 1024),
+    ]
     assert layers[1]["deleted"].to_pylist() == [False, True]
     assert decode_instances(fold_layers(layers), COUNTER) == {"b": [3]}
     empty = ["x", None, None, None, None, None, 0, 0, 0, 0, 0, 0]
@@ -162,8 +175,9 @@ def test_chunked_encoding_lines_up_ids_values_and_tombstones_across_chunks():
     n = 3 * ENCODE_CHUNK + 17
     base = {f"i{k}": random_cells(PROFILE, rng) for k in range(n)}
     delta = {id: None if rng.random() < 0.1 else random_cells(PROFILE, rng) for id in rng.sample(list(base), n // 2)}
-    folded = fold_layers([encode_state([StateDelta(PROFILE, base)], None),
-                          encode_state([StateDelta(PROFILE, delta)], None)])
+    folded = fold_layers(
+        [encode_state([StateDelta(PROFILE, base)], None), encode_state([StateDelta(PROFILE, delta)], None)]
+    )
     expected = {id: cells for id, cells in {**base, **delta}.items() if cells is not None}
     assert decode_instances(folded, PROFILE) == expected
 
@@ -171,8 +185,9 @@ def test_chunked_encoding_lines_up_ids_values_and_tombstones_across_chunks():
 def test_single_cell_changes_given_as_values_encode_like_cells():
     """The runtime records changes of single-cell types as the values themselves (None: gone)."""
     rng = random.Random(8)
-    cells = {f"c{k}": None if rng.random() < 0.1 else [rng.randint(-(2**31), 2**31 - 1)]
-             for k in range(2 * ENCODE_CHUNK + 5)}
+    cells = {
+        f"c{k}": None if rng.random() < 0.1 else [rng.randint(-(2**31), 2**31 - 1)] for k in range(2 * ENCODE_CHUNK + 5)
+    }
     values = {id: None if c is None else c[0] for id, c in cells.items()}
     as_cells = encode_state([StateDelta(COUNTER, cells)], 1024)
     as_values = encode_state([StateDelta(COUNTER, values, values=True)], 1024)
@@ -197,8 +212,10 @@ def test_function_state_records_values_of_single_cell_types_and_hands_changes_ov
 
 def test_fold_keeps_instances_of_different_types_with_the_same_id():
     profile = random_cells(PROFILE, random.Random(9))
-    layers = [encode_state([StateDelta(COUNTER, {"x": [1], "y": [5]}), StateDelta(PROFILE, {"x": profile})], None),
-              encode_state([StateDelta(COUNTER, {"x": [2], "y": None})], None)]
+    layers = [
+        encode_state([StateDelta(COUNTER, {"x": [1], "y": [5]}), StateDelta(PROFILE, {"x": profile})], None),
+        encode_state([StateDelta(COUNTER, {"x": [2], "y": None})], None),
+    ]
     folded = fold_layers(layers)
     assert _by_type(folded, COUNTER) == {"x": [2]}
     assert _by_type(folded, PROFILE) == {"x": profile}

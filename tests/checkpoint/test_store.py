@@ -7,28 +7,48 @@ import pickle
 import random
 
 import pytest
+from ckpt_helpers import LAYOUTS, Model, restored_state
 
 from rayfun.checkpoint import (
-    CheckpointError, CheckpointStore, CorruptCheckpointError, RestoredShard, ShardPart,
+    CheckpointError,
+    CheckpointStore,
+    CorruptCheckpointError,
+    RestoredShard,
+    ShardPart,
 )
 from rayfun.checkpoint.state_codec import fold_layers
 from rayfun.runtime.partitioning import key_group, shard_ranges
 from rayfun.types import IntType, StringType
-
-from ckpt_helpers import LAYOUTS, Model, restored_state
 
 pytestmark = pytest.mark.timeout(120)
 
 G = 1024
 
 
-def write_checkpoint(store: CheckpointStore, cid: int, model: Model, shards: int, parent: int | None,
-                     full: bool = False, extras: dict | None = None) -> list[ShardPart]:
+def write_checkpoint(
+    store: CheckpointStore,
+    cid: int,
+    model: Model,
+    shards: int,
+    parent: int | None,
+    full: bool = False,
+    extras: dict | None = None,
+) -> list[ShardPart]:
     parts = []
     for index, rng in enumerate(shard_ranges(G, shards)):
         kw = (extras or {}).get(index, {})
-        parts.append(store.write_shard_part(cid, index, rng, key_groups=G, state=model.deltas(rng, G, full=full or parent is None),
-                                            parent_id=parent, full=full, **kw))
+        parts.append(
+            store.write_shard_part(
+                cid,
+                index,
+                rng,
+                key_groups=G,
+                state=model.deltas(rng, G, full=full or parent is None),
+                parent_id=parent,
+                full=full,
+                **kw,
+            )
+        )
     store.commit(cid, parts, app_meta={"functions": sorted(LAYOUTS)})
     model.clear_changes()
     return parts
@@ -44,17 +64,45 @@ def flip_byte(store: CheckpointStore, rel: str, offset: int = 100) -> None:
 def test_round_trip_of_every_table_kind(store_url):
     store = CheckpointStore(store_url)
     model = Model(random.Random(10))
-    timers = [(1000 + i, i, "test/counter", f"c{i}", f"tok{i}" if i % 2 else "", "test/profile", f"p{i}",
-               IntType.typename if i % 2 else "test.types/blob", i if i % 2 else bytes([i, 0, 255]))
-              for i in range(20)]
-    messages = [("test/counter", f"c{i}", None if i % 3 else ("test/profile", f"p{i}"),
-                 StringType.typename if i % 2 else "test.types/blob", "ä" * i if i % 2 else bytes([i]) * i)
-                for i in range(30)]
-    egress = [(0, 7, i, "test/out", StringType.typename, f"rec{i}") for i in range(5)] + [(0, 7, 5, "test/raw", "x/y",
-                                                                                     b"\0")]
+    timers = [
+        (
+            1000 + i,
+            i,
+            "test/counter",
+            f"c{i}",
+            f"tok{i}" if i % 2 else "",
+            "test/profile",
+            f"p{i}",
+            IntType.typename if i % 2 else "test.types/blob",
+            i if i % 2 else bytes([i, 0, 255]),
+        )
+        for i in range(20)
+    ]
+    messages = [
+        (
+            "test/counter",
+            f"c{i}",
+            None if i % 3 else ("test/profile", f"p{i}"),
+            StringType.typename if i % 2 else "test.types/blob",
+            "ä" * i if i % 2 else bytes([i]) * i,
+        )
+        for i in range(30)
+    ]
+    egress = [(0, 7, i, "test/out", StringType.typename, f"rec{i}") for i in range(5)] + [
+        (0, 7, 5, "test/raw", "x/y", b"\0")
+    ]
     meta = {"sources": {"in/0": {"offset": 42, "ts": 1.5}}, "channels": {"1": 7}, "remote_specs": {}}
-    part = store.write_shard_part(1, 0, (0, G), key_groups=G, state=model.deltas(full=True), timers=timers,
-                                  messages=messages, egress=egress, meta=meta)
+    part = store.write_shard_part(
+        1,
+        0,
+        (0, G),
+        key_groups=G,
+        state=model.deltas(full=True),
+        timers=timers,
+        messages=messages,
+        egress=egress,
+        meta=meta,
+    )
     assert store.latest() is None  # not visible before commit
     manifest = store.commit(1, [part], app_meta={"app": "t"})
     assert store.latest().checkpoint_id == 1 and manifest.app == {"app": "t"}
@@ -111,13 +159,23 @@ def test_restore_onto_a_different_shard_count(store_url, new_shards):
     store = CheckpointStore(store_url)
     model = Model(random.Random(13))
     ranges2 = shard_ranges(G, 2)
-    timers = {i: {"timers": [(5, j, "test/counter", f"s{i}-{j}", "", "test/counter", "x", IntType.typename, j)
-                             for j in range(40) if ranges2[i][0] <= key_group("test/counter", f"s{i}-{j}", G)
-                             < ranges2[i][1]],
-                  "messages": [("test/counter", f"m{i}-{j}", None, IntType.typename, j) for j in range(40)
-                               if ranges2[i][0] <= key_group("test/counter", f"m{i}-{j}", G) < ranges2[i][1]],
-                  "egress": [(i, 3, 0, "test/out", IntType.typename, i)], "meta": {"shard": i}}
-              for i in range(2)}
+    timers = {
+        i: {
+            "timers": [
+                (5, j, "test/counter", f"s{i}-{j}", "", "test/counter", "x", IntType.typename, j)
+                for j in range(40)
+                if ranges2[i][0] <= key_group("test/counter", f"s{i}-{j}", G) < ranges2[i][1]
+            ],
+            "messages": [
+                ("test/counter", f"m{i}-{j}", None, IntType.typename, j)
+                for j in range(40)
+                if ranges2[i][0] <= key_group("test/counter", f"m{i}-{j}", G) < ranges2[i][1]
+            ],
+            "egress": [(i, 3, 0, "test/out", IntType.typename, i)],
+            "meta": {"shard": i},
+        }
+        for i in range(2)
+    }
     write_checkpoint(store, 1, model, 2, parent=None, extras=timers)
     model.mutate(50)
     write_checkpoint(store, 2, model, 2, parent=1, extras=timers)
@@ -139,7 +197,10 @@ def test_restore_onto_a_different_shard_count(store_url, new_shards):
     assert union == model.state
     assert sorted(all_timers) == sorted(t[:1] + t[2:] for x in timers.values() for t in x["timers"])
     assert sorted(all_messages) == sorted(m for x in timers.values() for m in x["messages"])
-    assert sorted(all_egress) == [(0, 3, 0, "test/out", IntType.typename, 0), (1, 3, 0, "test/out", IntType.typename, 1)]
+    assert sorted(all_egress) == [
+        (0, 3, 0, "test/out", IntType.typename, 0),
+        (1, 3, 0, "test/out", IntType.typename, 1),
+    ]
 
 
 def test_rescaled_job_continues_with_deltas_and_bases(store_url):
@@ -352,12 +413,18 @@ def test_egress_files_of_the_packed_format_are_read_as_today(tmp_path):
 
     from rayfun.checkpoint.records import decode_egress, upgrade_egress
 
-    old = pa.table({"seq": pa.array([(2 << 55) | (9 << 24) | 4], pa.int64()),
-                    "egress_id": ["test/out"], "value_typename": [StringType.typename],
-                    "value": pa.array([StringType.serialize("x")], pa.binary())})
+    old = pa.table(
+        {
+            "seq": pa.array([(2 << 55) | (9 << 24) | 4], pa.int64()),
+            "egress_id": ["test/out"],
+            "value_typename": [StringType.typename],
+            "value": pa.array([StringType.serialize("x")], pa.binary()),
+        }
+    )
     pq.write_table(old, tmp_path / "old.parquet")
     assert decode_egress(upgrade_egress(pq.read_table(tmp_path / "old.parquet"))) == [
-        (2, 9, 4, "test/out", StringType.typename, "x")]
+        (2, 9, 4, "test/out", StringType.typename, "x")
+    ]
 
 
 def test_a_keyed_checkpoint_refuses_what_the_key_did_not_sign(tmp_path):
@@ -415,7 +482,8 @@ def test_big_tables_go_through_a_staging_file_and_read_back_the_same(store_url, 
     no staging file is left behind, also when the write fails."""
     import pyarrow.parquet as pq
 
-    from rayfun.checkpoint import StateDelta, StateLayout, parquet, store as store_module
+    from rayfun.checkpoint import StateDelta, StateLayout, parquet
+    from rayfun.checkpoint import store as store_module
 
     monkeypatch.setattr(store_module, "STAGE_ABOVE_BYTES", 0)
     monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 1024)

@@ -46,10 +46,17 @@ def read_topic(bootstrap: str, topic: str, *, isolation: str = "read_committed",
     """Every record of ``topic`` visible under ``isolation``: ``[(partition, offset, key, value)]``."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
-                  "isolation.level": isolation, "enable.partition.eof": True, "enable.auto.commit": False,
-                  "fetch.wait.max.ms": 10,
-                  "log_level": 3})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+            "isolation.level": isolation,
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+            "log_level": 3,
+        }
+    )
     try:
         parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
         c.assign([TopicPartition(topic, p, 0) for p in parts])

@@ -63,11 +63,21 @@ def test_json_lines_routed_by_field(base):
 
 def test_builtin_types_parse_text_and_key_function(base):
     _write(f"{base}/n.txt", "a,1\nb,2\nc,x\n")
-    source = FileSource("example/n", f"{base}/n.txt", ["example/x", "example/y"], key=lambda line: line.split(",")[0],
-                        value=lambda line: line.split(",")[1], value_type=IntType.typename)
+    source = FileSource(
+        "example/n",
+        f"{base}/n.txt",
+        ["example/x", "example/y"],
+        key=lambda line: line.split(",")[0],
+        value=lambda line: line.split(",")[1],
+        value_type=IntType.typename,
+    )
     items = _drain(source.build_partition("0", None))
-    assert items[:4] == [("example/x", "a", None, IntType.typename, 1), ("example/y", "a", None, IntType.typename, 1),
-                         ("example/x", "b", None, IntType.typename, 2), ("example/y", "b", None, IntType.typename, 2)]
+    assert items[:4] == [
+        ("example/x", "a", None, IntType.typename, 1),
+        ("example/y", "a", None, IntType.typename, 1),
+        ("example/x", "b", None, IntType.typename, 2),
+        ("example/y", "b", None, IntType.typename, 2),
+    ]
     assert len(items) == 5 and isinstance(items[4], DeadLetter)
     assert IntType.typename in items[4].reason and items[4].payload == b"c,x"
 
@@ -85,7 +95,7 @@ def test_value_field(base):
 def test_resume_reads_exactly_the_rest(base):
     lines = [f"id{i % 4} {i}" for i in range(1000)]
     for k in range(3):
-        _write(f"{base}/part{k}.txt", "\n".join(lines[k * 400:(k + 1) * 400]) + ("\n" if k < 2 else ""))
+        _write(f"{base}/part{k}.txt", "\n".join(lines[k * 400 : (k + 1) * 400]) + ("\n" if k < 2 else ""))
     urls = [f"{base}/part{k}.txt" for k in range(3)]
     source = FileSource("example/in", urls, "example/fn", key=lambda l: l.split()[0], batch_size=70)
     part = source.build_partition("0", None)
@@ -110,7 +120,9 @@ def test_partitions_split_files(base):
     got = {p: [r[1] for r in _drain(source.build_partition(p, None))] for p in source.partitions()}
     assert got == {"0": ["k0", "k2", "k4"], "1": ["k1", "k3"]}
     batch = source.build_partition("1", None).next_batch()
-    assert isinstance(batch[0], Message) and batch[0].payload == "k1 v" and batch[0].value_type_name == StringType.typename
+    assert (
+        isinstance(batch[0], Message) and batch[0].payload == "k1 v" and batch[0].value_type_name == StringType.typename
+    )
 
 
 def test_missing_file_is_a_clear_error(base):
@@ -121,10 +133,12 @@ def test_missing_file_is_a_clear_error(base):
 def test_sink_is_idempotent_per_epoch(base):
     sink = FileSink("example/alerts", f"{base}/out")
     part = sink.build_partition(0, 2)
-    epoch1 = [EgressMessage("example/alerts", Tx.typename, Tx.serializer().serialize({"alert": 1})),
-              EgressMessage("example/alerts", IntType.typename, 7),
-              kafka_egress_message("example/alerts", "alerts", "hi", key="k"),
-              EgressMessage("example/alerts", "example/Blob", b"\xff\x00")]
+    epoch1 = [
+        EgressMessage("example/alerts", Tx.typename, Tx.serializer().serialize({"alert": 1})),
+        EgressMessage("example/alerts", IntType.typename, 7),
+        kafka_egress_message("example/alerts", "alerts", "hi", key="k"),
+        EgressMessage("example/alerts", "example/Blob", b"\xff\x00"),
+    ]
     part.write_batch(epoch1, 1)
     part.write_batch(epoch1, 1)  # the same epoch again: the same file, written again
     again = sink.build_partition(0, 2)  # after a "crash"
@@ -133,11 +147,20 @@ def test_sink_is_idempotent_per_epoch(base):
     part.write_batch([EgressMessage("example/alerts", StringType.typename, "later")], 2)
     fs, path = fsspec.core.url_to_fs(f"{base}/out")
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    assert names == ["part-00000-000000000001.jsonl", "part-00000-000000000002.jsonl",
-                     "part-00001-000000000001.jsonl"]  # no temporary file left behind
+    assert names == [
+        "part-00000-000000000001.jsonl",
+        "part-00000-000000000002.jsonl",
+        "part-00001-000000000001.jsonl",
+    ]  # no temporary file left behind
     records = read_sink_records(f"{base}/out")
     assert [r["value"] if "value" in r else r["value_base64"] for r in records] == [
-        {"alert": 1}, 7, {"topic": "alerts", "key": "k", "value": "hi"}, "/wA=", "later", "b"]
+        {"alert": 1},
+        7,
+        {"topic": "alerts", "key": "k", "value": "hi"},
+        "/wA=",
+        "later",
+        "b",
+    ]
     assert records[0] == {"egress": "example/alerts", "type": Tx.typename, "value": {"alert": 1}}
 
 

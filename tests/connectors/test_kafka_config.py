@@ -7,8 +7,16 @@ import datetime
 import pytest
 import yaml
 
-from connectors.kafka import (EGRESS_KIND, INGRESS_KIND, BrokerError, KafkaBroker, KafkaProducerRecord,
-                              decode_producer_record, egress_from_spec, ingress_from_spec)
+from connectors.kafka import (
+    EGRESS_KIND,
+    INGRESS_KIND,
+    BrokerError,
+    KafkaBroker,
+    KafkaProducerRecord,
+    decode_producer_record,
+    egress_from_spec,
+    ingress_from_spec,
+)
 from connectors.kafka.source import _date_ms
 from rayfun.messages import KAFKA_PRODUCER_RECORD, kafka_egress_message
 from rayfun.types import IntType
@@ -20,10 +28,12 @@ def test_decode_what_the_sdk_builder_encodes():
     m = kafka_egress_message("example/out", "alerts", "hello", key="acc1")
     assert m.value_type_name == KAFKA_PRODUCER_RECORD
     assert decode_producer_record(m.payload) == KafkaProducerRecord("alerts", "acc1", b"hello")
-    assert decode_producer_record(kafka_egress_message("example/out", "t", 7).payload) == \
-        KafkaProducerRecord("t", None, b"\x00\x00\x00\x07")  # big-endian int, no key
-    assert decode_producer_record(kafka_egress_message("example/out", "t", 7, value_type=IntType).payload).value == \
-        IntType.serialize(7)
+    assert decode_producer_record(kafka_egress_message("example/out", "t", 7).payload) == KafkaProducerRecord(
+        "t", None, b"\x00\x00\x00\x07"
+    )  # big-endian int, no key
+    assert decode_producer_record(
+        kafka_egress_message("example/out", "t", 7, value_type=IntType).payload
+    ).value == IntType.serialize(7)
 
 
 def test_decode_skips_unknown_fields_and_rejects_garbage():
@@ -80,8 +90,11 @@ def test_specs_from_module_yaml():
     assert source.consumer_group == "fraud-group" and source.auto_offset_reset == "earliest"
     assert source.startup == ("specific-offsets", {"transactions/0": 91, "transactions/1": 11})
     (topic,) = source.topics.values()
-    assert (topic.topic, topic.value_type, topic.targets) == ("transactions", "fraud/Transaction",
-                                                              ("fraud/account", "fraud/merchant"))
+    assert (topic.topic, topic.value_type, topic.targets) == (
+        "transactions",
+        "fraud/Transaction",
+        ("fraud/account", "fraud/merchant"),
+    )
     config = source.consumer_config()
     assert config["isolation.level"] == "read_uncommitted" and config["fetch.max.bytes"] == 1000000
 
@@ -112,11 +125,23 @@ def test_spec_defaults_and_variants():
     assert egress_from_spec(egress).delivery == "at-least-once"  # StateFun's binder default
     none = egress_from_spec({**egress, "deliverySemantic": {"type": "none"}})
     assert none.delivery == "at-least-once" and none.semantic == "none"
-    assert egress_from_spec({**egress, "deliverySemantic": {"type": "exactly-once", "transactionTimeoutMillis": 5000},
-                             "properties": {"linger.ms": 1}}).transaction_timeout_ms == 5000
+    assert (
+        egress_from_spec(
+            {
+                **egress,
+                "deliverySemantic": {"type": "exactly-once", "transactionTimeoutMillis": 5000},
+                "properties": {"linger.ms": 1},
+            }
+        ).transaction_timeout_ms
+        == 5000
+    )
     for text, ms in (("1 min", 60000), ("20s", 20000), ("2m", 120000), ("1500", 1500), ("1.5 sec", 1500)):
-        assert egress_from_spec({**egress, "deliverySemantic": {"type": "exactly-once",
-                                                                  "transactionTimeout": text}}).transaction_timeout_ms == ms
+        assert (
+            egress_from_spec(
+                {**egress, "deliverySemantic": {"type": "exactly-once", "transactionTimeout": text}}
+            ).transaction_timeout_ms
+            == ms
+        )
     with pytest.raises(ValueError, match="duration"):
         egress_from_spec({**egress, "deliverySemantic": {"type": "exactly-once", "transactionTimeout": "soon"}})
     with pytest.raises(ValueError, match="delivery"):

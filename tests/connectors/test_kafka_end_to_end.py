@@ -24,8 +24,11 @@ def build_functions(out_topic: str) -> StatefulFunctions:
         seen = (context.storage.seen or 0) + 1
         context.storage.seen = seen
         amount = int(message.raw_value())
-        context.send_egress(kafka_egress_message("bank/alerts", out_topic, f"{context.address.id}:{seen}:{amount}",
-                                                 key=context.address.id))
+        context.send_egress(
+            kafka_egress_message(
+                "bank/alerts", out_topic, f"{context.address.id}:{seen}:{amount}", key=context.address.id
+            )
+        )
 
     return functions
 
@@ -38,11 +41,21 @@ def test_kafka_to_kafka_exactly_once(kafka_broker, ray_session, tmp_path):
     kafka_broker.create_topics([in_topic, out_topic], partitions=3)
     n, accounts = 300, 7
     produce(kafka_broker.bootstrap, in_topic, [(f"acc{i % accounts}", str(i)) for i in range(n)])
-    source = KafkaSource("bank/transactions", kafka_broker.bootstrap,
-                         [KafkaTopic(in_topic, "bank/Amount", ["bank/account"])], startup="earliest")
+    source = KafkaSource(
+        "bank/transactions",
+        kafka_broker.bootstrap,
+        [KafkaTopic(in_topic, "bank/Amount", ["bank/account"])],
+        startup="earliest",
+    )
     sink = KafkaSink("bank/alerts", kafka_broker.bootstrap, transactional_id_prefix=f"e2e-{suffix}")
-    app = rayfun.start(build_functions(out_topic), shards=2, ingresses=[source], egresses=[sink],
-                       checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_interval=0.2)
+    app = rayfun.start(
+        build_functions(out_topic),
+        shards=2,
+        ingresses=[source],
+        egresses=[sink],
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_interval=0.2,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -80,16 +93,30 @@ def test_kafka_to_kafka_with_shard_kills(kafka_broker, ray_session, tmp_path):
     in_topic, out_topic = f"tx-{suffix}", f"alerts-{suffix}"
     kafka_broker.create_topics([in_topic, out_topic], partitions=3)
     n, accounts = 600, 11
-    source = KafkaSource("bank/transactions", kafka_broker.bootstrap,
-                         [KafkaTopic(in_topic, "bank/Amount", ["bank/account"])], startup="earliest", batch_size=20)
+    source = KafkaSource(
+        "bank/transactions",
+        kafka_broker.bootstrap,
+        [KafkaTopic(in_topic, "bank/Amount", ["bank/account"])],
+        startup="earliest",
+        batch_size=20,
+    )
     sink = KafkaSink("bank/alerts", kafka_broker.bootstrap, transactional_id_prefix=f"e2e-{suffix}")
-    app = rayfun.start(build_functions(out_topic), shards=2, ingresses=[source], egresses=[sink],
-                       checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_interval=0.2)
+    app = rayfun.start(
+        build_functions(out_topic),
+        shards=2,
+        ingresses=[source],
+        egresses=[sink],
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_interval=0.2,
+    )
 
     def feed() -> None:
         for wave in range(6):
-            produce(kafka_broker.bootstrap, in_topic,
-                    [(f"acc{i % accounts}", str(i)) for i in range(wave * 100, (wave + 1) * 100)])
+            produce(
+                kafka_broker.bootstrap,
+                in_topic,
+                [(f"acc{i % accounts}", str(i)) for i in range(wave * 100, (wave + 1) * 100)],
+            )
             time.sleep(0.5)
 
     feeder = threading.Thread(target=feed)

@@ -77,8 +77,9 @@ def test_crash_after_marker_before_commit(kafka_broker, topic):
     producer.begin_transaction()
     part._produce_all(records)
     producer.flush(10)
-    producer.produce(sink.marker_topic, json.dumps({"epoch": 2}).encode(), part._marker_key,
-                     partition=part._marker_partition)
+    producer.produce(
+        sink.marker_topic, json.dumps({"epoch": 2}).encode(), part._marker_key, partition=part._marker_partition
+    )
     producer.flush(10)  # ... and the process dies here, before commit_transaction
 
     successor = sink.build_partition(0, 1)  # fences the dead producer and aborts its transaction

@@ -38,8 +38,12 @@ def test_partitions_and_routing(kafka_broker, topic):
         assert part.snapshot() == 0
         rows = drain(part, 12)
         # every record goes to every target, key = id, value raw under the topic's valueType
-        assert rows[:4] == [("example/a", "id0", None, RAW, b"v0"), ("example/b", "id0", None, RAW, b"v0"),
-                            ("example/a", "id1", None, RAW, b"v1"), ("example/b", "id1", None, RAW, b"v1")]
+        assert rows[:4] == [
+            ("example/a", "id0", None, RAW, b"v0"),
+            ("example/b", "id0", None, RAW, b"v0"),
+            ("example/a", "id1", None, RAW, b"v1"),
+            ("example/b", "id1", None, RAW, b"v1"),
+        ]
         assert part.snapshot() == 6
         assert part.next_rows() == []
     finally:
@@ -96,9 +100,19 @@ def test_batches_and_exact_resume(kafka_broker, topic):
 
 
 def test_dead_letters(kafka_broker, topic):
-    produce(kafka_broker.bootstrap, topic, [(None, b"no key"), (b"\xff\xfe", b"bad key"), ("ok", None),
-                                            ("", b"empty key"), ("good", IntType.serialize(7)),
-                                            ("bad", b"\x08\x01\x02")], partition=0)
+    produce(
+        kafka_broker.bootstrap,
+        topic,
+        [
+            (None, b"no key"),
+            (b"\xff\xfe", b"bad key"),
+            ("ok", None),
+            ("", b"empty key"),
+            ("good", IntType.serialize(7)),
+            ("bad", b"\x08\x01\x02"),
+        ],
+        partition=0,
+    )
     part = _source(kafka_broker, topic, value_type=IntType.typename).build_partition(f"{topic}/0", None)
     try:
         items = drain(part, 6)
@@ -138,16 +152,16 @@ def test_startup_positions(kafka_broker, topic):
         assert [r[4] for r in drain(specific, 3)] == [b"old3", b"old4", b"new"]
     finally:
         specific.close()
-    unlisted = _source(kafka_broker, topic, startup={"specific-offsets": {f"{topic}/1": 3}},
-                       auto_offset_reset="earliest").build_partition(name, None)
+    unlisted = _source(
+        kafka_broker, topic, startup={"specific-offsets": {f"{topic}/1": 3}}, auto_offset_reset="earliest"
+    ).build_partition(name, None)
     try:
         assert unlisted.snapshot() == 0
     finally:
         unlisted.close()
 
     # group-offsets: the courtesy commit on close is where a fresh job of the same group starts
-    grouped = _source(kafka_broker, topic, startup="group-offsets", consumer_group="g1",
-                      auto_offset_reset="earliest")
+    grouped = _source(kafka_broker, topic, startup="group-offsets", consumer_group="g1", auto_offset_reset="earliest")
     part = grouped.build_partition(name, None)
     try:
         drain(part, 2)
@@ -184,8 +198,9 @@ def test_startup_positions(kafka_broker, topic):
 def test_read_committed_hides_open_transactions(kafka_broker, topic):
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "transactional.id": f"tx-{topic}",
-                         "log_level": 3})
+    producer = Producer(
+        {"bootstrap.servers": kafka_broker.bootstrap, "transactional.id": f"tx-{topic}", "log_level": 3}
+    )
     producer.init_transactions(10)
     producer.begin_transaction()
     producer.produce(topic, b"pending", b"k", partition=0)

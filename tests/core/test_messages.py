@@ -1,7 +1,15 @@
 import pytest
 
-from rayfun import (IntType, StatefulFunctions, StringType, ValueSpec, egress_message_builder, kafka_egress_message,
-                    make_json_type, message_builder)
+from rayfun import (
+    IntType,
+    StatefulFunctions,
+    StringType,
+    ValueSpec,
+    egress_message_builder,
+    kafka_egress_message,
+    make_json_type,
+    message_builder,
+)
 from rayfun.messages import KAFKA_PRODUCER_RECORD
 
 
@@ -16,10 +24,17 @@ def test_message_builder_values_and_readers():
     assert j.is_type(t) and j.as_type(t) == {"a": [1]}
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({}, ValueError), ({"int_value": 1, "str_value": "x"}, ValueError), ({"int_value": 2**31}, ValueError),
-    ({"int_value": "1"}, TypeError), ({"value": 1}, ValueError), ({"nope": 1}, ValueError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({}, ValueError),
+        ({"int_value": 1, "str_value": "x"}, ValueError),
+        ({"int_value": 2**31}, ValueError),
+        ({"int_value": "1"}, TypeError),
+        ({"value": 1}, ValueError),
+        ({"nope": 1}, ValueError),
+    ],
+)
 def test_message_builder_rejects_bad_arguments(kwargs, error):
     with pytest.raises(error):
         message_builder("example/greeter", "bob", **kwargs)

@@ -12,8 +12,15 @@ import pytest
 
 import rayfun
 from connectors.memory import MemorySource
-from rayfun import (IntType, StatefulFunctions, StringType, ValueSpec, egress_message_builder, make_json_type,
-                    message_builder)
+from rayfun import (
+    IntType,
+    StatefulFunctions,
+    StringType,
+    ValueSpec,
+    egress_message_builder,
+    make_json_type,
+    message_builder,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -28,8 +35,10 @@ def build_functions() -> StatefulFunctions:
         seen = (context.storage.seen or 0) + 1
         context.storage.seen = seen
         caller = context.caller
-        text = f"{context.address.typename}/{context.address.id} #{seen} {message.as_string()} " \
-               f"from {caller.typename + '/' + caller.id if caller else 'ingress'}"
+        text = (
+            f"{context.address.typename}/{context.address.id} #{seen} {message.as_string()} "
+            f"from {caller.typename + '/' + caller.id if caller else 'ingress'}"
+        )
         context.send_egress(egress_message_builder("test/greetings", text, StringType))
 
     @functions.bind("test/relay")
@@ -91,13 +100,15 @@ def build_functions() -> StatefulFunctions:
         if command == "schedule":
             context.send_after(timedelta(milliseconds=300), message_builder("test/timer", me, str_value="a"))
             context.send_after(timedelta(milliseconds=100), message_builder("test/timer", me, str_value="b"))
-            context.send_after(timedelta(milliseconds=200), message_builder("test/timer", me, str_value="c"),
-                               cancellation_token="tok")
+            context.send_after(
+                timedelta(milliseconds=200), message_builder("test/timer", me, str_value="c"), cancellation_token="tok"
+            )
             context.cancel_delayed_message("tok")
             context.cancel_delayed_message("never-existed")  # a no-op
         elif command == "reuse-token":
-            context.send_after(timedelta(seconds=30), message_builder("test/timer", me, str_value="z"),
-                               cancellation_token="dup")
+            context.send_after(
+                timedelta(seconds=30), message_builder("test/timer", me, str_value="z"), cancellation_token="dup"
+            )
         elif command == "cancel-dup":
             context.cancel_delayed_message("dup")
         else:
@@ -105,8 +116,13 @@ def build_functions() -> StatefulFunctions:
             fired.append([command, context.caller.id if context.caller else None])
             context.storage.fired = fired
 
-    @functions.bind("test/ttl", specs=[ValueSpec("w", IntType, expire_after_write=timedelta(milliseconds=300)),
-                                       ValueSpec("c", IntType, expire_after_call=timedelta(milliseconds=300))])
+    @functions.bind(
+        "test/ttl",
+        specs=[
+            ValueSpec("w", IntType, expire_after_write=timedelta(milliseconds=300)),
+            ValueSpec("c", IntType, expire_after_call=timedelta(milliseconds=300)),
+        ],
+    )
     def ttl(context, message):
         command = message.as_string()
         if command == "set":
@@ -114,8 +130,11 @@ def build_functions() -> StatefulFunctions:
         elif command == "touch":
             pass  # an invocation: refreshes expire_after_call state only
         elif command == "report":
-            context.send_egress(egress_message_builder(
-                "test/ttl-report", json.dumps([context.storage.w, context.storage.c]), StringType))
+            context.send_egress(
+                egress_message_builder(
+                    "test/ttl-report", json.dumps([context.storage.w, context.storage.c]), StringType
+                )
+            )
 
     @functions.bind("test/sender")
     def sender(context, message):
@@ -127,8 +146,7 @@ def build_functions() -> StatefulFunctions:
 @pytest.fixture(scope="module", params=["no-checkpoints", "checkpoints"])
 def app(ray_session, request, tmp_path_factory):
     """The same behaviour must hold with and without exactly-once checkpoints (every 0.2 s here)."""
-    source = MemorySource([("test/greeter", f"src{i}", "hi") for i in range(20)], partitions=2,
-                          id="test/names")
+    source = MemorySource([("test/greeter", f"src{i}", "hi") for i in range(20)], partitions=2, id="test/names")
     options = {}
     if request.param == "checkpoints":
         options = {"checkpoint_dir": str(tmp_path_factory.mktemp("checkpoints")), "checkpoint_interval": 0.2}
@@ -144,7 +162,8 @@ def dead_letters(app, match: str) -> list[dict]:
 def test_ingress_records_reach_functions(app):
     greetings = app.egress("test/greetings")
     assert sorted(g for g in greetings if g.startswith("test/greeter/src")) == sorted(
-        f"test/greeter/src{i} #1 hi from ingress" for i in range(20))
+        f"test/greeter/src{i} #1 hi from ingress" for i in range(20)
+    )
 
 
 def test_context_address_caller_and_egress_by_short_name(app):
@@ -185,12 +204,15 @@ def test_storage_read_write_delete(app):
     assert app.state("test/storage", "s1") == {}
 
 
-@pytest.mark.parametrize("command, reason", [
-    ("bad-type", "state 'a' of test/storage: io.statefun.types/int expects int"),
-    ("undeclared", "'Storage[test/storage]' object has no attribute 'nope'"),
-    ("none", "use del"),
-    ("raise-after-write", "RuntimeError: boom"),
-])
+@pytest.mark.parametrize(
+    "command, reason",
+    [
+        ("bad-type", "state 'a' of test/storage: io.statefun.types/int expects int"),
+        ("undeclared", "'Storage[test/storage]' object has no attribute 'nope'"),
+        ("none", "use del"),
+        ("raise-after-write", "RuntimeError: boom"),
+    ],
+)
 def test_failing_invocations_are_dead_lettered_and_change_nothing(app, command, reason):
     id = f"bad-{command}"
     app.send("test/storage", id, "set")

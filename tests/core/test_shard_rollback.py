@@ -62,9 +62,11 @@ async def _settle() -> None:
 def _run(scenario, shards: int = 2, checkpoint_url: str | None = None) -> None:
     """Run ``scenario(core, peers)`` on started shard 0 of ``shards`` (peers[0] is the shard itself, never
     called; the others are stand-ins), and stop the shard afterwards."""
+
     async def main():
-        core = ShardCore(0, ShardConfig(functions=_functions(), shards=shards, key_groups=64,
-                                        checkpoint_url=checkpoint_url))
+        core = ShardCore(
+            0, ShardConfig(functions=_functions(), shards=shards, key_groups=64, checkpoint_url=checkpoint_url)
+        )
         peers = [None] + [_Peer() for _ in range(shards - 1)]
         await core.start(peers, [])
         try:
@@ -78,8 +80,12 @@ def _run(scenario, shards: int = 2, checkpoint_url: str | None = None) -> None:
 def test_a_delivery_pending_at_rollback_does_not_unbalance_the_outstanding_count():
     async def scenario(core, peers):
         # t/forward on shard 0 sends to t/count on shard 1: one batch to the peer, left unanswered
-        fid = next(f"k{i}" for i in range(10_000) if core.partitioner.shard_of("t/forward", f"k{i}") == 0
-                   and core.partitioner.shard_of("t/count", f"to-k{i}") == 1)
+        fid = next(
+            f"k{i}"
+            for i in range(10_000)
+            if core.partitioner.shard_of("t/forward", f"k{i}") == 0
+            and core.partitioner.shard_of("t/count", f"to-k{i}") == 1
+        )
         await core.deliver(DRIVER, 0, pickle.dumps([("t/forward", fid, None, INT, 5)]), 0)
         await _settle()
         assert len(peers[1].deliver.calls) == 1 and core.status()["outstanding"] == 1
@@ -95,7 +101,8 @@ def test_a_batch_of_the_next_generation_that_arrives_before_the_rollback_is_kept
         cid = _id_on(core, "t/count", 0)
         # a peer that already rolled back to generation 1 sends before this shard is told to roll back
         early = asyncio.get_running_loop().create_task(
-            core.deliver(1, 0, pickle.dumps([("t/count", cid, None, INT, 7)]), 1))
+            core.deliver(1, 0, pickle.dumps([("t/count", cid, None, INT, 7)]), 1)
+        )
         await _settle()
         assert not early.done(), "the batch must wait for the rollback, not be dropped"
         await core.restore(1, peers, [], None)
@@ -130,8 +137,9 @@ def test_a_rollback_superseded_while_it_reads_its_checkpoint_does_not_win(tmp_pa
         store = CheckpointStore(str(tmp_path))
         layout = StateLayout.of("t/count", core.runners["t/count"].state.specs)
         for n, count in ((1, 1), (2, 2)):
-            part = store.write_shard_part(n, 0, (0, 64), key_groups=64, parent_id=n - 1 or None,
-                                          state=[StateDelta(layout, {"c": [count]})])
+            part = store.write_shard_part(
+                n, 0, (0, 64), key_groups=64, parent_id=n - 1 or None, state=[StateDelta(layout, {"c": [count]})]
+            )
             store.commit(n, [part], key_groups=64)
         release = threading.Event()
         load = core._store.load_shard

@@ -4,18 +4,25 @@ import json
 
 import pytest
 
-from rayfun import (BoolType, DoubleType, FloatType, IntType, LongType, StringType, make_json_type,
-                    simple_type)
+from rayfun import BoolType, DoubleType, FloatType, IntType, LongType, StringType, make_json_type, simple_type
 from rayfun.types import decode_payload, encode_payload, infer_type, to_payload
 
 
-@pytest.mark.parametrize("t, value, hexbytes", [
-    (BoolType, True, "0801"), (BoolType, False, ""),
-    (IntType, 5, "0d05000000"), (IntType, -1, "0dffffffff"), (IntType, 0, ""),
-    (LongType, 5, "090500000000000000"),
-    (FloatType, 1.5, "0d0000c03f"), (DoubleType, 1.5, "09000000000000f83f"),
-    (StringType, "hi", "0a026869"), (StringType, "", ""),
-])
+@pytest.mark.parametrize(
+    "t, value, hexbytes",
+    [
+        (BoolType, True, "0801"),
+        (BoolType, False, ""),
+        (IntType, 5, "0d05000000"),
+        (IntType, -1, "0dffffffff"),
+        (IntType, 0, ""),
+        (LongType, 5, "090500000000000000"),
+        (FloatType, 1.5, "0d0000c03f"),
+        (DoubleType, 1.5, "09000000000000f83f"),
+        (StringType, "hi", "0a026869"),
+        (StringType, "", ""),
+    ],
+)
 def test_builtin_wire_encoding(t, value, hexbytes):
     assert t.serialize(value).hex() == hexbytes
     assert t.deserialize(bytes.fromhex(hexbytes)) == value
@@ -91,8 +98,7 @@ def test_what_cannot_be_stored_or_sent_is_refused_where_it_enters():
     with pytest.raises(ValueError, match=f"more than {MAX_TYPENAME_CHARS}"):
         validate_typename("t/" + "n" * MAX_TYPENAME_CHARS)
 
-    records = [("t/x", "a", "fine"), ("t/x", "b", "bad \ud800"), ("t/x", "k" * (MAX_ID_CHARS + 1), 1),
-               ("t/x", "c", 1)]
+    records = [("t/x", "a", "fine"), ("t/x", "b", "bad \ud800"), ("t/x", "k" * (MAX_ID_CHARS + 1), 1), ("t/x", "c", 1)]
     rows = MemorySource(records, id="t/in").build_partition("0", None).next_rows()
     assert [type(r).__name__ for r in rows] == ["tuple", "DeadLetter", "DeadLetter", "tuple"]
     assert all(isinstance(r, DeadLetter) and r.source == "t/in" for r in rows[1:3])

@@ -14,8 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def run_example(*argv: str, timeout: int = 240) -> str:
     env = {**os.environ, "PYTHONPATH": ROOT}
-    done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -47,8 +46,10 @@ def test_notebook_runs_top_to_bottom():
     path = os.path.join(ROOT, "notebooks", "rayfun_tour.ipynb")
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
-    outputs = {i: "".join(o.get("text", "") or str(o.get("data", {}).get("text/plain", ""))
-                          for o in cell.get("outputs", [])) for i, cell in enumerate(nb.cells)}
+    outputs = {
+        i: "".join(o.get("text", "") or str(o.get("data", {}).get("text/plain", "")) for o in cell.get("outputs", []))
+        for i, cell in enumerate(nb.cells)
+    }
     assert "alice: cannot withdraw 80" in outputs[5]
     assert "'alice': ({'balance': 50}, {'events': 1})" in outputs[6]
     assert "'bob': ({'balance': 500}, {'events': 2})" in outputs[6]

@@ -11,12 +11,13 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Iterator
+from typing import Any
 
 import pytest
 
-from ..servers import free_port, stop, wait_for_port  # noqa: F401  (free_port: used by tests)
+from ..servers import free_port, stop, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -39,8 +40,10 @@ def sdk_python() -> str:
     """The interpreter that has the official ``statefun`` SDK (skips the test when there is none)."""
     path = _sdk_python_path()
     if not path.exists():
-        pytest.skip(f"official StateFun SDK interpreter not found at {path} (set RAYFUN_SDK_PYTHON, or run "
-                    f"`make test`, which creates .venv-sdk)")
+        pytest.skip(
+            f"official StateFun SDK interpreter not found at {path} (set RAYFUN_SDK_PYTHON, or run "
+            f"`make test`, which creates .venv-sdk)"
+        )
     probe = subprocess.run([str(path), "-c", "import statefun, aiohttp"], capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         pytest.skip(f"{path} cannot import the StateFun SDK and aiohttp: {probe.stderr.strip()[-300:]}")
@@ -49,8 +52,9 @@ def sdk_python() -> str:
 
 def _start_server(argv: list[str], port: int, name: str) -> Iterator[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(argv + [str(port)], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv + [str(port)], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for_port(proc, port, name)
         yield f"http://127.0.0.1:{port}"
@@ -69,8 +73,7 @@ def sdk_server(sdk_python: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def rayfun_server() -> Iterator[str]:
     """Base URL of ``rayfun_functions.py`` served by ``rayfun.remote.serve``."""
-    yield from _start_server([sys.executable, str(HERE / "rayfun_functions.py")], free_port(),
-                             "rayfun function server")
+    yield from _start_server([sys.executable, str(HERE / "rayfun_functions.py")], free_port(), "rayfun function server")
 
 
 @pytest.fixture(params=["sdk", "rayfun"])

@@ -28,12 +28,15 @@ def greeter(context, message):
     context.send(message_builder("example/reply", name, str_value=f"Hello {name}! seen {seen} from {caller}"))
 
 
-@functions.bind("example/multi", specs=[
-    ValueSpec("note", StringType, expire_after_write=timedelta(seconds=5)),
-    ValueSpec("touched", LongType, expire_after_call=timedelta(minutes=1)),
-    ValueSpec("profile", Profile),
-    ValueSpec("flag", BoolType),
-])
+@functions.bind(
+    "example/multi",
+    specs=[
+        ValueSpec("note", StringType, expire_after_write=timedelta(seconds=5)),
+        ValueSpec("touched", LongType, expire_after_call=timedelta(minutes=1)),
+        ValueSpec("profile", Profile),
+        ValueSpec("flag", BoolType),
+    ],
+)
 async def multi(context, message):
     cmd = message.as_type(Command)
     op = cmd["op"]
@@ -47,20 +50,37 @@ async def multi(context, message):
         del storage.note
         del storage.profile
     elif op == "delay":
-        context.send_after(timedelta(milliseconds=1500), message_builder("example/greeter", "later", str_value="late"),
-                           cancellation_token=cmd["token"])
+        context.send_after(
+            timedelta(milliseconds=1500),
+            message_builder("example/greeter", "later", str_value="late"),
+            cancellation_token=cmd["token"],
+        )
         context.send_after(timedelta(seconds=2), message_builder("example/greeter", "later2", str_value="no-token"))
     elif op == "cancel":
         context.cancel_delayed_message(cmd["token"])
     elif op == "egress":
-        context.send_egress(kafka_egress_message(typename="example/out", topic="greetings", key="k1",
-                                                 value="hello kafka"))
-        context.send_egress(egress_message_builder("io.statefun.playground/egress",
-                                                   {"topic": "greetings", "payload": "hi"}, EgressRecord))
+        context.send_egress(
+            kafka_egress_message(typename="example/out", topic="greetings", key="k1", value="hello kafka")
+        )
+        context.send_egress(
+            egress_message_builder(
+                "io.statefun.playground/egress", {"topic": "greetings", "payload": "hi"}, EgressRecord
+            )
+        )
     elif op == "read":
-        context.send(message_builder("example/reply", "state", value={
-            "note": storage.note, "touched": storage.touched, "profile": storage.profile, "flag": storage.flag,
-        }, value_type=Profile))
+        context.send(
+            message_builder(
+                "example/reply",
+                "state",
+                value={
+                    "note": storage.note,
+                    "touched": storage.touched,
+                    "profile": storage.profile,
+                    "flag": storage.flag,
+                },
+                value_type=Profile,
+            )
+        )
     elif op == "fail":
         raise RuntimeError("boom on purpose")
 

@@ -5,8 +5,16 @@ import sys
 from datetime import timedelta
 
 from aiohttp import web
-from statefun import (IntType, LongType, RequestReplyHandler, StatefulFunctions, StringType, ValueSpec,
-                      egress_message_builder, message_builder)
+from statefun import (
+    IntType,
+    LongType,
+    RequestReplyHandler,
+    StatefulFunctions,
+    StringType,
+    ValueSpec,
+    egress_message_builder,
+    message_builder,
+)
 
 functions = StatefulFunctions()
 
@@ -29,17 +37,25 @@ def ping(context, message):
         context.send(message_builder("local/pong", context.address.id, int_value=n - 1))
 
 
-@functions.bind("remote/timer", specs=[ValueSpec("note", StringType, expire_after_write=timedelta(milliseconds=400)),
-                                       ValueSpec("fired", StringType)])
+@functions.bind(
+    "remote/timer",
+    specs=[
+        ValueSpec("note", StringType, expire_after_write=timedelta(milliseconds=400)),
+        ValueSpec("fired", StringType),
+    ],
+)
 def timer(context, message):
     command = message.as_string()
     if command == "schedule":
         context.storage.note = "short-lived"
-        context.send_after(timedelta(milliseconds=200), message_builder("remote/timer", context.address.id,
-                                                                        str_value="kept"))
-        context.send_after(timedelta(milliseconds=100), message_builder("remote/timer", context.address.id,
-                                                                        str_value="cancelled"),
-                           cancellation_token="tok")
+        context.send_after(
+            timedelta(milliseconds=200), message_builder("remote/timer", context.address.id, str_value="kept")
+        )
+        context.send_after(
+            timedelta(milliseconds=100),
+            message_builder("remote/timer", context.address.id, str_value="cancelled"),
+            cancellation_token="tok",
+        )
         context.cancel_delayed_message("tok")
     else:
         context.storage.fired = (context.storage.fired or "") + command + ";"
@@ -59,8 +75,7 @@ handler = RequestReplyHandler(functions)
 
 
 async def handle(request):
-    return web.Response(body=await handler.handle_async(await request.read()),
-                        content_type="application/octet-stream")
+    return web.Response(body=await handler.handle_async(await request.read()), content_type="application/octet-stream")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,11 @@ def test_v2_endpoints():
     assert (custom.call_timeout, custom.connect_timeout, custom.pool_ttl) == (60.0, 5.0, 30.0)
     assert (custom.max_num_batch_requests, custom.max_retries, custom.on_failure) == (50, 5, "dead-letter")
     assert (custom.max_concurrent_requests, custom.pool_size, custom.payload_max_bytes) == (16, 64, 1048576)
-    assert (custom.ca_file, custom.client_cert, custom.client_key) == ("/etc/ssl/ca.pem", "/etc/ssl/client.pem",
-                                                                       "/etc/ssl/client.key")
+    assert (custom.ca_file, custom.client_cert, custom.client_key) == (
+        "/etc/ssl/ca.pem",
+        "/etc/ssl/client.pem",
+        "/etc/ssl/client.key",
+    )
     assert pickle.loads(pickle.dumps(custom)) == custom
 
 
@@ -85,10 +88,24 @@ spec:
     assert (c.call_timeout, c.connect_timeout, c.read_timeout) == (30.0, 15.0, 20.0)  # a bare number is ms
 
 
-@pytest.mark.parametrize("text,seconds", [
-    ("1 min", 60), ("1min", 60), ("2m", 120), ("15min", 900), ("10 sec", 10), ("20s", 20), ("30seconds", 30),
-    ("500ms", 0.5), ("250", 0.25), ("1h", 3600), ("1.5 s", 1.5), (timedelta(minutes=2), 120), (3, 3.0),
-])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("1 min", 60),
+        ("1min", 60),
+        ("2m", 120),
+        ("15min", 900),
+        ("10 sec", 10),
+        ("20s", 20),
+        ("30seconds", 30),
+        ("500ms", 0.5),
+        ("250", 0.25),
+        ("1h", 3600),
+        ("1.5 s", 1.5),
+        (timedelta(minutes=2), 120),
+        (3, 3.0),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -108,48 +125,74 @@ def test_endpoint_matching():
     assert one.url_for("example/greeter") == "http://h:1/statefun"
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(functions="example", url_path_template="http://h/"), "namespace/name"),
-    (dict(functions="ex*/a", url_path_template="http://h/"), "'\\*' may only"),
-    (dict(functions="ex/a", url_path_template="functions:8000/statefun"), "absolute http"),
-    (dict(functions="ex/a", url_path_template="http+unix:///tmp/s.sock/statefun"), "unix-socket"),
-    (dict(functions="ex/a", url_path_template="http://h/", on_failure="ignore"), "on_failure"),
-    (dict(functions="ex/a", url_path_template="http://h/", max_retries=-1), "max_retries"),
-    (dict(functions="ex/a", url_path_template="http://h/", call_timeout="soon"), "call_timeout"),
-    (dict(functions="ex/a", url_path_template="http://h/", ca_file="/ca.pem"), "https"),
-    (dict(functions="ex/a", url_path_template="http://h/", max_concurrent_requests=0), "max_concurrent"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(functions="example", url_path_template="http://h/"), "namespace/name"),
+        (dict(functions="ex*/a", url_path_template="http://h/"), "'\\*' may only"),
+        (dict(functions="ex/a", url_path_template="functions:8000/statefun"), "absolute http"),
+        (dict(functions="ex/a", url_path_template="http+unix:///tmp/s.sock/statefun"), "unix-socket"),
+        (dict(functions="ex/a", url_path_template="http://h/", on_failure="ignore"), "on_failure"),
+        (dict(functions="ex/a", url_path_template="http://h/", max_retries=-1), "max_retries"),
+        (dict(functions="ex/a", url_path_template="http://h/", call_timeout="soon"), "call_timeout"),
+        (dict(functions="ex/a", url_path_template="http://h/", ca_file="/ca.pem"), "https"),
+        (dict(functions="ex/a", url_path_template="http://h/", max_concurrent_requests=0), "max_concurrent"),
+    ],
+)
 def test_endpoint_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HttpEndpoint(**kwargs)
 
 
-@pytest.mark.parametrize("text,message", [
-    ("kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*}", "document 1 of 1 .*missing required key "
-                                                                    "'urlPathTemplate'"),
-    ("kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/', maxBatch: 3}",
-     "unknown key \\['maxBatch'\\]"),
-    ("kind: io.statefun.endpoints.v2/http\nspec:\n  functions: a/*\n  urlPathTemplate: http://h/\n"
-     "  transport: {type: io.statefun.transports.v1/carrier-pigeon}", "unknown transport type"),
-    ("kind: io.statefun.endpoints.v1/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/', "
-     "timeouts: {call: 1s, read: 5s}}", "must not exceed"),
-    ("kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/', onFailure: skip}",
-     "on_failure"),
-    ("kind: io.statefun.endpoints.v2/http\nspec:\n  functions: a/*\n  urlPathTemplate: https://h/\n"
-     "  transport: {trust_cacerts: 'classpath:ca.pem'}", "classpath"),
-    ("---\nkind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/'}\n---\n"
-     "kind: com.example/teleporter\nspec: {}", "document 2 of 2 \\(kind com.example/teleporter\\): unknown kind"),
-    ("spec: {}", "missing 'kind'"),
-    ("kind: io.statefun.endpoints.v2/http", "'spec' must be a mapping"),
-    ("kind: io.statefun.endpoints.v2/http\nspec: {}\nextra: 1", "unexpected top-level keys"),
-    ("version: '3.0'\nmodule: {meta: {type: remote}}", "legacy"),
-    ("- just\n- a list", "expected a mapping"),
-    ("kind: [unclosed", "not valid YAML"),
-    ("---\n---\n", "declares nothing"),
-    ("kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/'}\n---\n"
-     "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h2/'}",
-     "two endpoints serve 'a/\\*'"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*}",
+            "document 1 of 1 .*missing required key 'urlPathTemplate'",
+        ),
+        (
+            "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/', maxBatch: 3}",
+            "unknown key \\['maxBatch'\\]",
+        ),
+        (
+            "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: a/*\n  urlPathTemplate: http://h/\n"
+            "  transport: {type: io.statefun.transports.v1/carrier-pigeon}",
+            "unknown transport type",
+        ),
+        (
+            "kind: io.statefun.endpoints.v1/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/', "
+            "timeouts: {call: 1s, read: 5s}}",
+            "must not exceed",
+        ),
+        (
+            "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/', onFailure: skip}",
+            "on_failure",
+        ),
+        (
+            "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: a/*\n  urlPathTemplate: https://h/\n"
+            "  transport: {trust_cacerts: 'classpath:ca.pem'}",
+            "classpath",
+        ),
+        (
+            "---\nkind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/'}\n---\n"
+            "kind: com.example/teleporter\nspec: {}",
+            "document 2 of 2 \\(kind com.example/teleporter\\): unknown kind",
+        ),
+        ("spec: {}", "missing 'kind'"),
+        ("kind: io.statefun.endpoints.v2/http", "'spec' must be a mapping"),
+        ("kind: io.statefun.endpoints.v2/http\nspec: {}\nextra: 1", "unexpected top-level keys"),
+        ("version: '3.0'\nmodule: {meta: {type: remote}}", "legacy"),
+        ("- just\n- a list", "expected a mapping"),
+        ("kind: [unclosed", "not valid YAML"),
+        ("---\n---\n", "declares nothing"),
+        (
+            "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h/'}\n---\n"
+            "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://h2/'}",
+            "two endpoints serve 'a/\\*'",
+        ),
+    ],
+)
 def test_bad_modules(text, message):
     with pytest.raises(ModuleSpecError, match=message):
         load_module(text)
@@ -177,16 +220,19 @@ def test_registered_kinds_are_pluggable(monkeypatch):
     register_kind("com.example.io/ingress", Ingress)
     register_kind("com.example.io/sink", lambda spec: ("sink", spec["id"]), "egresses")
     assert "com.example.io/ingress" in registered_kinds()
-    spec = load_module("kind: com.example.io/ingress\nspec: {id: ex/in, topic: t}\n---\n"
-                       "kind: com.example.io/sink\nspec: {id: ex/out}")
+    spec = load_module(
+        "kind: com.example.io/ingress\nspec: {id: ex/in, topic: t}\n---\nkind: com.example.io/sink\nspec: {id: ex/out}"
+    )
     assert [i.topic for i in spec.ingresses] == ["t"] and spec.egresses == [("sink", "ex/out")]
     with pytest.raises(ModuleSpecError, match="document 1 of 1 \\(kind com.example.io/ingress\\): needs a topic"):
         load_module("kind: com.example.io/ingress\nspec: {id: ex/in}")
     with pytest.raises(ModuleSpecError, match="missing key 'id'"):
         load_module("kind: com.example.io/sink\nspec: {}")
     with pytest.raises(ModuleSpecError, match="two ingresses have the id 'ex/in'"):
-        load_module("kind: com.example.io/ingress\nspec: {id: ex/in, topic: a}\n---\n"
-                    "kind: com.example.io/ingress\nspec: {id: ex/in, topic: b}")
+        load_module(
+            "kind: com.example.io/ingress\nspec: {id: ex/in, topic: a}\n---\n"
+            "kind: com.example.io/ingress\nspec: {id: ex/in, topic: b}"
+        )
     with pytest.raises(ValueError, match="already registered"):
         register_kind("com.example.io/ingress", lambda spec: None)
     with pytest.raises(ValueError, match="pass section="):

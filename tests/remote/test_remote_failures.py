@@ -82,12 +82,15 @@ def test_max_retries_bounds_attempts():
     assert err.attempts == 1 and "HTTP 404" in str(err)
 
 
-@pytest.mark.parametrize("mode,expected", [
-    ("truncated", "payload"),
-    ("halfbody", "undecodable answer"),
-    ("garbage", "undecodable answer"),
-    ("wrongtype", "wrong content type 'text/plain"),
-])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        ("truncated", "payload"),
+        ("halfbody", "undecodable answer"),
+        ("garbage", "undecodable answer"),
+        ("wrongtype", "wrong content type 'text/plain"),
+    ],
+)
 def test_bad_bodies_are_retried_then_fail(mode, expected):
     err, hits, _ = run(call(mode, max_retries=2))
     assert isinstance(err, RemoteFunctionError), err
@@ -101,11 +104,17 @@ def test_garbage_then_good_answer_returns_only_the_good_one():
     assert hits == 3 and client.stats["retries"] == 2
 
 
-@pytest.mark.parametrize("mode,expected", [
-    ("badmodify", "state 'seen' is registered as io.statefun.types/int but the function wrote a value of type "
-                  "io.statefun.types/long"),
-    ("unknownstate", "mutation of state 'nope', which is not registered"),
-])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        (
+            "badmodify",
+            "state 'seen' is registered as io.statefun.types/int but the function wrote a value of type "
+            "io.statefun.types/long",
+        ),
+        ("unknownstate", "mutation of state 'nope', which is not registered"),
+    ],
+)
 def test_invalid_answers_fail_at_once(mode, expected):
     err, hits, client = run(call(mode))
     assert isinstance(err, RemoteFunctionError) and not err.retryable
@@ -117,8 +126,7 @@ def test_invalid_answers_fail_at_once(mode, expected):
 def test_connection_refused_is_retried_until_the_budget():
     async def scenario():
         port = free_port()  # nothing listens there
-        client = RemoteFunctionClient(HttpEndpoint("example/*", f"http://127.0.0.1:{port}/statefun",
-                                                   call_timeout=0.5))
+        client = RemoteFunctionClient(HttpEndpoint("example/*", f"http://127.0.0.1:{port}/statefun", call_timeout=0.5))
         try:
             with pytest.raises(RemoteFunctionError) as info:
                 await client.invoke("example/greeter", "bob", STATES, CALL)
@@ -134,11 +142,13 @@ def test_concurrency_limit_queues_calls():
     async def scenario():
         app = make_bad_app()
         async with running_app(app) as base:
-            client = RemoteFunctionClient(HttpEndpoint("example/*", f"{base}/slow?delay=0.3", call_timeout=5,
-                                                       max_concurrent_requests=2))
+            client = RemoteFunctionClient(
+                HttpEndpoint("example/*", f"{base}/slow?delay=0.3", call_timeout=5, max_concurrent_requests=2)
+            )
             try:
-                calls = [asyncio.ensure_future(client.invoke("example/greeter", str(i), STATES, CALL))
-                         for i in range(4)]
+                calls = [
+                    asyncio.ensure_future(client.invoke("example/greeter", str(i), STATES, CALL)) for i in range(4)
+                ]
                 for _ in range(200):  # until the first two reach the server
                     if app[HITS]["slow"] == 2:
                         break

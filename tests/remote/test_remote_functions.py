@@ -20,8 +20,12 @@ from .conftest import BOOL, INT, LONG, STRING, run
 pytestmark = pytest.mark.timeout(120)
 
 COMMAND, PROFILE = "example/Command", "example/Profile"
-MULTI_SPECS = [("note", STRING, "after_write", 5000), ("touched", LONG, "after_call", 60000),
-               ("profile", PROFILE, None, 0), ("flag", BOOL, None, 0)]
+MULTI_SPECS = [
+    ("note", STRING, "after_write", 5000),
+    ("touched", LONG, "after_call", 60000),
+    ("profile", PROFILE, None, 0),
+    ("flag", BOOL, None, 0),
+]
 
 
 def cmd(**fields) -> tuple[None, str, bytes]:
@@ -78,11 +82,17 @@ def test_greeter_handshake_then_state_and_replies(function_server):
             assert result.delayed == [] and result.egress == []
 
             # a batch of two, one from another function: run in order on one state view
-            result = await client.invoke("example/greeter", "bob", [("seen", INT, 1)],
-                                         [(None, STRING, "bob"), (("example/person", "ann"), STRING, "bob")])
+            result = await client.invoke(
+                "example/greeter",
+                "bob",
+                [("seen", INT, 1)],
+                [(None, STRING, "bob"), (("example/person", "ann"), STRING, "bob")],
+            )
             assert result.state_mutations == [("seen", INT, 3)]
-            assert [m.payload for m in result.outgoing] == ["Hello bob! seen 2 from ingress",
-                                                            "Hello bob! seen 3 from example/person/ann"]
+            assert [m.payload for m in result.outgoing] == [
+                "Hello bob! seen 2 from ingress",
+                "Hello bob! seen 3 from example/person/ann",
+            ]
             assert client.stats["missing_states"] == 1 and client.stats["retries"] == 0
             assert client.stats["invocations"] == 3
         finally:
@@ -102,19 +112,30 @@ def test_multi_state_specs_delays_cancellation_egress(function_server):
             # empty state reads as None everywhere; nothing written, so no mutations
             result = await inst.call(cmd(op="read"))
             assert result.state_mutations == []
-            assert json.loads(result.outgoing[0].payload) == {"note": None, "touched": None, "profile": None,
-                                                              "flag": None}
+            assert json.loads(result.outgoing[0].payload) == {
+                "note": None,
+                "touched": None,
+                "profile": None,
+                "flag": None,
+            }
 
             result = await inst.call(cmd(op="write", note="n1"))
             assert result.state_mutations == [
-                ("note", STRING, "n1"), ("touched", LONG, 1),
-                ("profile", PROFILE, json.dumps({"name": "m1", "n": 1}).encode()), ("flag", BOOL, True)]
+                ("note", STRING, "n1"),
+                ("touched", LONG, 1),
+                ("profile", PROFILE, json.dumps({"name": "m1", "n": 1}).encode()),
+                ("flag", BOOL, True),
+            ]
 
             # two writes and a read in one batch see each other's effects; only changed cells come back
             result = await inst.call(cmd(op="write", note="n2"), cmd(op="write", note="n3"), cmd(op="read"))
             assert {m[0]: m[2] for m in result.state_mutations}["touched"] == 3
-            assert json.loads(result.outgoing[0].payload) == {"note": "n3", "touched": 3,
-                                                              "profile": {"name": "m1", "n": 3}, "flag": True}
+            assert json.loads(result.outgoing[0].payload) == {
+                "note": "n3",
+                "touched": 3,
+                "profile": {"name": "m1", "n": 3},
+                "flag": True,
+            }
 
             result = await inst.call(cmd(op="delete"))
             assert result.state_mutations == [("note", None, None), ("profile", None, None)]

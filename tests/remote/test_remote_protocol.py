@@ -11,9 +11,19 @@ import pytest
 
 from rayfun.functions import StatefulFunctions, ValueSpec
 from rayfun.remote import make_handler
-from rayfun.remote.protocol import (WRAPPERS, DecodeError, FromFunction, InvocationResult, MissingStates,
-                                    ProtocolError, ToFunction, decode_response, encode_request, payload_of,
-                                    typed_value)
+from rayfun.remote.protocol import (
+    WRAPPERS,
+    DecodeError,
+    FromFunction,
+    InvocationResult,
+    MissingStates,
+    ProtocolError,
+    ToFunction,
+    decode_response,
+    encode_request,
+    payload_of,
+    typed_value,
+)
 from rayfun.types import IntType, StringType, decode_payload, encode_payload
 
 from . import rayfun_functions
@@ -24,18 +34,46 @@ pytestmark = pytest.mark.timeout(120)
 FLOAT, DOUBLE = "io.statefun.types/float", "io.statefun.types/double"
 
 BUILTIN_CASES = [
-    (BOOL, True), (BOOL, False),
-    (INT, 0), (INT, 5), (INT, -1), (INT, 2**31 - 1), (INT, -(2**31)),
-    (LONG, 0), (LONG, 5), (LONG, -1), (LONG, 2**63 - 1), (LONG, -(2**63)),
-    (FLOAT, 1.5), (FLOAT, 0.0), (FLOAT, -0.0), (FLOAT, 0.1), (FLOAT, float("inf")), (FLOAT, -3.25e38),
-    (DOUBLE, 1.5), (DOUBLE, 0.0), (DOUBLE, -0.0), (DOUBLE, 0.1), (DOUBLE, -2.5e300), (DOUBLE, float("-inf")),
-    (STRING, ""), (STRING, "hi"), (STRING, "héllo ✓ 🙂"), (STRING, "x" * 300),
+    (BOOL, True),
+    (BOOL, False),
+    (INT, 0),
+    (INT, 5),
+    (INT, -1),
+    (INT, 2**31 - 1),
+    (INT, -(2**31)),
+    (LONG, 0),
+    (LONG, 5),
+    (LONG, -1),
+    (LONG, 2**63 - 1),
+    (LONG, -(2**63)),
+    (FLOAT, 1.5),
+    (FLOAT, 0.0),
+    (FLOAT, -0.0),
+    (FLOAT, 0.1),
+    (FLOAT, float("inf")),
+    (FLOAT, -3.25e38),
+    (DOUBLE, 1.5),
+    (DOUBLE, 0.0),
+    (DOUBLE, -0.0),
+    (DOUBLE, 0.1),
+    (DOUBLE, -2.5e300),
+    (DOUBLE, float("-inf")),
+    (STRING, ""),
+    (STRING, "hi"),
+    (STRING, "héllo ✓ 🙂"),
+    (STRING, "x" * 300),
 ]
 
 
 def sdk_job(sdk_python: str, job: dict) -> dict:
-    proc = subprocess.run([sdk_python, str(HERE / "sdk_encodings.py")], input=json.dumps(job), text=True,
-                          capture_output=True, cwd=str(HERE), timeout=60)
+    proc = subprocess.run(
+        [sdk_python, str(HERE / "sdk_encodings.py")],
+        input=json.dumps(job),
+        text=True,
+        capture_output=True,
+        cwd=str(HERE),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -43,10 +81,19 @@ def sdk_job(sdk_python: str, job: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Without the SDK.
 
+
 def test_reference_hex_examples():
-    examples = {(BOOL, True): "0801", (BOOL, False): "", (INT, 5): "0d05000000", (INT, -1): "0dffffffff",
-                (INT, 0): "", (LONG, 5): "090500000000000000", (FLOAT, 1.5): "0d0000c03f",
-                (DOUBLE, 1.5): "09000000000000f83f", (STRING, "hi"): "0a026869"}
+    examples = {
+        (BOOL, True): "0801",
+        (BOOL, False): "",
+        (INT, 5): "0d05000000",
+        (INT, -1): "0dffffffff",
+        (INT, 0): "",
+        (LONG, 5): "090500000000000000",
+        (FLOAT, 1.5): "0d0000c03f",
+        (DOUBLE, 1.5): "09000000000000f83f",
+        (STRING, "hi"): "0a026869",
+    }
     for (typename, value), hexed in examples.items():
         assert encode_payload(typename, value).hex() == hexed
         assert WRAPPERS[typename](value=value).SerializeToString().hex() == hexed
@@ -69,9 +116,12 @@ def test_builtin_encoding_matches_protobuf_wrappers(typename, value):
 
 
 def test_request_round_trip():
-    body = encode_request("example/greeter", "bob",
-                          [("seen", INT, 3), ("empty", STRING, None), ("blob", "example/Blob", b"\x00\x01")],
-                          [(None, STRING, "hi"), (("example/person", "ann"), "example/Blob", b"raw")])
+    body = encode_request(
+        "example/greeter",
+        "bob",
+        [("seen", INT, 3), ("empty", STRING, None), ("blob", "example/Blob", b"\x00\x01")],
+        [(None, STRING, "hi"), (("example/person", "ann"), "example/Blob", b"raw")],
+    )
     req = ToFunction.FromString(body)
     batch = req.invocation
     assert (batch.target.namespace, batch.target.type, batch.target.id) == ("example", "greeter", "bob")
@@ -113,16 +163,26 @@ def _response(**build) -> bytes:
 
 
 def test_response_decoding():
-    body = _response(modify=[("seen", INT, 7)], delete=["note"], send=[("example/reply", "bob", STRING, "yo")],
-                     delay=[(1500, "example/greeter", "later", "tok")], cancel=["tok"],
-                     egress=[("example/out", "example/Rec", b"{}")])
+    body = _response(
+        modify=[("seen", INT, 7)],
+        delete=["note"],
+        send=[("example/reply", "bob", STRING, "yo")],
+        delay=[(1500, "example/greeter", "later", "tok")],
+        cancel=["tok"],
+        egress=[("example/out", "example/Rec", b"{}")],
+    )
     result = decode_response(body, {"seen": INT, "note": STRING})
     assert result.state_mutations == [("seen", INT, 7), ("note", None, None)]
     [m] = result.outgoing
     assert (m.target_typename, m.target_id, m.value_typename(), m.payload) == ("example/reply", "bob", STRING, "yo")
     (delay, msg, token), cancel = result.delayed
-    assert (delay, msg.target_typename, msg.target_id, msg.payload, token) == (1500, "example/greeter", "later", 1,
-                                                                               "tok")
+    assert (delay, msg.target_typename, msg.target_id, msg.payload, token) == (
+        1500,
+        "example/greeter",
+        "later",
+        1,
+        "tok",
+    )
     assert cancel == (None, None, "tok")
     [e] = result.egress
     assert (e.typename, e.value_typename(), e.payload) == ("example/out", "example/Rec", b"{}")
@@ -145,21 +205,28 @@ def test_missing_states_decoding():
     s = specs.add(state_name="c")
     s.expiration_spec.mode = FromFunction.ExpirationSpec.AFTER_INVOKE
     s.expiration_spec.expire_after_millis = 60000
-    assert decode_response(resp.SerializeToString(), {}) == MissingStates([
-        ("a", INT, None, 0), ("b", "example/X", "after_write", 2000),
-        ("c", "io.statefun.types/unset", "after_call", 60000)])
+    assert decode_response(resp.SerializeToString(), {}) == MissingStates(
+        [
+            ("a", INT, None, 0),
+            ("b", "example/X", "after_write", 2000),
+            ("c", "io.statefun.types/unset", "after_call", 60000),
+        ]
+    )
 
 
-@pytest.mark.parametrize("build,registered,message", [
-    (dict(modify=[("seen", LONG, 1)]), {"seen": INT}, "registered as io.statefun.types/int"),
-    (dict(modify=[("nope", INT, 1)]), {"seen": INT}, "'nope', which is not registered"),
-    (dict(delete=["nope"]), {}, "not registered"),
-    (dict(modify=[("seen", INT, None)]), {"seen": INT}, "carries no value"),
-    (dict(cancel=[""]), {}, "without a cancellation token"),
-    (dict(send=[("example/reply", "", STRING, "x")]), {}, "empty target id"),
-    (dict(delay=[(-5, "example/g", "x", "")]), {}, "negative delay"),
-    (dict(egress=[("example/out", STRING, b"\xff\xfe")]), {}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "build,registered,message",
+    [
+        (dict(modify=[("seen", LONG, 1)]), {"seen": INT}, "registered as io.statefun.types/int"),
+        (dict(modify=[("nope", INT, 1)]), {"seen": INT}, "'nope', which is not registered"),
+        (dict(delete=["nope"]), {}, "not registered"),
+        (dict(modify=[("seen", INT, None)]), {"seen": INT}, "carries no value"),
+        (dict(cancel=[""]), {}, "without a cancellation token"),
+        (dict(send=[("example/reply", "", STRING, "x")]), {}, "empty target id"),
+        (dict(delay=[(-5, "example/g", "x", "")]), {}, "negative delay"),
+        (dict(egress=[("example/out", STRING, b"\xff\xfe")]), {}, "malformed"),
+    ],
+)
 def test_protocol_violations(build, registered, message):
     with pytest.raises(ProtocolError, match=message):
         decode_response(_response(**build), registered)
@@ -175,8 +242,9 @@ def test_garbage_is_a_decode_error():
 def test_handler_handshake_and_dirty_cells_only():
     functions = StatefulFunctions()
 
-    @functions.bind("t/f", specs=[ValueSpec("a", IntType),
-                                     ValueSpec("b", StringType, expire_after_call=timedelta(seconds=3))])
+    @functions.bind(
+        "t/f", specs=[ValueSpec("a", IntType), ValueSpec("b", StringType, expire_after_call=timedelta(seconds=3))]
+    )
     def f(ctx, msg):
         if msg.as_string() == "same":
             ctx.storage.a = ctx.storage.a  # an assignment counts, even of the same value (as in the SDK)
@@ -184,24 +252,27 @@ def test_handler_handshake_and_dirty_cells_only():
             del ctx.storage.b
 
     handler = make_handler(functions)
-    missing = decode_response(run(handler.handle(encode_request("t/f", "1", [("a", INT, None)],
-                                                                [(None, STRING, "x")]))), {})
+    missing = decode_response(
+        run(handler.handle(encode_request("t/f", "1", [("a", INT, None)], [(None, STRING, "x")]))), {}
+    )
     assert missing == MissingStates([("b", STRING, "after_call", 3000)])
     states = [("a", INT, 4), ("b", STRING, "v")]
     registered = {"a": INT, "b": STRING}
-    quiet = decode_response(run(handler.handle(encode_request("t/f", "1", states, [(None, STRING, "x")]))),
-                            registered)
+    quiet = decode_response(run(handler.handle(encode_request("t/f", "1", states, [(None, STRING, "x")]))), registered)
     assert quiet == InvocationResult()
-    same = decode_response(run(handler.handle(encode_request("t/f", "1", states, [(None, STRING, "same")]))),
-                           registered)
+    same = decode_response(
+        run(handler.handle(encode_request("t/f", "1", states, [(None, STRING, "same")]))), registered
+    )
     assert same.state_mutations == [("a", INT, 4)]
-    deleted = decode_response(run(handler.handle(encode_request("t/f", "1", states, [(None, STRING, "del")]))),
-                              registered)
+    deleted = decode_response(
+        run(handler.handle(encode_request("t/f", "1", states, [(None, STRING, "del")]))), registered
+    )
     assert deleted.state_mutations == [("b", None, None)]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Against the official SDK (in its own interpreter).
+
 
 def test_builtin_bytes_identical_to_sdk(sdk_python):
     answer = sdk_job(sdk_python, {"builtins": BUILTIN_CASES})
@@ -215,8 +286,10 @@ def test_request_bytes_identical_to_sdk(sdk_python):
     desc = {
         "target": ["example", "greeter", "bob"],
         "states": [[n, t, None if p is None else encode_payload(t, p).hex()] for n, t, p in states],
-        "invocations": [[list(c[0].rpartition("/")[::2]) + [c[1]] if c else None, t, encode_payload(t, p).hex()]
-                        for c, t, p in invocations],
+        "invocations": [
+            [list(c[0].rpartition("/")[::2]) + [c[1]] if c else None, t, encode_payload(t, p).hex()]
+            for c, t, p in invocations
+        ],
     }
     [sdk_hex] = sdk_job(sdk_python, {"requests": [desc]})["requests"]
     assert encode_request("example/greeter", "bob", states, invocations).hex() == sdk_hex
@@ -225,17 +298,36 @@ def test_request_bytes_identical_to_sdk(sdk_python):
 def test_served_answers_identical_to_sdk_handler(sdk_python):
     """The same batches through the SDK's RequestReplyHandler and rayfun's handler: the same bytes."""
     cmd = lambda **kw: (None, "example/Command", json.dumps(kw).encode())  # noqa: E731
-    multi_states = [("note", STRING, "n0"), ("touched", LONG, 2), ("profile", "example/Profile", None),
-                    ("flag", BOOL, False)]
+    multi_states = [
+        ("note", STRING, "n0"),
+        ("touched", LONG, 2),
+        ("profile", "example/Profile", None),
+        ("flag", BOOL, False),
+    ]
     requests = [
         encode_request("example/greeter", "bob", [], [(None, STRING, "bob")]),
         encode_request("example/greeter", "bob", [("seen", INT, None)], [(None, STRING, "bob")]),
-        encode_request("example/greeter", "bob", [("seen", INT, 41), ("extra", STRING, "ignored")],
-                       [(None, STRING, "bob"), (("example/person", "ann"), STRING, "bob")]),
+        encode_request(
+            "example/greeter",
+            "bob",
+            [("seen", INT, 41), ("extra", STRING, "ignored")],
+            [(None, STRING, "bob"), (("example/person", "ann"), STRING, "bob")],
+        ),
         encode_request("example/multi", "m", [], [cmd(op="read")]),
-        encode_request("example/multi", "m", multi_states,
-                       [cmd(op="write", note="ü"), cmd(op="read"), cmd(op="delay", token="t"), cmd(op="cancel", token="t"),
-                        cmd(op="egress"), cmd(op="delete"), cmd(op="read")]),
+        encode_request(
+            "example/multi",
+            "m",
+            multi_states,
+            [
+                cmd(op="write", note="ü"),
+                cmd(op="read"),
+                cmd(op="delay", token="t"),
+                cmd(op="cancel", token="t"),
+                cmd(op="egress"),
+                cmd(op="delete"),
+                cmd(op="read"),
+            ],
+        ),
         encode_request("example/counter", "c", [("count", LONG, 9)], [(None, INT, 3), (None, STRING, "x")]),
     ]
     sdk_answers = sdk_job(sdk_python, {"handle": [r.hex() for r in requests]})["handle"]

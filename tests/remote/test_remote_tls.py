@@ -25,21 +25,30 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _write_key(key, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def _issue(path: Path, name: str, ca_key, ca_name, usage, server: bool) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     cert = builder.sign(ca_key, hashes.SHA256())
     cert_path, key_path = path / f"{name}.pem", path / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -54,19 +63,41 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rayfun test CA")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     (path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     server_cert, server_key = _issue(path, "server", ca_key, ca_name, ExtendedKeyUsageOID.SERVER_AUTH, True)
     client_cert, client_key = _issue(path, "client", ca_key, ca_name, ExtendedKeyUsageOID.CLIENT_AUTH, False)
-    return {"ca": path / "ca.pem", "server_cert": server_cert, "server_key": server_key,
-            "client_cert": client_cert, "client_key": client_key}
+    return {
+        "ca": path / "ca.pem",
+        "server_cert": server_cert,
+        "server_key": server_key,
+        "client_cert": client_cert,
+        "client_key": client_key,
+    }
 
 
 def server_context(pki, require_client_cert: bool = False) -> ssl.SSLContext:
@@ -108,8 +139,9 @@ def test_https_with_custom_ca(pki):
 def test_mutual_tls(pki):
     async def scenario():
         async with running_app(make_app(rayfun_functions.functions), server_context(pki, True)) as base:
-            result = await greet(base, ca_file=str(pki["ca"]), client_cert=str(pki["client_cert"]),
-                                 client_key=str(pki["client_key"]))
+            result = await greet(
+                base, ca_file=str(pki["ca"]), client_cert=str(pki["client_cert"]), client_key=str(pki["client_key"])
+            )
             assert isinstance(result, (InvocationResult, MissingStates))
             with pytest.raises(RemoteFunctionError):
                 await greet(base, ca_file=str(pki["ca"]), max_retries=1)
@@ -119,5 +151,6 @@ def test_mutual_tls(pki):
 
 def test_unreadable_tls_files_fail_early(tmp_path):
     with pytest.raises(ValueError, match="cannot load TLS files"):
-        RemoteFunctionClient(HttpEndpoint("example/*", "https://127.0.0.1:1/statefun",
-                                          ca_file=str(tmp_path / "missing.pem")))
+        RemoteFunctionClient(
+            HttpEndpoint("example/*", "https://127.0.0.1:1/statefun", ca_file=str(tmp_path / "missing.pem"))
+        )

@@ -43,11 +43,15 @@ def local_functions() -> StatefulFunctions:
 def app(ray_session, sdk_app, tmp_path_factory):
     endpoints = [
         HttpEndpoint("remote/*", f"{sdk_app}/statefun"),
-        HttpEndpoint("broken/*", f"{sdk_app}/statefun", on_failure="dead-letter", max_retries=2,
-                     call_timeout=10),
+        HttpEndpoint("broken/*", f"{sdk_app}/statefun", on_failure="dead-letter", max_retries=2, call_timeout=10),
     ]
-    app = rayfun.start(local_functions(), shards=2, endpoints=endpoints,
-                       checkpoint_dir=str(tmp_path_factory.mktemp("cp")), checkpoint_interval=0.5)
+    app = rayfun.start(
+        local_functions(),
+        shards=2,
+        endpoints=endpoints,
+        checkpoint_dir=str(tmp_path_factory.mktemp("cp")),
+        checkpoint_interval=0.5,
+    )
     yield app
     app.stop()
 
@@ -56,8 +60,10 @@ def test_sdk_function_state_messages_and_egress(app):
     app.send("remote/greeter", "ann", "hi")
     app.send("remote/greeter", "ann", "again")
     assert app.state("remote/greeter", "ann") == {"seen": 2}
-    assert sorted(app.egress("remote/greetings")) == ["Hello ann #1: hi (from ingress)",
-                                                     "Hello ann #2: again (from ingress)"]
+    assert sorted(app.egress("remote/greetings")) == [
+        "Hello ann #1: hi (from ingress)",
+        "Hello ann #2: again (from ingress)",
+    ]
     assert app.state("local/echo", "ann") == {"last": "Hello ann #2: again (from ingress) via remote/greeter"}
 
 

@@ -10,17 +10,26 @@ it alone in an interpreter that has only that pyarrow.
 Tables of more than ``STAGE_ABOVE_BYTES`` are written to a local file, not to a buffer in memory (a
 growing output buffer held up to three copies of big state at once), in row groups of at most
 ``ROW_GROUP_BYTES``, so the writer holds one row group's pages, not the whole file's. Smaller ones are
-written to memory, which costs them less (no second pass over a file to hash it).
+written to memory, which costs them less (no second pass over a file to hash it). ``ParquetFileWriter``
+writes a table that arrives in pieces, so big state is never one table; ``ParquetFileReader`` reads a
+file a row group at a time, so a restore never holds a big file in Arrow at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["ROW_GROUP_BYTES", "STAGE_ABOVE_BYTES", "read_parquet", "write_parquet"]
+__all__ = [
+    "ROW_GROUP_BYTES",
+    "STAGE_ABOVE_BYTES",
+    "ParquetFileReader",
+    "ParquetFileWriter",
+    "read_parquet",
+    "write_parquet",
+]
 
 ROW_GROUP_BYTES = 64 * 2**20
 STAGE_ABOVE_BYTES = 64 * 2**20
@@ -38,8 +47,7 @@ def write_parquet(
 ) -> pa.Buffer | None:
     """Write ``table`` as Parquet to the local file ``path``, or with ``path=None`` return the bytes (in an
     Arrow buffer: it supports the buffer protocol, so it is hashed and written without a copy)."""
-    rows = table.num_rows
-    per_group = max(1, min(_MAX_ROW_GROUP_ROWS, rows * ROW_GROUP_BYTES // max(table.nbytes, 1)))
+    per_group = _rows_per_group(table)
     sink = pa.BufferOutputStream() if path is None else path
     pq.write_table(
         table,
@@ -53,6 +61,93 @@ def write_parquet(
     return sink.getvalue() if path is None else None
 
 
+def _rows_per_group(table: pa.Table) -> int:
+    """Rows per row group so that one holds at most about ``ROW_GROUP_BYTES``."""
+    return max(1, min(_MAX_ROW_GROUP_ROWS, table.num_rows * ROW_GROUP_BYTES // max(table.nbytes, 1)))
+
+
 def read_parquet(data: bytes | pa.Buffer) -> pa.Table:
     """The table in Parquet ``data`` (raises pyarrow's errors on malformed input)."""
     return pq.read_table(pa.BufferReader(data))
+
+
+class ParquetFileWriter:
+    """Writes tables that arrive one piece at a time to the local file ``path``, gathering them into row
+    groups of about ``ROW_GROUP_BYTES``: the writer holds one row group, never the whole file."""
+
+    def __init__(
+        self,
+        path: str,
+        schema: pa.Schema,
+        *,
+        compression: str,
+        compression_level: int | None,
+        use_dictionary: Sequence[str],
+        write_statistics: Sequence[str] | bool,
+    ) -> None:
+        self._writer = pq.ParquetWriter(
+            path,
+            schema,
+            compression=compression,
+            compression_level=compression_level,
+            use_dictionary=list(use_dictionary),
+            write_statistics=write_statistics,
+        )
+        self._pending: list[pa.Table] = []
+        self._pending_bytes = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self._pending.append(table)
+        self._pending_bytes += table.nbytes
+        self.rows += table.num_rows
+        if self._pending_bytes >= ROW_GROUP_BYTES:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            group = pa.concat_tables(self._pending)
+            self._pending, self._pending_bytes = [], 0
+            self._writer.write_table(group, row_group_size=_rows_per_group(group))
+
+    def close(self) -> None:
+        """Write what is pending and the footer."""
+        try:
+            self._write_pending()
+        finally:
+            self._writer.close()
+
+    def abort(self) -> None:
+        """Close without caring whether the file is complete (the caller removes it)."""
+        self._pending = []
+        try:
+            self._writer.close()
+        except Exception:
+            pass
+
+
+class ParquetFileReader:
+    """A Parquet file (a local path or bytes) read by columns or a row group at a time."""
+
+    def __init__(self, source: str | bytes | pa.Buffer) -> None:
+        self._file = pq.ParquetFile(source if isinstance(source, str) else pa.BufferReader(source))
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._file.schema_arrow
+
+    @property
+    def num_rows(self) -> int:
+        return self._file.metadata.num_rows
+
+    def read(self, columns: Sequence[str] | None = None) -> pa.Table:
+        return self._file.read(columns=list(columns) if columns is not None else None)
+
+    def row_groups(self) -> Iterator[pa.Table]:
+        for i in range(self._file.metadata.num_row_groups):
+            yield self._file.read_row_group(i)
+
+    def close(self) -> None:
+        self._file.close()

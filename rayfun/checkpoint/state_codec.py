@@ -20,9 +20,10 @@ import gc
 import itertools
 import logging
 import operator
+import sys
 import zlib
 from array import array
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -37,12 +38,16 @@ from .schema import ADDRESS_COLUMNS, STATE_SCHEMA, VALUE_COLUMNS, value_column
 log = logging.getLogger("rayfun.checkpoint")
 
 __all__ = [
+    "KeptPieces",
     "StateDelta",
     "StateLayout",
     "decode_instances",
+    "decode_instances_into",
     "encode_state",
     "filter_key_groups",
     "fold_layers",
+    "fold_masks",
+    "iter_state",
     "key_groups_mixed",
     "key_groups_of",
     "with_key_groups",
@@ -267,35 +272,62 @@ def _key_group_column(typename: str, ids: list, key_groups: int | None) -> pa.Ar
     return pa.nulls(len(ids), pa.int32()) if key_groups is None else key_groups_of(typename, ids, key_groups)
 
 
-class _Columns:
-    """A delta's ids, key groups, and per spec its payloads and deadlines, as Arrow chunks, converted
-    ``ENCODE_CHUNK`` instances at a time. The changed instances lie scattered in memory: converting each
+PIECE_BYTES = 32 * 2**20  # encoded state is handed to the writer in tables of about this size (see _Pieces)
+_SAMPLE = 8  # instances whose Python sizes guess the size of the first chunk
+
+
+class _Pieces:
+    """A delta's rows as Arrow tables of about ``PIECE_BYTES`` each, converted ``ENCODE_CHUNK`` instances at
+    a time (fewer when instances are big). The changed instances lie scattered in memory: converting each
     chunk in every column while its objects are in cache is ~2x faster than a pass per column over all of
-    them (measured on 300k changed instances); tombstones (None) found on the way go to ``deleted``."""
+    them (measured on 300k changed instances). Chunks are gathered into a piece per spec until the piece
+    holds ``PIECE_BYTES``, so small state still makes one table per spec, while big state never exists in
+    Arrow all at once: the writer writes each piece and drops it (a whole-table encoding held a second copy
+    of every byte of state, and the builder's slack on top). Tombstones found on the way go to ``deleted``
+    and come last."""
 
     def __init__(self, delta: StateDelta, key_groups: int | None) -> None:
-        layout = delta.layout
+        self.delta, self.key_groups = delta, key_groups
+        self.layout = delta.layout
         self.deleted = list(delta.deleted)
-        self.ids: list[pa.Array] = []
-        self.key_groups: list[pa.Array] = []
-        n = len(layout.names)
-        self.payloads: list[list[pa.Array]] = [[] for _ in range(n)]
-        self.deadlines: list[list[pa.Array]] = [[] for _ in range(n)] if layout.expiring else []
-        if not n:
-            self.deleted += [id for id, cells in delta.instances.items() if cells is None]
-            return
-        mapping = delta.instances
-        ids_left, cells_left = iter(mapping), iter(mapping.values())
-        for _ in range(0, len(mapping), ENCODE_CHUNK):
-            ids = list(itertools.islice(ids_left, ENCODE_CHUNK))
-            cells = list(itertools.islice(cells_left, ENCODE_CHUNK))
-            if delta.values:  # None is a missing value, and an instance without values is written as gone
-                self._add(layout, ids, [(cells, None)], key_groups)
-            else:
-                self._add(layout, *self._split(layout, ids, cells), key_groups)
+        self._clear()
 
-    def _split(self, layout: StateLayout, ids: list, cells: list) -> tuple[list, list]:
+    def _clear(self) -> None:
+        n = len(self.layout.names)
+        self.ids: list[pa.Array] = []
+        self.kgs: list[pa.Array] = []
+        self.payloads: list[list[pa.Array]] = [[] for _ in range(n)]
+        self.deadlines: list[list[pa.Array]] = [[] for _ in range(n)] if self.layout.expiring else []
+        self.nbytes = 0
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        layout, delta = self.layout, self.delta
+        if not layout.names:
+            self.deleted += [id for id, cells in delta.instances.items() if cells is None]
+        else:
+            mapping = delta.instances
+            ids_left, cells_left = iter(mapping), iter(mapping.values())
+            left = len(mapping)
+            chunk = _first_chunk(list(itertools.islice(iter(mapping.values()), _SAMPLE)), delta.values)
+            while left:
+                ids = list(itertools.islice(ids_left, chunk))
+                cells = list(itertools.islice(cells_left, chunk))
+                left -= len(ids)
+                if delta.values:  # None is a missing value, and an instance without values is written as gone
+                    added = self._add(ids, [(cells, None)])
+                else:
+                    added = self._add(*self._split(ids, cells))
+                if self.nbytes >= PIECE_BYTES:
+                    yield from self._flush()
+                if added:  # the next chunk: as many instances as fit a quarter piece at this chunk's size
+                    chunk = max(1, min(ENCODE_CHUNK, len(ids) * PIECE_BYTES // 4 // max(added, 1)))
+            yield from self._flush()
+        if self.deleted:
+            yield _tombstones(self.layout.function_type, self.deleted, self.key_groups)
+
+    def _split(self, ids: list, cells: list) -> tuple[list, list]:
         """The live ids of a chunk and their columns; tombstones go to ``deleted``."""
+        layout = self.layout
         try:
             return ids, _spec_columns(layout, cells)
         except TypeError:
@@ -313,29 +345,35 @@ class _Columns:
                 f"{', expiring' if layout.expiring else ''})"
             ) from None
 
-    def _add(self, layout: StateLayout, ids: list, columns: list, key_groups: int | None) -> None:
+    def _add(self, ids: list, columns: list) -> int:
+        """Convert a chunk; returns its Arrow bytes."""
         if not ids:
-            return
+            return 0
+        layout = self.layout
         ft = layout.function_type
-        self.ids.append(pa.array(ids, pa.string()))
-        self.key_groups.append(_key_group_column(ft, ids, key_groups))
+        arrays = [pa.array(ids, pa.string()), _key_group_column(ft, ids, self.key_groups)]
+        self.ids.append(arrays[0])
+        self.kgs.append(arrays[1])
         for i, (name, typename) in enumerate(zip(layout.names, layout.typenames)):
             values, deadlines = columns[i]
-            self.payloads[i].append(_typed_array(values, value_column(typename), typename, ft, name))
+            arrays.append(_typed_array(values, value_column(typename), typename, ft, name))
+            self.payloads[i].append(arrays[-1])
             if deadlines is not None:
-                self.deadlines[i].append(pa.array(deadlines, pa.int64()))
+                arrays.append(pa.array(deadlines, pa.int64()))
+                self.deadlines[i].append(arrays[-1])
+        added = sum(a.nbytes for a in arrays)
+        self.nbytes += added
+        return added
 
-
-def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
-    layout = delta.layout
-    ft = layout.function_type
-    pieces: list[pa.Table] = []
-    converted = _Columns(delta, key_groups)
-    deleted = converted.deleted
-    if converted.ids:
-        id_arr = pa.chunked_array(converted.ids, pa.string())
+    def _flush(self) -> Iterator[pa.Table]:
+        """The gathered chunks as one table per spec (rows of instances that hold a value in it)."""
+        if not self.ids:
+            return
+        layout = self.layout
+        ft = layout.function_type
+        id_arr = pa.chunked_array(self.ids, pa.string())
         n_inst = len(id_arr)
-        kg = pa.chunked_array(converted.key_groups, pa.int32())
+        kg = pa.chunked_array(self.kgs, pa.int32())
         zero = pa.repeat(pa.scalar(0, pa.int32()), n_inst)
         ft_arr = _constant(ft, zero)
         not_deleted = pa.repeat(pa.scalar(False), n_inst)
@@ -343,11 +381,12 @@ def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
         no_deadline = nulls["expires_at_ms"]
         any_value: pa.ChunkedArray | None = None  # per instance: holds a value in some spec seen so far
         every_instance_has_value = False
+        tables = []
         for i, (name, typename) in enumerate(zip(layout.names, layout.typenames)):
             column = value_column(typename)
-            arr = pa.chunked_array(converted.payloads[i], _ARROW_TYPE[column])
-            if converted.deadlines:
-                d = pa.chunked_array(converted.deadlines[i], pa.int64())
+            arr = pa.chunked_array(self.payloads[i], _ARROW_TYPE[column])
+            if self.deadlines:
+                d = pa.chunked_array(self.deadlines[i], pa.int64())
                 expires = pc.if_else(pc.equal(d, 0), pa.scalar(None, pa.int64()), d)
             else:
                 expires = no_deadline
@@ -378,43 +417,94 @@ def _encode_delta(delta: StateDelta, key_groups: int | None) -> list[pa.Table]:
             else:
                 every_instance_has_value = True
             if table.num_rows:
-                pieces.append(table)
+                tables.append(table)
         if not every_instance_has_value:
             # an instance without any value is gone (the runtime normally drops it): write it as a tombstone,
             # or older layers would bring its old values back
             empty = id_arr if any_value is None else id_arr.filter(pc.invert(any_value))
-            deleted += empty.to_pylist()
-    if deleted:
-        n = len(deleted)
-        pieces.append(
-            pa.Table.from_arrays(
-                [
-                    _key_group_column(ft, deleted, key_groups),
-                    _constant(ft, pa.repeat(pa.scalar(0, pa.int32()), n)),
-                    pa.array(deleted, pa.string()),
-                    _constant(None, pa.nulls(n, pa.int32())),
-                    _constant(None, pa.nulls(n, pa.int32())),
-                    *(pa.nulls(n, _ARROW_TYPE[c]) for c in VALUE_COLUMNS),
-                    pa.nulls(n, pa.int64()),
-                    pa.repeat(pa.scalar(True), n),
-                ],
-                schema=STATE_SCHEMA,
-            )
-        )
-    return pieces
+            self.deleted += empty.to_pylist()
+        self._clear()
+        yield from tables
+
+
+def _first_chunk(sample: list, values: bool) -> int:
+    """How many instances the first chunk converts: ``ENCODE_CHUNK``, or fewer if the sampled instances are
+    big (a chunk of 4096 instances of 5 MB would be 20 GB of Arrow at once)."""
+    if not sample:
+        return ENCODE_CHUNK
+    getsizeof = sys.getsizeof
+    if values:
+        size = sum(getsizeof(v) for v in sample)
+    else:
+        size = sum(getsizeof(c) for cells in sample if cells is not None for c in cells)
+    per_instance = max(1, size // len(sample))
+    return max(1, min(ENCODE_CHUNK, PIECE_BYTES // 4 // per_instance))
+
+
+def _tombstones(ft: str, deleted: list, key_groups: int | None) -> pa.Table:
+    n = len(deleted)
+    return pa.Table.from_arrays(
+        [
+            _key_group_column(ft, deleted, key_groups),
+            _constant(ft, pa.repeat(pa.scalar(0, pa.int32()), n)),
+            pa.array(deleted, pa.string()),
+            _constant(None, pa.nulls(n, pa.int32())),
+            _constant(None, pa.nulls(n, pa.int32())),
+            *(pa.nulls(n, _ARROW_TYPE[c]) for c in VALUE_COLUMNS),
+            pa.nulls(n, pa.int64()),
+            pa.repeat(pa.scalar(True), n),
+        ],
+        schema=STATE_SCHEMA,
+    )
+
+
+def iter_state(deltas: Mapping[str, StateDelta] | Iterable[StateDelta], key_groups: int | None) -> Iterator[pa.Table]:
+    """The state rows of a shard's deltas (see ``encode_state``) as tables of about ``PIECE_BYTES``, for a
+    writer that writes each and lets it go."""
+    if isinstance(deltas, Mapping):
+        deltas = deltas.values()
+    for delta in deltas:
+        yield from _Pieces(delta, key_groups)
 
 
 def encode_state(deltas: Mapping[str, StateDelta] | Iterable[StateDelta], key_groups: int | None) -> pa.Table:
     """The state rows (``STATE_SCHEMA``) of a shard's deltas, one per non-empty value, plus tombstones.
     ``key_groups=None`` leaves the ``key_group`` column null for readers to compute (see ``schema``)."""
-    if isinstance(deltas, Mapping):
-        deltas = deltas.values()
-    pieces: list[pa.Table] = []
-    for delta in deltas:
-        pieces.extend(_encode_delta(delta, key_groups))
+    pieces = list(iter_state(deltas, key_groups))
     if not pieces:
         return _empty_state()
     return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+
+
+class KeptPieces:
+    """Passes tables through (to a writer) and keeps them while they hold at most ``max_bytes`` in all, so
+    that small state can also be kept in memory (a shard's rollback copy) without a second encoding, and
+    big state is never held twice."""
+
+    def __init__(self, pieces: Iterable[pa.Table], max_bytes: int) -> None:
+        self._pieces, self.max_bytes = pieces, max_bytes
+        self.kept: list[pa.Table] | None = []
+        self.nbytes = 0
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        for piece in self._pieces:
+            self.nbytes += piece.nbytes
+            self.rows += piece.num_rows
+            if self.kept is not None:
+                if self.nbytes > self.max_bytes:
+                    self.kept = None
+                else:
+                    self.kept.append(piece)
+            yield piece
+
+    def table(self) -> pa.Table | None:
+        """Everything that passed, as one table; None if it was more than ``max_bytes``."""
+        if self.kept is None:
+            return None
+        if not self.kept:
+            return _empty_state()
+        return self.kept[0] if len(self.kept) == 1 else pa.concat_tables(self.kept)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -462,36 +552,67 @@ def filter_key_groups(
     return table.filter(pc.and_(pc.greater_equal(kg, start), pc.less(kg, end)))
 
 
+FOLD_COLUMNS = ("function_type", "id", "deleted")  # what deciding a fold needs: no payload is read
+
+
 def fold_layers(layers: Sequence[pa.Table]) -> pa.Table:
     """Full state from state layers, oldest first (a base, then deltas): per (function type, id) only the
-    rows of the newest layer that holds the instance survive, and tombstones are dropped.
+    rows of the newest layer that holds the instance survive, and tombstones are dropped (see
+    ``fold_masks``)."""
+    layers = [t for t in layers if t.num_rows]
+    kept = [t if m is None else t.filter(m) for t, m in zip(layers, fold_masks(layers))]
+    kept = [t for t in kept if t.num_rows]
+    if not kept:
+        return _empty_state()
+    return kept[0] if len(kept) == 1 else pa.concat_tables(kept, promote_options="permissive")
+
+
+def fold_masks(layers: Sequence[pa.Table]) -> list[pa.BooleanArray | None]:
+    """Per layer (oldest first; each needs only ``FOLD_COLUMNS``), the rows that survive the fold, or None
+    where all of them do. Deciding on these narrow columns first lets a restore read each layer's payloads
+    a row group at a time and keep only what survives.
 
     Vectorized in Arrow: the layers are concatenated newest first, so an id's first row is in the newest
     layer that holds it; ``_newest_layer_rows`` keeps that layer's rows (an instance has a row per value) in
     a few passes whatever the chain length (half the time of a hash aggregation per id, measured)."""
-    layers = [t for t in layers if t.num_rows]
-    if not layers:
-        return _empty_state()
-    if len(layers) == 1:
-        only = layers[0]
-        return only.filter(pc.invert(only["deleted"])) if pc.any(only["deleted"]).as_py() else only
-    newest_first = layers[::-1]
+    live = [i for i, t in enumerate(layers) if t.num_rows]
+    masks: list[pa.BooleanArray | None] = [None] * len(layers)
+    if len(live) == 1:
+        only = layers[live[0]]
+        deleted = only["deleted"]
+        deleted = deleted.combine_chunks() if isinstance(deleted, pa.ChunkedArray) else deleted
+        if pc.any(deleted).as_py():
+            masks[live[0]] = pc.invert(deleted)
+        return masks
+    if not live:
+        return masks
+    newest_first = [layers[i].select(list(FOLD_COLUMNS)) for i in reversed(live)]
     table = pa.concat_tables(newest_first, promote_options="permissive").combine_chunks()
     layer = pa.concat_arrays([pa.nulls(t.num_rows, pa.int32()).fill_null(i) for i, t in enumerate(newest_first)])
     function_types = table["function_type"]
-    kept: list[pa.Table] = []
     types = pc.unique(function_types).to_pylist()
-    if len(types) > 1 and pa.types.is_dictionary(function_types.type):
-        function_types = function_types.cast(pa.string())
-    for ft in types:
-        if len(types) == 1:
-            part, lay = table, layer
-        else:
-            mask = pc.equal(function_types, ft)
-            part, lay = table.filter(mask), layer.filter(mask)
-        newest = _newest_layer_rows(part["id"].combine_chunks(), lay)  # tombstones count: they hide older rows
-        kept.append(part.filter(pc.and_(newest, pc.invert(part["deleted"].combine_chunks()))))
-    return pa.concat_tables(kept) if kept else _empty_state()
+    alive = pc.invert(table["deleted"].combine_chunks())
+    if len(types) == 1:  # tombstones count: they hide older rows
+        keep = pc.and_(_newest_layer_rows(table["id"].combine_chunks(), layer), alive)
+    else:
+        if pa.types.is_dictionary(function_types.type):
+            function_types = function_types.cast(pa.string())
+        order, newest = [], []  # rows grouped by function type, and the fold's answer for each
+        for ft in types:
+            where = pc.indices_nonzero(pc.equal(function_types, ft))
+            order.append(where)
+            newest.append(_newest_layer_rows(pc.take(table["id"], where).combine_chunks(), pc.take(layer, where)))
+        # back in row order: ``order`` is a permutation, and sorting it gives its inverse
+        back = pc.sort_indices(pa.chunked_array(order))
+        keep = pc.and_(pc.take(pa.chunked_array(newest), back), alive)
+    if isinstance(keep, pa.ChunkedArray):
+        keep = keep.combine_chunks()
+    offset = 0
+    for i, t in zip(reversed(live), newest_first):
+        part = keep.slice(offset, t.num_rows)
+        offset += t.num_rows
+        masks[i] = None if pc.all(part).as_py() else part
+    return masks
 
 
 def _newest_layer_rows(ids: pa.Array, layer: pa.Array) -> pa.BooleanArray:
@@ -535,24 +656,27 @@ def decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
     Rows of a state name the layout does not declare are dropped with a warning (StateFun drops state of a
     removed spec too); a value stored under another type is converted through its wire bytes or raises.
     """
+    out: dict[str, list] = {}
     if table.num_rows == 0:
-        return {}
+        return out
     collecting = gc.isenabled()
     gc.disable()  # hundreds of thousands of new lists: no collection can free any of them
     try:
-        return _decode_instances(table, layout)
+        decode_instances_into(out, table, layout)
+        return out
     finally:
         if collecting:
             gc.enable()
 
 
-def _decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
+def decode_instances_into(out: dict[str, list], table: pa.Table, layout: StateLayout) -> None:
+    """``decode_instances`` into ``out``, which may hold instances of earlier batches: a restore decodes a
+    row group at a time, and an instance's rows (one per value) may span two of them."""
     ft = layout.function_type
     index = {name: i for i, name in enumerate(layout.names)}
     n = len(layout.names)
     width1 = layout.width == 1
     empty = layout.empty_cells()
-    out: dict[str, list] = {}
     names = pc.unique(table["state_name"]).to_pylist()
     single = len(names) == 1
     for name in names:
@@ -575,8 +699,8 @@ def _decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
             values = part[value_column(stored)].to_pylist()
             if stored != declared and _needs_conversion(stored, declared):
                 values = _convert(values, stored, declared, ft, name)
-            if width1 and not out:  # the common case, C-level: ~15% faster than a comprehension
-                out = dict(zip(ids, map(list, zip(values))))
+            if width1:  # the common case, C-level: ~15% faster than a loop (after the fold an id has one row)
+                out.update(zip(ids, map(list, zip(values))))
                 continue
             if layout.expiring:
                 deadlines = part["expires_at_ms"].fill_null(0).to_pylist()
@@ -592,4 +716,3 @@ def _decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
                     if cells is None:
                         cells = out[id] = empty.copy()
                     cells[i] = v
-    return out

@@ -29,6 +29,7 @@ checkpoint older than the newest committed one (so the parts of an in-flight che
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -58,7 +59,7 @@ from .manifest import (
     now_ms,
     prune_chain,
 )
-from .parquet import STAGE_ABOVE_BYTES, read_parquet, write_parquet
+from .parquet import STAGE_ABOVE_BYTES, ParquetFileReader, ParquetFileWriter, read_parquet, write_parquet
 from .records import (
     decode_egress,
     decode_messages,
@@ -68,15 +69,9 @@ from .records import (
     encode_timers,
     upgrade_egress,
 )
+from .restore import FoldedState, RestoredShard, StateLayer
 from .schema import ADDRESS_COLUMNS, DICTIONARY_COLUMNS, SCHEMAS
-from .state_codec import (
-    StateDelta,
-    StateLayout,
-    decode_instances,
-    encode_state,
-    filter_key_groups,
-    fold_layers,
-)
+from .state_codec import StateDelta, StateLayout, filter_key_groups, iter_state
 
 log = logging.getLogger("rayfun.checkpoint")
 
@@ -86,53 +81,6 @@ _MANIFEST_RE = re.compile(r"cp-(\d+)\.json$")
 _DATA_RE = re.compile(r"data/cp-(\d+)/")
 _COMPACTION_RE = re.compile(r"cp-(\d+)-([0-9a-f]+)\.(json|pending)$")
 _IO_THREADS = 8
-
-
-@dataclass
-class RestoredShard:
-    """What a (new) shard restores from a checkpoint for its key-group range.
-
-    ``state`` holds the folded state rows (``STATE_SCHEMA``, no tombstones) of the range; turn them into the
-    runtime's ``id -> cells`` with ``instances()``. ``timers``/``messages``/``egress`` are row tuples in the
-    shapes of ``rayfun.checkpoint.records``; ``metas`` maps each *old* shard overlapping the range to the
-    meta it stored. Egress records of an old shard are handed to exactly one new shard: the one whose range
-    contains the old shard's first key group. Timers come in firing order; when they come from more than
-    one old shard their ``seq`` is renumbered 0..n-1 (per-shard sequences would collide).
-    """
-
-    checkpoint_id: int
-    key_group_range: tuple[int, int]
-    key_groups: int
-    state: pa.Table
-    layouts: dict[str, StateLayout]
-    timers: list[tuple] = field(default_factory=list)
-    messages: list[tuple] = field(default_factory=list)
-    egress: list[tuple] = field(default_factory=list)
-    metas: dict[int, dict] = field(default_factory=dict)
-    app: dict = field(default_factory=dict)
-    chain_rows: int = 0  # state rows read: the base and every delta (``state`` holds the fold of them)
-
-    def function_types(self) -> list[str]:
-        """The function types that have state in this range."""
-        if self.state.num_rows == 0:
-            return []
-        return sorted(pa.compute.unique(self.state["function_type"]).to_pylist())
-
-    def instances(self, function_type: str, specs: Iterable[Any] | None = None) -> dict[str, list]:
-        """``id -> cells`` of one function type, laid out for ``specs`` (the function's current ValueSpecs or
-        ``(name, typename)`` pairs; default: the layout stored in the checkpoint)."""
-        if specs is not None:
-            layout = StateLayout.of(function_type, specs)
-        else:
-            layout = self.layouts.get(function_type)
-            if layout is None:
-                raise CheckpointError(
-                    f"checkpoint {self.checkpoint_id} has no state layout for {function_type!r}; pass its specs"
-                )
-        table = self.state
-        if len(self.layouts) != 1 or function_type not in self.layouts:
-            table = table.filter(pa.compute.equal(table["function_type"], function_type))
-        return decode_instances(table, layout)
 
 
 @dataclass(frozen=True)
@@ -299,51 +247,67 @@ class CheckpointStore:
     def _encode_file(
         self,
         kind: str,
-        table: pa.Table,
+        table: pa.Table | Iterable[pa.Table],
         rel: str,
         key_group_range: tuple[int, int],
         checkpoint_id: int,
         shard: int,
         base: bool = True,
     ) -> tuple[FileRef, pa.Buffer | str | None]:
-        """Encode ``table`` as Parquet: its reference (size, digest) and the data, in memory (a buffer) or,
-        for a big table, in a staging file (its path); ``_put_file`` puts either in place."""
-        if table.num_rows == 0:
-            return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
+        """Encode ``table`` (or tables that arrive one piece at a time) as Parquet: its reference (size,
+        digest) and the data, in memory (a buffer) or, past ``STAGE_ABOVE_BYTES``, in a staging file (its
+        path), written piece by piece so big state is never one table; ``_put_file`` puts either in place."""
+        pieces: list[pa.Table] = []
+        held = 0
+        writer: ParquetFileWriter | None = None
+        staged: str | None = None
         options = dict(
             compression=self.compression,
             compression_level=self.compression_level,
             use_dictionary=DICTIONARY_COLUMNS[kind],
-            write_statistics=["key_group"] if "key_group" in table.column_names else False,
+            write_statistics=["key_group"] if "key_group" in SCHEMAS[kind].names else False,
         )
-        if table.nbytes <= STAGE_ABOVE_BYTES:
-            data = write_parquet(table, None, **options)
-            ref = FileRef(
-                kind,
-                rel,
-                len(data),
-                self.checksum.of(data),
-                table.num_rows,
-                key_group_range,
-                checkpoint_id,
-                shard,
-                base,
-            )
-            return ref, data
+        try:
+            for piece in [table] if isinstance(table, pa.Table) else table:
+                if writer is not None:
+                    writer.write(piece)
+                    continue
+                pieces.append(piece)
+                held += piece.nbytes
+                if held > STAGE_ABOVE_BYTES:  # big: to a staging file, a row group at a time
+                    writer, staged = self._staging_writer(rel, SCHEMAS[kind], options)
+                    for p in pieces:
+                        writer.write(p)
+                    pieces = []
+            if writer is None:
+                rows = sum(p.num_rows for p in pieces)
+                if rows == 0:
+                    return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
+                whole = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+                del pieces
+                data = write_parquet(whole, None, **options)
+                digest = self.checksum.of(data)
+                return FileRef(kind, rel, len(data), digest, rows, key_group_range, checkpoint_id, shard, base), data
+            writer.close()
+            assert staged is not None
+            size, digest = self.checksum.of_file(staged)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            if staged is not None:
+                _remove(staged)
+            raise
+        return FileRef(kind, rel, size, digest, writer.rows, key_group_range, checkpoint_id, shard, base), staged
+
+    def _staging_writer(self, rel: str, schema: pa.Schema, options: dict) -> tuple[ParquetFileWriter, str]:
         for attempt in range(3):  # retention may remove an empty directory between makedirs and open
             staged = self._staging_path(rel)
             try:
-                write_parquet(table, staged, **options)
-                break
+                return ParquetFileWriter(staged, schema, **options), staged
             except FileNotFoundError:
                 if attempt == 2:
                     raise
-        try:
-            size, digest = self.checksum.of_file(staged)
-        except BaseException:
-            _remove(staged)
-            raise
-        return FileRef(kind, rel, size, digest, table.num_rows, key_group_range, checkpoint_id, shard, base), staged
+        raise AssertionError("unreachable")
 
     def _put_file(self, rel: str, data: pa.Buffer | str) -> None:
         """Put encoded data in place: a buffer is written, a staged file renamed (local disk) or uploaded
@@ -376,6 +340,7 @@ class CheckpointStore:
         *,
         key_groups: int,
         state: Mapping[str, StateDelta] | Iterable[StateDelta] | pa.Table | None = None,
+        state_pieces: Iterable[pa.Table] | None = None,
         parent_id: int | None = None,
         full: bool = False,
         timers: Iterable[tuple] = (),
@@ -388,7 +353,8 @@ class CheckpointStore:
 
         ``state``: per function type a ``StateDelta`` (instances changed since checkpoint ``parent_id`` plus
         tombstones), or, with ``full=True`` or ``parent_id=None``, every live instance (a base). May also be
-        a table from ``encode_state`` (encode on the event loop, write from a thread), then pass ``layouts``.
+        a table from ``encode_state``, or ``state_pieces``: tables from ``iter_state``, written one at a time
+        (then pass ``layouts``).
         ``timers``/``messages``/``egress``: row tuples (see ``records``), everything pending, in full.
         ``meta``: a JSON-able dict (source positions, channel sequence numbers, ...); restored as JSON, so
         tuples come back as lists. Nothing is visible until the coordinator commits the manifest.
@@ -402,11 +368,14 @@ class CheckpointStore:
         if parent_id is not None and parent_id >= checkpoint_id:
             raise CheckpointError(f"checkpoint {checkpoint_id}: parent {parent_id} must be older")
         layouts_json: dict[str, list[dict]] = {}
-        if isinstance(state, pa.Table):
+        state_table: pa.Table | Iterable[pa.Table]
+        if state_pieces is not None:
+            state_table = state_pieces
+        elif isinstance(state, pa.Table):
             state_table = state
         else:
             deltas = list(state.values()) if isinstance(state, Mapping) else list(state or ())
-            state_table = encode_state(deltas, None)  # key groups left to readers (see schema)
+            state_table = iter_state(deltas, None)  # key groups left to readers (see schema)
             for d in deltas:
                 layouts_json[d.layout.function_type] = d.layout.to_json()
         for ft, layout in (layouts or {}).items():
@@ -423,11 +392,11 @@ class CheckpointStore:
         blobs: dict[str, pa.Buffer | str] = {}
         try:
             for kind, table in tables.items():
-                if kind == "state" and table.num_rows == 0 and not full:
-                    continue  # an empty delta changes nothing: no chain entry at all
                 ref, data = self._encode_file(
                     kind, table, f"{prefix}.{kind}.parquet", key_group_range, checkpoint_id, shard_index, base=full
                 )
+                if kind == "state" and ref.rows == 0 and not full:
+                    continue  # an empty delta changes nothing: no chain entry at all
                 refs[kind] = ref
                 if data is not None:
                     blobs[ref.path] = data
@@ -766,18 +735,30 @@ class CheckpointStore:
             if "state" in tables
             else []
         )
-        wanted: list[FileRef] = [r for r in chain if r.path is not None]
+        # small state files are read whole (concurrently, with the other kinds); big ones row group by row
+        # group from a local file (see restore.py)
+        small = [r for r in chain if r.path is not None and r.size <= STAGE_ABOVE_BYTES]
+        wanted: list[FileRef] = list(small)
         for kind in ("timers", "messages"):
             if kind in tables:
                 wanted += [s.files[kind] for s in overlapping if kind in s.files and s.files[kind].path]
         if "egress" in tables:
             wanted += [s.files["egress"] for s in egress_owners if "egress" in s.files and s.files["egress"].path]
         read = self._read_tables(wanted, m.checkpoint_id)
-
-        layers = [
-            filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range) for r in chain if r.path is not None
-        ]
-        state = fold_layers(layers)
+        layers = []
+        try:
+            for r in chain:
+                if r.path is None:
+                    continue
+                if r.size <= STAGE_ABOVE_BYTES:
+                    layers.append(StateLayer.of_table(read.pop(r.path), rng, m.key_groups, r.key_group_range))
+                else:
+                    layers.append(self._state_file(r, m.checkpoint_id, rng, m.key_groups))
+            state = FoldedState(layers)
+        except BaseException:
+            for layer in layers:
+                layer.close()
+            raise
 
         def gather(kind: str, shards: list[ShardEntry], ranged: bool) -> pa.Table | None:
             refs = [s.files[kind] for s in shards if kind in s.files and s.files[kind].path is not None]
@@ -805,7 +786,7 @@ class CheckpointStore:
             key_group_range=(start, end),
             key_groups=m.key_groups,
             state=state,
-            chain_rows=sum(t.num_rows for t in layers),
+            chain_rows=state.chain_rows,
             layouts={ft: StateLayout.from_json(ft, specs) for ft, specs in m.layouts.items()},
             timers=timer_rows,
             messages=decode_messages(messages) if messages is not None else [],
@@ -830,17 +811,66 @@ class CheckpointStore:
                 log.error("checkpoint %d cannot be restored, falling back to an older one: %s", m.checkpoint_id, exc)
         return None
 
-    def load_egress(self, checkpoint: Manifest | int) -> dict[int, list[tuple]]:
-        """Every shard's egress records of the checkpoint's epoch (``shard index -> rows``), e.g. to publish
-        them again after a crash between 'checkpoint complete' and 'published'."""
-        m = self._as_manifest(checkpoint)
-        refs = {s.index: s.files.get("egress") for s in m.shards}
-        read = self._read_tables([r for r in refs.values() if r is not None and r.path], m.checkpoint_id)
-        return {i: decode_egress(read[r.path]) if r is not None and r.path else [] for i, r in refs.items()}
-
     def read_state_table(self, checkpoint: Manifest | int) -> pa.Table:
         """The full folded state of a checkpoint (``STATE_SCHEMA`` rows, no tombstones)."""
-        return self.load_shard(checkpoint, tables=("state",)).state
+        return self.load_shard(checkpoint, tables=("state",)).state.table()
+
+    def _state_file(
+        self, ref: FileRef, checkpoint_id: int, key_group_range: tuple[int, int], key_groups: int
+    ) -> StateLayer:
+        """A big state file as a layer read from a local file: the file itself on a local disk, else a copy
+        in the local temp directory; verified (size, digest, rows, columns) before any row is used."""
+        assert ref.path is not None
+        path = self._abs(ref.path)
+        local, temporary = path, False
+        try:
+            if not self._local:
+                token = uuid.uuid4().hex[:8]
+                local = os.path.join(tempfile.gettempdir(), f"rayfun-restore-{token}-{ref.path.rsplit('/', 1)[-1]}")
+                temporary = True
+                self.fs.get_file(path, local)
+            size, digest = self.checksum.of_file(local)
+        except FileNotFoundError:
+            if temporary:
+                _remove(local)
+            raise CorruptCheckpointError(path, "missing", checkpoint_id=checkpoint_id) from None
+        except BaseException:
+            if temporary:
+                _remove(local)
+            raise
+        try:
+            if size != ref.size:
+                raise CorruptCheckpointError(
+                    path, "size mismatch", f"{size} bytes, manifest says {ref.size}", checkpoint_id
+                )
+            if not hmac.compare_digest(digest, ref.sha256):
+                raise CorruptCheckpointError(
+                    path, "checksum mismatch", f"{self.checksum.algorithm} differs from the manifest", checkpoint_id
+                )
+            try:
+                reader = ParquetFileReader(local)
+                rows, names = reader.num_rows, set(reader.schema.names)
+                reader.close()
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise CorruptCheckpointError(path, "unreadable", str(exc), checkpoint_id) from None
+            if rows != ref.rows:
+                raise CorruptCheckpointError(
+                    path, "unreadable", f"{rows} rows, manifest says {ref.rows}", checkpoint_id
+                )
+            if not names >= set(SCHEMAS["state"].names):
+                raise CorruptCheckpointError(path, "unreadable", "unexpected schema: columns missing", checkpoint_id)
+            return StateLayer(
+                path=local,
+                temporary=temporary,
+                checkpoint_id=checkpoint_id,
+                key_group_range=key_group_range,
+                key_groups=key_groups,
+                file_range=ref.key_group_range,
+            )
+        except BaseException:
+            if temporary:
+                _remove(local)
+            raise
 
     # ----------------------------------------------------------------------------------------------------
     # Compaction.

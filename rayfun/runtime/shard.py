@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
-from ..checkpoint.state_codec import StateDelta, StateLayout, encode_state, fold_layers
+from ..checkpoint.state_codec import KeptPieces, StateDelta, StateLayout, iter_state
 from ..functions import StatefulFunctions
 from ..io import DEAD_LETTER_EGRESS, DeadLetter, DeliverySemantic, Sink, Source
 from ..messages import EgressMessage, Message
@@ -124,13 +124,13 @@ class _LocalCopy(NamedTuple):
 
     def restored(self, key_group_range: tuple[int, int], key_groups: int, layouts: dict) -> RestoredShard:
         """This copy as what a shard restores from storage, state folded."""
-        from ..checkpoint.store import RestoredShard
+        from ..checkpoint.restore import FoldedState, RestoredShard
 
         return RestoredShard(
             self.checkpoint_id,
             key_group_range,
             key_groups,
-            fold_layers(self.layers),
+            FoldedState.of_tables(self.layers),
             layouts,
             self.timers,
             self.messages,
@@ -982,14 +982,16 @@ class ShardCore:
         deltas = [
             StateDelta(self._layout(t), instances, values=values) for t, (instances, values) in snap.captured.items()
         ]
-        snap.state = encode_state(deltas, None)  # key groups left to readers (see checkpoint.schema)
-        snap.captured = None  # the table holds the state now
+        snap.captured = None  # the deltas hold the state now
+        # encoded and written a piece at a time (big state is never all in Arrow); the pieces are kept for
+        # the in-memory rollback copy only while they are small
+        pieces = KeptPieces(iter_state(deltas, None), self.config.local_copy_max_bytes)  # key groups: readers'
         part = self._store.write_shard_part(
             snap.id,
             self.index,
             self.key_group_range,
             key_groups=self.config.key_groups,
-            state=snap.state,
+            state_pieces=pieces,
             layouts={d.layout.function_type: d.layout for d in deltas},
             parent_id=snap.parent_id,
             full=snap.full,
@@ -998,8 +1000,10 @@ class ShardCore:
             egress=snap.egress,
             meta=snap.meta,
         )
-        if snap.state.nbytes > self.config.local_copy_max_bytes:  # big state: no second copy in memory
-            snap.state, snap.too_big = None, True
+        del deltas
+        snap.state = pieces.table()
+        if snap.state is None:  # big state: no second copy in memory
+            snap.too_big = True
             _release_memory()
         return part
 
@@ -1188,9 +1192,13 @@ class ShardCore:
                 "checkpoint %d holds state of %s, which is no longer bound: ignored", restored.checkpoint_id, typename
             )
         self._chain_rows = max(0, restored.chain_rows - restored.state.num_rows)  # the deltas, roughly
-        self._local = self._bounded_copy(
-            _LocalCopy(restored.checkpoint_id, [restored.state], restored.timers, restored.messages, restored.egress)
-        )
+        state = restored.state  # kept for a rollback only if small (a big one was read from a file)
+        self._local = None
+        if state.in_memory and state.nbytes <= self.config.local_copy_max_bytes:
+            self._local = self._bounded_copy(
+                _LocalCopy(restored.checkpoint_id, [state.table()], restored.timers, restored.messages, restored.egress)
+            )
+        restored.close()
         self._load_rest(restored.timers, restored.messages, restored.egress)
 
     def _load_rest(self, timers: list, messages: list, egress: list) -> None:

@@ -44,6 +44,14 @@ def main(module_path: str, work: str) -> None:
         outcome["read"] = "ok"
     except Exception as exc:
         outcome["read"] = f"{type(exc).__name__}: {exc}"
+    try:  # the way a restore reads a big file: from a local path, narrow columns, then row groups
+        reader = parquet.ParquetFileReader(path)
+        reader.read(["value"])
+        list(reader.row_groups())
+        reader.close()
+        outcome["read_file"] = "ok"
+    except Exception as exc:
+        outcome["read_file"] = f"{type(exc).__name__}: {exc}"
     outcome["code_ran_in_rayfun_read"] = os.path.exists(marker)
     pa.PyExtensionType.set_auto_load(True)  # the unpatched default: proves the file really runs code
     try:

@@ -41,3 +41,4 @@ def test_a_crafted_parquet_file_runs_no_code_with_the_lowest_allowed_pyarrow(tmp
     assert outcome["pyarrow"] == _floor(), f"{python} has pyarrow {outcome['pyarrow']}, the floor is {_floor()}"
     assert outcome["code_ran_with_auto_load"], "the crafted file does not exercise the hole: the test proves nothing"
     assert not outcome["code_ran_in_rayfun_read"], f"reading the crafted file ran code: {outcome}"
+    assert outcome["read_file"] == "ok", f"the row-group reader failed on the lowest pyarrow: {outcome}"

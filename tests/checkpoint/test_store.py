@@ -477,16 +477,18 @@ def test_a_keyed_checkpoint_refuses_what_the_key_did_not_sign(tmp_path):
 
 
 def test_big_tables_go_through_a_staging_file_and_read_back_the_same(store_url, monkeypatch, tmp_path):
-    """Past STAGE_ABOVE_BYTES a file is written to a staging file (no whole copy in memory), in row groups
-    of at most ROW_GROUP_BYTES, hashed from the file and put in place; it restores like a small one, and
-    no staging file is left behind, also when the write fails."""
+    """Past STAGE_ABOVE_BYTES a file is written to a staging file (no whole copy in memory) from state that
+    arrives in pieces, in row groups of at most ROW_GROUP_BYTES, hashed from the file and put in place; it
+    restores a row group at a time (from a downloaded copy for an object store) like a small one, and no
+    staging or downloaded file is left behind, also when the write fails."""
     import pyarrow.parquet as pq
 
-    from rayfun.checkpoint import StateDelta, StateLayout, parquet
+    from rayfun.checkpoint import StateDelta, StateLayout, parquet, state_codec
     from rayfun.checkpoint import store as store_module
 
     monkeypatch.setattr(store_module, "STAGE_ABOVE_BYTES", 0)
     monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 1024)
+    monkeypatch.setattr(state_codec, "PIECE_BYTES", 4096)
     monkeypatch.setattr(store_module.tempfile, "tempdir", str(tmp_path / "staging"))
     (tmp_path / "staging").mkdir()
     store = CheckpointStore(store_url)

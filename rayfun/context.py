@@ -15,6 +15,7 @@ from collections.abc import Container, Sequence
 from datetime import timedelta
 from typing import Any
 
+from . import types
 from .functions import ValueSpec
 from .messages import Address, EgressMessage, Message
 from .types import BUILTIN_TYPES, check_text, to_payload
@@ -102,9 +103,11 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
         if after_write:
             set_ = checked_set
         elif fast_type is str:
+            max_chars = types.MAX_VALUE_BYTES // 4
 
             def set_(self, value):
-                if type(value) is str and value.isascii():  # hot path: ASCII text needs no check
+                # hot path: ASCII text of a storable length needs no check
+                if type(value) is str and len(value) <= max_chars and value.isascii():
                     self._cells[index] = value
                     self.dirty = 1
                 else:

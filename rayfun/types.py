@@ -24,6 +24,7 @@ __all__ = [
     "BUILTIN_TYPES",
     "MAX_ID_CHARS",
     "MAX_TYPENAME_CHARS",
+    "MAX_VALUE_BYTES",
     "BoolType",
     "DoubleType",
     "FloatType",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 MAX_ID_CHARS = 64 * 1024  # an instance id (it is stored with every row of its state and every message)
+# one value (a message payload or a state value): Arrow's binary and string columns, Parquet pages and
+# protobuf messages all stop at 2 GiB, and a value that cannot be checkpointed would stop every checkpoint
+MAX_VALUE_BYTES = 512 * 2**20
 MAX_TYPENAME_CHARS = 1024
 
 
@@ -251,6 +255,11 @@ class _String(_BuiltinType[str]):
     def check(self, value: Any) -> Any:
         if type(value) is not str:
             super().check(value)
+        if len(value) > MAX_VALUE_BYTES // 4:  # UTF-8 takes up to 4 bytes a character
+            raise ValueError(
+                f"a {self.typename} value of {len(value)} characters is more than rayfun stores "
+                f"({MAX_VALUE_BYTES // 4} characters)"
+            )
         return check_text(value, f"a {self.typename} value")
 
     def serialize(self, value: str) -> bytes:
@@ -372,6 +381,10 @@ def to_payload(value: Any, value_type: Type) -> Any:
     data = value_type.serializer().serialize(value)
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError(f"serializer of {value_type.typename} returned {type(data).__name__}, expected bytes")
+    if len(data) > MAX_VALUE_BYTES:
+        raise ValueError(
+            f"a {value_type.typename} value of {len(data)} bytes is more than rayfun stores ({MAX_VALUE_BYTES} bytes)"
+        )
     return bytes(data)
 
 

@@ -21,7 +21,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from ..messages import EgressMessage, Message
-from ..types import decode_payload, encode_payload
+from ..types import MAX_VALUE_BYTES, decode_payload, encode_payload
 
 __all__ = [
     "EXPIRE_MODE_NUMBERS",
@@ -370,6 +370,8 @@ def _typename_of(addr: Any, what: str) -> str:
 
 
 def _payload(tv: Any, what: str) -> Any:
+    if len(tv.value) > MAX_VALUE_BYTES:
+        raise ProtocolError(f"{what}: {len(tv.value)} bytes, more than rayfun stores ({MAX_VALUE_BYTES} bytes)")
     try:
         return payload_of(tv)
     except ValueError as exc:

@@ -117,3 +117,33 @@ def test_a_string_state_write_of_invalid_text_fails_the_invocation():
     with pytest.raises(ValueError, match="state 's' of t/s.*not valid Unicode text"):
         storage.s = "lone \ud800"
     assert storage.s == "ünïcode"
+
+
+def test_values_too_big_to_store_are_refused_where_they_enter(monkeypatch):
+    """A value that could never be checkpointed (Arrow and Parquet stop at 2 GiB) would stop every
+    checkpoint: it is refused at the state write, the message builder, and in a remote function's answer."""
+    import pytest
+
+    from rayfun import StringType, ValueSpec, message_builder, simple_type, types
+    from rayfun.context import make_storage_class
+    from rayfun.remote import protocol
+
+    monkeypatch.setattr(types, "MAX_VALUE_BYTES", 64)
+    blob = simple_type("t/blob", lambda b: b, bytes)
+    storage = make_storage_class("t/s", [ValueSpec("b", blob), ValueSpec("s", StringType)])([None, None], 0)
+    storage.b = b"x" * 64
+    with pytest.raises(ValueError, match="t/blob value of 65 bytes is more than rayfun stores"):
+        storage.b = b"x" * 65
+    assert storage.b == b"x" * 64
+    with pytest.raises(ValueError, match="17 characters is more than rayfun stores"):
+        storage.s = "y" * 17
+    with pytest.raises(ValueError, match="65 bytes"):
+        message_builder("t/x", "a", value=b"z" * 65, value_type=blob)
+
+    monkeypatch.setattr(protocol, "MAX_VALUE_BYTES", 64)
+
+    class TypedValue:
+        typename, value, has_value = "t/blob", b"z" * 65, True
+
+    with pytest.raises(protocol.ProtocolError, match="state 'b': 65 bytes, more than rayfun stores"):
+        protocol._payload(TypedValue(), "state 'b'")

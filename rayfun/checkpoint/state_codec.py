@@ -21,7 +21,6 @@ import itertools
 import logging
 import operator
 import sys
-import zlib
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..keygroups import key_groups_mixed, key_groups_of
 from ..types import BUILTIN_TYPES, decode_payload, encode_payload
 from .errors import CheckpointError
 from .schema import ADDRESS_COLUMNS, STATE_SCHEMA, VALUE_COLUMNS, value_column
@@ -147,43 +147,6 @@ class StateDelta:
         if full:
             return cls(layout, dict(state.instances))
         return cls(layout, {id: state.instances.get(id) for id in state.changed})
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Key groups, vectorized. Must equal rayfun.runtime.partitioning.key_group (a test checks it).
-
-_U64 = pa.uint64()
-_GOLDEN = pa.scalar(0x9E3779B1, _U64)
-_MASK32 = pa.scalar(0xFFFFFFFF, _U64)
-_SHIFT32 = pa.scalar(32, _U64)
-_seeds: dict[str, int] = {}
-
-
-def _seed(typename: str) -> int:
-    seed = _seeds.get(typename)
-    if seed is None:
-        seed = _seeds[typename] = zlib.crc32(typename.encode("utf-8") + b"\0")
-    return seed
-
-
-def _spread(crcs: array, key_groups: int) -> pa.Array:
-    crc = pa.Array.from_buffers(pa.uint32(), len(crcs), [None, pa.py_buffer(crcs)]).cast(_U64)
-    x = pc.bit_wise_and(pc.multiply(crc, _GOLDEN), _MASK32)
-    return pc.shift_right(pc.multiply(x, pa.scalar(key_groups, _U64)), _SHIFT32).cast(pa.int32())
-
-
-def key_groups_of(typename: str, ids: Sequence[str], key_groups: int) -> pa.Array:
-    """Key groups (int32) of the ids of one function type. One C-level ``map`` per id (encode, CRC-32):
-    streaming the bytes objects beats keeping a list of them (measured: 126 vs 141 ms per million)."""
-    crcs = array("I", map(zlib.crc32, map(str.encode, ids), itertools.repeat(_seed(typename))))
-    return _spread(crcs, key_groups)
-
-
-def key_groups_mixed(typenames: Sequence[str], ids: Sequence[str], key_groups: int) -> pa.Array:
-    """Key groups (int32) of addresses of mixed function types (timers, messages)."""
-    crc32, seed = zlib.crc32, _seed
-    crcs = array("I", [crc32(i.encode("utf-8"), seed(t)) for t, i in zip(typenames, ids)])
-    return _spread(crcs, key_groups)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,36 +17,26 @@ manifest is written with write-temp-then-rename on a local disk and one PUT else
 and memory). A checkpoint without its manifest does not exist. Empty tables are not written at all (the
 manifest records them with ``path=None``).
 
-Files are checked against the size and SHA-256 in the manifest before they are parsed (or HMAC-SHA256
-with a key: see checksum.py for what each protects against). SHA-256 costs ~1.5 ms per MB here (OpenSSL),
-against tens of ms to write the same Parquet; CRC-32 would be ~2x faster but is not collision-resistant,
-and the difference is noise next to the upload.
-
-Retention keeps the newest ``retain`` manifests and every file any of them references (their state chains
-may reach far back); a data file is deleted only if no retained manifest references it and it belongs to a
-checkpoint older than the newest committed one (so the parts of an in-flight checkpoint are never touched).
+Who does what: ``blobs`` (the only fsspec user), ``datafiles`` (encode, verify, read files), ``restore``
+(the fold, read a row group at a time), ``retention``, ``compaction``; this module writes parts, commits
+manifests, lists, verifies and quarantines checkpoints, and assembles what a shard restores.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
-import os
 import re
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import pyarrow as pa
-from fsspec.implementations.local import LocalFileSystem
 
+from .blobs import BlobStore
 from .checksum import Checksum
+from .compaction import CompactionResult, usable_compaction
+from .datafiles import DataFiles, Encoded
 from .errors import CheckpointError, CheckpointKeyError, CorruptCheckpointError
 from .manifest import (
     MAX_ANCESTORS,
@@ -59,7 +49,6 @@ from .manifest import (
     now_ms,
     prune_chain,
 )
-from .parquet import STAGE_ABOVE_BYTES, ParquetFileReader, ParquetFileWriter, read_parquet, write_parquet
 from .records import (
     decode_egress,
     decode_messages,
@@ -67,10 +56,10 @@ from .records import (
     encode_egress,
     encode_messages,
     encode_timers,
-    upgrade_egress,
 )
 from .restore import FoldedState, RestoredShard, StateLayer
-from .schema import ADDRESS_COLUMNS, DICTIONARY_COLUMNS, SCHEMAS
+from .retention import apply_retention
+from .schema import ADDRESS_COLUMNS
 from .state_codec import StateDelta, StateLayout, filter_key_groups, iter_state
 
 log = logging.getLogger("rayfun.checkpoint")
@@ -78,22 +67,7 @@ log = logging.getLogger("rayfun.checkpoint")
 __all__ = ["CheckpointStore", "CompactionResult", "RestoredShard"]
 
 _MANIFEST_RE = re.compile(r"cp-(\d+)\.json$")
-_DATA_RE = re.compile(r"data/cp-(\d+)/")
-_COMPACTION_RE = re.compile(r"cp-(\d+)-([0-9a-f]+)\.(json|pending)$")
-_IO_THREADS = 8
-
-
-@dataclass(frozen=True)
-class CompactionResult:
-    """Bases of the folded state of checkpoint ``source``; a later ``commit`` splices them into its chain."""
-
-    source: int
-    files: tuple[FileRef, ...]
-    record_path: str
-
-    @property
-    def bytes_written(self) -> int:
-        return sum(f.size for f in self.files)
+_DATA_DIR_RE = re.compile(r"cp-(\d+)$")
 
 
 class CheckpointStore:
@@ -136,9 +110,8 @@ class CheckpointStore:
         self.compression = compression
         # zstd's default level costs twice its level 1 for a few percent fewer bytes
         self.compression_level = 1 if compression_level is None and compression == "zstd" else compression_level
-        self.fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
-        self.root = root.rstrip("/") or "/"
-        self._local = isinstance(self.fs, LocalFileSystem)  # directories are created on first write
+        self.blobs = BlobStore(url, self.storage_options)
+        self.files = DataFiles(self.blobs, self.checksum, self.compression, self.compression_level)
         self._manifests: dict[int, Manifest] = {}
         self._lock = threading.Lock()
 
@@ -151,186 +124,12 @@ class CheckpointStore:
     def __repr__(self) -> str:
         return f"CheckpointStore({self.url!r}, retain={self.retain})"
 
-    # ----------------------------------------------------------------------------------------------------
-    # Paths and raw I/O.
-
-    def _abs(self, rel: str) -> str:
-        return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
-
-    def _rel(self, path: str) -> str:
-        path = self.fs._strip_protocol(path)
-        prefix = self.root.rstrip("/") + "/"
-        return path[len(prefix) :] if path.startswith(prefix) else path
-
     @staticmethod
     def manifest_path(checkpoint_id: int) -> str:
         return f"manifests/cp-{checkpoint_id:010d}.json"
 
-    def _put(self, rel: str, data: bytes | pa.Buffer) -> None:
-        path = self._abs(rel)
-        if self._local:
-            for attempt in range(3):  # retention may remove an empty directory between makedirs and open
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                try:
-                    with open(path, "wb") as f:
-                        f.write(data)
-                    break
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise
-        else:  # object-store clients want bytes
-            self.fs.pipe_file(path, data if isinstance(data, bytes) else data.to_pybytes())
-
-    def _put_atomic(self, rel: str, data: bytes) -> None:
-        """All or nothing: temp file + fsync + rename locally; a single PUT on object stores."""
-        path = self._abs(rel)
-        if not self._local:
-            self.fs.pipe_file(path, data)
-            return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-    def _get(self, rel: str) -> bytes:
-        return self.fs.cat_file(self._abs(rel))
-
-    def _ls(self, rel_dir: str, detail: bool = False) -> list:
-        path = self._abs(rel_dir)
-        try:
-            self.fs.invalidate_cache(path)  # other processes write here: never trust a cached listing
-            return self.fs.ls(path, detail=detail)
-        except FileNotFoundError:
-            return []
-
-    def _find(self, rel_dir: str) -> list[str]:
-        path = self._abs(rel_dir)
-        self.fs.invalidate_cache(path)
-        try:
-            return [self._rel(p) for p in self.fs.find(path)]
-        except FileNotFoundError:
-            return []
-
-    def _delete(self, rels: Sequence[str]) -> None:
-        if not rels:
-            return
-        paths = [self._abs(r) for r in rels]
-        try:
-            self.fs.rm(paths)
-        except FileNotFoundError:
-            for p in paths:
-                try:
-                    self.fs.rm_file(p)
-                except FileNotFoundError:
-                    pass
-
     # ----------------------------------------------------------------------------------------------------
     # Writing.
-
-    def _staging_path(self, rel: str) -> str:
-        """Where a file is written before it is put in place: beside it on a local disk (then renamed), in
-        the local temp directory for an object store (then uploaded from there)."""
-        token = uuid.uuid4().hex[:8]
-        if self._local:
-            path = self._abs(rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            return f"{path}.tmp-{token}"
-        return os.path.join(tempfile.gettempdir(), f"rayfun-{token}-{rel.rsplit('/', 1)[-1]}")
-
-    def _encode_file(
-        self,
-        kind: str,
-        table: pa.Table | Iterable[pa.Table],
-        rel: str,
-        key_group_range: tuple[int, int],
-        checkpoint_id: int,
-        shard: int,
-        base: bool = True,
-    ) -> tuple[FileRef, pa.Buffer | str | None]:
-        """Encode ``table`` (or tables that arrive one piece at a time) as Parquet: its reference (size,
-        digest) and the data, in memory (a buffer) or, past ``STAGE_ABOVE_BYTES``, in a staging file (its
-        path), written piece by piece so big state is never one table; ``_put_file`` puts either in place."""
-        pieces: list[pa.Table] = []
-        held = 0
-        writer: ParquetFileWriter | None = None
-        staged: str | None = None
-        options = dict(
-            compression=self.compression,
-            compression_level=self.compression_level,
-            use_dictionary=DICTIONARY_COLUMNS[kind],
-            write_statistics=["key_group"] if "key_group" in SCHEMAS[kind].names else False,
-        )
-        try:
-            for piece in [table] if isinstance(table, pa.Table) else table:
-                if writer is not None:
-                    writer.write(piece)
-                    continue
-                pieces.append(piece)
-                held += piece.nbytes
-                if held > STAGE_ABOVE_BYTES:  # big: to a staging file, a row group at a time
-                    writer, staged = self._staging_writer(rel, SCHEMAS[kind], options)
-                    for p in pieces:
-                        writer.write(p)
-                    pieces = []
-            if writer is None:
-                rows = sum(p.num_rows for p in pieces)
-                if rows == 0:
-                    return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
-                whole = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
-                del pieces
-                data = write_parquet(whole, None, **options)
-                digest = self.checksum.of(data)
-                return FileRef(kind, rel, len(data), digest, rows, key_group_range, checkpoint_id, shard, base), data
-            writer.close()
-            assert staged is not None
-            size, digest = self.checksum.of_file(staged)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            if staged is not None:
-                _remove(staged)
-            raise
-        return FileRef(kind, rel, size, digest, writer.rows, key_group_range, checkpoint_id, shard, base), staged
-
-    def _staging_writer(self, rel: str, schema: pa.Schema, options: dict) -> tuple[ParquetFileWriter, str]:
-        for attempt in range(3):  # retention may remove an empty directory between makedirs and open
-            staged = self._staging_path(rel)
-            try:
-                return ParquetFileWriter(staged, schema, **options), staged
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _put_file(self, rel: str, data: pa.Buffer | str) -> None:
-        """Put encoded data in place: a buffer is written, a staged file renamed (local disk) or uploaded
-        (and gone after)."""
-        if not isinstance(data, str):
-            self._put(rel, data)
-            return
-        path = self._abs(rel)
-        try:
-            if self._local:
-                os.replace(data, path)
-            else:
-                self.fs.put_file(data, path)
-        finally:
-            _remove(data)
-
-    def _put_many(self, blobs: dict[str, pa.Buffer | str]) -> None:
-        if len(blobs) <= 1:
-            for rel, data in blobs.items():
-                self._put_file(rel, data)
-            return
-        with ThreadPoolExecutor(min(_IO_THREADS, len(blobs))) as pool:
-            list(pool.map(lambda item: self._put_file(*item), blobs.items()))
 
     def write_shard_part(
         self,
@@ -389,22 +188,20 @@ class CheckpointStore:
             "egress": encode_egress(egress),
         }
         refs: dict[str, FileRef] = {}
-        blobs: dict[str, pa.Buffer | str] = {}
+        encoded: dict[str, Encoded] = {}
         try:
             for kind, table in tables.items():
-                ref, data = self._encode_file(
+                ref, data = self.files.encode(
                     kind, table, f"{prefix}.{kind}.parquet", key_group_range, checkpoint_id, shard_index, base=full
                 )
                 if kind == "state" and ref.rows == 0 and not full:
                     continue  # an empty delta changes nothing: no chain entry at all
                 refs[kind] = ref
                 if data is not None:
-                    blobs[ref.path] = data
-            self._put_many(blobs)
+                    encoded[ref.path] = data
+            self.files.put_many(encoded)
         finally:
-            for data in blobs.values():  # staged files a failure left behind
-                if isinstance(data, str):
-                    _remove(data)
+            self.files.discard(encoded.values())  # staged files a failure left behind
         return ShardPart(
             checkpoint_id,
             shard_index,
@@ -455,7 +252,7 @@ class CheckpointStore:
                 f"{sorted(parents)}; all shards must restore from / build on one checkpoint"
             )
         parent_id = parents.pop() if parents else None
-        if self._exists(self.manifest_path(checkpoint_id)):
+        if self.blobs.exists(self.manifest_path(checkpoint_id)):
             raise CheckpointError(f"checkpoint {checkpoint_id} is already committed")
         parts = sorted(parts, key=lambda p: p.shard_index)
         parent: Manifest | None = None
@@ -487,7 +284,7 @@ class CheckpointStore:
             layouts.update(p.layouts)
         ancestors = (parent_id, *(parent.ancestors if parent else ()))[:MAX_ANCESTORS] if parent_id is not None else ()
         compacted_through = parent.compacted_through if parent is not None else None
-        spliced = self._usable_compaction(ancestors, compacted_through)
+        spliced = usable_compaction(self, ancestors, compacted_through)
         if spliced is not None:
             chain = list(spliced.files) + [f for f in chain if f.checkpoint_id > spliced.source]
             compacted_through = spliced.source
@@ -506,7 +303,7 @@ class CheckpointStore:
             compacted_through=compacted_through,
             app=json_meta(app_meta, "app_meta"),
         )
-        self._put_atomic(self.manifest_path(checkpoint_id), manifest.to_json_bytes(self.checksum))
+        self.blobs.put_atomic(self.manifest_path(checkpoint_id), manifest.to_json_bytes(self.checksum))
         with self._lock:
             self._manifests[checkpoint_id] = manifest
         try:
@@ -515,18 +312,13 @@ class CheckpointStore:
             log.exception("checkpoint %d: retention failed (will retry at the next commit)", checkpoint_id)
         return manifest
 
-    def _exists(self, rel: str) -> bool:
-        path = self._abs(rel)
-        self.fs.invalidate_cache(path)
-        return self.fs.exists(path)
-
     # ----------------------------------------------------------------------------------------------------
     # Listing and verifying.
 
     def checkpoint_ids(self) -> list[int]:
         """Ids of the checkpoints that have a manifest, ascending (not yet checked to parse)."""
         ids = []
-        for p in self._ls("manifests"):
+        for p in self.blobs.ls("manifests"):
             m = _MANIFEST_RE.search(p)
             if m:
                 ids.append(int(m.group(1)))
@@ -536,12 +328,12 @@ class CheckpointStore:
         """An id newer than every manifest present, damaged and quarantined ones included (an id is never
         used twice: its files and its egress epoch must stay its own)."""
         ids = self.checkpoint_ids() + self.quarantined_ids()
-        data = [int(m.group(1)) for p in self._ls("data") if (m := re.search(r"cp-(\d+)$", p.rstrip("/")))]
+        data = self.blobs.numbered("data", _DATA_DIR_RE)
         return max(ids + data, default=0) + 1
 
     def quarantined_ids(self) -> list[int]:
         """Ids of the checkpoints set aside as damaged (``quarantine``), ascending."""
-        return sorted(int(m.group(1)) for p in self._ls("damaged") if (m := _MANIFEST_RE.search(p)))
+        return self.blobs.numbered("damaged", _MANIFEST_RE)
 
     def quarantine(self, checkpoint_id: int, reason: str) -> None:
         """Set a damaged checkpoint aside: its manifest moves to ``damaged/`` with the reason beside it, so
@@ -550,17 +342,17 @@ class CheckpointStore:
         rel = self.manifest_path(checkpoint_id)
         name = rel.rsplit("/", 1)[1]
         try:
-            data = self._get(rel)
+            data = self.blobs.get(rel)
         except FileNotFoundError:
             data = None
         if data is not None:
-            self._put(f"damaged/{name}", data)
-        self._put(f"damaged/{name[: -len('.json')]}.reason.txt", reason.encode("utf-8"))
+            self.blobs.put(f"damaged/{name}", data)
+        self.blobs.put(f"damaged/{name[: -len('.json')]}.reason.txt", reason.encode("utf-8"))
         if data is not None:
-            self._delete([rel])
+            self.blobs.delete([rel])
         with self._lock:
             self._manifests.pop(checkpoint_id, None)
-        log.error("checkpoint %d quarantined to %s: %s", checkpoint_id, self._abs("damaged"), reason)
+        log.error("checkpoint %d quarantined to %s: %s", checkpoint_id, self.blobs.abs("damaged"), reason)
 
     def manifest(self, checkpoint_id: int) -> Manifest:
         """The parsed, self-checked manifest; CheckpointError if absent, CorruptCheckpointError if bad."""
@@ -570,16 +362,18 @@ class CheckpointStore:
             return cached
         rel = self.manifest_path(checkpoint_id)
         try:
-            data = self._get(rel)
+            data = self.blobs.get(rel)
         except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {checkpoint_id} does not exist (no manifest {self._abs(rel)})") from None
+            raise CheckpointError(
+                f"checkpoint {checkpoint_id} does not exist (no manifest {self.blobs.abs(rel)})"
+            ) from None
         try:
             manifest = Manifest.from_json_bytes(data, self.checksum)
         except ValueError as exc:
-            raise CorruptCheckpointError(self._abs(rel), "unreadable", str(exc), checkpoint_id) from None
+            raise CorruptCheckpointError(self.blobs.abs(rel), "unreadable", str(exc), checkpoint_id) from None
         if manifest.checkpoint_id != checkpoint_id:
             raise CorruptCheckpointError(
-                self._abs(rel), "unreadable", f"holds checkpoint {manifest.checkpoint_id}", checkpoint_id
+                self.blobs.abs(rel), "unreadable", f"holds checkpoint {manifest.checkpoint_id}", checkpoint_id
             )
         with self._lock:
             self._manifests[checkpoint_id] = manifest
@@ -605,22 +399,22 @@ class CheckpointStore:
     def verify(self, checkpoint: Manifest | int, full: bool = False) -> None:
         """Raise CorruptCheckpointError for the first file that is missing or has the wrong size (and, with
         ``full``, the wrong checksum or unparseable content). Sizes come from one listing per directory."""
-        m = self._as_manifest(checkpoint)
+        m = self.as_manifest(checkpoint)
         refs = m.files()
         if full:
-            self._read_tables(refs, m.checkpoint_id)
+            self.files.read_many(refs, m.checkpoint_id)
             return
         by_dir: dict[str, list[FileRef]] = {}
         for ref in refs:
             by_dir.setdefault(ref.path.rsplit("/", 1)[0], []).append(ref)
         for d, dir_refs in by_dir.items():
-            sizes = {self._rel(e["name"]): e.get("size") for e in self._ls(d, detail=True)}
+            sizes = {self.blobs.rel(e["name"]): e.get("size") for e in self.blobs.ls(d, detail=True)}
             for ref in dir_refs:
                 if ref.path not in sizes:
-                    raise CorruptCheckpointError(self._abs(ref.path), "missing", checkpoint_id=m.checkpoint_id)
+                    raise CorruptCheckpointError(self.blobs.abs(ref.path), "missing", checkpoint_id=m.checkpoint_id)
                 if sizes[ref.path] != ref.size:
                     raise CorruptCheckpointError(
-                        self._abs(ref.path),
+                        self.blobs.abs(ref.path),
                         "size mismatch",
                         f"{sizes[ref.path]} bytes, manifest says {ref.size}",
                         m.checkpoint_id,
@@ -660,55 +454,11 @@ class CheckpointStore:
             return False
         return False
 
-    def _as_manifest(self, checkpoint: Manifest | int) -> Manifest:
+    def as_manifest(self, checkpoint: Manifest | int) -> Manifest:
         return checkpoint if isinstance(checkpoint, Manifest) else self.manifest(int(checkpoint))
 
     # ----------------------------------------------------------------------------------------------------
     # Reading.
-
-    def _read_one(self, ref: FileRef, checkpoint_id: int) -> pa.Table:
-        path = self._abs(ref.path)
-        try:
-            data = self.fs.cat_file(path)
-        except FileNotFoundError:
-            raise CorruptCheckpointError(path, "missing", checkpoint_id=checkpoint_id) from None
-        if len(data) != ref.size:
-            raise CorruptCheckpointError(
-                path, "size mismatch", f"{len(data)} bytes, manifest says {ref.size}", checkpoint_id
-            )
-        if not self.checksum.matches(data, ref.sha256):
-            raise CorruptCheckpointError(
-                path, "checksum mismatch", f"{self.checksum.algorithm} differs from the manifest", checkpoint_id
-            )
-        try:
-            table = read_parquet(data)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise CorruptCheckpointError(path, "unreadable", str(exc), checkpoint_id) from None
-        expected = SCHEMAS[ref.kind]
-        if ref.kind == "egress":
-            table = upgrade_egress(table)
-        if table.num_rows != ref.rows or not table.schema.equals(expected):
-            try:  # tolerate schema metadata / nullability drift, never different columns
-                table = table.select(expected.names).cast(expected)
-            except (pa.ArrowException, KeyError, ValueError) as exc:
-                raise CorruptCheckpointError(path, "unreadable", f"unexpected schema: {exc}", checkpoint_id) from None
-            if table.num_rows != ref.rows:
-                raise CorruptCheckpointError(
-                    path, "unreadable", f"{table.num_rows} rows, manifest says {ref.rows}", checkpoint_id
-                )
-        return table
-
-    def _read_tables(self, refs: Sequence[FileRef], checkpoint_id: int) -> dict[str, pa.Table]:
-        """Fetch, verify and parse files concurrently (object stores are latency-bound); path -> table."""
-        todo = {r.path: r for r in refs if r.path is not None}
-        if not todo:
-            return {}
-        if len(todo) == 1:
-            ((path, ref),) = todo.items()
-            return {path: self._read_one(ref, checkpoint_id)}
-        with ThreadPoolExecutor(min(_IO_THREADS, len(todo))) as pool:
-            futures = {p: pool.submit(self._read_one, r, checkpoint_id) for p, r in todo.items()}
-            return {p: f.result() for p, f in futures.items()}
 
     def load_shard(
         self,
@@ -721,7 +471,7 @@ class CheckpointStore:
         folded state chain, timers and messages filtered to the range, the egress of the old shards it
         inherits, and the metas of the old shards that overlap. Verifies every file it reads; raises
         CorruptCheckpointError naming the first bad one."""
-        m = self._as_manifest(checkpoint)
+        m = self.as_manifest(checkpoint)
         rng = key_group_range or (0, m.key_groups)
         start, end = rng
         if not 0 <= start < end <= m.key_groups:
@@ -737,23 +487,23 @@ class CheckpointStore:
         )
         # small state files are read whole (concurrently, with the other kinds); big ones row group by row
         # group from a local file (see restore.py)
-        small = [r for r in chain if r.path is not None and r.size <= STAGE_ABOVE_BYTES]
+        small = [r for r in chain if r.path is not None and not self.files.streamed(r)]
         wanted: list[FileRef] = list(small)
         for kind in ("timers", "messages"):
             if kind in tables:
                 wanted += [s.files[kind] for s in overlapping if kind in s.files and s.files[kind].path]
         if "egress" in tables:
             wanted += [s.files["egress"] for s in egress_owners if "egress" in s.files and s.files["egress"].path]
-        read = self._read_tables(wanted, m.checkpoint_id)
+        read = self.files.read_many(wanted, m.checkpoint_id)
         layers = []
         try:
             for r in chain:
                 if r.path is None:
                     continue
-                if r.size <= STAGE_ABOVE_BYTES:
+                if r.path in read:
                     layers.append(StateLayer.of_table(read.pop(r.path), rng, m.key_groups, r.key_group_range))
                 else:
-                    layers.append(self._state_file(r, m.checkpoint_id, rng, m.key_groups))
+                    layers.append(self.files.state_layer(r, m.checkpoint_id, rng, m.key_groups))
             state = FoldedState(layers)
         except BaseException:
             for layer in layers:
@@ -815,66 +565,6 @@ class CheckpointStore:
         """The full folded state of a checkpoint (``STATE_SCHEMA`` rows, no tombstones)."""
         return self.load_shard(checkpoint, tables=("state",)).state.table()
 
-    def _state_file(
-        self, ref: FileRef, checkpoint_id: int, key_group_range: tuple[int, int], key_groups: int
-    ) -> StateLayer:
-        """A big state file as a layer read from a local file: the file itself on a local disk, else a copy
-        in the local temp directory; verified (size, digest, rows, columns) before any row is used."""
-        assert ref.path is not None
-        path = self._abs(ref.path)
-        local, temporary = path, False
-        try:
-            if not self._local:
-                token = uuid.uuid4().hex[:8]
-                local = os.path.join(tempfile.gettempdir(), f"rayfun-restore-{token}-{ref.path.rsplit('/', 1)[-1]}")
-                temporary = True
-                self.fs.get_file(path, local)
-            size, digest = self.checksum.of_file(local)
-        except FileNotFoundError:
-            if temporary:
-                _remove(local)
-            raise CorruptCheckpointError(path, "missing", checkpoint_id=checkpoint_id) from None
-        except BaseException:
-            if temporary:
-                _remove(local)
-            raise
-        try:
-            if size != ref.size:
-                raise CorruptCheckpointError(
-                    path, "size mismatch", f"{size} bytes, manifest says {ref.size}", checkpoint_id
-                )
-            if not hmac.compare_digest(digest, ref.sha256):
-                raise CorruptCheckpointError(
-                    path, "checksum mismatch", f"{self.checksum.algorithm} differs from the manifest", checkpoint_id
-                )
-            try:
-                reader = ParquetFileReader(local)
-                rows, names = reader.num_rows, set(reader.schema.names)
-                reader.close()
-            except (pa.ArrowException, OSError, ValueError) as exc:
-                raise CorruptCheckpointError(path, "unreadable", str(exc), checkpoint_id) from None
-            if rows != ref.rows:
-                raise CorruptCheckpointError(
-                    path, "unreadable", f"{rows} rows, manifest says {ref.rows}", checkpoint_id
-                )
-            if not names >= set(SCHEMAS["state"].names):
-                raise CorruptCheckpointError(path, "unreadable", "unexpected schema: columns missing", checkpoint_id)
-            return StateLayer(
-                path=local,
-                temporary=temporary,
-                checkpoint_id=checkpoint_id,
-                key_group_range=key_group_range,
-                key_groups=key_groups,
-                file_range=ref.key_group_range,
-            )
-        except BaseException:
-            if temporary:
-                _remove(local)
-            raise
-
-    # ----------------------------------------------------------------------------------------------------
-    # Compaction.
-
     def compact(self, checkpoint: Manifest | int | None = None) -> CompactionResult | None:
         """Fold the state chain of ``checkpoint`` (default: the newest) into one base per shard range; the
         next ``commit`` that descends from it references the bases instead of the chain. Safe to run in a
@@ -883,129 +573,19 @@ class CheckpointStore:
 
         return compact(self, checkpoint)
 
-    def _usable_compaction(self, ancestors: Sequence[int], compacted_through: int | None) -> CompactionResult | None:
-        """The newest finished compaction of an ancestor not yet spliced in, whose files all exist."""
-        lineage = set(ancestors)
-        candidates = []
-        for p in self._ls("compactions"):
-            m = _COMPACTION_RE.search(p)
-            if m and m.group(3) == "json":
-                source = int(m.group(1))
-                if source in lineage and (compacted_through is None or source > compacted_through):
-                    candidates.append((source, self._rel(p)))
-        for _source, rel in sorted(candidates, reverse=True):
-            try:
-                result = self._read_compaction_record(rel)
-                self._check_exist(result.files)
-                return result
-            except (CheckpointError, OSError, ValueError) as exc:
-                log.warning("compaction %s not used: %s", rel, exc)
-        return None
-
-    def _read_compaction_record(self, rel: str) -> CompactionResult:
-        doc = json.loads(self._get(rel).decode("utf-8"))
-        body = doc["compaction"]
-        try:
-            self.checksum.check_document(doc, body)
-        except (ValueError, CheckpointError) as exc:  # a compaction is only an optimisation: never used then
-            raise CorruptCheckpointError(self._abs(rel), "checksum mismatch", str(exc)) from None
-        return CompactionResult(int(body["source"]), tuple(FileRef.from_json(f) for f in body["files"]), rel)
-
-    def _check_exist(self, refs: Iterable[FileRef]) -> None:
-        for ref in refs:
-            if ref.path is None:
-                continue
-            path = self._abs(ref.path)
-            self.fs.invalidate_cache(path)
-            try:
-                size = self.fs.size(path)
-            except FileNotFoundError:
-                raise CorruptCheckpointError(path, "missing") from None
-            if size != ref.size:
-                raise CorruptCheckpointError(path, "size mismatch", f"{size} bytes, record says {ref.size}")
-
     # ----------------------------------------------------------------------------------------------------
     # Retention.
 
     def apply_retention(self) -> list[str]:
-        """Keep the newest ``retain`` manifests and every file they reference; delete older manifests, then
-        unreferenced part files of checkpoints older than the newest, then stale compactions. Returns the
-        deleted paths (relative). Conservative: if a retained manifest cannot be *read* (I/O, not
-        corruption), no data file is deleted this time."""
-        ids = self.checkpoint_ids()
-        if not ids:
-            return []
-        keep, drop = ids[-self.retain :], ids[: -self.retain]
-        deleted = [self.manifest_path(i) for i in drop]
-        self._delete(deleted)  # manifests first: from here on those checkpoints do not exist
+        """Keep the newest ``retain`` manifests and what they reference (see retention.py); returns the
+        deleted paths (relative)."""
+        return apply_retention(self)
+
+    def forget(self, checkpoint_ids: Iterable[int]) -> None:
+        """Drop cached manifests (of checkpoints deleted or set aside)."""
         with self._lock:
-            for i in drop:
+            for i in checkpoint_ids:
                 self._manifests.pop(i, None)
-        newest = keep[-1]
-        referenced: set[str] = set()
-        lineage: set[int] = set()
-        compacted_through = None
-        for i in keep:
-            try:
-                m = self.manifest(i)
-            except CorruptCheckpointError:
-                continue  # unusable checkpoint: its files are garbage unless another references them
-            except (CheckpointError, OSError) as exc:
-                log.warning("retention: cannot read manifest %d (%s); keeping all data files for now", i, exc)
-                return deleted
-            referenced.update(f.path for f in m.files())
-            if i == newest:
-                lineage = {i, *m.ancestors}
-                compacted_through = m.compacted_through
-        # Listing order matters: compaction output is listed before the markers, and a compaction writes its
-        # marker before its files, so every file seen below has its marker (or record) in the second listing.
-        compacted_files = self._find("compacted")
-        protected_dirs: set[str] = set()
-        stale_records: list[str] = []
-        for p in self._ls("compactions"):
-            m = _COMPACTION_RE.search(p)
-            if not m:
-                continue
-            source = int(m.group(1))
-            if source in lineage and (compacted_through is None or source > compacted_through):
-                protected_dirs.add(f"compacted/cp-{m.group(1)}-{m.group(2)}/")
-            else:
-                stale_records.append(self._rel(p))
-        garbage = []
-        for rel in self._find("data"):
-            m = _DATA_RE.match(rel)
-            if m and int(m.group(1)) < newest and rel not in referenced:
-                garbage.append(rel)
-        for rel in compacted_files:
-            if rel not in referenced and not any(rel.startswith(d) for d in protected_dirs):
-                garbage.append(rel)
-        self._delete(garbage + stale_records)
-        if self._local:
-            self._remove_empty_dirs(newest, protected_dirs)
-        return deleted + garbage + stale_records
-
-    def _remove_empty_dirs(self, newest: int, protected_dirs: set[str]) -> None:
-        """Local disks keep empty directories: remove those of old checkpoints and dead compactions (never
-        one an in-flight writer may be about to fill)."""
-        for top in ("data", "compacted"):
-            base = self._abs(top)
-            if not os.path.isdir(base):
-                continue
-            for name in os.listdir(base):
-                m = re.match(r"cp-(\d+)", name)
-                if not m or (top == "data" and int(m.group(1)) >= newest) or f"{top}/{name}/" in protected_dirs:
-                    continue
-                try:
-                    os.rmdir(os.path.join(base, name))  # only succeeds when empty
-                except OSError:
-                    pass
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _rebuild(url, retain, storage_options, compression, compression_level, checksum) -> CheckpointStore:

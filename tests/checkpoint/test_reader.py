@@ -87,10 +87,10 @@ def test_read_state_falls_back_and_reports_absence(store_url):
     store.commit(1, [store.write_shard_part(1, 0, (0, G), key_groups=G, state=[StateDelta(layout, {"x": [1]})])])
     part = store.write_shard_part(2, 0, (0, G), key_groups=G, parent_id=1, state=[StateDelta(layout, {"x": [2]})])
     store.commit(2, [part])
-    path = store._abs(part.files["state"].path)
-    data = bytearray(store.fs.cat_file(path))
+    path = store.blobs.abs(part.files["state"].path)
+    data = bytearray(store.blobs.fs.cat_file(path))
     data[20] ^= 0x55
-    store.fs.pipe_file(path, bytes(data))
+    store.blobs.fs.pipe_file(path, bytes(data))
     table = read_state(store_url)
     assert table.schema.metadata[b"rayfun.checkpoint_id"] == b"1" and table["value_int"].to_pylist() == [1]
     assert read_state(store_url, checkpoint_id=1)["value_str"].to_pylist() == [None]

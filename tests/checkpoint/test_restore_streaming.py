@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 
 import pytest
 from ckpt_helpers import LAYOUTS, random_cells
 
 from rayfun.checkpoint import CheckpointStore, CorruptCheckpointError, StateDelta, parquet, state_codec
-from rayfun.checkpoint import store as store_module
+from rayfun.checkpoint import datafiles as store_module
 from rayfun.runtime.partitioning import key_group
 
 pytestmark = pytest.mark.timeout(120)
@@ -93,7 +94,7 @@ def test_streamed_restore_equals_a_plain_fold(store_url, monkeypatch, tmp_path, 
     monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", rng.choice([512, 4096]))
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    monkeypatch.setattr(store_module.tempfile, "tempdir", str(downloads))
+    monkeypatch.setattr(tempfile, "tempdir", str(downloads))
     store = CheckpointStore(store_url)
     _write(store, history)
     last = len(history)
@@ -115,7 +116,7 @@ def test_damage_to_a_big_file_is_found_before_its_rows_are_used(tmp_path, monkey
     history = _history(rng, checkpoints=2)
     _write(store, history)
     state_file = store.manifest(2).state_chain[-1].path
-    path = store._abs(state_file)
+    path = store.blobs.abs(state_file)
     data = bytearray(open(path, "rb").read())
     data[len(data) // 2] ^= 0xFF
     with open(path, "wb") as f:

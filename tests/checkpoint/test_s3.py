@@ -59,13 +59,13 @@ def test_s3_incremental_rescale_corruption_compaction_retention(moto_s3):
     model.mutate(40)
     _checkpoint(store, 5, model, 2, 4)
     assert store.checkpoint_ids() == [4, 5]
-    assert {int(p.split("/")[1][3:]) for p in store._find("data")} == {4, 5}
+    assert {int(p.split("/")[1][3:]) for p in store.blobs.find("data")} == {4, 5}
     assert restored_state(CheckpointStore(url, storage_options=moto_s3).load_shard(5)) == model.state
     # a flipped byte in the newest checkpoint: named, and recovery falls back to 4
     state_file = store.manifest(5).shards[0].files["state"].path
-    data = bytearray(store.fs.cat_file(store._abs(state_file)))
+    data = bytearray(store.blobs.fs.cat_file(store.blobs.abs(state_file)))
     data[50] ^= 0xFF
-    store.fs.pipe_file(store._abs(state_file), bytes(data))
+    store.blobs.fs.pipe_file(store.blobs.abs(state_file), bytes(data))
     fresh = CheckpointStore(url, storage_options=moto_s3)
     with pytest.raises(CorruptCheckpointError, match="checksum mismatch") as err:
         fresh.load_shard(5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import tempfile
 
 import pytest
 from ckpt_helpers import LAYOUTS, Model, restored_state
@@ -55,10 +56,10 @@ def write_checkpoint(
 
 
 def flip_byte(store: CheckpointStore, rel: str, offset: int = 100) -> None:
-    path = store._abs(rel)
-    data = bytearray(store.fs.cat_file(path))
+    path = store.blobs.abs(rel)
+    data = bytearray(store.blobs.fs.cat_file(path))
     data[min(offset, len(data) - 1)] ^= 0xFF
-    store.fs.pipe_file(path, bytes(data))
+    store.blobs.fs.pipe_file(path, bytes(data))
 
 
 def test_round_trip_of_every_table_kind(store_url):
@@ -246,7 +247,7 @@ def test_missing_file_is_named_and_skipped(store_url):
     model.mutate(30)
     parts = write_checkpoint(store, 2, model, 2, parent=1)
     gone = parts[1].files["state"].path
-    store.fs.rm_file(store._abs(gone))
+    store.blobs.fs.rm_file(store.blobs.abs(gone))
     with pytest.raises(CorruptCheckpointError, match="missing") as err:
         store.load_shard(2)
     assert err.value.path.endswith(gone)
@@ -283,7 +284,7 @@ def test_retention_keeps_chains_and_removes_the_rest(store_url):
     assert store.checkpoint_ids() == [4, 5]
     # the chain of 5 still reaches back to checkpoint 1: all its files are kept
     needed = {f.path for f in store.manifest(5).files()} | {f.path for f in store.manifest(4).files()}
-    on_disk = set(store._find("data"))
+    on_disk = set(store.blobs.find("data"))
     assert needed <= on_disk
     assert on_disk == needed  # nothing else (checkpoint 2's and 3's timers etc. were empty anyway)
     assert restored_state(CheckpointStore(store_url).load_shard(5)) == model.state
@@ -291,7 +292,7 @@ def test_retention_keeps_chains_and_removes_the_rest(store_url):
     write_checkpoint(store, 6, model, 2, parent=5, full=True)
     write_checkpoint(store, 7, model, 2, parent=6)
     assert store.checkpoint_ids() == [6, 7]
-    assert {int(p.split("/")[1][3:]) for p in store._find("data")} == {6}
+    assert {int(p.split("/")[1][3:]) for p in store.blobs.find("data")} == {6}
     assert restored_state(store.load_shard(7)) == model.state
 
 
@@ -314,12 +315,12 @@ def test_compaction_equals_full_rebuild_and_is_spliced(store_url):
     assert restored_state(store.load_shard(5)) == model.state
     # compaction output (the bases now heading the chain) equals the full rebuild of checkpoint 4
     bases = [f for f in m5.state_chain if f.checkpoint_id == 4]
-    compacted = fold_layers([t for t in store._read_tables(bases, 5).values()])
+    compacted = fold_layers([t for t in store.files.read_many(bases, 5).values()])
     assert restored_state(RestoredShard(4, (0, G), G, compacted, dict(LAYOUTS))) == expected_at_4
     # after retention moves on, the pre-compaction deltas disappear
     model.mutate(10)
     write_checkpoint(store, 6, model, 2, parent=5)
-    ids = {int(p.split("/")[1][3:]) for p in store._find("data")}
+    ids = {int(p.split("/")[1][3:]) for p in store.blobs.find("data")}
     assert ids == {5, 6}
     assert restored_state(store.load_shard(6)) == model.state
 
@@ -382,7 +383,7 @@ def test_other_compression_round_trips_and_unknown_is_refused(store_url, compres
     import pyarrow.parquet as pq
 
     def codec(store: CheckpointStore, part: ShardPart) -> str:
-        with store.fs.open(store._abs(part.files["state"].path)) as f:
+        with store.blobs.fs.open(store.blobs.abs(part.files["state"].path)) as f:
             return pq.ParquetFile(f).metadata.row_group(0).column(2).compression
 
     store = CheckpointStore(store_url, compression=compression)
@@ -484,12 +485,12 @@ def test_big_tables_go_through_a_staging_file_and_read_back_the_same(store_url, 
     import pyarrow.parquet as pq
 
     from rayfun.checkpoint import StateDelta, StateLayout, parquet, state_codec
-    from rayfun.checkpoint import store as store_module
+    from rayfun.checkpoint import datafiles as store_module
 
     monkeypatch.setattr(store_module, "STAGE_ABOVE_BYTES", 0)
     monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 1024)
     monkeypatch.setattr(state_codec, "PIECE_BYTES", 4096)
-    monkeypatch.setattr(store_module.tempfile, "tempdir", str(tmp_path / "staging"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "staging"))
     (tmp_path / "staging").mkdir()
     store = CheckpointStore(store_url)
     layout = StateLayout.of("test/blob", [("b", "test.types/blob")])
@@ -497,13 +498,13 @@ def test_big_tables_go_through_a_staging_file_and_read_back_the_same(store_url, 
     part = store.write_shard_part(1, 0, (0, 8), key_groups=8, state=[StateDelta(layout, cells)])
     store.commit(1, [part], key_groups=8)
     assert store.load_shard(1).instances("test/blob") == cells
-    with store.fs.open(store._abs(part.files["state"].path)) as f:
+    with store.blobs.fs.open(store.blobs.abs(part.files["state"].path)) as f:
         assert pq.ParquetFile(f).num_row_groups > 1
     assert not list((tmp_path / "staging").iterdir())
-    assert not [p for p in store._find("data") if ".tmp-" in p]
+    assert not [p for p in store.blobs.find("data") if ".tmp-" in p]
 
-    monkeypatch.setattr(store, "_put_file", lambda rel, data: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(store.files, "put", lambda rel, data: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         store.write_shard_part(2, 0, (0, 8), key_groups=8, parent_id=1, state=[StateDelta(layout, cells)])
     assert not list((tmp_path / "staging").iterdir())
-    assert not [p for p in store._find("data") if ".tmp-" in p]
+    assert not [p for p in store.blobs.find("data") if ".tmp-" in p]

@@ -4,9 +4,11 @@ Write functions as with the StateFun Python SDK, run them embedded in Ray shard 
 HTTP), with state and messaging that survive failures exactly once.
 """
 
+from ._version import __version__ as __version__
 from .app import App, start
-from .checkpoint import CorruptCheckpointError, read_state
+from .checkpoint import CheckpointError, CorruptCheckpointError, read_state
 from .context import Context
+from .errors import RayfunError
 from .functions import StatefulFunctions, ValueSpec
 from .io import DEAD_LETTER_EGRESS, DeadLetter, Sink, SinkPartition, Source, SourcePartition
 from .messages import (
@@ -41,6 +43,7 @@ __all__ = [
     "Address",
     "App",
     "BoolType",
+    "CheckpointError",
     "Context",
     "CorruptCheckpointError",
     "DeadLetter",
@@ -51,6 +54,7 @@ __all__ = [
     "IntType",
     "LongType",
     "Message",
+    "RayfunError",
     "RemoteFunctionError",
     "SdkAddress",
     "Sink",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ..errors import RayfunError
+
 __all__ = ["CheckpointError", "CheckpointKeyError", "CorruptCheckpointError"]
 
 
-class CheckpointError(Exception):
+class CheckpointError(RayfunError):
     """A checkpoint cannot be written, committed or restored as asked (a usage or consistency problem)."""
 
 

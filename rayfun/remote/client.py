@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from ..errors import RayfunError
 from .endpoint import HttpEndpoint
 from .protocol import DecodeError, InvocationResult, MissingStates, ProtocolError, decode_response, encode_request
 
@@ -34,7 +35,7 @@ _MAX_BACKOFF = 5.0  # StateFun caps only by the remaining budget; a restarted se
 _MIN_BUDGET = 0.001  # give up when less than 1 ms of the call budget is left (as StateFun does)
 
 
-class RemoteFunctionError(Exception):
+class RemoteFunctionError(RayfunError):
     """A remote call that failed for good: the budget is spent, or the answer broke the protocol.
 
     ``str()`` is one line naming the function, address id, URL, attempts and the last error. ``retryable``

@@ -20,6 +20,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from ..errors import RayfunError
 from ..messages import EgressMessage, Message
 from ..types import MAX_VALUE_BYTES, decode_payload, encode_payload
 
@@ -272,7 +273,7 @@ _EXPIRE_MODES = {0: None, 1: "after_write", 2: "after_call"}  # the names ValueS
 EXPIRE_MODE_NUMBERS = {None: 0, "after_write": 1, "after_call": 2}
 
 
-class ProtocolError(ValueError):
+class ProtocolError(RayfunError, ValueError):
     """A well-formed answer that breaks the protocol (wrong state type, unknown state, bad value)."""
 
 

@@ -7,6 +7,7 @@ HTTP), with state and messaging that survive failures exactly once.
 from ._version import __version__ as __version__
 from .app import App, start
 from .checkpoint import CheckpointError, CorruptCheckpointError, read_state
+from .config import CheckpointConfig
 from .context import Context
 from .errors import RayfunError
 from .functions import StatefulFunctions, ValueSpec
@@ -43,6 +44,7 @@ __all__ = [
     "Address",
     "App",
     "BoolType",
+    "CheckpointConfig",
     "CheckpointError",
     "Context",
     "CorruptCheckpointError",

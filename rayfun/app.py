@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from .checkpoint.checksum import KEY_ENV, Checksum
+from .config import CheckpointConfig
 from .functions import StatefulFunctions
 from .io import Sink, Source
 from .messages import Message
@@ -35,6 +35,7 @@ def start(
     egresses: Sequence[Sink] = (),
     endpoints: Sequence[Any] = (),
     key_groups: int = DEFAULT_KEY_GROUPS,
+    checkpoint: CheckpointConfig | None = None,
     checkpoint_dir: str | None = None,
     checkpoint_interval: float | None = 1.0,
     retain: int = 3,
@@ -59,16 +60,12 @@ def start(
     ingresses and egresses are added to the ones given here. ``name`` names the coordinator actor ``rayfun:<name>`` (for operators: it can
     be found with Ray's state API).
 
-    With ``checkpoint_dir`` (a local path, ``s3://bucket/prefix``, ``memory://...``: any fsspec URL;
-    ``storage_options`` go to fsspec) state, timers, in-flight messages and source positions are
-    checkpointed every ``checkpoint_interval`` seconds (None: only on ``app.checkpoint()``), the newest
-    ``retain`` checkpoints are kept, egress is published exactly once, and a failed shard rolls everything
-    back to the last complete checkpoint. Starting again with the same ``checkpoint_dir`` resumes there.
-    ``checkpoint_compression`` is the Parquet codec of the files: LZ4 costs the shards the least CPU;
-    ``"zstd"`` writes about half the bytes for three times the CPU. The files carry SHA-256 digests, which
-    catch damage but not someone who can write the bucket; ``checkpoint_key`` (at least 16 bytes; default
-    $RAYFUN_CHECKPOINT_KEY) makes them HMACs that only holders of the key can forge, and refuses anything
-    in the bucket the key did not sign.
+    With ``checkpoint=CheckpointConfig(dir=...)`` (see ``rayfun.CheckpointConfig``) state, timers, in-flight
+    messages and source positions are checkpointed every ``interval`` seconds, egress is published exactly
+    once, and a failed shard rolls everything back to the last complete checkpoint. Starting again with
+    the same ``dir`` resumes there. The keywords ``checkpoint_dir``, ``checkpoint_interval``, ``retain``,
+    ``storage_options``, ``checkpoint_compression`` and ``checkpoint_key`` are a shorthand for the same
+    fields (not to be mixed with ``checkpoint=``).
     """
     if not isinstance(functions, StatefulFunctions):
         raise TypeError("start() takes a StatefulFunctions")
@@ -84,13 +81,28 @@ def start(
     ids = [s.id for s in egresses]
     if len(set(ids)) != len(ids):
         raise ValueError(f"two egresses share an id: {ids}")
+    loose = {
+        "checkpoint_dir": (checkpoint_dir, None),
+        "checkpoint_interval": (checkpoint_interval, 1.0),
+        "retain": (retain, 3),
+        "storage_options": (storage_options, None),
+        "checkpoint_compression": (checkpoint_compression, "lz4"),
+        "checkpoint_key": (checkpoint_key, None),
+    }
+    if checkpoint is None:
+        checkpoint = CheckpointConfig(
+            dir=checkpoint_dir,
+            interval=checkpoint_interval,
+            retain=retain,
+            storage_options=dict(storage_options or {}),
+            compression=checkpoint_compression,
+            key=checkpoint_key,
+        )
+    elif mixed := [k for k, (value, default) in loose.items() if value != default]:
+        raise TypeError(f"pass checkpoint=CheckpointConfig(...) or the keywords {mixed}, not both")
+    checkpoint = checkpoint.resolved()
     if not ray.is_initialized():
         _init_ray(ray_init or {})
-    if checkpoint_key is None:  # resolved here, so every shard uses the driver's key
-        checkpoint_key = os.environ.get(KEY_ENV) or None
-    Checksum(checkpoint_key)  # a key too short is refused here, not in an actor
-    if checkpoint_dir is not None and "://" not in str(checkpoint_dir):
-        checkpoint_dir = os.path.abspath(checkpoint_dir)  # shards may run in another working directory
     config = AppConfig(
         functions=functions,
         shards=shards,
@@ -100,14 +112,9 @@ def start(
         sinks=list(egresses),
         shard_options=dict(shard_options or {}),
         standby=standby,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_interval=checkpoint_interval,
-        checkpoint_options={
-            "retain": retain,
-            "storage_options": storage_options or None,
-            "compression": checkpoint_compression,
-            "key": checkpoint_key,
-        },
+        checkpoint_dir=checkpoint.dir,
+        checkpoint_interval=checkpoint.interval,
+        checkpoint_options=checkpoint.store_options(),
         name=name,
     )
     options = {"num_cpus": 0, "max_concurrency": 1000}

@@ -126,7 +126,8 @@ def test_a_keyed_application_resumes_with_its_key_only(ray_session, tmp_path):
         app.checkpoint()
     finally:
         app.stop()
-    app = rayfun.start(counters(), shards=3, checkpoint_dir=url, checkpoint_interval=None, checkpoint_key=key)
+    # the same, as one value (what the keywords are a shorthand for)
+    app = rayfun.start(counters(), shards=3, checkpoint=rayfun.CheckpointConfig(dir=url, interval=None, key=key))
     try:
         assert app.state("resume/counter", "c7") == {"count": 7}
     finally:
@@ -139,3 +140,22 @@ def test_a_keyed_application_resumes_with_its_key_only(ray_session, tmp_path):
     with pytest.raises(Exception, match="pass checkpoint_key"):
         rayfun.start(counters(), shards=2, checkpoint_dir=url, checkpoint_interval=None)
     assert os.listdir(os.path.join(url, "manifests")) and not os.path.exists(os.path.join(url, "damaged"))
+
+
+def test_checkpoint_config_is_checked_before_anything_starts(tmp_path, monkeypatch):
+    """Bad checkpoint settings are refused at start, naming the cause, before Ray or an actor starts."""
+    from rayfun import CheckpointConfig
+
+    with pytest.raises(ValueError, match="interval must be > 0"):
+        CheckpointConfig(dir="x", interval=0)
+    with pytest.raises(ValueError, match="retain must be >= 1"):
+        CheckpointConfig(dir="x", retain=0)
+    with pytest.raises(TypeError, match=r"not both.*checkpoint_dir|checkpoint_dir.*not both"):
+        rayfun.start(counters(), checkpoint=CheckpointConfig(dir="a"), checkpoint_dir="b")
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        rayfun.start(counters(), checkpoint=CheckpointConfig(dir="a", key="short"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAYFUN_CHECKPOINT_KEY", "k" * 16)
+    resolved = CheckpointConfig(dir="cp").resolved()
+    assert resolved.dir == str(tmp_path / "cp") and resolved.key == "k" * 16
+    assert CheckpointConfig(dir="s3://b/p").resolved().dir == "s3://b/p"

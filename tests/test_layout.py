@@ -6,6 +6,7 @@ inside a function is a deliberate late binding and is left alone."""
 from __future__ import annotations
 
 import ast
+import itertools
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "rayfun"
@@ -80,5 +81,7 @@ def test_no_import_circles():
     for node in sorted(graph):
         if node not in state:
             walk(node)
-    real = [c for c in cycles if not all(b.startswith(a + ".") or a.startswith(b + ".") for a, b in zip(c, c[1:]))]
+    real = [
+        c for c in cycles if not all(b.startswith(a + ".") or a.startswith(b + ".") for a, b in itertools.pairwise(c))
+    ]
     assert not real, "import circles: " + "; ".join(" -> ".join(c) for c in real)

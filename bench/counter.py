@@ -14,8 +14,8 @@ import time
 import ray
 
 import rayfun
-from connectors.memory import MemorySource
 from rayfun import IntType, StatefulFunctions, ValueSpec
+from rayfun.connectors.memory import MemorySource
 
 TYPENAME = "bench/counter"
 

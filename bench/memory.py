@@ -30,8 +30,8 @@ import psutil
 import ray
 
 import rayfun
-from connectors.memory import MemorySource
 from rayfun import StatefulFunctions, ValueSpec, simple_type
+from rayfun.connectors.memory import MemorySource
 from tests.core.test_backpressure import RECORDS, slow_functions
 from tests.core.test_backpressure import records as slow_records
 

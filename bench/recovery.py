@@ -22,7 +22,7 @@ import time
 import ray
 
 import rayfun
-from connectors.memory import MemorySource
+from rayfun.connectors.memory import MemorySource
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from counter import TYPENAME, build_functions

@@ -17,8 +17,8 @@ import time
 import ray
 
 import rayfun
-from connectors.memory import MemorySource
 from rayfun import HttpEndpoint, StatefulFunctions
+from rayfun.connectors.memory import MemorySource
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SDK_PYTHON = os.environ.get("RAYFUN_SDK_PYTHON", os.path.join(HERE, "..", ".venv-sdk", "bin", "python"))

@@ -7,8 +7,8 @@ examples/greeter.py`` on a cluster: the program is the same.
 from __future__ import annotations
 
 import rayfun
-from connectors.memory import MemorySource
 from rayfun import IntType, StatefulFunctions, StringType, ValueSpec, egress_message_builder, message_builder
+from rayfun.connectors.memory import MemorySource
 
 functions = StatefulFunctions()
 

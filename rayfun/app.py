@@ -16,7 +16,7 @@ import ray
 from .config import CheckpointConfig
 from .functions import StatefulFunctions
 from .io import Sink, Source
-from .messages import Message
+from .messages import Message, to_message
 from .runtime.coordinator import STOP_TIMEOUT_S, AppConfig, Coordinator
 from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
 from .runtime.registry import TypeRegistry
@@ -50,15 +50,14 @@ def start(
 ) -> App:
     """Start an application on Ray and return its handle.
 
-    ``ingresses`` are sources (``connectors.memory.MemorySource``, ``connectors.kafka.KafkaSource``, ...),
-    ``egresses`` are sinks keyed by their id; an egress that functions use but nobody declared is kept in
-    memory and read with ``app.egress(id)``. ``shard_options`` go to Ray's ``.options()`` of every shard
-    actor (e.g. ``{"num_cpus": 1}`` to reserve a core each). ``standby`` keeps one more, idle shard actor
-    (with the same options) ready to replace a shard that dies: a recovery then starts no process, which
-    saves about a second. ``ray_init`` is passed to ``ray.init`` when
-    no Ray is running yet. ``module`` is a StateFun module.yaml (a path or its text): its endpoints,
-    ingresses and egresses are added to the ones given here. ``name`` names the coordinator actor ``rayfun:<name>`` (for operators: it can
-    be found with Ray's state API).
+    ``ingresses`` are sources (``rayfun.connectors.memory.MemorySource``, ``rayfun.connectors.kafka.KafkaSource``,
+    ...), ``egresses`` are sinks keyed by their id; an egress that functions use but nobody declared is kept in
+    memory and read with ``app.egress(id)``. ``shard_options`` go to Ray's ``.options()`` of every shard actor (e.g.
+    ``{"num_cpus": 1}`` to reserve a core each). ``standby`` keeps one more, idle shard actor (with the same
+    options) ready to replace a shard that dies: a recovery then starts no process, which saves about a second.
+    ``ray_init`` is passed to ``ray.init`` when no Ray is running yet. ``module`` is a StateFun module.yaml (a path
+    or its text): its endpoints, ingresses and egresses are added to the ones given here. ``name`` names the
+    coordinator actor ``rayfun:<name>`` (for operators: it can be found with Ray's state API).
 
     With ``checkpoint=CheckpointConfig(dir=...)`` (see ``rayfun.CheckpointConfig``) state, timers, in-flight
     messages and source positions are checkpointed every ``interval`` seconds, egress is published exactly
@@ -171,8 +170,6 @@ class App:
 
     def send_many(self, records: Iterable[Message | tuple[str, str, Any]], value_type: Type | None = None) -> None:
         """Send many messages, batched: one Ray call per shard."""
-        from connectors.memory import to_message
-
         out: dict[int, list[tuple]] = {}
         for record in records:
             m = to_message(record, value_type)

@@ -1,6 +1,6 @@
 """The contracts between the runtime and the outside world: sources (ingresses) and sinks (egresses).
 
-Connectors (``connectors/``: memory, Kafka, files, HTTP) are built only on these classes, so a user can
+Connectors (``rayfun.connectors``: memory, Kafka, files) are built only on these classes, so a user can
 write their own the same way.
 
 Sources are *partitioned* and *replayable*: each partition reports its position as plain picklable state

@@ -11,6 +11,7 @@ import struct
 from typing import Any, NamedTuple
 
 from .types import (
+    MAX_ID_CHARS,
     BoolType,
     DoubleType,
     FloatType,
@@ -21,6 +22,7 @@ from .types import (
     check_id,
     encode_payload,
     from_payload,
+    infer_type,
     to_payload,
     validate_typename,
     write_varint,
@@ -36,9 +38,11 @@ __all__ = [
     "kafka_egress_message",
     "kinesis_egress_message",
     "message_builder",
+    "to_message",
 ]
 
 _INT = IntType.typename
+_STRING = StringType.typename
 KAFKA_PRODUCER_RECORD = "type.googleapis.com/io.statefun.sdk.egress.KafkaProducerRecord"
 KINESIS_EGRESS_RECORD = "type.googleapis.com/io.statefun.sdk.egress.KinesisEgressRecord"
 
@@ -189,6 +193,35 @@ def egress_message_builder(target_typename: str, value: Any, value_type: Type) -
     """A generic egress record of ``value_type`` for the egress ``target_typename``."""
     validate_typename(target_typename)
     return EgressMessage(target_typename, value_type.typename, to_payload(value, value_type))
+
+
+#: typenames ``to_message`` has validated once; sources that inline its fast path read it too
+_VALID_TYPENAMES: set[str] = set()
+
+
+def to_message(record: Any, value_type: Type | None = None) -> Message:
+    """Turn a ``Message`` or a ``(typename, id, value)`` tuple into a message (types inferred if not given).
+
+    The one conversion behind ``app.send`` and the in-memory source, so both accept the same records."""
+    if type(record) is tuple and len(record) == 3 and value_type is None:
+        typename, id, value = record  # the hot path: a validated typename, an ASCII id, an int or ASCII str
+        if typename in _VALID_TYPENAMES and type(id) is str and id and id.isascii() and len(id) <= MAX_ID_CHARS:
+            kind = type(value)
+            if kind is int and -2147483648 <= value <= 2147483647:
+                return Message(typename, id, _INT, value)
+            if kind is str and value.isascii():
+                return Message(typename, id, _STRING, value)
+    if isinstance(record, Message):
+        return record
+    try:
+        typename, id, value = record
+    except (TypeError, ValueError):
+        raise ValueError(f"a record must be a Message or (typename, id, value), got {record!r}") from None
+    validate_typename(typename)
+    _VALID_TYPENAMES.add(typename)
+    check_id(id, f"the id of record {record!r}")
+    t = value_type or infer_type(value)
+    return Message(typename, id, t.typename, to_payload(value, t))
 
 
 def _proto_fields(*fields: tuple[int, bytes | str | None]) -> bytes:

@@ -1,9 +1,10 @@
 """StateFun's ``module.yaml``: endpoints, ingresses and egresses declared as ``kind`` + ``spec`` documents.
 
 ``load_module`` reads a multi-document YAML file (or its text) into a ``ModuleSpec``. Each document's
-``kind`` picks a builder from a registry: the HTTP endpoint kinds are built in, and connectors register
-theirs (``register_kind("io.statefun.kafka.v1/ingress", build_kafka_ingress)``). A kind nobody
-registered is an error that names the kind and the document, never a silently ignored document.
+``kind`` picks a builder from the one registry in ``rayfun.module_kinds``: the HTTP endpoint kinds (built
+here) and the Kafka kinds are built in, and third parties register theirs with ``register_kind`` or the
+``rayfun.module_kinds`` entry-point group. A kind nobody registered is an error that names the kind, the
+document and every known kind, never a silently ignored document.
 
 HTTP endpoints take StateFun's keys (``functions``, ``urlPathTemplate``, ``maxNumBatchRequests``,
 ``transport``) plus rayfun's optional ``maxRetries``, ``onFailure`` (``restart`` | ``dead-letter``) and
@@ -13,22 +14,17 @@ as in Flink.
 
 from __future__ import annotations
 
-import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from .module_kinds import KindError, lookup, register_kind, registered_kinds
 from .remote.endpoint import HttpEndpoint, parse_duration
 
 __all__ = ["ModuleSpec", "ModuleSpecError", "load_module", "register_kind", "registered_kinds"]
-
-#: a builder turns one document's ``spec`` mapping into a component (endpoint, source, sink, ...)
-Builder = Callable[[Mapping[str, Any]], Any]
-
-_SECTIONS = ("endpoints", "ingresses", "egresses")
 
 
 class ModuleSpecError(ValueError):
@@ -42,53 +38,6 @@ class ModuleSpec:
     endpoints: list[HttpEndpoint] = field(default_factory=list)
     ingresses: list[Any] = field(default_factory=list)
     egresses: list[Any] = field(default_factory=list)
-
-
-_KINDS: dict[str, tuple[Builder, str]] = {}
-
-# Kinds whose builders live in a connector package, imported on first use so that a module.yaml with a
-# Kafka ingress works without the caller importing the connector first.
-_PLUGINS = {"io.statefun.kafka.": "connectors.kafka"}
-
-
-def register_kind(kind: str, builder: Builder, section: str | None = None, *, replace: bool = False) -> None:
-    """Register the builder of documents of ``kind``; ``section`` is ``endpoints``/``ingresses``/``egresses``
-    (default: from the kind, ``.../ingress`` -> ingresses, ``.../egress`` -> egresses, ``.../http`` ->
-    endpoints). Registering a kind twice is an error unless ``replace=True``."""
-    if not isinstance(kind, str) or "/" not in kind:
-        raise ValueError(f"a kind is 'namespace/name' (e.g. 'io.statefun.kafka.v1/ingress'), got {kind!r}")
-    if not callable(builder):
-        raise TypeError(f"the builder for {kind} must be callable")
-    if section is None:
-        suffix = kind.rpartition("/")[2]
-        section = {"ingress": "ingresses", "egress": "egresses", "http": "endpoints"}.get(suffix)
-        if section is None:
-            raise ValueError(f"cannot tell whether {kind} is an endpoint, ingress or egress; pass section=")
-    if section not in _SECTIONS:
-        raise ValueError(f"section must be one of {_SECTIONS}, got {section!r}")
-    if kind in _KINDS and not replace and _KINDS[kind][0] is not builder:
-        raise ValueError(f"kind {kind} is already registered (pass replace=True to override)")
-    _KINDS[kind] = (builder, section)
-
-
-def registered_kinds() -> list[str]:
-    """The kinds ``load_module`` understands now."""
-    return sorted(_KINDS)
-
-
-def _lookup(kind: str) -> tuple[Builder, str] | None:
-    found = _KINDS.get(kind)
-    if found is None:
-        for prefix, module in _PLUGINS.items():
-            if kind.startswith(prefix):
-                try:
-                    importlib.import_module(module)  # registers its kinds
-                except ImportError as exc:
-                    raise ModuleSpecError(
-                        f"kind {kind} needs the connector module {module!r}, which cannot be imported: {exc}"
-                    ) from exc
-                found = _KINDS.get(kind)
-    return found
 
 
 def load_module(path_or_text: str | os.PathLike) -> ModuleSpec:
@@ -122,10 +71,10 @@ def load_module(path_or_text: str | os.PathLike) -> ModuleSpec:
         spec = doc.get("spec")
         if not isinstance(spec, dict):
             raise ModuleSpecError(f"{where}: 'spec' must be a mapping, got {type(spec).__name__}")
-        found = _lookup(kind)
-        if found is None:
-            raise ModuleSpecError(f"{where}: unknown kind {kind!r}; known kinds: {', '.join(registered_kinds())}")
-        builder, section = found
+        try:
+            builder, section = lookup(kind)
+        except KindError as exc:
+            raise ModuleSpecError(f"{where}: {exc}") from exc
         try:
             component = builder(spec)
         except ModuleSpecError as exc:
@@ -312,7 +261,3 @@ def build_http_endpoint_v1(spec: Mapping[str, Any]) -> HttpEndpoint:
     kwargs = _endpoint_common(spec)
     kwargs.update(_okhttp_timeouts(spec.get("timeouts"), "timeouts"))
     return HttpEndpoint(**kwargs)
-
-
-register_kind("io.statefun.endpoints.v2/http", build_http_endpoint_v2, "endpoints")
-register_kind("io.statefun.endpoints.v1/http", build_http_endpoint_v1, "endpoints")

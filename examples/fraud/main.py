@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from functions import ALERTS_EGRESS, ALERTS_TOPIC, functions
 
 import rayfun
-from connectors.kafka import KafkaBroker, KafkaSink, KafkaSource, KafkaTopic, create_topics
+from rayfun.connectors.kafka import KafkaBroker, KafkaSink, KafkaSource, KafkaTopic, create_topics
 
 
 def merchant_service(port: int) -> threading.Thread:

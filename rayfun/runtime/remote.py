@@ -58,9 +58,6 @@ class RemoteSpec:
         self.expire_mode = expire_mode
         self.expire_after_millis = int(expire_after_millis or 0)
 
-    def key(self) -> tuple:
-        return (self.name, self.type.typename, self.expire_mode, self.expire_after_millis)
-
 
 class RemoteFunction:
     """Invokes one remote function type for the addresses of one shard."""

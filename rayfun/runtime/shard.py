@@ -761,7 +761,7 @@ class ShardCore:
         if entry is None:
             sink = self._sink_specs.get(egress_id)
             if sink is None:  # undeclared egress: keep it in memory for app.egress()
-                from connectors.memory import MemorySink
+                from .egress_collector import MemorySink
 
                 sink = MemorySink(egress_id)
             if hasattr(sink, "collector") and sink.collector is None:

@@ -1011,7 +1011,7 @@ def commands_type():
 def start_application(sc: Scenario, source_records: list, spec: dict, name: str):
     """Start (or resume, when the checkpoint dir holds checkpoints) the scenario's application."""
     import rayfun
-    from connectors.memory import MemorySource
+    from rayfun.connectors.memory import MemorySource
     from tests.chaos.dir_sink import DirSink
 
     ingresses = []

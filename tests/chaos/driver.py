@@ -11,7 +11,7 @@ import sys
 import ray
 
 import rayfun
-from connectors.memory import MemorySource
+from rayfun.connectors.memory import MemorySource
 from tests.chaos.dir_sink import DirSink
 from tests.chaos.workload import EGRESS, FN, Commands, Generator, build_functions
 

@@ -14,7 +14,7 @@ import pytest
 import ray
 
 import rayfun
-from connectors.memory import MemorySource
+from rayfun.connectors.memory import MemorySource
 
 from .workload import EGRESS, FN, Commands, Generator, build_functions
 

@@ -19,8 +19,8 @@ import pytest
 import ray
 
 import rayfun
-from connectors.memory import MemorySource
 from rayfun import HttpEndpoint, IntType, StatefulFunctions, StringType, ValueSpec, simple_type
+from rayfun.connectors.memory import MemorySource
 
 pytestmark = [pytest.mark.timeout(240)]
 

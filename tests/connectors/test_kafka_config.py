@@ -7,7 +7,7 @@ import datetime
 import pytest
 import yaml
 
-from connectors.kafka import (
+from rayfun.connectors.kafka import (
     EGRESS_KIND,
     INGRESS_KIND,
     BrokerError,
@@ -17,7 +17,7 @@ from connectors.kafka import (
     egress_from_spec,
     ingress_from_spec,
 )
-from connectors.kafka.source import _date_ms
+from rayfun.connectors.kafka.source import _date_ms
 from rayfun.messages import KAFKA_PRODUCER_RECORD, kafka_egress_message
 from rayfun.types import IntType
 
@@ -150,7 +150,7 @@ def test_spec_defaults_and_variants():
 
 def test_load_module_builds_kafka_components():
     module_yaml = pytest.importorskip("rayfun.module_yaml")
-    from connectors.kafka import KafkaSink, KafkaSource
+    from rayfun.connectors.kafka import KafkaSink, KafkaSource
 
     assert {INGRESS_KIND, EGRESS_KIND} <= set(module_yaml.registered_kinds())
     module = module_yaml.load_module(MODULE)

@@ -34,7 +34,7 @@ def build_functions(out_topic: str) -> StatefulFunctions:
 
 
 def test_kafka_to_kafka_exactly_once(kafka_broker, ray_session, tmp_path):
-    from connectors.kafka import KafkaSink, KafkaSource, KafkaTopic
+    from rayfun.connectors.kafka import KafkaSink, KafkaSource, KafkaTopic
 
     suffix = str(time.monotonic_ns())
     in_topic, out_topic = f"tx-{suffix}", f"alerts-{suffix}"
@@ -87,7 +87,7 @@ def test_kafka_to_kafka_with_shard_kills(kafka_broker, ray_session, tmp_path):
 
     import ray
 
-    from connectors.kafka import KafkaSink, KafkaSource, KafkaTopic
+    from rayfun.connectors.kafka import KafkaSink, KafkaSource, KafkaTopic
 
     suffix = str(time.monotonic_ns())
     in_topic, out_topic = f"tx-{suffix}", f"alerts-{suffix}"

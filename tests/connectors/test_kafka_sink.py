@@ -26,7 +26,7 @@ def _values(bootstrap: str, topic: str) -> Counter:
 
 
 def _sink(broker, **kwargs):
-    from connectors.kafka import KafkaSink
+    from rayfun.connectors.kafka import KafkaSink
 
     kwargs.setdefault("transactional_id_prefix", f"test-{uuid.uuid4().hex[:8]}")
     return KafkaSink(EGRESS, broker.bootstrap, **kwargs)
@@ -92,7 +92,7 @@ def test_crash_after_marker_before_commit(kafka_broker, topic):
 def test_crash_mid_epoch_before_marker(kafka_broker, topic):
     """Dying after some records but before the marker: the epoch is published again in full. On a broker
     that hides aborted transactions that is exactly once; on Tansu 0.6.0, which does not, the aborted
-    prefix stays visible (the residual window documented in connectors/kafka/sink.py)."""
+    prefix stays visible (the residual window documented in rayfun/connectors/kafka/sink.py)."""
     sink = _sink(kafka_broker)
     part = sink.build_partition(0, 1)
     producer = part._producer
@@ -144,7 +144,7 @@ def test_at_least_once(kafka_broker, topic, delivery):
 
 @pytest.mark.parametrize("delivery", ["exactly-once", "at-least-once"])
 def test_rejected_records_name_egress_and_type(kafka_broker, topic, delivery):
-    from connectors.kafka import EgressRecordError
+    from rayfun.connectors.kafka import EgressRecordError
 
     # (topics are auto-created by default where the broker allows it, as with any producer)
     sink = _sink(kafka_broker, delivery=delivery, properties={"allow.auto.create.topics": False})
@@ -166,7 +166,7 @@ def test_rejected_records_name_egress_and_type(kafka_broker, topic, delivery):
 def test_sink_is_picklable_and_validates(kafka_broker):
     import pickle
 
-    from connectors.kafka import KafkaSink
+    from rayfun.connectors.kafka import KafkaSink
 
     sink = pickle.loads(pickle.dumps(_sink(kafka_broker)))
     assert sink.producer_config(3)["transactional.id"].endswith("-3")

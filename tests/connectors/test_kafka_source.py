@@ -20,7 +20,7 @@ RAW = "example/Raw"
 
 
 def _source(broker, topic, **kwargs):
-    from connectors.kafka import KafkaSource, KafkaTopic
+    from rayfun.connectors.kafka import KafkaSource, KafkaTopic
 
     targets = kwargs.pop("targets", ["example/fn"])
     value_type = kwargs.pop("value_type", RAW)
@@ -222,7 +222,7 @@ def test_missing_topic_is_a_clear_error(kafka_broker):
 
 
 def test_invalid_configuration():
-    from connectors.kafka import KafkaSource, KafkaTopic
+    from rayfun.connectors.kafka import KafkaSource, KafkaTopic
 
     with pytest.raises(ValueError, match="target"):
         KafkaTopic("t", RAW, [])

@@ -12,8 +12,8 @@ import time
 import pytest
 
 import rayfun
-from connectors.memory import MemorySource
 from rayfun import IntType, StatefulFunctions, ValueSpec
+from rayfun.connectors.memory import MemorySource
 from rayfun.runtime.shard import ShardConfig
 
 pytestmark = pytest.mark.timeout(120)

@@ -11,7 +11,6 @@ from datetime import timedelta
 import pytest
 
 import rayfun
-from connectors.memory import MemorySource
 from rayfun import (
     IntType,
     StatefulFunctions,
@@ -21,6 +20,7 @@ from rayfun import (
     make_json_type,
     message_builder,
 )
+from rayfun.connectors.memory import MemorySource
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -76,8 +76,8 @@ def test_what_cannot_be_stored_or_sent_is_refused_where_it_enters():
     refused with the reason at the boundary (a builder, a source record, a state write), never later."""
     import pytest
 
-    from connectors.memory import MemorySource
     from rayfun import StringType, message_builder
+    from rayfun.connectors.memory import MemorySource
     from rayfun.io import DeadLetter
     from rayfun.types import MAX_ID_CHARS, MAX_TYPENAME_CHARS, check_id, validate_typename
 

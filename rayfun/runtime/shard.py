@@ -44,6 +44,7 @@ from .deadletters import dead_letter_record
 from .embedded import EmbeddedFunction
 from .partitioning import Partitioner, shard_ranges
 from .registry import TypeRegistry
+from .status import ShardStatus
 from .timers import InvalidEffect, TimerService, TokenInUseError
 
 if TYPE_CHECKING:
@@ -1218,28 +1219,28 @@ class ShardCore:
 
     # -- introspection ----------------------------------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self) -> ShardStatus:
         """Counters for idleness detection (the coordinator compares sent/received per channel)."""
-        return {
-            "index": self.index,
-            "pid": os.getpid(),
-            "backlog": self._backlog + self._parked,  # every message accepted and not yet done
-            "in_progress": sum(getattr(r, "in_progress", 0) for r in self.runners.values()),
-            "sent": list(self._sent),
-            "received": {s: c.received for s, c in self._channels.items()},
-            "early": sum(len(c.early) for c in self._channels.values()),
-            "outstanding": sum(self._outstanding),
-            "sources_busy": any(not s.exhausted and not s.idle for s in self._sources),
-            "sources_exhausted": all(s.exhausted for s in self._sources),
-            "timers": len(self.timers),
-            "failure": self._failure,
-            "remote_requests": sum(c.stats["requests"] for c in self._clients.values()),
-            "remote_failures": sum(c.stats["failures"] for c in self._clients.values()),
-            "generation": self.generation,
-            "epoch": self._epoch,
-            "cpu_s": time.process_time(),  # the process's CPU time: a busy machine moves it less than wall time
-            **self.counters,
-        }
+        return ShardStatus(
+            index=self.index,
+            pid=os.getpid(),
+            backlog=self._backlog + self._parked,  # every message accepted and not yet done
+            in_progress=sum(getattr(r, "in_progress", 0) for r in self.runners.values()),
+            sent=list(self._sent),
+            received={s: c.received for s, c in self._channels.items()},
+            early=sum(len(c.early) for c in self._channels.values()),
+            outstanding=sum(self._outstanding),
+            sources_busy=any(not s.exhausted and not s.idle for s in self._sources),
+            sources_exhausted=all(s.exhausted for s in self._sources),
+            timers=len(self.timers),
+            failure=self._failure,
+            remote_requests=sum(c.stats["requests"] for c in self._clients.values()),
+            remote_failures=sum(c.stats["failures"] for c in self._clients.values()),
+            generation=self.generation,
+            epoch=self._epoch,
+            cpu_s=time.process_time(),  # the process's CPU time: a busy machine moves it less than wall time
+            counters=dict(self.counters),
+        )
 
     def get_state(self, typename: str, id: str) -> dict[str, Any]:
         runner = self.runners.get(typename)
@@ -1299,7 +1300,7 @@ class ShardActor:
     ) -> None:
         await self.core.restore(generation, peers, source_partitions, checkpoint_id, driver_from)
 
-    def status(self) -> dict:
+    def status(self) -> ShardStatus:
         return self.core.status()
 
     def get_state(self, typename: str, id: str) -> dict:

@@ -655,7 +655,7 @@ class _Run:
         shards = self.shards()
         victim = self.rng.randrange(len(shards)) if victim is None else victim
         if how == "sigkill":
-            pid = ray.get(shards[victim].status.remote(), timeout=10)["pid"]
+            pid = ray.get(shards[victim].status.remote(), timeout=10).pid
             os.kill(pid, signal.SIGKILL)
         else:
             ray.kill(shards[victim], no_restart=True)
@@ -768,7 +768,7 @@ class _Run:
 
         def in_checkpoint() -> bool:
             last = self.info()["last_checkpoint"] or 0
-            return any(st["epoch"] > last for st in ray.get([s.status.remote() for s in shards], timeout=10))
+            return any(st.epoch > last for st in ray.get([s.status.remote() for s in shards], timeout=10))
 
         before = self.info()["recoveries"]
         hit = self.wait_for(in_checkpoint, 10, poll=0.005)

@@ -88,10 +88,10 @@ def test_a_delivery_pending_at_rollback_does_not_unbalance_the_outstanding_count
         )
         await core.deliver(DRIVER, 0, pickle.dumps([("t/forward", fid, None, INT, 5)]), 0)
         await _settle()
-        assert len(peers[1].deliver.calls) == 1 and core.status()["outstanding"] == 1
+        assert len(peers[1].deliver.calls) == 1 and core.status().outstanding == 1
         await core.restore(1, peers, [], None)  # rolls back; the pending delivery task is cancelled
         await _settle()
-        assert core.status()["outstanding"] == 0
+        assert core.status().outstanding == 0
 
     _run(scenario)
 
@@ -109,7 +109,7 @@ def test_a_batch_of_the_next_generation_that_arrives_before_the_rollback_is_kept
         await early
         await _settle()
         st = core.status()
-        assert st["received"] == {1: 1} and st["processed"] == 1
+        assert st.received == {1: 1} and st.processed == 1
         assert core.get_state("t/count", cid) == {"n": 7}
 
     _run(scenario)
@@ -121,7 +121,7 @@ def test_a_batch_of_an_older_generation_is_dropped():
         cid = _id_on(core, "t/count", 0)
         await core.deliver(1, 0, pickle.dumps([("t/count", cid, None, INT, 7)]), 1)
         await _settle()
-        assert core.status()["received"] == {} and core.get_state("t/count", cid) == {}
+        assert core.status().received == {} and core.get_state("t/count", cid) == {}
 
     _run(scenario)
 
@@ -156,7 +156,7 @@ def test_a_rollback_superseded_while_it_reads_its_checkpoint_does_not_win(tmp_pa
         release.set()
         await first
         await _settle()
-        assert core.get_state("t/count", "c") == {"n": 1} and core.status()["generation"] == 2
+        assert core.get_state("t/count", "c") == {"n": 1} and core.status().generation == 2
 
     _run(scenario, shards=1, checkpoint_url=str(tmp_path))
 

@@ -1,0 +1,196 @@
+"""The coordinator actor: one per application. It starts the shards and hands out source partitions, and
+composes the parts that do the rest, each in its own module:
+
+- ``driver_channel``: the driver's messages (``app.send``), numbered and logged for replay after a rollback;
+- ``checkpoints``: periodic and on-demand checkpoints, their failures and backoff;
+- ``supervisor``: watching the shards, the standby, the rollback to the last complete checkpoint;
+- ``idle``: whether anything is left to do (``app.wait``), from the shards' statuses alone.
+
+They share a ``Fleet`` (the shard handles, generation, last checkpoint, and the lock that lets one
+checkpoint or recovery run at a time). The remote methods here are what ``rayfun.app`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+import uuid
+
+import ray
+from ray.exceptions import RayActorError
+
+from ..aio import retrieve
+from ..egress_collector import EgressCollector
+from ..status import DRIVER, ShardStatus
+from .checkpoints import CheckpointMetrics, CheckpointScheduler
+from .config import AppConfig
+from .driver_channel import DriverChannel
+from .fleet import Fleet, assign_partitions
+from .idle import IdleWatch
+from .supervisor import RecoveryMetrics, Supervisor
+
+log = logging.getLogger("rayfun")
+
+__all__ = ["STOP_TIMEOUT_S", "Coordinator"]
+
+STOP_TIMEOUT_S = 30.0  # how long app.stop() waits for the shards to flush and close their sinks
+IDLE_POLL_FIRST_S = 0.005  # wait_idle looks again after this, doubling ...
+IDLE_POLL_MAX_S = 0.05  # ... up to this
+
+
+class Coordinator:
+    """Owns the shard actors of one application."""
+
+    def __init__(self, config: AppConfig) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        self.config = config
+        self.fleet = Fleet(config)
+        self.driver = DriverChannel(
+            config.shards,
+            self._deliver_driver,
+            logged=config.checkpoint_dir is not None,
+            retain=config.checkpoint_options.get("retain", 3),
+        )
+        self.checkpoints = CheckpointScheduler(self.fleet, self.driver, CheckpointMetrics(config.name))
+        self.supervisor = Supervisor(self.fleet, self.driver, RecoveryMetrics(config.name))
+        self._tasks: list[asyncio.Task] = []
+
+    def _deliver_driver(self, dest: int, seq: int, rows: list) -> None:
+        self.fleet.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.fleet.generation)
+
+    async def start(self) -> list:
+        """Create the shards and start them, resuming from the newest complete checkpoint if there is one."""
+        fleet, config = self.fleet, self.config
+        fleet.collector = ray.remote(EgressCollector).options(num_cpus=0).remote()
+        if config.checkpoint_dir is not None:
+            from ...checkpoint import CheckpointStore
+
+            fleet.store = CheckpointStore(config.checkpoint_dir, **config.checkpoint_options)
+        checkpoint = await self.supervisor.latest_checkpoint()
+        if fleet.store is not None:  # past every manifest present, damaged or quarantined ones included
+            self.checkpoints.next_id = await asyncio.get_running_loop().run_in_executor(
+                None, fleet.store.next_checkpoint_id
+            )
+        # one id per application across restores (sinks scope their exactly-once markers by it)
+        fleet.run_id = (checkpoint.app.get("run_id") if checkpoint is not None else None) or uuid.uuid4().hex[:16]
+        fleet.shards = [fleet.new_shard(i) for i in range(config.shards)]
+        # the standby starts with the shards: its process start (about a CPU-second) is part of the
+        # application's start-up, not a hiccup in the middle of processing
+        self.supervisor.keep_standby()
+        spare = self.supervisor.spare
+        await asyncio.gather(*[s.ready.remote() for s in fleet.shards + [spare] if s is not None])
+        if checkpoint is None:
+            assignment = assign_partitions(config.sources, config.shards, {})
+            await asyncio.gather(*[s.start.remote(fleet.shards, assignment[i]) for i, s in enumerate(fleet.shards)])
+        else:
+            log.info("resuming from checkpoint %d in %s", checkpoint.checkpoint_id, config.checkpoint_dir)
+            async with self.driver.lock:
+                await self.supervisor.restore_newest(checkpoint)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.supervisor.run()))
+        if fleet.store is not None and config.checkpoint_interval:
+            self._tasks.append(loop.create_task(self.checkpoints.run()))
+        return fleet.shards
+
+    # -- the driver's channel ---------------------------------------------------------------------------
+
+    async def send(self, call_seq: int, rows_by_shard: dict[int, list]) -> None:
+        """Forward messages from the driver (see DriverChannel.send)."""
+        await self.driver.send(call_seq, rows_by_shard)
+
+    # -- checkpoints and recovery -----------------------------------------------------------------------
+
+    async def checkpoint(self) -> int:
+        """Take a checkpoint now; returns its id once it is complete (its manifest written)."""
+        return await self.checkpoints.checkpoint()
+
+    async def recover(self, failed: dict[int, tuple[bool, str]]) -> None:
+        """Roll every shard back to the newest complete checkpoint (see Supervisor.recover)."""
+        await self.supervisor.recover(failed)
+
+    # -- introspection ----------------------------------------------------------------------------------
+
+    def shard_handles(self) -> list:
+        return self.fleet.shards
+
+    def collector_handle(self):
+        return self.fleet.collector
+
+    def info(self) -> dict:
+        fleet, checkpoints, supervisor = self.fleet, self.checkpoints, self.supervisor
+        return {
+            "generation": fleet.generation,
+            "last_checkpoint": fleet.last_checkpoint,
+            "recoveries": supervisor.recoveries,
+            "last_recovery_s": supervisor.last_recovery_s,
+            "last_failure": supervisor.last_failure,
+            "last_checkpoint_s": checkpoints.last_duration_s,
+            "last_checkpoint_age_s": (
+                time.monotonic() - checkpoints.last_complete_at if fleet.store is not None else None
+            ),
+            "checkpoint_failures": checkpoints.failures,
+            "checkpoint_failures_total": checkpoints.failures_total,
+            "last_checkpoint_error": checkpoints.last_error,
+            "standby": None if supervisor.spare is None else supervisor.spare._actor_id.hex(),
+        }
+
+    async def statuses(self) -> list[dict]:
+        """Every shard's status as the flat dict ``app.metrics()`` returns."""
+        return [st.as_dict() for st in await asyncio.gather(*[s.status.remote() for s in self.fleet.shards])]
+
+    async def _shard_statuses(self) -> list[ShardStatus | None]:
+        """Every shard's status; None for a shard that died (a dead shard is the supervisor's business)."""
+        results = await asyncio.gather(*[s.status.remote() for s in self.fleet.shards], return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, RayActorError):
+                raise result
+        return [None if isinstance(r, RayActorError) else r for r in results]
+
+    async def flush(self) -> None:
+        """Make every record emitted so far visible: a checkpoint (exactly-once egress is published when
+        its checkpoint completes), or without checkpoints a flush of what the shards hold."""
+        if self.fleet.store is not None:
+            await self.checkpoint()
+        else:
+            await asyncio.gather(*[s.flush.remote() for s in self.fleet.shards])
+
+    async def wait_idle(self, timeout: float | None = 60.0, timers: bool = True) -> bool:
+        """Wait until nothing is queued, running or in flight anywhere (and, with ``timers``, no delayed
+        message is pending): the same counters twice in a row, with every message sent also received."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        watch = IdleWatch()
+        delay = IDLE_POLL_FIRST_S
+        while True:
+            recovering = self.fleet.recovering
+            statuses = [] if recovering else await self._shard_statuses()
+            verdict = watch.look(statuses, self.fleet.generation, self.driver.sent, timers, recovering)
+            if verdict.idle:
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                log.info("not idle within %s s: %s", timeout, verdict.reason)
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, IDLE_POLL_MAX_S)
+
+    async def stop(self) -> None:
+        self.fleet.stopped = True
+        for task in self._tasks:
+            task.cancel()
+        shards = self.fleet.shards
+        # shards flush and close their sinks; one that does not answer in time (its loop blocked in a
+        # sink call, say) must not keep the application from stopping: it is killed like the others
+        stops = asyncio.gather(*[s.stop.remote() for s in shards], return_exceptions=True)
+        stops.add_done_callback(retrieve)
+        try:
+            await asyncio.wait_for(stops, STOP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("shards did not stop within %.0f s: killing them (sinks may not have flushed)", STOP_TIMEOUT_S)
+        spare = self.supervisor.spare
+        for s in shards + ([spare] if spare is not None else []):
+            ray.kill(s)
+        self.supervisor.spare = None
+        if self.fleet.collector is not None:
+            ray.kill(self.fleet.collector)
+        self.fleet.shards = []

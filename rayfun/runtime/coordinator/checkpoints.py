@@ -1,0 +1,251 @@
+"""Checkpoint scheduling: when the coordinator takes a checkpoint, and what it does when one fails.
+
+Checkpoint n (see shard.py for the shard side):
+1. ``checkpoint(n)`` on every shard; each snapshots at its cut and sends marker n to every peer, records
+   what arrives on a channel before that channel's marker, then writes its part and returns it.
+2. When every part is written, the manifest is committed (last): only now does checkpoint n exist.
+3. ``checkpoint_complete(n)`` lets shards publish the exactly-once egress of epochs <= n.
+
+Every attempt gets a new id, past every manifest in the store (damaged ones included): a checkpoint that
+fails (storage down, a shard that refuses its cut because it has asked for a rollback) is abandoned with
+``checkpoint_aborted(n)`` and the next attempt starts afresh, after a backoff while failures go on.
+A failed checkpoint loses nothing: the shards keep the changes and the egress it would have covered, and
+the next checkpoint that completes covers them. Failures are logged, counted (``app.info()``) and
+exported as Ray metrics, louder the longer they last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ..aio import cancel_quietly, retrieve
+from .driver_channel import DriverChannel
+from .fleet import Fleet, first_line
+
+log = logging.getLogger("rayfun")
+
+__all__ = ["CheckpointAbandoned", "CheckpointMetrics", "CheckpointScheduler"]
+
+FULL_EVERY = 50  # at the latest, a full base every this many checkpoints (shards write one sooner, as
+# their deltas grow: see shard.FULL_AFTER); bounds the number of files in a chain
+CHECKPOINT_TIMEOUT_S = 60.0  # a checkpoint not complete by then is abandoned (e.g. storage that hangs)
+CHECKPOINT_BACKOFF_MAX_S = 5.0  # while checkpoints fail, attempts back off up to this far apart
+CHECKPOINT_ALARM_AFTER = 3  # consecutive failed checkpoints before the log says so at ERROR level
+CHECKPOINT_ALARM_EVERY_S = 30.0  # while they go on failing, the ERROR is repeated at most this often
+ABORT_TIMEOUT_S = 10.0  # how long an abort waits for the shards' acknowledgements (best effort)
+POLL_S = 0.05  # how often a checkpoint in progress looks whether it must give up
+
+
+class CheckpointAbandoned(RuntimeError):
+    """A checkpoint let go because the application is rolling back (not a failure of the checkpoint)."""
+
+
+class CheckpointMetrics:
+    """Checkpoint health as Ray metrics (Prometheus through Ray's metrics export), tagged by application."""
+
+    def __init__(self, app_name: str | None) -> None:
+        from ray.util import metrics
+
+        tags = {"application": app_name or "rayfun"}
+        self._failures = metrics.Counter(
+            "rayfun_checkpoint_failures", "checkpoints that failed", tag_keys=("application",)
+        )
+        self._completed = metrics.Counter(
+            "rayfun_checkpoints_completed", "checkpoints completed", tag_keys=("application",)
+        )
+        self._duration = metrics.Gauge(
+            "rayfun_checkpoint_duration_seconds", "duration of the last checkpoint", tag_keys=("application",)
+        )
+        self._age = metrics.Gauge(
+            "rayfun_checkpoint_age_seconds", "time since the last complete checkpoint", tag_keys=("application",)
+        )
+        for metric in (self._failures, self._completed, self._duration, self._age):
+            metric.set_default_tags(tags)
+
+    def failed(self) -> None:
+        self._failures.inc()
+
+    def completed(self, duration_s: float) -> None:
+        self._completed.inc()
+        self._duration.set(duration_s)
+        self._age.set(0.0)
+
+    def age(self, seconds: float) -> None:
+        self._age.set(seconds)
+
+
+def next_wait(interval: float, since_began: float, since_ended: float, failures: int) -> float:
+    """Seconds until the next periodic checkpoint: ``interval`` from start to start (Flink's meaning); after
+    one that took longer, half an interval after it ended (Flink's min pause), so that slow checkpoints do
+    not run back to back and leave the shards no time between them; while checkpoints fail (storage down),
+    2x the interval per failure, capped at CHECKPOINT_BACKOFF_MAX_S (or the interval, if longer)."""
+    wait = max(interval - since_began, interval / 2 - since_ended, 0.0)
+    if failures:
+        wait = max(wait, min(interval * 2 ** (failures - 1), max(CHECKPOINT_BACKOFF_MAX_S, interval)))
+    return wait
+
+
+class CheckpointScheduler:
+    """Takes checkpoints (on demand and every ``checkpoint_interval``) and keeps count of their failures."""
+
+    def __init__(self, fleet: Fleet, driver: DriverChannel, metrics: CheckpointMetrics, next_id: int = 1) -> None:
+        self.fleet = fleet
+        self.driver = driver
+        self.metrics = metrics
+        self.next_id = next_id  # the id of the next checkpoint attempt
+        self.failures = 0  # consecutive failed checkpoints
+        self.failures_total = 0
+        self.last_error: str | None = None
+        self.last_complete_at = time.monotonic()  # when the newest checkpoint completed (or the start)
+        self.last_duration_s: float | None = None  # how long the newest checkpoint took, trigger to complete
+        self._ended = 0.0
+        self._last_alarm = 0.0
+        self._since_full = 0
+        self._compaction = None
+
+    async def checkpoint(self) -> int:
+        """Take a checkpoint now; returns its id once it is complete (its manifest written)."""
+        if self.fleet.store is None:
+            raise RuntimeError("checkpoints are off: start the application with checkpoint_dir=...")
+        async with self.fleet.lock:
+            return await self._checkpoint_locked()
+
+    async def _checkpoint_locked(self) -> int:
+        fleet, config = self.fleet, self.fleet.config
+        began = time.monotonic()
+        n = self.next_id
+        self.next_id += 1
+        generation = fleet.generation
+        # full bases cost the shards an encode (no read, no fold), not a compaction's full cycle
+        full = self._since_full + 1 >= FULL_EVERY
+        loop = asyncio.get_running_loop()
+        try:
+            parts = await self._gather_parts(n, full, generation)
+            await loop.run_in_executor(
+                None,
+                lambda: fleet.store.commit(
+                    n,
+                    list(parts),
+                    key_groups=config.key_groups,
+                    app_meta={
+                        "functions": config.functions.typenames,
+                        "shards": config.shards,
+                        "run_id": fleet.run_id,
+                        "coordinator": self.driver.incarnation,
+                    },
+                ),
+            )
+        except CheckpointAbandoned:
+            raise
+        except Exception as exc:
+            await self._abort(n)
+            self._failed(n, exc)
+            raise
+        fleet.last_checkpoint = n
+        self._succeeded()
+        self._since_full = 0 if all(p.full for p in parts) else self._since_full + 1
+        self._maybe_compact(loop)
+        self.driver.covered([part.meta.get("driver_seq", 0) for part in parts])
+        await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in fleet.shards])
+        self._ended = time.monotonic()
+        self.last_duration_s = self._ended - began
+        self.metrics.completed(self.last_duration_s)
+        return n
+
+    async def _gather_parts(self, n: int, full: bool, generation: int) -> list:
+        """Every shard's part of checkpoint ``n``; raises the first shard's error, CheckpointAbandoned if a
+        recovery began meanwhile, TimeoutError after CHECKPOINT_TIMEOUT_S."""
+        # return_exceptions: the errors of every shard are retrieved here, none is left for asyncio to
+        # report as "never retrieved" when the gather is cancelled
+        pending = asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.fleet.shards], return_exceptions=True)
+        deadline = time.monotonic() + CHECKPOINT_TIMEOUT_S
+        while True:  # a shard that died mid-checkpoint leaves its peers waiting for its marker: give up then
+            done, _ = await asyncio.wait({pending}, timeout=POLL_S)
+            if done:
+                results = pending.result()
+                break
+            if self.fleet.abandon:
+                cancel_quietly(pending)
+                raise CheckpointAbandoned(f"checkpoint {n} abandoned: a shard failed, rolling back")
+            if time.monotonic() > deadline:
+                cancel_quietly(pending)
+                raise TimeoutError(f"checkpoint {n} did not complete within {CHECKPOINT_TIMEOUT_S:.0f} s")
+        if generation != self.fleet.generation:
+            raise CheckpointAbandoned(f"checkpoint {n} abandoned: the application was rolled back meanwhile")
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                raise RuntimeError(f"shard {index}: {first_line(result)}") from result
+        return results
+
+    async def _abort(self, n: int) -> None:
+        """Tell every shard that checkpoint ``n`` will never complete (best effort: a shard that does not
+        answer is dead or stuck, and the failure monitor deals with it)."""
+        aborts = asyncio.gather(*[s.checkpoint_aborted.remote(n) for s in self.fleet.shards], return_exceptions=True)
+        aborts.add_done_callback(retrieve)  # wait_for cancels it on a timeout
+        try:
+            await asyncio.wait_for(aborts, ABORT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("checkpoint %d: not every shard acknowledged its abort", n)
+
+    def _failed(self, n: int, exc: BaseException) -> None:
+        self.failures += 1
+        self.failures_total += 1
+        self.last_error = first_line(exc)
+        self.metrics.failed()
+        age = time.monotonic() - self.last_complete_at
+        now = time.monotonic()
+        if self.failures < CHECKPOINT_ALARM_AFTER:
+            log.warning("checkpoint %d failed (%s); retrying with a new checkpoint", n, self.last_error)
+        elif self.failures == CHECKPOINT_ALARM_AFTER or now - self._last_alarm > CHECKPOINT_ALARM_EVERY_S:
+            self._last_alarm = now
+            log.error(
+                "checkpoints keep failing: %d in a row, none complete for %.0f s (last: %s). Exactly-once "
+                "egress is held back until one completes, and a failure now would roll back to "
+                "checkpoint %s",
+                self.failures,
+                age,
+                self.last_error,
+                self.fleet.last_checkpoint,
+            )
+
+    def _succeeded(self) -> None:
+        if self.failures >= CHECKPOINT_ALARM_AFTER:
+            log.warning(
+                "checkpoints complete again (checkpoint %d, after %d failures)",
+                self.fleet.last_checkpoint,
+                self.failures,
+            )
+        self.failures = 0
+        self.last_complete_at = time.monotonic()
+
+    def _maybe_compact(self, loop) -> None:
+        """Fold the delta chain into bases in the background if it grew past its bound anyway (e.g. after a
+        restore onto another shard count); the next checkpoint's manifest then references the bases (the
+        store keeps this safe while checkpoints go on)."""
+        if self._compaction is not None and not self._compaction.done():
+            return
+        from ...checkpoint import needs_compaction
+
+        manifest = self.fleet.store.latest()
+        if manifest is not None and needs_compaction(manifest, max_chain=2 * FULL_EVERY * len(manifest.shards)):
+            self._compaction = loop.run_in_executor(None, self.fleet.store.compact, manifest)
+
+    async def run(self) -> None:
+        """A checkpoint every ``checkpoint_interval`` (see ``next_wait``), until the application stops."""
+        interval = self.fleet.config.checkpoint_interval
+        began = time.monotonic()
+        while not self.fleet.stopped:
+            now = time.monotonic()
+            await asyncio.sleep(next_wait(interval, now - began, now - self._ended, self.failures))
+            began = time.monotonic()
+            self.metrics.age(began - self.last_complete_at)
+            if self.fleet.recovering:
+                continue
+            try:
+                await self.checkpoint()
+            except CheckpointAbandoned:
+                pass  # a recovery is under way
+            except Exception:
+                pass  # counted and logged by _failed

@@ -1,0 +1,26 @@
+"""The application's configuration as the coordinator receives it from ``rayfun.app.run``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...functions import StatefulFunctions
+from ...io import Sink, Source
+
+__all__ = ["AppConfig"]
+
+
+@dataclass
+class AppConfig:
+    functions: StatefulFunctions
+    shards: int = 2
+    key_groups: int = 1024
+    endpoints: list = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    sinks: list[Sink] = field(default_factory=list)
+    shard_options: dict = field(default_factory=dict)
+    standby: bool = True  # keep an idle shard actor ready to replace one that dies
+    checkpoint_dir: str | None = None
+    checkpoint_interval: float | None = 1.0
+    checkpoint_options: dict = field(default_factory=dict)
+    name: str | None = None  # the application's name (tags its metrics)

@@ -1,0 +1,90 @@
+"""The driver's channel: messages the driver sends with ``app.send``, through the coordinator, so that a
+rollback re-sends them instead of losing them.
+
+Driver messages carry one sequence number per destination shard for the coordinator's whole life, never
+renumbered: a checkpoint records how far each shard had read (its part's ``driver_seq``), and a rollback
+re-sends the logged batches from there, however many rollbacks to the same checkpoint come in a row. The
+numbering belongs to this coordinator (``incarnation``): a checkpoint an earlier coordinator wrote read none
+of this one's messages.
+
+The log is pruned only when a checkpoint completes, down to what every retained checkpoint has read (a fall
+back past a damaged checkpoint re-sends what the older one did not cover); a restore never prunes it, since
+an older checkpoint may be restored next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+
+__all__ = ["DriverChannel"]
+
+#: deliver(dest, seq, rows): hand batch ``seq`` of the driver's channel to shard ``dest`` (fire and forget)
+Deliver = Callable[[int, int, list], None]
+
+
+class DriverChannel:
+    """Orders the driver's batches, numbers them per destination and keeps them until checkpoints cover them."""
+
+    def __init__(self, shards: int, deliver: Deliver, *, logged: bool, retain: int = 3) -> None:
+        self._deliver = deliver
+        self._logged = logged  # without checkpoints nothing is ever replayed: keep no log
+        self.incarnation = uuid.uuid4().hex[:16]  # this coordinator's driver-channel numbering
+        self._seq = [0] * shards  # next sequence number per destination, never renumbered
+        self.sent = [0] * shards  # messages sent to each shard in this generation (for idle detection)
+        self._early: dict[int, dict[int, list]] = {}  # calls that overtook an earlier one
+        self._next_call = 0
+        self.log: list[list[tuple[int, list]]] = [[] for _ in range(shards)]
+        # how far each retained checkpoint had read the driver's channel, oldest first: the log keeps what
+        # the oldest did not read, so a fall back past a damaged checkpoint re-sends what it covered
+        self._covers: deque[list[int]] = deque(maxlen=retain)
+        self.lock = asyncio.Lock()  # sends, and a restore's replay: none interleave
+
+    async def send(self, call_seq: int, rows_by_shard: dict[int, list]) -> None:
+        """Forward messages from the driver, keeping them until a checkpoint covers them. ``call_seq``
+        numbers the driver's calls: Ray does not keep their order for an async actor, so this does."""
+        self._early[call_seq] = rows_by_shard
+        async with self.lock:
+            while self._next_call in self._early:
+                self._forward(self._early.pop(self._next_call))
+                self._next_call += 1
+
+    def _forward(self, rows_by_shard: dict[int, list]) -> None:
+        for dest, rows in rows_by_shard.items():
+            seq = self._seq[dest]
+            self._seq[dest] = seq + 1
+            if self._logged:
+                self.log[dest].append((seq, rows))
+            self._send_one(dest, seq, rows)
+
+    def _send_one(self, dest: int, seq: int, rows: list) -> None:
+        self.sent[dest] += len(rows)
+        self._deliver(dest, seq, rows)
+
+    def covered(self, driver_seqs: Sequence[int]) -> None:
+        """A checkpoint completed that had read ``driver_seqs[dest]`` batches of each shard's channel: drop
+        from the log what every retained checkpoint has read."""
+        self._covers.append(list(driver_seqs))
+        for dest in range(len(self.log)):  # keep what some checkpoint we may restore has not read
+            covered = min(cover[dest] for cover in self._covers)
+            self.log[dest] = [(seq, rows) for seq, rows in self.log[dest] if seq >= covered]
+
+    def driver_from(self, checkpoint) -> list[int]:
+        """Where each shard's channel resumes after restoring ``checkpoint`` (None: the start): what the
+        checkpoint had read, in this coordinator's numbering, else 0."""
+        driver_from = [0] * len(self.log)
+        if checkpoint is not None and checkpoint.app.get("coordinator") == self.incarnation:
+            for entry in checkpoint.shards:
+                driver_from[entry.index] = entry.meta.get("driver_seq", 0)
+        return driver_from
+
+    def replay(self, driver_from: Sequence[int]) -> None:
+        """After a restore (a new generation): re-send what the checkpoint had not read, under the same
+        numbers. The log itself keeps all (an older checkpoint may be restored next)."""
+        self.sent = [0] * len(self.log)
+        for dest in range(len(self.log)):
+            for seq, rows in self.log[dest]:
+                if seq >= driver_from[dest]:
+                    self._send_one(dest, seq, rows)

@@ -1,0 +1,247 @@
+"""The coordinator's parts on fakes (no Ray cluster): the driver channel, checkpoint scheduling and its
+failures, the supervisor's failure detection and backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+import pytest
+
+from rayfun.runtime.coordinator import checkpoints as cp
+from rayfun.runtime.coordinator import supervisor as sv
+from rayfun.runtime.coordinator.config import AppConfig
+from rayfun.runtime.coordinator.driver_channel import DriverChannel
+from rayfun.runtime.coordinator.fleet import Fleet
+
+
+class _Remote:
+    """A fake actor method: ``.remote(*args)`` records the call and returns a coroutine of ``fn``."""
+
+    def __init__(self, fn=None) -> None:
+        self.fn = fn
+        self.calls: list[tuple] = []
+
+    def remote(self, *args):
+        self.calls.append(args)
+
+        async def call():
+            return self.fn(*args) if self.fn else None
+
+        return call()
+
+
+def _checkpoint(incarnation: str, seqs: list[int]):
+    entries = [types.SimpleNamespace(index=i, meta={"driver_seq": s}) for i, s in enumerate(seqs)]
+    return types.SimpleNamespace(app={"coordinator": incarnation}, shards=entries)
+
+
+# -- the driver channel -----------------------------------------------------------------------------------
+
+
+def _channel(shards: int = 2, logged: bool = True, retain: int = 3):
+    delivered: list[tuple[int, int, list]] = []
+    return DriverChannel(shards, lambda *a: delivered.append(a), logged=logged, retain=retain), delivered
+
+
+def test_driver_calls_are_forwarded_in_call_order_with_one_numbering_per_shard():
+    channel, delivered = _channel()
+
+    async def scenario():
+        await channel.send(1, {0: ["b"]})  # overtook call 0: held back
+        assert delivered == []
+        await channel.send(0, {0: ["a"], 1: ["x", "y"]})
+
+    asyncio.run(scenario())
+    assert delivered == [(0, 0, ["a"]), (1, 0, ["x", "y"]), (0, 1, ["b"])]
+    assert channel.sent == [2, 2]
+
+
+def test_the_log_is_pruned_by_the_oldest_retained_checkpoint_and_never_by_a_restore():
+    channel, delivered = _channel(retain=2)
+    asyncio.run(channel.send(0, {0: ["a"]}))
+    asyncio.run(channel.send(1, {0: ["b"]}))
+    asyncio.run(channel.send(2, {0: ["c"]}))
+    channel.covered([1, 0])  # checkpoint 1 read batch 0
+    assert [seq for seq, _ in channel.log[0]] == [1, 2]
+    channel.covered([3, 0])  # checkpoint 2 read all; checkpoint 1 is still retained
+    assert [seq for seq, _ in channel.log[0]] == [1, 2]
+    channel.covered([3, 0])  # checkpoint 1 falls out of the retained ones
+    assert channel.log[0] == []
+
+
+def test_a_rollback_replays_what_the_checkpoint_had_not_read_under_the_same_numbers():
+    channel, delivered = _channel()
+    for call, rows in enumerate([{0: ["a"]}, {0: ["b"], 1: ["x"]}, {0: ["c"]}]):
+        asyncio.run(channel.send(call, rows))
+    delivered.clear()
+    driver_from = channel.driver_from(_checkpoint(channel.incarnation, [1, 0]))
+    assert driver_from == [1, 0]
+    for _ in range(2):  # two rollbacks to the same checkpoint in a row re-send the same
+        channel.replay(driver_from)
+        assert delivered == [(0, 1, ["b"]), (0, 2, ["c"]), (1, 0, ["x"])] and channel.sent == [2, 1]
+        delivered.clear()
+    assert [seq for seq, _ in channel.log[0]] == [0, 1, 2]  # the restore kept the log
+
+
+def test_a_checkpoint_of_another_coordinator_read_none_of_this_ones_messages():
+    channel, _ = _channel()
+    assert channel.driver_from(_checkpoint("someone-else", [5, 5])) == [0, 0]
+    assert channel.driver_from(None) == [0, 0]
+
+
+def test_without_checkpoints_nothing_is_logged():
+    channel, delivered = _channel(logged=False)
+    asyncio.run(channel.send(0, {0: ["a"]}))
+    assert delivered == [(0, 0, ["a"])] and channel.log == [[], []]
+
+
+# -- checkpoint scheduling --------------------------------------------------------------------------------
+
+
+def test_periodic_checkpoints_keep_their_interval_and_min_pause_and_back_off_on_failure():
+    assert cp.next_wait(1.0, since_began=0.3, since_ended=0.3, failures=0) == pytest.approx(0.7)
+    assert cp.next_wait(1.0, since_began=1.5, since_ended=0.1, failures=0) == pytest.approx(0.4)  # min pause
+    assert cp.next_wait(1.0, since_began=5.0, since_ended=5.0, failures=0) == 0.0
+    assert [cp.next_wait(1.0, 5.0, 5.0, f) for f in (1, 2, 3, 4, 10)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert cp.next_wait(10.0, 10.0, 10.0, 3) == 10.0  # the cap is never below the interval
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def failed(self) -> None:
+        self.events.append("failed")
+
+    def completed(self, duration_s: float) -> None:
+        self.events.append("completed")
+
+    def age(self, seconds: float) -> None:
+        self.events.append("age")
+
+    def recovered(self) -> None:
+        self.events.append("recovered")
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.fail: Exception | None = None
+        self.committed: list[int] = []
+
+    def commit(self, n, parts, **kwargs) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.committed.append(n)
+
+    def latest(self):
+        return None
+
+
+def _fleet(shards: int = 2):
+    def part(n, full):
+        return types.SimpleNamespace(full=full, meta={"driver_seq": 0})
+
+    actors = [
+        types.SimpleNamespace(
+            checkpoint=_Remote(part), checkpoint_aborted=_Remote(), checkpoint_complete=_Remote(), status=_Remote()
+        )
+        for _ in range(shards)
+    ]
+    config = AppConfig(functions=types.SimpleNamespace(typenames=["t/f"]), shards=shards)
+    return Fleet(config, store=_Store(), shards=actors), actors
+
+
+def test_a_failed_checkpoint_is_aborted_counted_and_the_next_attempt_gets_a_new_id():
+    fleet, actors = _fleet()
+    channel, _ = _channel()
+    metrics = _Metrics()
+    scheduler = cp.CheckpointScheduler(fleet, channel, metrics, next_id=7)
+    fleet.store.fail = OSError("storage down\nmore detail")
+
+    async def scenario():
+        for _ in range(2):
+            with pytest.raises(OSError):
+                await scheduler.checkpoint()
+        assert [a.checkpoint_aborted.calls for a in actors] == [[(7,), (8,)]] * 2
+        assert scheduler.failures == 2 and scheduler.last_error == "OSError: storage down"
+        fleet.store.fail = None
+        assert await scheduler.checkpoint() == 9
+
+    asyncio.run(scenario())
+    assert fleet.last_checkpoint == 9 and fleet.store.committed == [9]
+    assert scheduler.failures == 0 and scheduler.failures_total == 2
+    assert [a.checkpoint_complete.calls for a in actors] == [[(9,)]] * 2
+    assert metrics.events == ["failed", "failed", "completed"]
+
+
+def test_a_checkpoint_of_a_generation_rolled_back_meanwhile_is_abandoned_not_failed():
+    fleet, actors = _fleet()
+
+    def part(n, full):
+        fleet.generation += 1  # a rollback happened while the shards wrote their parts
+        return types.SimpleNamespace(full=full, meta={})
+
+    actors[0].checkpoint = _Remote(part)
+    scheduler = cp.CheckpointScheduler(fleet, _channel()[0], _Metrics())
+    with pytest.raises(cp.CheckpointAbandoned):
+        asyncio.run(scheduler.checkpoint())
+    assert scheduler.failures == 0 and actors[0].checkpoint_aborted.calls == []
+
+
+def test_checkpoints_are_off_without_a_store():
+    fleet, _ = _fleet()
+    fleet.store = None
+    with pytest.raises(RuntimeError, match="checkpoints are off"):
+        asyncio.run(cp.CheckpointScheduler(fleet, _channel()[0], _Metrics()).checkpoint())
+
+
+# -- supervision ------------------------------------------------------------------------------------------
+
+
+def test_recoveries_back_off_from_the_second_in_a_row_doubling_to_a_cap():
+    assert [sv.recovery_pause(k) for k in range(1, 6)] == [0.0, 0.5, 1.0, 2.0, 4.0]
+    assert sv.recovery_pause(20) == sv.RECOVERY_BACKOFF_MAX_S == 30.0
+
+
+def test_failed_shards_are_those_that_report_a_failure_or_do_not_answer(monkeypatch):
+    from ray.exceptions import RayActorError
+
+    fleet, actors = _fleet(3)
+    ok = types.SimpleNamespace(failure=None)
+    actors[0].status = _Remote(lambda: ok)
+    actors[1].status = _Remote(lambda: types.SimpleNamespace(failure="remote function down"))
+
+    def dead():
+        raise RayActorError()
+
+    actors[2].status = _Remote(dead)
+    failed = asyncio.run(sv.Supervisor(fleet, _channel()[0], _Metrics()).failed_shards())
+    assert set(failed) == {1, 2}
+    assert failed[1] == (False, "remote function down") and failed[2][0] is True
+
+
+def test_reported_failures_close_together_count_in_a_row_and_a_calm_spell_resets(monkeypatch):
+    fleet, _ = _fleet()
+    supervisor = sv.Supervisor(fleet, _channel()[0], _Metrics())
+    pauses: list[float] = []
+
+    async def sleep(seconds):
+        pauses.append(seconds)
+
+    monkeypatch.setattr(sv.asyncio, "sleep", sleep)
+    now = [1000.0]
+    monkeypatch.setattr(sv.time, "monotonic", lambda: now[0])
+
+    async def failures(n, died=False):
+        for _ in range(n):
+            await supervisor._backoff(died)
+            supervisor._recovered_at = now[0]
+
+    asyncio.run(failures(4))
+    assert pauses == [0.5, 1.0, 2.0]
+    asyncio.run(failures(1, died=True))  # a dead shard is replaced at once, and does not count
+    assert pauses == [0.5, 1.0, 2.0]
+    now[0] += sv.RECOVERY_CALM_S + 1
+    asyncio.run(failures(2))
+    assert pauses == [0.5, 1.0, 2.0, 0.5]

@@ -4,6 +4,10 @@ Write functions as with the StateFun Python SDK, run them embedded in Ray shard 
 HTTP), with state and messaging that survive failures exactly once.
 """
 
+from .ray_auth import keep_token_auth as _keep_token_auth
+
+_keep_token_auth()  # Ray's token authentication on, before anything here imports Ray (see ray_auth.py)
+
 from ._version import __version__ as __version__
 from .app import App, start
 from .checkpoint import CheckpointError, CorruptCheckpointError, read_state

@@ -17,6 +17,7 @@ from .config import CheckpointConfig
 from .functions import StatefulFunctions
 from .io import Sink, Source
 from .messages import Message, to_message
+from .ray_auth import keep_token_auth
 from .runtime.coordinator import STOP_TIMEOUT_S, AppConfig, Coordinator
 from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
 from .runtime.registry import TypeRegistry
@@ -139,9 +140,7 @@ _LOCAL_ONLY = {
 def _init_ray(options: dict) -> None:
     """``ray.init`` that lets one program run on a laptop and under ``ray job submit`` unchanged: when
     joining an existing cluster (``RAY_ADDRESS``, set by ``ray job submit``), local sizing is dropped."""
-    # Ray's token authentication on for the Ray we start (its default since Ray 2.6x; Ray 2.52-2.5x had it off):
-    # ray.init makes a token in ~/.ray/auth_token, which other drivers of the same user find there
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    keep_token_auth()  # see ray_auth.py
     if os.environ.get("RAY_ADDRESS") or options.get("address"):
         dropped = sorted(set(options) & _LOCAL_ONLY)
         if dropped:

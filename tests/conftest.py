@@ -15,9 +15,12 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 def ray_session():
     import ray
 
+    from rayfun.ray_auth import keep_token_auth
+
     if not ray.is_initialized():
-        # Ray's token authentication stays on (its default): ray.init makes a token in ~/.ray/auth_token,
-        # which the drivers and servers the tests start as the same user find there
+        # Ray's token authentication stays on: ray.init makes a token in ~/.ray/auth_token, which the
+        # drivers and servers the tests start as the same user find there
+        keep_token_auth()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -16,6 +16,7 @@ import ray
 from .config import CheckpointConfig
 from .functions import StatefulFunctions
 from .io import Sink, Source
+from .logs import DEFAULT_LEVEL, parse_level
 from .messages import Message, to_message
 from .ray_auth import keep_token_auth
 from .runtime.coordinator import STOP_TIMEOUT_S, AppConfig, Coordinator
@@ -48,6 +49,7 @@ def start(
     ray_init: dict | None = None,
     name: str | None = None,
     module: str | None = None,
+    log_level: str = DEFAULT_LEVEL,
 ) -> App:
     """Start an application on Ray and return its handle.
 
@@ -58,7 +60,9 @@ def start(
     options) ready to replace a shard that dies: a recovery then starts no process, which saves about a second.
     ``ray_init`` is passed to ``ray.init`` when no Ray is running yet. ``module`` is a StateFun module.yaml (a path
     or its text): its endpoints, ingresses and egresses are added to the ones given here. ``name`` names the
-    coordinator actor ``rayfun:<name>`` (for operators: it can be found with Ray's state API).
+    coordinator actor ``rayfun:<name>`` (for operators: it can be found with Ray's state API). ``log_level``
+    is the level of the ``rayfun`` logger in the actors (default ``$RAYFUN_LOG_LEVEL`` or INFO); rayfun
+    never configures a worker's root logger.
 
     With ``checkpoint=CheckpointConfig(dir=...)`` (see ``rayfun.CheckpointConfig``) state, timers, in-flight
     messages and source positions are checkpointed every ``interval`` seconds, egress is published exactly
@@ -101,6 +105,7 @@ def start(
     elif mixed := [k for k, (value, default) in loose.items() if value != default]:
         raise TypeError(f"pass checkpoint=CheckpointConfig(...) or the keywords {mixed}, not both")
     checkpoint = checkpoint.resolved()
+    level = logging.getLevelName(parse_level(log_level))  # an unknown level is refused before Ray starts
     if not ray.is_initialized():
         _init_ray(ray_init or {})
     config = AppConfig(
@@ -116,6 +121,7 @@ def start(
         checkpoint_interval=checkpoint.interval,
         checkpoint_options=checkpoint.store_options(),
         name=name,
+        log_level=level,
     )
     options = {"num_cpus": 0, "max_concurrency": 1000}
     if name:

@@ -21,6 +21,7 @@ import uuid
 import ray
 from ray.exceptions import RayActorError
 
+from ...logs import configure_logging
 from ..aio import retrieve
 from ..egress_collector import EgressCollector
 from ..status import DRIVER, ShardStatus
@@ -44,7 +45,7 @@ class Coordinator:
     """Owns the shard actors of one application."""
 
     def __init__(self, config: AppConfig) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        configure_logging(config.log_level)  # the rayfun logger only, never the worker's root logger
         self.config = config
         self.fleet = Fleet(config)
         self.driver = DriverChannel(

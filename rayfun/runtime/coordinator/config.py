@@ -24,3 +24,4 @@ class AppConfig:
     checkpoint_interval: float | None = 1.0
     checkpoint_options: dict = field(default_factory=dict)
     name: str | None = None  # the application's name (tags its metrics)
+    log_level: str = "INFO"  # of the rayfun logger in the coordinator and shard actors (see rayfun.logs)

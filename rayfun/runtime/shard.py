@@ -436,7 +436,7 @@ class ShardCore:
         return done
 
     def _finish_snapshot(self) -> None:
-        self.track_task(self.snapshots.finish())
+        self.snapshots.finish()
 
     async def checkpoint_complete(self, n: int) -> None:
         """Checkpoint ``n`` is durable everywhere: publish the exactly-once egress of epochs up to ``n``."""

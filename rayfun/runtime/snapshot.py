@@ -256,10 +256,11 @@ class Snapshots:
 
     # -- writing ------------------------------------------------------------------------------------------
 
-    def finish(self) -> asyncio.Task:
-        """Every marker is in: write the snapshot in progress (the task resolves its ``done`` future)."""
+    def finish(self) -> None:
+        """Every marker is in: write the snapshot in progress (a task that resolves its ``done`` future)."""
         snap, self.current = self.current, None
-        return asyncio.get_running_loop().create_task(self._write(snap, self.done[snap.id], self._rollbacks))
+        task = asyncio.get_running_loop().create_task(self._write(snap, self.done[snap.id], self._rollbacks))
+        self.services.track_task(task)
 
     async def _write(self, snap: Snapshot, done: asyncio.Future, rollbacks: int) -> None:
         try:

@@ -80,7 +80,8 @@ def test_a_full_snapshot_is_taken_when_asked_and_deltas_build_on_the_committed_o
             assert snap.full == (n != 2) and snap.parent_id == (n - 1 if n > 1 else None)
             snap.meta = {"sources": [], "driver_seq": 0}
             assert snaps.started(snap)
-            await snaps.finish()
+            snaps.finish()
+            await asyncio.gather(*snaps.services.tasks)
             part = done.result()
             store.commit(n, [part], key_groups=64)
             snaps.complete(n, runners)
@@ -104,7 +105,8 @@ def test_a_copy_past_the_memory_bound_is_not_kept(tmp_path):
         done = snaps.begin(1)
         snap = snaps.cut(1, runners, _layouts(runners))
         snaps.started(snap)
-        await snaps.finish()
+        snaps.finish()
+        await asyncio.gather(*snaps.services.tasks)
         assert done.result() is not None
         snaps.complete(1, runners)
         assert snaps.local is None and not snaps.in_memory(1)

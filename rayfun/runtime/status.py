@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["DRIVER", "ShardStatus"]
 
-DRIVER = -1  # channel id of messages sent by the driver (app.send); the same value as shard.DRIVER
+DRIVER = -1  # channel id of messages sent by the driver (app.send)
 
 
 @dataclass

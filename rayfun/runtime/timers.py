@@ -3,15 +3,25 @@
 Timers live in the *sender's* shard (as in StateFun), keyed by the sending address; a cancellation token is
 scoped to that address. A token may not be reused while its message is pending (an error, as in StateFun);
 cancelling a token that is unknown or already delivered does nothing.
+
+``TimerService`` is the store (a heap); ``Timers`` is the shard's timer stage around it: one event-loop
+timer armed at the earliest due time, and what fires routed like any other message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-__all__ = ["Timer", "TimerService", "TokenInUseError"]
+if TYPE_CHECKING:
+    from .services import ShardServices
+
+__all__ = ["MAX_DUE_MS", "InvalidEffect", "Timer", "TimerService", "Timers", "TokenInUseError"]
+
+MAX_DUE_MS = 2**63 - 1  # timers are stored as 64-bit milliseconds since the epoch
 
 
 class InvalidEffect(ValueError):
@@ -112,3 +122,60 @@ class TimerService:
         self._heap.clear()
         self._timers.clear()
         self._tokens.clear()
+
+
+class Timers:
+    """The shard's timer stage: the pending timers (``service``, which the effects stage adds to and
+    cancels in directly, per effect) and the one event-loop timer armed at the earliest due time."""
+
+    def __init__(self, services: ShardServices, route: Callable[..., None], counters: dict[str, Any]) -> None:
+        self.services = services
+        self.route = route  # where fired messages go (the outbox's route)
+        self.counters = counters  # the shard's: "timers_fired"
+        self.service = TimerService()
+        self._handle: asyncio.TimerHandle | None = None
+        self._at: int | None = None  # when the armed timer fires
+
+    def __len__(self) -> int:
+        return len(self.service)
+
+    def all(self) -> list[Timer]:
+        return self.service.all()
+
+    def schedule(self) -> None:
+        """Arm the event-loop timer for the earliest due time, unless one is armed for no later."""
+        due = self.service.next_due()
+        if due is None or (self._at is not None and self._at <= due):
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (due - self.services.now_ms()) / 1000.0)
+        self._at = due
+        self._handle = loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._at = None
+        fired = self.service.pop_due(self.services.now_ms())
+        route = self.route
+        for t in fired:
+            route(t.target_typename, t.target_id, (t.sender_typename, t.sender_id), t.value_typename, t.payload)
+        self.counters["timers_fired"] += len(fired)
+        self.schedule()
+        if fired:
+            self.services.wake()
+
+    def load(self, rows: list) -> None:
+        """Timers of a checkpoint (``Timer`` rows), keeping their sequence numbers, then arm."""
+        add = self.service.add
+        for t in rows:
+            add(t[0], t[2], t[3], t[4], t[5], t[6], t[7], t[8], seq=t[1])
+        self.schedule()
+
+    def reset(self) -> None:
+        """A rollback: no timers, none armed (the store is cleared in place: the effects stage holds it)."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._at = None
+        self.service.clear()

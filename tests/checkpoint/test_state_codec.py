@@ -20,8 +20,8 @@ from rayfun.checkpoint.state_codec import (
     with_key_groups,
 )
 from rayfun.functions import ValueSpec
-from rayfun.runtime.embedded import FunctionState
 from rayfun.runtime.partitioning import key_group
+from rayfun.runtime.runners.embedded import FunctionState
 from rayfun.types import IntType, LongType, StringType, make_json_type
 
 pytestmark = pytest.mark.timeout(60)

@@ -142,14 +142,14 @@ def test_a_rollback_superseded_while_it_reads_its_checkpoint_does_not_win(tmp_pa
             )
             store.commit(n, [part], key_groups=64)
         release = threading.Event()
-        load = core._store.load_shard
+        load = core.snapshots.store.load_shard
 
         def slow_load(checkpoint_id, key_group_range):
             if checkpoint_id == 2:
                 release.wait(10)
             return load(checkpoint_id, key_group_range)
 
-        core._store.load_shard = slow_load
+        core.snapshots.store.load_shard = slow_load
         first = asyncio.get_running_loop().create_task(core.restore(1, peers, [], 2))
         await _settle()
         await core.restore(2, peers, [], 1)  # the fallback, while the first still reads
@@ -277,12 +277,12 @@ def test_an_aborted_checkpoint_loses_nothing_and_its_late_markers_are_ignored(tm
         cid = _id_on(core, "t/count", 0)
         await core.deliver(DRIVER, 0, pickle.dumps([("t/count", cid, None, INT, 5)]), 0)
         await _settle()
-        write = core._store.write_shard_part
+        write = core.snapshots.store.write_shard_part
 
         def storage_down(*args, **kwargs):
             raise OSError("storage is down")
 
-        core._store.write_shard_part = storage_down
+        core.snapshots.store.write_shard_part = storage_down
         pending = asyncio.get_running_loop().create_task(core.checkpoint(1))
         await core.deliver(1, 0, None, 0, 1)
         try:
@@ -291,7 +291,7 @@ def test_an_aborted_checkpoint_loses_nothing_and_its_late_markers_are_ignored(tm
         except OSError:
             pass
         core.checkpoint_aborted(1)
-        core._store.write_shard_part = write
+        core.snapshots.store.write_shard_part = write
         await core.deliver(DRIVER, 1, pickle.dumps([("t/count", cid, None, INT, 2)]), 0)
         await _settle()
         pending = asyncio.get_running_loop().create_task(core.checkpoint(2))
@@ -302,7 +302,7 @@ def test_an_aborted_checkpoint_loses_nothing_and_its_late_markers_are_ignored(tm
         await core.checkpoint_complete(2)
         await core.deliver(1, 2, None, 0, 1)  # a late marker of the aborted checkpoint
         await _settle()
-        assert core._snapshot is None and 1 not in core._snapshots_done
+        assert core.snapshots.current is None and 1 not in core.snapshots.done
         restored = store.load_shard(2, core.key_group_range).instances("t/count", [("n", INT)])
         assert restored == {cid: [7]}
 
@@ -326,7 +326,7 @@ def test_a_delay_past_the_clock_is_refused_before_anything_is_applied(tmp_path):
         later = message_builder("t/count", "k", int_value=1)
         with pytest.raises(InvalidEffect, match="past the latest time a timer can hold"):
             core.apply_effects("t/forward", "f", [later], [(2**63 - 1, later, "")], None, core.now_ms())
-        assert len(core.timers) == 0 and core._out == [None]
+        assert len(core.timers) == 0 and core.outbox.out == [None]
         part = await core.checkpoint(1)
         assert part.files["timers"].rows == 0
 

@@ -46,6 +46,7 @@ class Fleet:
             checkpoint_options=c.checkpoint_options,
             collector=self.collector,
             run_id=self.run_id,
+            log_level=c.log_level,
         )
 
     def new_shard(self, index: int):

@@ -20,13 +20,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..remote import RemoteFunctionClient, RemoteFunctionError
-from ..types import type_for_typename
+from ...remote import RemoteFunctionClient, RemoteFunctionError
+from ...types import type_for_typename
+from ..timers import InvalidEffect
 from .embedded import FunctionState
-from .timers import InvalidEffect
 
 if TYPE_CHECKING:
-    from .shard import ShardCore
+    from ..services import RunnerServices
 
 log = logging.getLogger("rayfun")
 
@@ -62,7 +62,7 @@ class RemoteSpec:
 class RemoteFunction:
     """Invokes one remote function type for the addresses of one shard."""
 
-    def __init__(self, typename: str, endpoint, client: RemoteFunctionClient, shard: ShardCore) -> None:
+    def __init__(self, typename: str, endpoint, client: RemoteFunctionClient, shard: RunnerServices) -> None:
         self.typename = typename
         self.endpoint = endpoint
         self.client = client

@@ -15,12 +15,12 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..context import Context, make_storage_class
-from ..functions import FunctionSpec
-from ..messages import Message
+from ...context import Context, make_storage_class
+from ...functions import FunctionSpec
+from ...messages import Message
 
 if TYPE_CHECKING:
-    from .shard import ShardCore
+    from ..services import RunnerServices
 
 __all__ = ["EmbeddedFunction", "FunctionState"]
 
@@ -105,7 +105,7 @@ class FunctionState:
 class EmbeddedFunction:
     """Invokes one embedded function type for the addresses of one shard."""
 
-    def __init__(self, spec: FunctionSpec, shard: ShardCore) -> None:
+    def __init__(self, spec: FunctionSpec, shard: RunnerServices) -> None:
         self.typename = spec.typename
         self.fn = spec.fn
         self.is_async = spec.is_async

@@ -1,0 +1,163 @@
+"""Ingress: the mailbox the processing loop drains, the source partitions that feed it, and backpressure.
+
+Backpressure, by the mailbox's marks: a delivery from a peer returns only once the shard holds no more
+than ``high`` messages (``wait_for_room``), and is let go once it is back under ``low``; sources are read
+only under ``low``. "Held" counts the mailbox and the messages runners park until their invocations end
+(async functions: running and queued per address; remote functions: in flight and queued), or a slow
+async function would let the sources read without bound. Processing itself never waits on a peer, so
+cyclic messaging cannot deadlock. The other reasons not to read (peers that have not accepted our
+batches, egress held for a checkpoint, a saturated remote function) belong to other stages: the shard
+core asks them and this stage together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from ..io import Source
+
+log = logging.getLogger("rayfun")
+
+__all__ = ["Ingress", "SourceSlot"]
+
+
+class SourceSlot:
+    """One open source partition and where it stands."""
+
+    __slots__ = ("exhausted", "idle", "name", "partition", "source_id", "source_index")
+
+    def __init__(self, source_id: str, name: str, partition) -> None:
+        self.source_id, self.name, self.partition = source_id, name, partition
+        self.source_index = 0
+        self.exhausted = False
+        self.idle = False  # the last poll returned nothing
+
+
+class Ingress:
+    """The mailbox (batches of rows with a start offset), its held count, and the source partitions.
+
+    ``mailbox``, ``backlog`` and ``parked`` are read and written by the shard's processing loop directly
+    (once per chunk, not per message): they are this stage's state, exposed for the hot path."""
+
+    def __init__(self, sources: list[Source], high: int, low: int, counters: dict[str, Any]) -> None:
+        self.sources_config = sources
+        self.high = high
+        self.low = low
+        self.counters = counters  # the shard's: "ingested"
+        self.mailbox: deque = deque()
+        self.backlog = 0  # messages in the mailbox
+        self.parked = 0  # messages runners hold until their invocations end
+        self.sources: list[SourceSlot] = []
+        self._room: asyncio.Event | None = None  # set while deliveries need not wait
+
+    def start(self) -> None:
+        """Create what needs the event loop (once, before the first delivery)."""
+        self._room = asyncio.Event()
+        self._room.set()
+
+    # -- the mailbox --------------------------------------------------------------------------------------
+
+    def accept(self, batch: list) -> None:
+        """A batch of rows for this shard's functions (from a peer, the driver, itself or a checkpoint)."""
+        n = len(batch)
+        if n:
+            self.mailbox.append((batch, 0))
+            self.backlog += n
+
+    def park(self, n: int = 1) -> None:
+        self.parked += n
+
+    def unpark(self, n: int = 1) -> None:
+        """``n`` held messages are done: room for deliveries and sources again once under the low mark."""
+        self.parked -= n
+        self.release()
+
+    def release(self) -> None:
+        """The one place that lets waiting deliveries go, once the shard holds no more than ``low``."""
+        if self.backlog + self.parked <= self.low and not self._room.is_set():
+            self._room.set()
+
+    def over_high(self) -> bool:
+        return self.backlog + self.parked > self.high
+
+    async def wait_for_room(self) -> None:
+        """Hold a delivery (and so its sender's flush) until the shard is back under ``low``."""
+        self._room.clear()
+        await self._room.wait()
+
+    def let_go(self) -> None:
+        """After a rollback: deliveries of the old generation that waited for room may return."""
+        self._room.set()
+
+    def pending(self) -> list:
+        """Every row in the mailbox not yet processed (a checkpoint's unprocessed messages)."""
+        out: list = []
+        for batch, start in self.mailbox:
+            out.extend(batch[start:] if start else batch)
+        return out
+
+    # -- sources ------------------------------------------------------------------------------------------
+
+    def open(self, source_partitions: list[tuple[int, str, Any]]) -> None:
+        """Open the assigned partitions ``(source index, partition name, resume state)``."""
+        for source_index, name, resume_state in source_partitions:
+            source = self.sources_config[source_index]
+            slot = SourceSlot(source.id, name, source.build_partition(name, resume_state))
+            slot.source_index = source_index
+            self.sources.append(slot)
+
+    def may_read(self) -> bool:
+        """This stage's part of whether to read sources: there are some, and the shard is under ``low``."""
+        return bool(self.sources) and self.backlog + self.parked <= self.low
+
+    def read(self) -> list[tuple[str, list]]:
+        """Poll every partition once: ``(source id, batch)`` for each that returned something."""
+        got = []
+        for slot in self.sources:
+            if slot.exhausted:
+                continue
+            partition = slot.partition
+            try:
+                batch = partition.next_rows() if partition.next_rows is not None else partition.next_batch()
+            except Exception as exc:
+                log.error("source %s partition %s failed: %s", slot.source_id, slot.name, exc)
+                raise
+            if batch is None:
+                slot.exhausted = True
+                continue
+            slot.idle = not batch
+            if batch:
+                self.counters["ingested"] += len(batch)
+                got.append((slot.source_id, batch))
+        return got
+
+    def positions(self) -> list[list]:
+        """Every partition's resume position (a checkpoint's ``sources``)."""
+        return [[slot.source_index, slot.name, slot.partition.snapshot(), slot.exhausted] for slot in self.sources]
+
+    def polling(self) -> bool:
+        """Some partition may still return records (the loop then polls instead of sleeping)."""
+        return any(not s.exhausted for s in self.sources)
+
+    def busy(self) -> bool:
+        return any(not s.exhausted and not s.idle for s in self.sources)
+
+    def exhausted(self) -> bool:
+        return all(s.exhausted for s in self.sources)
+
+    def close(self) -> None:
+        for slot in self.sources:
+            try:
+                slot.partition.close()
+            except Exception:
+                log.exception("closing source partition %s/%s", slot.source_id, slot.name)
+
+    def reset(self) -> None:
+        """A rollback (after ``close``): no messages, none held, no partitions (they reopen at a position)."""
+        self.mailbox.clear()
+        self.backlog = 0
+        self.parked = 0
+        self.sources = []

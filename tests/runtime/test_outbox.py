@@ -1,0 +1,102 @@
+"""Outbox: rows batched per destination shard, sequence numbers per channel, outstanding batches."""
+
+import asyncio
+import pickle
+
+from rayfun import StatefulFunctions
+from rayfun.io import DeadLetter
+from rayfun.messages import Message
+from rayfun.runtime.outbox import Outbox
+from rayfun.runtime.partitioning import Partitioner
+from rayfun.runtime.registry import TypeRegistry
+
+from .fakes import FakeServices, Peer
+
+
+def _outbox(services, shards: int = 3, index: int = 0) -> Outbox:
+    functions = StatefulFunctions()
+
+    @functions.bind("t/f")
+    def f(context, message):
+        pass
+
+    partitioner = Partitioner(64, shards)
+    return Outbox(services, index, shards, partitioner, TypeRegistry(functions, []))
+
+
+def _ids_on(outbox: Outbox, shard: int, n: int) -> list[str]:
+    ids = (f"k{i}" for i in range(10_000))
+    return [i for i in ids if outbox.partitioner.shard_of("t/f", i) == shard][:n]
+
+
+def test_rows_go_out_in_one_batch_per_destination_with_increasing_sequence_numbers():
+    async def main():
+        services = FakeServices()
+        outbox = _outbox(services)
+        peers = [None, Peer(), Peer()]
+        outbox.reset(peers, generation=3)
+        mine, theirs = _ids_on(outbox, 0, 2), _ids_on(outbox, 1, 3)
+        for i in mine + theirs:
+            outbox.route("t/f", i, None, "int", i)
+        local = outbox.flush()
+        assert [r[1] for r in local] == mine  # rows for this shard come back for its mailbox
+        assert len(peers[1].deliver.calls) == 1 and not peers[2].deliver.calls
+        sender, seq, data, generation = peers[1].deliver.calls[0]
+        assert (sender, seq, generation) == (0, 0, 3)
+        assert pickle.loads(data) == [("t/f", i, None, "int", i) for i in theirs]
+        assert outbox.sent == [0, 3, 0] and outbox.outstanding == [0, 1, 0]
+        assert outbox.flush() is None  # nothing new: nothing sent
+        outbox.route("t/f", theirs[0], ("t/f", "me"), "int", 1)
+        outbox.flush()
+        assert peers[1].deliver.calls[1][1] == 1
+        assert outbox.send_markers(9) == {1, 2}  # markers share the sequence numbers
+        assert peers[1].deliver.calls[2] == (0, 2, None, 3, 9) and peers[2].deliver.calls[0] == (0, 0, None, 3, 9)
+        assert not outbox.accepting(2)
+        for reply in peers[1].deliver.replies[:2]:
+            reply.set_result(None)
+        await asyncio.gather(*services.tasks)
+        assert outbox.outstanding == [0, 0, 0] and outbox.accepting(1) and services.wakes == 2
+
+    asyncio.run(main())
+
+
+def test_a_failed_delivery_asks_for_a_rollback_and_one_of_an_old_generation_counts_nothing():
+    async def main():
+        services = FakeServices()
+        outbox = _outbox(services, shards=2)
+        peers = [None, Peer()]
+        outbox.reset(peers, generation=1)
+        (theirs,) = _ids_on(outbox, 1, 1)
+        outbox.route("t/f", theirs, None, "int", 1)
+        outbox.flush()
+        outbox.route("t/f", theirs, None, "int", 2)
+        outbox.flush()
+        peers[1].deliver.replies[0].set_exception(RuntimeError("actor died"))
+        await services.tasks[0]
+        assert services.failures == ["shard 1 is unreachable"] and outbox.outstanding == [0, 1]
+        outbox.reset(peers, generation=2)  # a rollback: the counters start afresh
+        peers[1].deliver.replies[1].set_exception(RuntimeError("actor died"))
+        await services.tasks[1]
+        assert services.failures == ["shard 1 is unreachable"] and outbox.outstanding == [0, 0]
+
+    asyncio.run(main())
+
+
+def test_source_input_is_routed_and_what_cannot_be_is_dead_lettered():
+    services = FakeServices()
+    outbox = _outbox(services, shards=1)
+    outbox.route_input(
+        [
+            ("t/f", "a", None, "int", 1),
+            Message("t/f", "b", "int", 2),
+            Message("t/nope", "c", "int", 3),
+            DeadLetter("bad record", "src/a", b"x"),
+            42,
+        ],
+        "src/a",
+    )
+    assert outbox.flush() == [("t/f", "a", None, "int", 1), ("t/f", "b", None, "int", 2)]
+    reasons = [r for r, _ in services.dead_letters]
+    assert reasons[0].startswith("unknown function type 't/nope'")
+    assert services.dead_letters[0][1]["payload"] == 3 and services.dead_letters[0][1]["source"] == "src/a"
+    assert reasons[1] == "bad record" and reasons[2] == "source returned int, not a Message"

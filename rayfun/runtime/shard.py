@@ -53,6 +53,8 @@ log = logging.getLogger("rayfun")
 __all__ = ["DRIVER", "FULL_AFTER", "MAX_DUE_MS", "CheckpointRefused", "ShardActor", "ShardConfig", "ShardCore"]  # noqa: F822
 
 SWEEP_INTERVAL_S = 5.0  # how often expired state is dropped from instances that were not touched
+TURN_S = 0.05  # a processing turn ends after about this long: status calls and deliveries wait no longer
+MAX_STEP = 4096  # messages run between two looks at the clock (fewer when functions are slow)
 
 
 @dataclass
@@ -148,6 +150,7 @@ class ShardCore:
         self._clients: dict[Any, Any] = {}  # endpoint -> RemoteFunctionClient
         self._expiring = any(r.state.expiring for r in self.runners.values())
         self._next_sweep = 0.0
+        self._step = 256  # messages between looks at the clock in _process (it adapts)
         self._layout_cache: dict[str, Any] = {}
 
     # -- services for the stages and runners (see services.ShardServices) ------------------------------
@@ -298,15 +301,22 @@ class ShardCore:
             self._failure = f"{type(exc).__name__}: {exc}"
 
     def _process(self, budget: int) -> None:
-        """Run up to ``budget`` mailbox rows. The hot path: the mailbox is the ingress stage's, read here
-        directly, and the backlog is settled once per chunk, not per message."""
+        """Run up to ``budget`` mailbox rows, or fewer once the turn has taken ``TURN_S``. The hot path: the
+        mailbox is the ingress stage's, read here directly, and the backlog is settled once per chunk.
+
+        The clock is read every ``step`` messages, and ``step`` follows how long a message takes: a slow
+        ``def`` function (1 ms a message) made one turn of 16k messages block the event loop for 16 s, so
+        the shard answered no status call for longer than the coordinator waits, and was killed as dead,
+        over and over."""
         ingress = self.ingress
         mailbox = ingress.mailbox
         processed = 0
         run_fns = self._run_fns
+        step = self._step
+        began = time.perf_counter()
         while mailbox and processed < budget:
             batch, start = mailbox.popleft()
-            end = min(len(batch), start + budget - processed)
+            end = min(len(batch), start + budget - processed, start + step)
             now = self.now_ms()
             i = start
             while i < end:
@@ -321,6 +331,12 @@ class ShardCore:
             if end < len(batch):
                 mailbox.appendleft((batch, end))
             processed += end - start
+            elapsed = time.perf_counter() - began
+            if elapsed >= TURN_S / 4:
+                step = max(1, min(MAX_STEP, int(processed * TURN_S / 4 / elapsed)))
+                if elapsed >= TURN_S:
+                    break
+        self._step = step
         ingress.backlog -= processed
         self.counters["processed"] += processed
         ingress.release()

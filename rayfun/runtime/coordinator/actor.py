@@ -138,8 +138,9 @@ class Coordinator:
         }
 
     async def statuses(self) -> list[dict]:
-        """Every shard's status as the flat dict ``app.metrics()`` returns."""
-        return [st.as_dict() for st in await asyncio.gather(*[s.status.remote() for s in self.fleet.shards])]
+        """Every live shard's status as the flat dict ``app.metrics()`` returns (a shard that just died is
+        left out until its replacement answers: asking for metrics never fails because of a recovery)."""
+        return [st.as_dict() for st in await self._shard_statuses() if st is not None]
 
     async def _shard_statuses(self) -> list[ShardStatus | None]:
         """Every shard's status; None for a shard that died (a dead shard is the supervisor's business)."""

@@ -157,14 +157,20 @@ class Timers:
     def _fire(self) -> None:
         self._handle = None
         self._at = None
-        fired = self.service.pop_due(self.services.now_ms())
+        fired = self.fire_due(self.services.now_ms())
+        self.schedule()
+        if fired:
+            self.services.wake()
+
+    def fire_due(self, now_ms: int) -> int:
+        """Route every timer due at ``now_ms`` (in due order, each with its sender as the caller); returns how
+        many fired. The event-loop timer calls this; ``rayfun.testing`` calls it on its virtual clock."""
+        fired = self.service.pop_due(now_ms)
         route = self.route
         for t in fired:
             route(t.target_typename, t.target_id, (t.sender_typename, t.sender_id), t.value_typename, t.payload)
         self.counters["timers_fired"] += len(fired)
-        self.schedule()
-        if fired:
-            self.services.wake()
+        return len(fired)
 
     def load(self, rows: list) -> None:
         """Timers of a checkpoint (``Timer`` rows), keeping their sequence numbers, then arm."""

@@ -59,7 +59,10 @@ def main(module_path: str, work: str) -> None:
     except Exception:
         pass
     outcome["code_ran_with_auto_load"] = os.path.exists(marker)
-    print(json.dumps(outcome))
+    print(json.dumps(outcome), flush=True)
+    # pyarrow 14 may abort at interpreter exit while its reader threads wind down ("terminate called
+    # without an active exception"): the outcome is printed, so leave without that shutdown
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Checkpoint scheduling: when the coordinator takes a checkpoint, and what it does when one fails.
 
-Checkpoint n (see shard.py for the shard side):
+Checkpoint n (see runtime/snapshot.py for the shard side):
 1. ``checkpoint(n)`` on every shard; each snapshots at its cut and sends marker n to every peer, records
    what arrives on a channel before that channel's marker, then writes its part and returns it.
 2. When every part is written, the manifest is committed (last): only now does checkpoint n exist.

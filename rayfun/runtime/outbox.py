@@ -19,6 +19,7 @@ import logging
 import pickle
 from typing import Any
 
+from ..constants import ROUTE_CACHE_MAX  # tuning knobs: see rayfun/constants.py
 from ..io import DeadLetter
 from ..messages import Message
 from .partitioning import Partitioner
@@ -28,8 +29,6 @@ from .services import ShardServices
 log = logging.getLogger("rayfun")
 
 __all__ = ["Outbox"]
-
-ROUTE_CACHE_MAX = 1_000_000  # ids per function type remembered with their shard (bounds the cache's memory)
 
 
 class Outbox:

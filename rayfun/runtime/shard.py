@@ -32,6 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..checkpoint.state_codec import StateLayout
+from ..constants import (  # tuning knobs: see rayfun/constants.py
+    CHUNK_SIZE,
+    EGRESS_HIGH,
+    LOCAL_COPY_MAX_BYTES,
+    MAILBOX_HIGH,
+    MAILBOX_LOW,
+    MAX_OUTSTANDING,
+    MAX_STEP,
+    SWEEP_INTERVAL_S,
+    TURN_S,
+)
 from ..functions import StatefulFunctions
 from ..io import Sink, Source
 from ..logs import configure_logging
@@ -52,10 +63,6 @@ log = logging.getLogger("rayfun")
 # ShardActor: see __getattr__ at the end
 __all__ = ["DRIVER", "FULL_AFTER", "MAX_DUE_MS", "CheckpointRefused", "ShardActor", "ShardConfig", "ShardCore"]  # noqa: F822
 
-SWEEP_INTERVAL_S = 5.0  # how often expired state is dropped from instances that were not touched
-TURN_S = 0.05  # a processing turn ends after about this long: status calls and deliveries wait no longer
-MAX_STEP = 4096  # messages run between two looks at the clock (fewer when functions are slow)
-
 
 @dataclass
 class ShardConfig:
@@ -71,12 +78,12 @@ class ShardConfig:
     checkpoint_options: dict = field(default_factory=dict)
     collector: Any = None  # the in-memory egress collector actor (see egress_collector.py)
     run_id: str = ""  # the application's id across restores (see egress._sink)
-    chunk_size: int = 16384  # messages processed between flushes
-    mailbox_high: int = 65536  # deliver() waits while the mailbox holds more than this
-    mailbox_low: int = 16384  # ... until it is back under this; sources read only below it
-    max_outstanding: int = 4  # unacknowledged batches per peer before sources pause
-    egress_high: int = 262144  # exactly-once records held for their checkpoint before sources pause
-    local_copy_max_bytes: int = 256 * 2**20  # the in-memory rollback copy is dropped past this (big state)
+    chunk_size: int = CHUNK_SIZE  # messages processed between flushes
+    mailbox_high: int = MAILBOX_HIGH  # deliver() waits while the mailbox holds more than this
+    mailbox_low: int = MAILBOX_LOW  # ... until it is back under this; sources read only below it
+    max_outstanding: int = MAX_OUTSTANDING  # unacknowledged batches per peer before sources pause
+    egress_high: int = EGRESS_HIGH  # exactly-once records held for their checkpoint before sources pause
+    local_copy_max_bytes: int = LOCAL_COPY_MAX_BYTES  # the in-memory rollback copy is dropped past this
     log_level: str = "INFO"  # of the rayfun logger in this actor (see rayfun.logs)
 
 

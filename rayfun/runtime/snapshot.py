@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pyarrow as pa
 
 from ..checkpoint.state_codec import KeptPieces, StateDelta, iter_state
+from ..constants import FULL_AFTER  # tuning knobs: see rayfun/constants.py
 from .aio import retrieve
 
 if TYPE_CHECKING:
@@ -34,9 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("rayfun")
 
 __all__ = ["FULL_AFTER", "CheckpointRefused", "LocalCopy", "Snapshot", "Snapshots", "release_memory"]
-
-FULL_AFTER = 3.0  # a full base once the deltas on the last one hold this many times the live rows (a restore
-# then reads at most 4x the live rows; 1.5 wrote ~20 % more rows where most state changes)
 
 
 class CheckpointRefused(RuntimeError):

@@ -21,6 +21,7 @@ import uuid
 import ray
 from ray.exceptions import RayActorError
 
+from ...constants import IDLE_POLL_FIRST_S, IDLE_POLL_MAX_S, STOP_TIMEOUT_S  # tuning knobs: see rayfun/constants.py
 from ...logs import configure_logging
 from ..aio import retrieve
 from ..egress_collector import EgressCollector
@@ -35,10 +36,6 @@ from .supervisor import RecoveryMetrics, Supervisor
 log = logging.getLogger("rayfun")
 
 __all__ = ["STOP_TIMEOUT_S", "Coordinator"]
-
-STOP_TIMEOUT_S = 30.0  # how long app.stop() waits for the shards to flush and close their sinks
-IDLE_POLL_FIRST_S = 0.005  # wait_idle looks again after this, doubling ...
-IDLE_POLL_MAX_S = 0.05  # ... up to this
 
 
 class Coordinator:

@@ -20,6 +20,15 @@ import asyncio
 import logging
 import time
 
+from ...constants import (  # tuning knobs: see rayfun/constants.py
+    ABORT_TIMEOUT_S,
+    CHECKPOINT_ALARM_AFTER,
+    CHECKPOINT_ALARM_EVERY_S,
+    CHECKPOINT_BACKOFF_MAX_S,
+    CHECKPOINT_TIMEOUT_S,
+    FULL_EVERY,
+    POLL_S,
+)
 from ..aio import cancel_quietly, retrieve
 from .driver_channel import DriverChannel
 from .fleet import Fleet, first_line
@@ -27,15 +36,6 @@ from .fleet import Fleet, first_line
 log = logging.getLogger("rayfun")
 
 __all__ = ["CheckpointAbandoned", "CheckpointMetrics", "CheckpointScheduler"]
-
-FULL_EVERY = 50  # at the latest, a full base every this many checkpoints (shards write one sooner, as
-# their deltas grow: see shard.FULL_AFTER); bounds the number of files in a chain
-CHECKPOINT_TIMEOUT_S = 60.0  # a checkpoint not complete by then is abandoned (e.g. storage that hangs)
-CHECKPOINT_BACKOFF_MAX_S = 5.0  # while checkpoints fail, attempts back off up to this far apart
-CHECKPOINT_ALARM_AFTER = 3  # consecutive failed checkpoints before the log says so at ERROR level
-CHECKPOINT_ALARM_EVERY_S = 30.0  # while they go on failing, the ERROR is repeated at most this often
-ABORT_TIMEOUT_S = 10.0  # how long an abort waits for the shards' acknowledgements (best effort)
-POLL_S = 0.05  # how often a checkpoint in progress looks whether it must give up
 
 
 class CheckpointAbandoned(RuntimeError):

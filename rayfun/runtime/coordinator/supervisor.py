@@ -15,20 +15,21 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from ...constants import (  # tuning knobs: see rayfun/constants.py
+    ADOPT_TIMEOUT_S,
+    MONITOR_INTERVAL_S,
+    RECOVERY_BACKOFF_FIRST_S,
+    RECOVERY_BACKOFF_MAX_S,
+    RECOVERY_CALM_S,
+    STANDBY_DELAY_S,
+    STATUS_TIMEOUT_S,
+)
 from .driver_channel import DriverChannel
 from .fleet import Fleet, assign_partitions, first_line
 
 log = logging.getLogger("rayfun")
 
 __all__ = ["RecoveryMetrics", "Supervisor", "recovery_pause"]
-
-MONITOR_INTERVAL_S = 0.1  # how often the shards are asked whether they are alive and well
-STATUS_TIMEOUT_S = 10.0  # a shard that does not answer a status call for this long is taken for dead
-STANDBY_DELAY_S = 5.0  # after a recovery, wait this long before starting the next standby shard
-ADOPT_TIMEOUT_S = 10.0  # a standby that does not take over a dead shard's index this fast is replaced
-RECOVERY_BACKOFF_FIRST_S = 0.5  # the pause before the second rollback in a row; it doubles for each next
-RECOVERY_BACKOFF_MAX_S = 30.0  # repeated failures (a remote function down): rollbacks back off up to this
-RECOVERY_CALM_S = 60.0  # a failure this long after the last recovery starts the backoff afresh
 
 
 class RecoveryMetrics:

@@ -1,0 +1,161 @@
+"""Every tuning knob of rayfun in one place, each with what it is for.
+
+Each can be overridden by an environment variable ``RAYFUN_<NAME>`` (e.g. ``RAYFUN_STATUS_TIMEOUT_S=30``),
+read when rayfun is imported, in the driver and in every actor (Ray hands the driver's environment to the
+workers it starts locally; on a cluster, set them in the job's ``runtime_env``). The defaults are what
+the benchmarks and the fault campaign were measured with; change them only for a reason you can measure.
+Format constants (the key-group hash, the timer clock's width, schemas) are not here: they are part of
+the checkpoint format and cannot change.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "ABORT_TIMEOUT_S",
+    "ADOPT_TIMEOUT_S",
+    "CHECKPOINT_ALARM_AFTER",
+    "CHECKPOINT_ALARM_EVERY_S",
+    "CHECKPOINT_BACKOFF_MAX_S",
+    "CHECKPOINT_TIMEOUT_S",
+    "CHUNK_SIZE",
+    "EGRESS_HIGH",
+    "ENCODE_CHUNK",
+    "FULL_AFTER",
+    "FULL_EVERY",
+    "IDLE_POLL_FIRST_S",
+    "IDLE_POLL_MAX_S",
+    "IO_THREADS",
+    "LOCAL_COPY_MAX_BYTES",
+    "MAILBOX_HIGH",
+    "MAILBOX_LOW",
+    "MAX_ID_CHARS",
+    "MAX_OUTSTANDING",
+    "MAX_STEP",
+    "MAX_TYPENAME_CHARS",
+    "MAX_VALUE_BYTES",
+    "MONITOR_INTERVAL_S",
+    "PIECE_BYTES",
+    "POLL_S",
+    "RECOVERY_BACKOFF_FIRST_S",
+    "RECOVERY_BACKOFF_MAX_S",
+    "RECOVERY_CALM_S",
+    "ROUTE_CACHE_MAX",
+    "ROW_GROUP_BYTES",
+    "STAGE_ABOVE_BYTES",
+    "STANDBY_DELAY_S",
+    "STATUS_TIMEOUT_S",
+    "STOP_TIMEOUT_S",
+    "SWEEP_INTERVAL_S",
+    "TURN_S",
+]
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(f"RAYFUN_{name}")
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"RAYFUN_{name}={raw!r} is not an integer") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(f"RAYFUN_{name}")
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"RAYFUN_{name}={raw!r} is not a number") from None
+
+
+# -- a shard's processing loop and backpressure (runtime/shard.py, ingress.py, outbox.py) ---------------
+
+#: Messages processed between two flushes of the outbox.
+CHUNK_SIZE = _int("CHUNK_SIZE", 16384)
+#: A processing turn ends after about this long, so status calls and deliveries wait no longer (seconds).
+TURN_S = _float("TURN_S", 0.05)
+#: Messages run between two looks at the clock in a turn (fewer when functions are slow).
+MAX_STEP = _int("MAX_STEP", 4096)
+#: A peer's delivery waits while the mailbox holds more than this many messages ...
+MAILBOX_HIGH = _int("MAILBOX_HIGH", 65536)
+#: ... until it is back under this; sources are read only below it.
+MAILBOX_LOW = _int("MAILBOX_LOW", 16384)
+#: Unacknowledged batches per peer before the sources pause.
+MAX_OUTSTANDING = _int("MAX_OUTSTANDING", 4)
+#: Exactly-once egress records held for their checkpoint before the sources pause (storage down).
+EGRESS_HIGH = _int("EGRESS_HIGH", 262144)
+#: Ids per function type remembered with their shard (bounds the route cache's memory).
+ROUTE_CACHE_MAX = _int("ROUTE_CACHE_MAX", 1_000_000)
+#: How often expired state is dropped from instances that were not touched (seconds).
+SWEEP_INTERVAL_S = _float("SWEEP_INTERVAL_S", 5.0)
+
+# -- checkpoints on a shard (runtime/snapshot.py, checkpoint/) ---------------------------------------------
+
+#: The in-memory rollback copy of the last checkpoint is dropped past this (big state rolls back from storage).
+LOCAL_COPY_MAX_BYTES = _int("LOCAL_COPY_MAX_BYTES", 256 * 2**20)
+#: A full base once the deltas on the last one hold this many times the live rows (a restore then reads
+#: at most 4x the live rows; 1.5 wrote ~20 % more rows where most state changes).
+FULL_AFTER = _float("FULL_AFTER", 3.0)
+#: Instances converted to Arrow at a time: every pass over a chunk finds its objects in cache.
+ENCODE_CHUNK = _int("ENCODE_CHUNK", 4096)
+#: Encoded state is handed to the writer in tables of about this size (big state is never one table).
+PIECE_BYTES = _int("PIECE_BYTES", 32 * 2**20)
+#: Parquet row groups hold at most about this much (a restore reads one at a time).
+ROW_GROUP_BYTES = _int("ROW_GROUP_BYTES", 64 * 2**20)
+#: Files bigger than this are written through a staging file and read a row group at a time.
+STAGE_ABOVE_BYTES = _int("STAGE_ABOVE_BYTES", 64 * 2**20)
+#: Files fetched or put at once (object stores are latency-bound).
+IO_THREADS = _int("IO_THREADS", 8)
+
+# -- the coordinator (runtime/coordinator/) --------------------------------------------------------------
+
+#: At the latest, a full base every this many checkpoints (bounds the number of files in a chain).
+FULL_EVERY = _int("FULL_EVERY", 50)
+#: A checkpoint not complete by then is abandoned, e.g. storage that hangs (seconds).
+CHECKPOINT_TIMEOUT_S = _float("CHECKPOINT_TIMEOUT_S", 60.0)
+#: While checkpoints fail, attempts back off up to this far apart (seconds).
+CHECKPOINT_BACKOFF_MAX_S = _float("CHECKPOINT_BACKOFF_MAX_S", 5.0)
+#: Consecutive failed checkpoints before the log says so at ERROR level ...
+CHECKPOINT_ALARM_AFTER = _int("CHECKPOINT_ALARM_AFTER", 3)
+#: ... and while they go on failing, the ERROR is repeated at most this often (seconds).
+CHECKPOINT_ALARM_EVERY_S = _float("CHECKPOINT_ALARM_EVERY_S", 30.0)
+#: How long an abort waits for the shards' acknowledgements, best effort (seconds).
+ABORT_TIMEOUT_S = _float("ABORT_TIMEOUT_S", 10.0)
+#: How often a checkpoint in progress looks whether it must give up (seconds).
+POLL_S = _float("POLL_S", 0.05)
+#: How often the shards are asked whether they are alive and well (seconds).
+MONITOR_INTERVAL_S = _float("MONITOR_INTERVAL_S", 0.1)
+#: A shard that does not answer a status call for this long is taken for dead (seconds). A ``def`` function
+#: that blocks longer than this in one invocation gets its shard replaced: make it ``async def``.
+STATUS_TIMEOUT_S = _float("STATUS_TIMEOUT_S", 10.0)
+#: After a recovery, wait this long before starting the next standby shard (seconds).
+STANDBY_DELAY_S = _float("STANDBY_DELAY_S", 5.0)
+#: A standby that does not take over a dead shard's index this fast is replaced (seconds).
+ADOPT_TIMEOUT_S = _float("ADOPT_TIMEOUT_S", 10.0)
+#: The pause before the second rollback in a row; it doubles for each next one (seconds) ...
+RECOVERY_BACKOFF_FIRST_S = _float("RECOVERY_BACKOFF_FIRST_S", 0.5)
+#: ... up to this, e.g. while a remote function stays down (seconds).
+RECOVERY_BACKOFF_MAX_S = _float("RECOVERY_BACKOFF_MAX_S", 30.0)
+#: A failure this long after the last recovery starts the backoff afresh (seconds).
+RECOVERY_CALM_S = _float("RECOVERY_CALM_S", 60.0)
+#: How long app.stop() waits for the shards to flush and close their sinks (seconds).
+STOP_TIMEOUT_S = _float("STOP_TIMEOUT_S", 30.0)
+#: wait_idle looks again after this, doubling ... (seconds)
+IDLE_POLL_FIRST_S = _float("IDLE_POLL_FIRST_S", 0.005)
+#: ... up to this (seconds).
+IDLE_POLL_MAX_S = _float("IDLE_POLL_MAX_S", 0.05)
+
+# -- limits on input (rayfun/types.py) ------------------------------------------------------------------
+
+#: An instance id, in characters (it is stored with every row of its state and every message).
+MAX_ID_CHARS = _int("MAX_ID_CHARS", 64 * 1024)
+#: A typename, in characters.
+MAX_TYPENAME_CHARS = _int("MAX_TYPENAME_CHARS", 1024)
+#: One value (a message payload or a state value), in bytes: Arrow's binary and string columns, Parquet
+#: pages and protobuf messages all stop at 2 GiB, and a value that cannot be checkpointed would stop every
+#: checkpoint.
+MAX_VALUE_BYTES = _int("MAX_VALUE_BYTES", 512 * 2**20)

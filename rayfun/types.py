@@ -16,7 +16,7 @@ import json
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -49,6 +49,10 @@ MAX_ID_CHARS = 64 * 1024  # an instance id (it is stored with every row of its s
 # protobuf messages all stop at 2 GiB, and a value that cannot be checkpointed would stop every checkpoint
 MAX_VALUE_BYTES = 512 * 2**20
 MAX_TYPENAME_CHARS = 1024
+
+#: wire bytes as they arrive: bytes (from protobuf and Arrow), or a bytearray or a view into a bigger
+#: buffer; the built-in types read any of these, a user type's serializer is handed bytes
+BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 
 class TypeSerializer(ABC, Generic[T]):
@@ -113,7 +117,7 @@ def check_id(id: Any, what: str = "an id") -> str:
 # Built-in types: one-field protobuf wrappers (io.statefun.sdk.types), hand-encoded.
 
 
-def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: BytesLike, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= len(data):
@@ -140,9 +144,16 @@ def write_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _field1(data: bytes, wire_type: int, typename: str) -> bytes | int | None:
-    """Return the raw field-1 payload of a wrapper message (last occurrence wins, unknown fields skipped)."""
-    pos, found = 0, None
+@overload
+def _field1(data: BytesLike, wire_type: Literal[0], typename: str) -> int | None: ...
+@overload
+def _field1(data: BytesLike, wire_type: Literal[1, 2, 5], typename: str) -> BytesLike | None: ...
+def _field1(data: BytesLike, wire_type: int, typename: str) -> BytesLike | int | None:
+    """Return the raw field-1 payload of a wrapper message (last occurrence wins, unknown fields skipped):
+    an int for a varint field (wire type 0), the field's bytes for the others."""
+    pos = 0
+    found: BytesLike | int | None = None
+    v: BytesLike | int
     n = len(data)
     try:
         while pos < n:
@@ -178,6 +189,10 @@ class _BuiltinType(Type[T], TypeSerializer[T]):
     def serializer(self) -> TypeSerializer[T]:
         return self
 
+    @abstractmethod
+    def deserialize(self, data: BytesLike) -> T:  # any bytes-like (see decode_payload), not only bytes
+        ...
+
     def __reduce__(self):  # built-ins are singletons: unpickle to the same object in every process
         return (_builtin, (self.typename,))
 
@@ -194,13 +209,13 @@ class _Bool(_BuiltinType[bool]):
     def serialize(self, value: bool) -> bytes:
         return b"\x08\x01" if value else b""
 
-    def deserialize(self, data: bytes) -> bool:
+    def deserialize(self, data: BytesLike) -> bool:
         v = _field1(data, 0, self.typename)
         return bool(v) if v is not None else False
 
 
 class _Fixed(_BuiltinType[T]):
-    def __init__(self, typename: str, fmt: str, wire_type: int, python_type: type, lo=None, hi=None):
+    def __init__(self, typename: str, fmt: str, wire_type: Literal[1, 5], python_type: type, lo=None, hi=None):
         super().__init__(typename)
         self._struct = struct.Struct(fmt)
         self._tag = bytes([(1 << 3) | wire_type])
@@ -227,7 +242,7 @@ class _Fixed(_BuiltinType[T]):
             return b""
         return self._tag + self._struct.pack(value)
 
-    def deserialize(self, data: bytes) -> T:
+    def deserialize(self, data: BytesLike) -> T:
         if not data:
             return self.python_type()
         v = _field1(data, self._wire_type, self.typename)
@@ -268,7 +283,7 @@ class _String(_BuiltinType[str]):
         raw = value.encode("utf-8")
         return b"\x0a" + write_varint(len(raw)) + raw
 
-    def deserialize(self, data: bytes) -> str:
+    def deserialize(self, data: BytesLike) -> str:
         v = _field1(data, 2, self.typename)
         if v is None:
             return ""
@@ -366,7 +381,7 @@ def encode_payload(typename: str, payload: Any) -> bytes:
     return builtin.serialize(payload)
 
 
-def decode_payload(typename: str, data: bytes) -> Any:
+def decode_payload(typename: str, data: BytesLike) -> Any:
     """The runtime payload for wire bytes: decoded for built-in types, the bytes themselves otherwise."""
     builtin = BUILTIN_TYPES.get(typename)
     return builtin.deserialize(data) if builtin is not None else bytes(data)
@@ -421,7 +436,7 @@ def display_value(typename: str, payload: Any) -> Any:
     t = _KNOWN_TYPES.get(typename)
     if t is None:
         return bytes(payload)
-    try:
-        return t.serializer().deserialize(payload)
+    try:  # a serializer is promised bytes (a bytearray payload is copied: rare, and not a hot path)
+        return t.serializer().deserialize(payload if isinstance(payload, bytes) else bytes(payload))
     except Exception:  # undecodable: show the bytes rather than hide the record
         return bytes(payload)

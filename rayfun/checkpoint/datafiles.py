@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeAlias
 
 import pyarrow as pa
 
@@ -23,7 +24,14 @@ from .blobs import BlobStore, remove_file
 from .checksum import Checksum
 from .errors import CorruptCheckpointError
 from .manifest import FileRef
-from .parquet import STAGE_ABOVE_BYTES, ParquetFileReader, ParquetFileWriter, read_parquet, write_parquet
+from .parquet import (
+    STAGE_ABOVE_BYTES,
+    ParquetFileReader,
+    ParquetFileWriter,
+    ParquetOptions,
+    read_parquet,
+    write_parquet,
+)
 from .records import upgrade_egress
 from .restore import StateLayer
 from .schema import DICTIONARY_COLUMNS, SCHEMAS
@@ -32,7 +40,7 @@ __all__ = ["DataFiles", "Encoded"]
 
 IO_THREADS = 8  # files fetched or put at once (object stores are latency-bound)
 
-Encoded = pa.Buffer | str  # a file's bytes in memory, or the path of its staging file
+Encoded: TypeAlias = pa.Buffer | str  # a file's bytes in memory, or the path of its staging file
 
 
 class DataFiles:
@@ -63,7 +71,7 @@ class DataFiles:
         writer: ParquetFileWriter | None = None
         staged: str | None = None
         schema = SCHEMAS[kind]
-        options = dict(
+        options = ParquetOptions(
             compression=self.compression,
             compression_level=self.compression_level,
             use_dictionary=DICTIONARY_COLUMNS[kind],

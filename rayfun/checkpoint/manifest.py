@@ -46,6 +46,16 @@ class FileRef:
     shard: int  # writer shard index; -1 for compaction output
     base: bool = True  # state only: a full snapshot of its range (else a delta)
 
+    @property
+    def stored_path(self) -> str:
+        """``path``, where the ref must have a file (as those of ``Manifest.files`` do); an empty table's has
+        none, and asking for it is a bug: CheckpointError."""
+        if self.path is None:
+            raise CheckpointError(
+                f"the empty {self.kind} table of checkpoint {self.checkpoint_id} (shard {self.shard}) has no file"
+            )
+        return self.path
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["key_group_range"] = list(self.key_group_range)

@@ -18,6 +18,7 @@ file a row group at a time, so a restore never holds a big file in Arrow at once
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TypedDict, overload
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,6 +28,7 @@ __all__ = [
     "STAGE_ABOVE_BYTES",
     "ParquetFileReader",
     "ParquetFileWriter",
+    "ParquetOptions",
     "read_parquet",
     "write_parquet",
 ]
@@ -36,6 +38,35 @@ STAGE_ABOVE_BYTES = 64 * 2**20
 _MAX_ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default
 
 
+class ParquetOptions(TypedDict):
+    """How a checkpoint file is encoded: the keyword arguments of ``write_parquet`` and ``ParquetFileWriter``."""
+
+    compression: str
+    compression_level: int | None
+    use_dictionary: Sequence[str]
+    write_statistics: Sequence[str] | bool
+
+
+@overload
+def write_parquet(
+    table: pa.Table,
+    path: None,
+    *,
+    compression: str,
+    compression_level: int | None,
+    use_dictionary: Sequence[str],
+    write_statistics: Sequence[str] | bool,
+) -> pa.Buffer: ...
+@overload
+def write_parquet(
+    table: pa.Table,
+    path: str,
+    *,
+    compression: str,
+    compression_level: int | None,
+    use_dictionary: Sequence[str],
+    write_statistics: Sequence[str] | bool,
+) -> None: ...
 def write_parquet(
     table: pa.Table,
     path: str | None,
@@ -48,17 +79,17 @@ def write_parquet(
     """Write ``table`` as Parquet to the local file ``path``, or with ``path=None`` return the bytes (in an
     Arrow buffer: it supports the buffer protocol, so it is hashed and written without a copy)."""
     per_group = _rows_per_group(table)
-    sink = pa.BufferOutputStream() if path is None else path
+    buffer = pa.BufferOutputStream() if path is None else None
     pq.write_table(
         table,
-        sink,
+        path if buffer is None else buffer,
         row_group_size=per_group,
         compression=compression,
         compression_level=compression_level,
         use_dictionary=list(use_dictionary),
         write_statistics=write_statistics,
     )
-    return sink.getvalue() if path is None else None
+    return None if buffer is None else buffer.getvalue()
 
 
 def _rows_per_group(table: pa.Table) -> int:

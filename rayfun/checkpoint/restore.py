@@ -270,14 +270,11 @@ class RestoredShard:
     def instances(self, function_type: str, specs: Iterable[Any] | None = None) -> dict[str, list]:
         """``id -> cells`` of one function type, laid out for ``specs`` (the function's current ValueSpecs or
         ``(name, typename)`` pairs; default: the layout stored in the checkpoint)."""
-        if specs is not None:
-            layout = StateLayout.of(function_type, specs)
-        else:
-            layout = self.layouts.get(function_type)
-            if layout is None:
-                raise CheckpointError(
-                    f"checkpoint {self.checkpoint_id} has no state layout for {function_type!r}; pass its specs"
-                )
+        layout = StateLayout.of(function_type, specs) if specs is not None else self.layouts.get(function_type)
+        if layout is None:
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_id} has no state layout for {function_type!r}; pass its specs"
+            )
         only_type = len(self.layouts) != 1 or function_type not in self.layouts
         return self.state.instances(layout, only_type)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .compaction import COMPACTION_RE
@@ -85,5 +86,5 @@ def apply_retention(store: CheckpointStore) -> list[str]:
         return not found or (top == "data" and int(found.group(1)) >= newest) or f"{top}/{name}/" in protected_dirs
 
     for top in ("data", "compacted"):
-        blobs.remove_empty_dirs(top, lambda name, top=top: in_use(top, name))
+        blobs.remove_empty_dirs(top, partial(in_use, top))
     return deleted + garbage + stale_records

@@ -198,7 +198,7 @@ class CheckpointStore:
                     continue  # an empty delta changes nothing: no chain entry at all
                 refs[kind] = ref
                 if data is not None:
-                    encoded[ref.path] = data
+                    encoded[ref.stored_path] = data
             self.files.put_many(encoded)
         finally:
             self.files.discard(encoded.values())  # staged files a failure left behind
@@ -404,19 +404,20 @@ class CheckpointStore:
         if full:
             self.files.read_many(refs, m.checkpoint_id)
             return
-        by_dir: dict[str, list[FileRef]] = {}
+        by_dir: dict[str, list[tuple[str, FileRef]]] = {}
         for ref in refs:
-            by_dir.setdefault(ref.path.rsplit("/", 1)[0], []).append(ref)
+            path = ref.stored_path
+            by_dir.setdefault(path.rsplit("/", 1)[0], []).append((path, ref))
         for d, dir_refs in by_dir.items():
             sizes = {self.blobs.rel(e["name"]): e.get("size") for e in self.blobs.ls(d, detail=True)}
-            for ref in dir_refs:
-                if ref.path not in sizes:
-                    raise CorruptCheckpointError(self.blobs.abs(ref.path), "missing", checkpoint_id=m.checkpoint_id)
-                if sizes[ref.path] != ref.size:
+            for path, ref in dir_refs:
+                if path not in sizes:
+                    raise CorruptCheckpointError(self.blobs.abs(path), "missing", checkpoint_id=m.checkpoint_id)
+                if sizes[path] != ref.size:
                     raise CorruptCheckpointError(
-                        self.blobs.abs(ref.path),
+                        self.blobs.abs(path),
                         "size mismatch",
-                        f"{sizes[ref.path]} bytes, manifest says {ref.size}",
+                        f"{sizes[path]} bytes, manifest says {ref.size}",
                         m.checkpoint_id,
                     )
 
@@ -517,11 +518,13 @@ class CheckpointStore:
             if ranged:
                 return pa.concat_tables(
                     [
-                        filter_key_groups(read[r.path], rng, m.key_groups, r.key_group_range, ADDRESS_COLUMNS[kind])
+                        filter_key_groups(
+                            read[r.stored_path], rng, m.key_groups, r.key_group_range, ADDRESS_COLUMNS[kind]
+                        )
                         for r in refs
                     ]
                 )
-            return pa.concat_tables([read[r.path] for r in refs])
+            return pa.concat_tables([read[r.stored_path] for r in refs])
 
         timers = gather("timers", overlapping, True) if "timers" in tables else None
         timer_rows = decode_timers(timers) if timers is not None else []

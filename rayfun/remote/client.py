@@ -140,19 +140,23 @@ class RemoteFunctionClient:
         """True while ``max_concurrent_requests`` calls are in flight (new calls would wait)."""
         return self.in_flight >= self.endpoint.max_concurrent_requests
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
+    def _ensure_session(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+        """The session and the request slots (``max_concurrent_requests``) of the running loop."""
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
+        session, slots = self._session, self._slots
+        if session is None or session.closed or self._loop is not loop or slots is None:
             # a session is bound to its loop; a new loop (e.g. a restarted actor) gets a new one
             connector = aiohttp.TCPConnector(
                 limit=self.endpoint.pool_size,
                 ssl=self._ssl if self._ssl else True,
                 keepalive_timeout=self.endpoint.pool_ttl or None,
             )
-            self._session = aiohttp.ClientSession(connector=connector, headers={"Content-Type": _CONTENT_TYPE})
+            session = self._session = aiohttp.ClientSession(
+                connector=connector, headers={"Content-Type": _CONTENT_TYPE}
+            )
             self._loop = loop
-            self._slots = asyncio.Semaphore(self.endpoint.max_concurrent_requests)
-        return self._session
+            slots = self._slots = asyncio.Semaphore(self.endpoint.max_concurrent_requests)
+        return session, slots
 
     async def invoke(
         self,
@@ -167,12 +171,12 @@ class RemoteFunctionClient:
         ``invocations``: ``(caller (typename, id) or None, value_typename, payload)`` in arrival order.
         Raises ``RemoteFunctionError`` when the call fails for good.
         """
-        session = self._ensure_session()
+        session, slots = self._ensure_session()
         self.stats["calls"] += 1
         url = self.endpoint.url_for(target_typename)
         body = encode_request(target_typename, target_id, states, invocations)
         registered = {name: typename for name, typename, _ in states}
-        async with self._slots:
+        async with slots:
             self.in_flight += 1
             try:
                 result = await self._call(session, url, body, registered, target_typename, target_id)

@@ -16,14 +16,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 from ..types import validate_typename
 
 __all__ = ["ON_FAILURE_MODES", "Duration", "HttpEndpoint", "parse_duration"]
 
-Duration = timedelta | int | float | str
+Duration: TypeAlias = timedelta | int | float | str  # as given; an HttpEndpoint holds seconds (float)
 
 ON_FAILURE_MODES = ("restart", "dead-letter")
 
@@ -75,7 +75,7 @@ def _optional_duration(value: Duration | None, what: str) -> float | None:
     return None if value is None else parse_duration(value, what)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class HttpEndpoint:
     """A remote-function endpoint (StateFun ``io.statefun.endpoints.v2/http``); durations in seconds.
 
@@ -84,29 +84,65 @@ class HttpEndpoint:
     ``max_concurrent_requests`` bounds the requests in flight per endpoint per shard (backpressure).
     TLS: ``verify`` the server certificate (against ``ca_file`` if given, else the system CAs), and
     present ``client_cert``/``client_key`` for mutual TLS.
+
+    The durations are given as any ``Duration`` and held as seconds, so ``__init__`` is written out (the
+    generated one would take only what the fields hold); the defaults are its defaults.
     """
 
     functions: str
     url_path_template: str
-    call_timeout: Duration = 120.0
-    connect_timeout: Duration = 20.0
-    read_timeout: Duration | None = None
-    max_num_batch_requests: int = 1000
-    max_retries: int | None = None
-    on_failure: str = "restart"
-    max_concurrent_requests: int = 1024
-    verify: bool = True
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    client_key_password: str | None = field(default=None, repr=False)
-    pool_size: int = 1024
-    pool_ttl: Duration = 15.0
-    payload_max_bytes: int = 32 * 1024 * 1024
+    call_timeout: float
+    connect_timeout: float
+    read_timeout: float | None
+    max_num_batch_requests: int
+    max_retries: int | None
+    on_failure: str
+    max_concurrent_requests: int
+    verify: bool
+    ca_file: str | None
+    client_cert: str | None
+    client_key: str | None
+    client_key_password: str | None = field(repr=False)
+    pool_size: int
+    pool_ttl: float
+    payload_max_bytes: int
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        functions: str,
+        url_path_template: str,
+        call_timeout: Duration = 120.0,
+        connect_timeout: Duration = 20.0,
+        read_timeout: Duration | None = None,
+        max_num_batch_requests: int = 1000,
+        max_retries: int | None = None,
+        on_failure: str = "restart",
+        max_concurrent_requests: int = 1024,
+        verify: bool = True,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        client_key_password: str | None = None,
+        pool_size: int = 1024,
+        pool_ttl: Duration = 15.0,
+        payload_max_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
+
+        put("functions", functions)
+        put("url_path_template", url_path_template)
+        put("max_num_batch_requests", max_num_batch_requests)
+        put("max_retries", max_retries)
+        put("on_failure", on_failure)
+        put("max_concurrent_requests", max_concurrent_requests)
+        put("verify", verify)
+        put("ca_file", ca_file)
+        put("client_cert", client_cert)
+        put("client_key", client_key)
+        put("client_key_password", client_key_password)
+        put("pool_size", pool_size)
+        put("payload_max_bytes", payload_max_bytes)
 
         where = f"endpoint {self.functions!r}"
         if not isinstance(self.functions, str):
@@ -127,10 +163,10 @@ class HttpEndpoint:
                 f"{where}: url_path_template {self.url_path_template!r} must be an absolute http:// or https:// URL"
             )
 
-        put("call_timeout", parse_duration(self.call_timeout, f"{where}: call_timeout"))
-        put("connect_timeout", parse_duration(self.connect_timeout, f"{where}: connect_timeout"))
-        put("read_timeout", _optional_duration(self.read_timeout, f"{where}: read_timeout"))
-        put("pool_ttl", parse_duration(self.pool_ttl, f"{where}: pool_ttl"))
+        put("call_timeout", parse_duration(call_timeout, f"{where}: call_timeout"))
+        put("connect_timeout", parse_duration(connect_timeout, f"{where}: connect_timeout"))
+        put("read_timeout", _optional_duration(read_timeout, f"{where}: read_timeout"))
+        put("pool_ttl", parse_duration(pool_ttl, f"{where}: pool_ttl"))
         if self.call_timeout <= 0:
             raise ValueError(f"{where}: call_timeout must be positive")
         for key in ("connect_timeout", "read_timeout"):  # each attempt is also bounded by the call budget

@@ -34,24 +34,30 @@ _CONTENT_TYPE = "application/octet-stream"
 HANDLER_KEY = web.AppKey("rayfun_handler", object)
 
 
-def _tracking_storage(typename: str, specs: tuple) -> type[StorageBase]:
-    """A storage class that also records which states were assigned or deleted (the SDK's dirty cells)."""
-    base = make_storage_class(typename, specs)
-    names = frozenset(s.name for s in specs)
+class _TrackingStorage(StorageBase):
+    """Storage that also records which states were assigned or deleted (the SDK's dirty cells): mixed into
+    a function type's storage class by ``_tracking_storage``, which sets ``_tracked`` to its state names."""
+
+    __slots__ = ("_touched",)
+    _tracked: frozenset[str] = frozenset()
+    _touched: set[str]
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in names:
+        if name in self._tracked:
             self._touched.add(name)
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
-        if name in names:
+        if name in self._tracked:
             self._touched.add(name)
         object.__delattr__(self, name)
 
-    return type(
-        base.__name__, (base,), {"__slots__": ("_touched",), "__setattr__": __setattr__, "__delattr__": __delattr__}
-    )
+
+def _tracking_storage(typename: str, specs: tuple) -> type[_TrackingStorage]:
+    """The storage class of ``typename`` that records which states a batch assigned or deleted."""
+    base = make_storage_class(typename, specs)
+    names = frozenset(s.name for s in specs)
+    return type(base.__name__, (base, _TrackingStorage), {"__slots__": (), "_tracked": names})
 
 
 class _Bound:

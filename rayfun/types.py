@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
 
+from .constants import MAX_ID_CHARS, MAX_TYPENAME_CHARS, MAX_VALUE_BYTES  # limits: see rayfun/constants.py
+
 T = TypeVar("T")
 
 __all__ = [
@@ -44,11 +46,6 @@ __all__ = [
     "type_for_typename",
 ]
 
-MAX_ID_CHARS = 64 * 1024  # an instance id (it is stored with every row of its state and every message)
-# one value (a message payload or a state value): Arrow's binary and string columns, Parquet pages and
-# protobuf messages all stop at 2 GiB, and a value that cannot be checkpointed would stop every checkpoint
-MAX_VALUE_BYTES = 512 * 2**20
-MAX_TYPENAME_CHARS = 1024
 
 #: wire bytes as they arrive: bytes (from protobuf and Arrow), or a bytearray or a view into a bigger
 #: buffer; the built-in types read any of these, a user type's serializer is handed bytes

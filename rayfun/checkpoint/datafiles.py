@@ -20,6 +20,7 @@ from typing import TypeAlias
 
 import pyarrow as pa
 
+from ..constants import IO_THREADS  # tuning knobs: see rayfun/constants.py
 from .blobs import BlobStore, remove_file
 from .checksum import Checksum
 from .errors import CorruptCheckpointError
@@ -38,7 +39,6 @@ from .schema import DICTIONARY_COLUMNS, SCHEMAS
 
 __all__ = ["DataFiles", "Encoded"]
 
-IO_THREADS = 8  # files fetched or put at once (object stores are latency-bound)
 
 Encoded: TypeAlias = pa.Buffer | str  # a file's bytes in memory, or the path of its staging file
 

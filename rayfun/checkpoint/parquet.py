@@ -33,8 +33,10 @@ __all__ = [
     "write_parquet",
 ]
 
-ROW_GROUP_BYTES = 64 * 2**20
-STAGE_ABOVE_BYTES = 64 * 2**20
+try:  # tuning knobs: see rayfun/constants.py (the fallback: this module loaded alone, see above)
+    from ..constants import ROW_GROUP_BYTES, STAGE_ABOVE_BYTES
+except ImportError:
+    ROW_GROUP_BYTES = STAGE_ABOVE_BYTES = 64 * 2**20
 _MAX_ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default
 
 

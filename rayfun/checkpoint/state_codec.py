@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..constants import ENCODE_CHUNK, PIECE_BYTES  # tuning knobs: see rayfun/constants.py
 from ..keygroups import key_groups_mixed, key_groups_of
 from ..types import BUILTIN_TYPES, decode_payload, encode_payload
 from .errors import CheckpointError
@@ -217,9 +218,6 @@ def _empty_state() -> pa.Table:
     return STATE_SCHEMA.empty_table()
 
 
-ENCODE_CHUNK = 4096  # instances converted at a time: every pass over a chunk finds its objects in cache
-
-
 def _spec_columns(layout: StateLayout, cells: list) -> list[tuple[list, list | None]]:
     """Per spec, its payloads and (for an expiring layout) its deadlines, one C-level pass each. Raises
     TypeError if a cell is None (a tombstone), IndexError if one is too short."""
@@ -235,7 +233,6 @@ def _key_group_column(typename: str, ids: list, key_groups: int | None) -> pa.Ar
     return pa.nulls(len(ids), pa.int32()) if key_groups is None else key_groups_of(typename, ids, key_groups)
 
 
-PIECE_BYTES = 32 * 2**20  # encoded state is handed to the writer in tables of about this size (see _Pieces)
 _SAMPLE = 8  # instances whose Python sizes guess the size of the first chunk
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from .servers import moto_executable, start_moto, stop
+from tests.support.servers import moto_executable, start_moto, stop
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 

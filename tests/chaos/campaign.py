@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from types import SimpleNamespace
 
-from tests.servers import MOTO_BUCKET, free_port, s3_options, start_moto, stop, wait_for_port
+from tests.support.servers import MOTO_BUCKET, free_port, s3_options, start_moto, stop, wait_for_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .campaign import EMBEDDED, Servers, Workload, make_scenario, run_scenario, sdk_python
+from tests.chaos.campaign import EMBEDDED, Servers, Workload, make_scenario, run_scenario, sdk_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 

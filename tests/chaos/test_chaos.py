@@ -15,8 +15,7 @@ import ray
 
 import rayfun
 from rayfun.connectors.memory import MemorySource
-
-from .workload import EGRESS, FN, Commands, Generator, build_functions
+from tests.chaos.workload import EGRESS, FN, Commands, Generator, build_functions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -114,7 +113,7 @@ def test_driver_and_coordinator_kills_resume_from_the_checkpoint_dir(ray_session
     import subprocess
     import sys
 
-    from .dir_sink import read_all
+    from tests.chaos.dir_sink import read_all
 
     rng = random.Random(SEED)
     instances, messages = 300, 6000

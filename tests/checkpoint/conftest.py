@@ -1,5 +1,5 @@
 """Fixtures for the checkpoint tests: fresh store URLs (memory://, a local directory, S3 on moto_server)
-(helpers live in ckpt_helpers.py)."""
+(helpers live in tests/support/checkpoints.py)."""
 
 from __future__ import annotations
 

@@ -7,12 +7,12 @@ import random
 
 import pyarrow.compute as pc
 import pytest
-from ckpt_helpers import LAYOUTS, Model
 
 from rayfun.checkpoint import CheckpointError, CheckpointStore, StateDelta, StateLayout, read_state
 from rayfun.checkpoint.reader import READ_STATE_SCHEMA
 from rayfun.runtime.partitioning import key_group
 from rayfun.types import BUILTIN_TYPES, DoubleType, IntType, StringType, make_json_type, simple_type
+from tests.support.checkpoints import LAYOUTS, Model
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,11 +12,11 @@ import random
 import tempfile
 
 import pytest
-from ckpt_helpers import LAYOUTS, random_cells
 
 from rayfun.checkpoint import CheckpointStore, CorruptCheckpointError, StateDelta, parquet, state_codec
 from rayfun.checkpoint import datafiles as store_module
 from rayfun.runtime.partitioning import key_group
+from tests.support.checkpoints import LAYOUTS, random_cells
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,11 +6,11 @@ import random
 import uuid
 
 import pytest
-from ckpt_helpers import Model, restored_state
 
 from rayfun.checkpoint import CheckpointStore, CorruptCheckpointError, read_state
 from rayfun.runtime.partitioning import shard_ranges
 from rayfun.types import IntType
+from tests.support.checkpoints import Model, restored_state
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pytest
-from ckpt_helpers import COUNTER, LAYOUTS, PROFILE, random_cells, random_state
 
 from rayfun.checkpoint import CheckpointError, StateDelta, StateLayout, decode_instances, encode_state
 from rayfun.checkpoint.schema import STATE_SCHEMA
@@ -23,6 +22,7 @@ from rayfun.functions import ValueSpec
 from rayfun.runtime.partitioning import key_group
 from rayfun.runtime.runners.embedded import FunctionState
 from rayfun.types import IntType, LongType, StringType, make_json_type
+from tests.support.checkpoints import COUNTER, LAYOUTS, PROFILE, random_cells, random_state
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,7 +8,6 @@ import random
 import tempfile
 
 import pytest
-from ckpt_helpers import LAYOUTS, Model, restored_state
 
 from rayfun.checkpoint import (
     CheckpointError,
@@ -20,6 +19,7 @@ from rayfun.checkpoint import (
 from rayfun.checkpoint.state_codec import fold_layers
 from rayfun.runtime.partitioning import key_group, shard_ranges
 from rayfun.types import IntType, StringType
+from tests.support.checkpoints import LAYOUTS, Model, restored_state
 
 pytestmark = pytest.mark.timeout(120)
 

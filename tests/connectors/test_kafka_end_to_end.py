@@ -10,8 +10,7 @@ import pytest
 
 import rayfun
 from rayfun import IntType, StatefulFunctions, ValueSpec, kafka_egress_message
-
-from .conftest import produce, read_topic
+from tests.connectors.conftest import produce, read_topic
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 

@@ -9,8 +9,7 @@ import pytest
 
 from rayfun.messages import EgressMessage, kafka_egress_message
 from rayfun.types import IntType
-
-from .conftest import read_topic
+from tests.connectors.conftest import read_topic
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,8 +11,7 @@ import pytest
 from rayfun.io import DeadLetter
 from rayfun.messages import Message
 from rayfun.types import IntType
-
-from .conftest import drain, produce
+from tests.connectors.conftest import drain, produce
 
 pytestmark = pytest.mark.timeout(90)
 

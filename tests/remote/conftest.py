@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ..servers import free_port, stop, wait_for_port
+from tests.support.servers import free_port, stop, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

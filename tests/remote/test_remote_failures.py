@@ -9,9 +9,8 @@ import pytest
 
 from rayfun.remote import HttpEndpoint, RemoteFunctionClient, RemoteFunctionError
 from rayfun.remote.client import InvocationResult
-
-from .bad_server import HITS, INT, STRING, make_bad_app, running_app
-from .conftest import free_port, run
+from tests.remote.bad_server import HITS, INT, STRING, make_bad_app, running_app
+from tests.remote.conftest import free_port, run
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,8 +14,7 @@ from rayfun.messages import KAFKA_PRODUCER_RECORD
 from rayfun.remote import HttpEndpoint, RemoteFunctionClient, RemoteFunctionError
 from rayfun.remote.client import InvocationResult, MissingStates
 from rayfun.remote.protocol import KafkaProducerRecord
-
-from .conftest import BOOL, INT, LONG, STRING, run
+from tests.remote.conftest import BOOL, INT, LONG, STRING, run
 
 pytestmark = pytest.mark.timeout(120)
 

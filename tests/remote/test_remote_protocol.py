@@ -25,9 +25,8 @@ from rayfun.remote.protocol import (
     typed_value,
 )
 from rayfun.types import IntType, StringType, decode_payload, encode_payload
-
-from . import rayfun_functions
-from .conftest import BOOL, HERE, INT, LONG, STRING, run
+from tests.remote import rayfun_functions
+from tests.remote.conftest import BOOL, HERE, INT, LONG, STRING, run
 
 pytestmark = pytest.mark.timeout(120)
 

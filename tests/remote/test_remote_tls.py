@@ -11,10 +11,9 @@ import pytest
 
 from rayfun.remote import HttpEndpoint, RemoteFunctionClient, RemoteFunctionError, make_app
 from rayfun.remote.client import InvocationResult, MissingStates
-
-from . import rayfun_functions
-from .bad_server import running_app
-from .conftest import INT, STRING, run
+from tests.remote import rayfun_functions
+from tests.remote.bad_server import running_app
+from tests.remote.conftest import INT, STRING, run
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

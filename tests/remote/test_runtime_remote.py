@@ -11,8 +11,7 @@ import ray
 
 import rayfun
 from rayfun import HttpEndpoint, IntType, StatefulFunctions, StringType, ValueSpec, message_builder
-
-from .conftest import HERE, _start_server, free_port
+from tests.remote.conftest import HERE, _start_server, free_port
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from .conftest import REPO
+from tests.remote.conftest import REPO
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -4,8 +4,7 @@ checkpoint completes, and again (under the old shard's index) after a restore.""
 from rayfun.io import DEAD_LETTER_EGRESS, DeliverySemantic
 from rayfun.messages import EgressMessage
 from rayfun.runtime.egress import Egress
-
-from .fakes import FakeServices, RecordingSink
+from tests.support.fakes import FakeServices, RecordingSink
 
 
 def _egress(services, *sinks, checkpoints: bool = True, index: int = 0) -> Egress:

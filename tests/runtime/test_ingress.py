@@ -3,8 +3,7 @@
 import asyncio
 
 from rayfun.runtime.ingress import Ingress
-
-from .fakes import ListSource
+from tests.support.fakes import ListSource
 
 
 def _row(i: int) -> tuple:

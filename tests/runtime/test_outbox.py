@@ -9,8 +9,7 @@ from rayfun.messages import Message
 from rayfun.runtime.outbox import Outbox
 from rayfun.runtime.partitioning import Partitioner
 from rayfun.runtime.registry import TypeRegistry
-
-from .fakes import FakeServices, Peer
+from tests.support.fakes import FakeServices, Peer
 
 
 def _outbox(services, shards: int = 3, index: int = 0) -> Outbox:

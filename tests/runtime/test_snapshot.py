@@ -8,8 +8,7 @@ from rayfun import IntType, ValueSpec
 from rayfun.checkpoint.state_codec import StateLayout
 from rayfun.runtime.runners.embedded import FunctionState
 from rayfun.runtime.snapshot import CheckpointRefused, Snapshots
-
-from .fakes import FakeServices
+from tests.support.fakes import FakeServices
 
 
 class _Runner:

@@ -3,8 +3,7 @@
 import asyncio
 
 from rayfun.runtime.timers import Timers
-
-from .fakes import FakeServices
+from tests.support.fakes import FakeServices
 
 
 def test_timers_fire_in_order_once_due_and_a_reset_disarms_them():

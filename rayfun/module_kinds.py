@@ -23,6 +23,8 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .errors import RayfunError
+
 __all__ = ["ENTRY_POINT_GROUP", "SECTIONS", "Builder", "KindError", "lookup", "register_kind", "registered_kinds"]
 
 log = logging.getLogger("rayfun")
@@ -39,7 +41,7 @@ SECTIONS = ("endpoints", "ingresses", "egresses")
 _SECTION_OF_SUFFIX = {"ingress": "ingresses", "egress": "egresses", "http": "endpoints"}
 
 
-class KindError(ValueError):
+class KindError(RayfunError, ValueError):
     """A kind that cannot be built: nobody registered it, or its builder cannot be imported."""
 
 

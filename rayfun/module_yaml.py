@@ -21,13 +21,14 @@ from typing import Any
 
 import yaml
 
+from .errors import RayfunError
 from .module_kinds import KindError, lookup, register_kind, registered_kinds
 from .remote.endpoint import HttpEndpoint, parse_duration
 
 __all__ = ["ModuleSpec", "ModuleSpecError", "load_module", "register_kind", "registered_kinds"]
 
 
-class ModuleSpecError(ValueError):
+class ModuleSpecError(RayfunError, ValueError):
     """A module.yaml that cannot be used; the message names the document and what is wrong."""
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 
 from ..context import Context, StorageBase, make_storage_class
+from ..errors import RayfunError
 from ..functions import FunctionSpec, StatefulFunctions
 from ..messages import Message
 from ..types import decode_payload, encode_payload
@@ -76,7 +77,7 @@ def _addr(addr: Any, typename: str, id: str) -> None:
     addr.namespace, addr.type, addr.id = namespace, name, id
 
 
-class BadRequest(ValueError):
+class BadRequest(RayfunError, ValueError):
     """A request that can never succeed (not a ToFunction, no invocation, an unknown function type, state
     of the wrong type): answered with 400 and the reason, which callers do not retry."""
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from ..checkpoint.state_codec import KeptPieces, StateDelta, iter_state
 from ..constants import FULL_AFTER  # tuning knobs: see rayfun/constants.py
+from ..errors import RayfunError
 from .aio import retrieve
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ log = logging.getLogger("rayfun")
 __all__ = ["FULL_AFTER", "CheckpointRefused", "LocalCopy", "Snapshot", "Snapshots", "release_memory"]
 
 
-class CheckpointRefused(RuntimeError):
+class CheckpointRefused(RayfunError, RuntimeError):
     """A shard will not take part in a checkpoint: it has asked for a rollback, or gave that checkpoint up."""
 
 

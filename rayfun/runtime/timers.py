@@ -16,6 +16,8 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..errors import RayfunError
+
 if TYPE_CHECKING:
     from .services import ShardServices
 
@@ -24,7 +26,7 @@ __all__ = ["MAX_DUE_MS", "InvalidEffect", "Timer", "TimerService", "Timers", "To
 MAX_DUE_MS = 2**63 - 1  # timers are stored as 64-bit milliseconds since the epoch
 
 
-class InvalidEffect(ValueError):
+class InvalidEffect(RayfunError, ValueError):
     """An invocation asked for something that can never be applied or stored (the whole invocation is
     refused and its message dead-lettered: retrying it would give the same answer)."""
 

@@ -147,3 +147,24 @@ def test_values_too_big_to_store_are_refused_where_they_enter(monkeypatch):
 
     with pytest.raises(protocol.ProtocolError, match="state 'b': 65 bytes, more than rayfun stores"):
         protocol._payload(TypedValue(), "state 'b'")
+
+
+def test_rayfun_s_own_errors_share_one_base():
+    import importlib
+
+    from rayfun import RayfunError
+
+    errors = {
+        "rayfun.checkpoint.errors": "CorruptCheckpointError",
+        "rayfun.remote.client": "RemoteFunctionError",
+        "rayfun.remote.protocol": "ProtocolError",
+        "rayfun.module_yaml": "ModuleSpecError",
+        "rayfun.module_kinds": "KindError",
+        "rayfun.connectors.kafka.sink": "KafkaEgressError",
+        "rayfun.connectors.kafka.broker": "BrokerError",
+        "rayfun.runtime.timers": "InvalidEffect",
+        "rayfun.runtime.snapshot": "CheckpointRefused",
+        "rayfun.testing": "FunctionError",
+    }
+    for module, name in errors.items():
+        assert issubclass(getattr(importlib.import_module(module), name), RayfunError), f"{module}.{name}"

@@ -26,12 +26,14 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ...errors import RayfunError
+
 __all__ = ["BrokerError", "KafkaBroker"]
 
 log = logging.getLogger(__name__)
 
 
-class BrokerError(RuntimeError):
+class BrokerError(RayfunError, RuntimeError):
     """The broker could not be started, or a topic could not be created."""
 
 

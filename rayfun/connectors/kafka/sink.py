@@ -55,6 +55,7 @@ from rayfun.io import DeliverySemantic, Sink, SinkPartition
 from rayfun.messages import KAFKA_PRODUCER_RECORD, EgressMessage
 from rayfun.types import validate_typename
 
+from ...errors import RayfunError
 from .records import KafkaProducerRecord, decode_producer_record
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def _kafka():
     return confluent_kafka
 
 
-class EgressRecordError(ValueError):
+class EgressRecordError(RayfunError, ValueError):
     """Records of a batch that cannot go to Kafka (wrong typename, malformed record, unknown topic).
 
     The other records of the batch *were* published; ``rejected`` lists ``(record, reason)`` for the ones
@@ -92,7 +93,7 @@ class EgressRecordError(ValueError):
         super().__init__(f"Kafka egress {egress_id}: {rejected[0][1]}{more}")
 
 
-class KafkaEgressError(RuntimeError):
+class KafkaEgressError(RayfunError, RuntimeError):
     """Publishing to Kafka failed (broker unreachable, fenced producer, timeout): nothing of the batch is
     committed in exactly-once mode, so the epoch must be published again (it is safe to retry)."""
 

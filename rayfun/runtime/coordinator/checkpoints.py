@@ -29,6 +29,7 @@ from ...constants import (  # tuning knobs: see rayfun/constants.py
     FULL_EVERY,
     POLL_S,
 )
+from ...errors import RayfunError
 from ..aio import cancel_quietly, retrieve
 from .driver_channel import DriverChannel
 from .fleet import Fleet, first_line
@@ -38,7 +39,7 @@ log = logging.getLogger("rayfun")
 __all__ = ["CheckpointAbandoned", "CheckpointMetrics", "CheckpointScheduler"]
 
 
-class CheckpointAbandoned(RuntimeError):
+class CheckpointAbandoned(RayfunError, RuntimeError):
     """A checkpoint let go because the application is rolling back (not a failure of the checkpoint)."""
 
 

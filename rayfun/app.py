@@ -123,11 +123,12 @@ def start(
         name=name,
         log_level=level,
     )
-    options = {"num_cpus": 0, "max_concurrency": 1000}
+    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1000}
     if name:
         options["name"] = f"rayfun:{name}"
     coordinator = ray.remote(Coordinator).options(**options).remote(config)
-    ray.get(coordinator.start.remote())
+    # Ray types the handle as ActorHandle | type[Coordinator]; an actor method's .remote is made at runtime
+    ray.get(coordinator.start.remote())  # type: ignore[union-attr]
     return App(config, coordinator)
 
 

@@ -86,8 +86,10 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
 
     if builtin is not None:
         check = builtin.check
-        fast_type = builtin.python_type
-        lo, hi = getattr(builtin, "_lo", None), getattr(builtin, "_hi", None)
+        fast_type: type[Any] = builtin.python_type  # type[Any]: a value of exactly this type compares as one
+        # the range of a fixed-width integer type (both or neither: only _Fixed has them, None for floats)
+        lo: int | None = getattr(builtin, "_lo", None)
+        hi: int | None = getattr(builtin, "_hi", None)
 
         def checked_set(self, value):
             if value is None:
@@ -112,7 +114,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                     self.dirty = 1
                 else:
                     checked_set(self, value)
-        elif lo is not None:
+        elif lo is not None and hi is not None:
 
             def set_(self, value):
                 if type(value) is fast_type and lo <= value <= hi:  # hot path: an in-range int

@@ -16,8 +16,8 @@ epoch again after a crash, so ``write_batch`` must be idempotent per ``(partitio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
 
 from .messages import EgressMessage, Message
 
@@ -29,6 +29,8 @@ __all__ = [
     "SinkPartition",
     "Source",
     "SourcePartition",
+    "SourceRow",
+    "SourceRows",
 ]
 
 #: the egress that receives what could not be processed (malformed records, failing functions, ...).
@@ -53,6 +55,13 @@ class DeadLetter:
         return f"DeadLetter({self.source}: {self.reason})"
 
 
+#: a runtime row as a source makes it: (target typename, target id, caller (None: from outside), value
+#: typename, payload) (the payload as in rayfun.types: decoded for built-in types, bytes otherwise)
+SourceRow: TypeAlias = tuple[str, str, None, str, Any]
+#: what ``SourcePartition.next_rows`` returns: rows, and DeadLetters for records that cannot become one
+SourceRows: TypeAlias = list[SourceRow | DeadLetter]
+
+
 class SourcePartition(ABC):
     """One partition of an ingress: an ordered stream of messages with a resumable position."""
 
@@ -61,10 +70,10 @@ class SourcePartition(ABC):
         """Messages available now, in order (``[]`` when none are ready yet); None once exhausted for good."""
 
     #: Optional fast path: a partition may define ``next_rows()`` instead of relying on ``next_batch``,
-    #: returning rows ``(target typename, target id, None, value typename, payload)`` (payload as in
-    #: rayfun.types: decoded for built-in types, bytes otherwise), DeadLetters, or None when exhausted.
-    #: It skips one Message object per record, which matters at hundreds of thousands of records/s.
-    next_rows = None
+    #: returning rows ``(target typename, target id, None, value typename, payload)`` (``SourceRow``),
+    #: DeadLetters, or None when exhausted. It skips one Message object per record, which matters at
+    #: hundreds of thousands of records/s. A subclass defines it as a method ``next_rows(self)``.
+    next_rows: Callable[[], SourceRows | None] | None = None
 
     @abstractmethod
     def snapshot(self) -> Any:

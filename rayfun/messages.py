@@ -156,7 +156,7 @@ class EgressMessage(_Typed):
         return f"EgressMessage({self.typename}, {self.value_type_name}, {self.payload!r})"
 
 
-_BUILDER_KWARGS = {
+_BUILDER_KWARGS: dict[str, Type[Any]] = {
     "int_value": IntType,
     "long_value": LongType,
     "float_value": FloatType,

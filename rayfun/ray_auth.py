@@ -26,7 +26,8 @@ def keep_token_auth() -> None:
     if os.environ["RAY_AUTH_MODE"] != "token" or "ray._raylet" not in sys.modules:
         return  # the user's explicit choice, or Ray not imported yet: it will read the setting itself
     try:
-        from ray._raylet import AuthenticationMode, Config, get_authentication_mode
+        # ray/_raylet.pyi declares only part of the compiled module: these three exist but are not in it
+        from ray._raylet import AuthenticationMode, Config, get_authentication_mode  # type: ignore[attr-defined]
     except ImportError:  # a Ray without token authentication, or none imported yet that matters
         return
     if get_authentication_mode() != AuthenticationMode.TOKEN:

@@ -302,8 +302,9 @@ class Harness:
         while shard.tasks:  # an async function: it ends before the next message runs (deterministic order)
             done, _ = await asyncio.wait(set(shard.tasks))
             for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
         if shard.failure is not None:
             typename, id, caller, vtype, payload, exc = shard.failure
             shard.failure = None

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from rayfun.io import DeadLetter, DeliverySemantic, Sink, SinkPartition, Source, SourcePartition
+from rayfun.io import DeadLetter, DeliverySemantic, Sink, SinkPartition, Source, SourcePartition, SourceRows
 from rayfun.messages import KAFKA_PRODUCER_RECORD, EgressMessage, Message
 from rayfun.types import BUILTIN_TYPES, check_id, display_value, validate_typename
 
@@ -129,9 +129,13 @@ class FileSourcePartition(SourcePartition):
         self._pos = 0  # lines are cut at this position (slicing the rest off per line copied it: quadratic)
         self._eof = False
         self._parse = _TEXT_PARSERS.get(source.value_type)
-        field = source.key if isinstance(source.key, str) else None
-        self._field = field
-        self._key_fn = None if field is not None else source.key
+        # exactly one of the two: the JSON field that holds the id, or the function line -> id
+        self._field: str | None = None
+        self._key_fn: Callable[[str], str] | None = None
+        if isinstance(source.key, str):
+            self._field = source.key
+        else:
+            self._key_fn = source.key
 
     def _open(self) -> bool:
         import fsspec
@@ -149,8 +153,8 @@ class FileSourcePartition(SourcePartition):
         self._file_index += 1
         self._offset = 0
 
-    def next_rows(self) -> list | None:
-        rows: list = []
+    def next_rows(self) -> SourceRows | None:
+        rows: SourceRows = []
         while len(rows) < self._source.batch_size:
             if self._handle is None and not self._open():
                 return rows or None
@@ -175,7 +179,7 @@ class FileSourcePartition(SourcePartition):
             self._route(line.rstrip(b"\r"), start, rows)
         return rows
 
-    def _route(self, raw: bytes, start: int, rows: list) -> None:
+    def _route(self, raw: bytes, start: int, rows: SourceRows) -> None:
         if not raw.strip():
             return
         source = self._source
@@ -191,13 +195,14 @@ class FileSourcePartition(SourcePartition):
                 obj = json.loads(text)
                 if not isinstance(obj, dict):
                     raise ValueError("is not a JSON object")
-            if self._field is not None:
+            key_fn = self._key_fn
+            if key_fn is not None:
+                id = key_fn(text)
+            else:  # self._field is the id's JSON field
                 if self._field not in obj:
                     raise ValueError(f"has no field {self._field!r}")
                 id = obj[self._field]
                 id = id if isinstance(id, str) else json.dumps(id)
-            else:
-                id = self._key_fn(text)
             check_id(id, "its target id")
         except Exception as exc:
             rows.append(DeadLetter(f"line {where} cannot be routed: {exc}", source.id, raw))
@@ -234,7 +239,7 @@ class FileSourcePartition(SourcePartition):
         rows = self.next_rows()
         if rows is None:
             return None
-        return [Message(r[0], r[1], r[3], r[4]) if type(r) is tuple else r for r in rows]
+        return [r if isinstance(r, DeadLetter) else Message(r[0], r[1], r[3], r[4]) for r in rows]
 
     def snapshot(self) -> tuple[int, int]:
         return (self._file_index, self._offset)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias, cast
 
-from rayfun.io import DeadLetter, Source, SourcePartition
+from rayfun.io import DeadLetter, Source, SourcePartition, SourceRow, SourceRows
 from rayfun.messages import _VALID_TYPENAMES, Message, to_message  # the cache is shared: to_row inlines its fast path
 from rayfun.runtime.egress_collector import MemorySink
 from rayfun.types import MAX_ID_CHARS, IntType, StringType, Type
@@ -23,8 +23,13 @@ __all__ = ["MemorySink", "MemorySource", "to_message"]
 _INT = IntType.typename
 _STRING = StringType.typename
 
+#: a MemorySource factory: ``factory(partition_index, partition_count)``, or, to resume without skipping
+#: through the records before it, ``factory(partition_index, partition_count, start)``
+RecordFactory: TypeAlias = Callable[[int, int], Iterable[Any]]
+ResumableRecordFactory: TypeAlias = Callable[[int, int, int], Iterable[Any]]
 
-def to_row(record: Any, value_type: Type | None = None) -> tuple:
+
+def to_row(record: Any, value_type: Type | None = None) -> SourceRow:
     """A record as a runtime row ``(typename, id, None, value typename, payload)`` (see SourcePartition)."""
     if type(record) is tuple and len(record) == 3 and value_type is None:
         typename, id, value = record  # the hot path, as in to_message
@@ -49,7 +54,7 @@ class _MemoryPartition(SourcePartition):
         self._value_type = value_type
         self._done = False
 
-    def _take(self) -> list | None:
+    def _take(self) -> list[Any] | None:
         """The next records (advancing the position), or None once exhausted."""
         if self._done:
             return None
@@ -64,7 +69,7 @@ class _MemoryPartition(SourcePartition):
         chunk = self._take()
         return None if chunk is None else [self._convert(to_message, r) for r in chunk]
 
-    def _convert(self, convert: Callable, record: Any) -> Any:
+    def _convert(self, convert: Callable[[Any, Type | None], Any], record: Any) -> Any:
         """One record as a message or row; a record that cannot become one is a DeadLetter naming why (the
         source goes on: raising here would fail the shard, and the replay would fail it again)."""
         try:
@@ -76,13 +81,14 @@ class _MemoryPartition(SourcePartition):
                 repr(record).encode("utf-8", "backslashreplace"),
             )
 
-    def next_rows(self) -> list[tuple] | None:
+    def next_rows(self) -> SourceRows | None:
         chunk = self._take()
         if chunk is None:
             return None
         if self._value_type is not None:
             return [self._convert(to_row, r) for r in chunk]
-        rows, valid = [], _VALID_TYPENAMES
+        rows: SourceRows = []
+        valid = _VALID_TYPENAMES
         append = rows.append
         for r in chunk:  # to_row's fast path, inlined: this loop runs once per ingested record
             if type(r) is tuple and len(r) == 3:
@@ -117,7 +123,7 @@ class MemorySource(Source):
 
     def __init__(
         self,
-        records: Sequence[Any] | Callable[[int, int], Iterable[Any]],
+        records: Sequence[Any] | RecordFactory | ResumableRecordFactory,
         *,
         partitions: int = 1,
         id: str = "rayfun/memory-ingress",
@@ -143,11 +149,13 @@ class MemorySource(Source):
         index = int(partition)
         position = int(resume_state or 0)
         skip = position
+        records: Iterable[Any]
         if callable(self._records):
+            # which of the two a factory is, only its signature tells
             if len(inspect.signature(self._records).parameters) >= 3:
-                records, skip = self._records(index, self._count, position), 0
+                records, skip = cast(ResumableRecordFactory, self._records)(index, self._count, position), 0
             else:
-                records = self._records(index, self._count)
+                records = cast(RecordFactory, self._records)(index, self._count)
         else:
             records = itertools.islice(self._records, index, None, self._count)
         return _MemoryPartition(records, position, self._batch_size, self._value_type, skip, self.id)

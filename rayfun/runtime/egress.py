@@ -166,9 +166,9 @@ class Egress:
         The one place where a sink's refusal or failure is handled: rejected records are dead-lettered,
         an exactly-once epoch that failed rolls back (it is published again after), others dead-lettered."""
         sink, partition = self._sink(egress_id)
-        foreign = partition_index is not None and partition_index != self.index
-        if foreign:
-            partition = sink.build_partition(partition_index, self.shards)
+        foreign = False
+        if partition_index is not None and partition_index != self.index:
+            partition, foreign = sink.build_partition(partition_index, self.shards), True
         dead_letter = self.services.dead_letter
         try:
             partition.write_batch(records, epoch)

@@ -51,7 +51,9 @@ class Ingress:
         self.backlog = 0  # messages in the mailbox
         self.parked = 0  # messages runners hold until their invocations end
         self.sources: list[SourceSlot] = []
-        self._room: asyncio.Event | None = None  # set while deliveries need not wait
+        # set while deliveries need not wait; made by start(), in the event loop, which comes before any
+        # delivery (declared, not assigned: the checks on every release stay a plain attribute read)
+        self._room: asyncio.Event
 
     def start(self) -> None:
         """Create what needs the event loop (once, before the first delivery)."""

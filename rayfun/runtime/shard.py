@@ -277,7 +277,10 @@ class ShardCore:
     async def _run(self) -> None:
         me = asyncio.current_task()
         ingress = self.ingress
+        wake_event = self._wake_event  # made once, before the first loop (start, or restore for a replacement)
         try:
+            if wake_event is None:
+                raise RuntimeError("the processing loop started before the shard's event-loop objects")
             # Python 3.11's wait_for can swallow a cancellation that races its timeout: the loop also ends
             # once it is no longer the shard's loop (it would read sources already closed)
             while self._loop_task is me:
@@ -293,11 +296,11 @@ class ShardCore:
                 if worked:
                     await asyncio.sleep(0)
                     continue
-                self._wake_event.clear()
+                wake_event.clear()
                 polling = ingress.polling()
                 t0 = time.perf_counter()
                 try:
-                    await asyncio.wait_for(self._wake_event.wait(), 0.01 if polling else None)
+                    await asyncio.wait_for(wake_event.wait(), 0.01 if polling else None)
                 except asyncio.TimeoutError:
                     pass
                 self.counters["idle_s"] += time.perf_counter() - t0

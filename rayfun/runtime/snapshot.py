@@ -71,6 +71,8 @@ class LocalCopy(NamedTuple):
         """This copy as what a shard restores from storage, state folded."""
         from ..checkpoint.restore import FoldedState, RestoredShard
 
+        if self.checkpoint_id is None:  # the empty copy of "no checkpoint yet": a rollback to it reads nothing
+            raise RuntimeError("the in-memory copy holds no checkpoint to restore")
         return RestoredShard(
             self.checkpoint_id,
             key_group_range,
@@ -138,6 +140,13 @@ class Snapshots:
 
         self.store = CheckpointStore(url, **options)
 
+    def _store(self) -> CheckpointStore:
+        """The checkpoint store, which a shard of an application without checkpoints does not have."""
+        store = self.store
+        if store is None:
+            raise RuntimeError(f"shard {self.index}: no checkpoint store (the application has no checkpoint_url)")
+        return store
+
     def reset(self, checkpoint_id: int | None) -> None:
         """A rollback to ``checkpoint_id``: nothing in progress or written; that checkpoint is the committed
         one (deltas build on it) and records emitted from now on belong to its next epoch."""
@@ -180,6 +189,8 @@ class Snapshots:
         """Capture the state of checkpoint ``n``: what changed since the last committed checkpoint, or every
         live instance (a full base). The other parts of the cut are the shard core's to fill in."""
         snap = Snapshot(n)
+        by_type: dict[str, tuple[dict, bool]] = {}  # what ``snap.captured`` holds until encoded
+        snap.captured = by_type
         snap.parent_id = self.committed
         snap.layouts = layouts
         for runner in runners.values():
@@ -207,7 +218,7 @@ class Snapshots:
                 captured = (runner.state.instances.copy(), False)
             else:  # a delta, or the first base: the state was empty before the changes, so they are all of it
                 captured = (runner.uncommitted[0], runner.state.single)
-            snap.captured[typename] = captured
+            by_type[typename] = captured
             snap.rows += len(captured[0])
         return snap
 
@@ -258,6 +269,8 @@ class Snapshots:
     def finish(self) -> None:
         """Every marker is in: write the snapshot in progress (a task that resolves its ``done`` future)."""
         snap, self.current = self.current, None
+        if snap is None:
+            raise RuntimeError(f"shard {self.index}: no snapshot in progress to write")
         task = asyncio.get_running_loop().create_task(self._write(snap, self.done[snap.id], self._rollbacks))
         self.services.track_task(task)
 
@@ -285,14 +298,15 @@ class Snapshots:
             self.counters["snapshot_write_cpu_s"] += time.thread_time() - cpu
 
     def _write_part_now(self, snap: Snapshot):
-        deltas = [
-            StateDelta(snap.layouts[t], instances, values=values) for t, (instances, values) in snap.captured.items()
-        ]
+        captured, store = snap.captured, self._store()
+        if captured is None:
+            raise RuntimeError(f"shard {self.index}: snapshot {snap.id} was written already")
+        deltas = [StateDelta(snap.layouts[t], instances, values=values) for t, (instances, values) in captured.items()]
         snap.captured = None  # the deltas hold the state now
         # encoded and written a piece at a time (big state is never all in Arrow); the pieces are kept for
         # the in-memory rollback copy only while they are small
         pieces = KeptPieces(iter_state(deltas, None), self.local_copy_max_bytes)  # key groups: readers'
-        part = self.store.write_shard_part(
+        part = store.write_shard_part(
             snap.id,
             self.index,
             self.key_group_range,
@@ -326,7 +340,7 @@ class Snapshots:
         if snap.too_big or (not snap.full and (local is None or local.checkpoint_id != snap.parent_id)):
             self.local = None  # the copy is not the snapshot's parent: restore from storage next time
             return
-        layers = [] if snap.full else list(local.layers)
+        layers = [] if snap.full or local is None else list(local.layers)  # not full: local is the parent
         if snap.state is not None and (snap.full or snap.state.num_rows):
             layers.append(snap.state)
         self.local = self._bounded(LocalCopy(snap.id, layers, snap.timers, snap.pending + snap.recorded, snap.egress))
@@ -345,12 +359,14 @@ class Snapshots:
         else from storage; read in a thread."""
         if layouts is not None:
             local = self.local
+            if local is None:
+                raise RuntimeError(f"shard {self.index}: no in-memory copy of checkpoint {checkpoint_id}")
 
             def read():
                 return local.restored(self.key_group_range, self.key_groups, layouts)
 
         else:
-            store, key_group_range = self.store, self.key_group_range
+            store, key_group_range = self._store(), self.key_group_range
 
             def read():
                 return store.load_shard(checkpoint_id, key_group_range)

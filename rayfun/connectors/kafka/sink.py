@@ -179,8 +179,15 @@ class KafkaSinkPartition(SinkPartition):
         self._errors: list[Any] = []
         config = sink.producer_config(index)
         config["on_delivery"] = self._on_delivery
-        self._producer: Producer = self._ck.Producer(config)
+        self._producer: Producer | None = self._ck.Producer(config)  # None once closed
         self._topics: set[str] = set()
+
+    def _live_producer(self) -> Producer:
+        """The producer, which a closed partition no longer has (the runtime does not use it after close)."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError(f"Kafka egress {self._id} partition {self._index} is closed")
+        return producer
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -222,7 +229,7 @@ class KafkaSinkPartition(SinkPartition):
         missing = set()
         for topic in topics - self._topics:
             try:
-                md = self._producer.list_topics(topic, timeout=self._timeout).topics.get(topic)
+                md = self._live_producer().list_topics(topic, timeout=self._timeout).topics.get(topic)
             except self._ck.KafkaException as exc:
                 raise KafkaEgressError(f"Kafka egress {self._id}: metadata for topic {topic!r} failed: {exc}") from None
             if md is None or md.error is not None or not md.partitions:
@@ -232,7 +239,8 @@ class KafkaSinkPartition(SinkPartition):
         return missing
 
     def _produce_all(self, records: list[KafkaProducerRecord]) -> None:
-        produce, poll = self._producer.produce, self._producer.poll
+        producer = self._live_producer()
+        produce, poll = producer.produce, producer.poll
         for rec in records:
             while True:
                 try:
@@ -242,7 +250,7 @@ class KafkaSinkPartition(SinkPartition):
                     poll(0.05)
 
     def _flush(self) -> None:
-        left = self._producer.flush(self._timeout)
+        left = self._live_producer().flush(self._timeout)
         if left:
             raise KafkaEgressError(
                 f"Kafka egress {self._id}: {left} records not delivered within {self._timeout:.0f} s"
@@ -264,7 +272,7 @@ class KafkaSinkPartition(SinkPartition):
         if good:
             self._produce_all(good)
             if self._sink.semantic == "none":
-                self._producer.poll(0)
+                self._live_producer().poll(0)
             else:
                 self._flush()
         if rejected:
@@ -298,7 +306,8 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
     def _ensure_marker_topic(self, sink: KafkaSink, index: int) -> int:
         from .broker import BrokerError, create_topics
 
-        md = self._producer.list_topics(sink.marker_topic, timeout=self._timeout).topics.get(sink.marker_topic)
+        producer = self._live_producer()
+        md = producer.list_topics(sink.marker_topic, timeout=self._timeout).topics.get(sink.marker_topic)
         if md is None or md.error is not None or not md.partitions:
             try:
                 create_topics(
@@ -314,7 +323,7 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
                 )
             deadline = time.monotonic() + self._timeout
             while True:
-                md = self._producer.list_topics(sink.marker_topic, timeout=self._timeout).topics.get(sink.marker_topic)
+                md = producer.list_topics(sink.marker_topic, timeout=self._timeout).topics.get(sink.marker_topic)
                 if md is not None and md.error is None and md.partitions:
                     break
                 if time.monotonic() > deadline:
@@ -328,7 +337,7 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
 
     def _init(self) -> None:
         try:
-            self._producer.init_transactions(self._timeout)
+            self._live_producer().init_transactions(self._timeout)
         except self._ck.KafkaException as exc:
             raise KafkaEgressError(
                 f"Kafka egress {self._id} partition {self._index}: init_transactions "
@@ -452,7 +461,7 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
             raise EgressRecordError(self._id, rejected)
 
     def _transaction(self, records: list[KafkaProducerRecord], epoch: int) -> None:
-        ck, producer = self._ck, self._producer
+        ck, producer = self._ck, self._live_producer()
         for attempt in range(1, self._ATTEMPTS + 1):
             try:
                 producer.begin_transaction()
@@ -497,7 +506,7 @@ class TransactionalKafkaPartition(KafkaSinkPartition):
         deadline = time.monotonic() + self._timeout
         while True:
             try:
-                self._producer.commit_transaction(self._timeout)
+                self._live_producer().commit_transaction(self._timeout)
                 return
             except self._ck.KafkaException as exc:
                 err = exc.args[0]

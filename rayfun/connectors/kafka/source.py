@@ -22,12 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rayfun.io import DeadLetter, Source, SourcePartition
+from rayfun.io import DeadLetter, Source, SourcePartition, SourceRows
 from rayfun.messages import Message
 from rayfun.types import BUILTIN_TYPES, MAX_ID_CHARS, validate_typename
 
 if TYPE_CHECKING:  # confluent-kafka is imported when a partition opens (the `kafka` extra)
     from confluent_kafka import Consumer
+    from confluent_kafka import Message as KafkaMessage
 
 __all__ = ["STARTUP_POSITIONS", "KafkaSource", "KafkaTopic"]
 
@@ -184,7 +185,7 @@ class KafkaSource(Source):
         ck = _kafka()
         consumer = ck.Consumer(self.consumer_config())
         try:
-            names = []
+            names: list[str] = []
             for topic in self.topics:
                 md = consumer.list_topics(topic, timeout=self.metadata_timeout).topics.get(topic)
                 if md is None or md.error is not None or not md.partitions:
@@ -222,23 +223,24 @@ class KafkaSourcePartition(SourcePartition):
         self._batch_size = source.batch_size
         self._poll_timeout = source.poll_timeout
         self._commit_interval = source.commit_interval
-        self._consumer: Consumer = ck.Consumer(source.consumer_config())
+        consumer: Consumer = ck.Consumer(source.consumer_config())
+        self._consumer: Consumer | None = consumer  # None once closed
         try:
             self._tp = ck.TopicPartition(topic.topic, partition)
             if resume_offset is None:
-                resume_offset = self._start_offset(source)
+                resume_offset = self._start_offset(consumer, source)
             self._position = resume_offset
-            self._consumer.assign([ck.TopicPartition(topic.topic, partition, resume_offset)])
+            consumer.assign([ck.TopicPartition(topic.topic, partition, resume_offset)])
         except BaseException:
-            self._consumer.close()
+            consumer.close()
             raise
         self._committed = resume_offset
         self._last_commit = time.monotonic()
 
-    def _start_offset(self, source: KafkaSource) -> int:
+    def _start_offset(self, consumer: Consumer, source: KafkaSource) -> int:
         """Resolve the startup position to a concrete offset now, so that the position stored in a checkpoint
         taken before the first record arrives still means the same place after a restore."""
-        ck, consumer, tp, timeout = self._ck, self._consumer, self._tp, source.metadata_timeout
+        ck, tp, timeout = self._ck, self._tp, source.metadata_timeout
         kind, arg = source.startup
         reset = source.auto_offset_reset
         if kind == "group-offsets":
@@ -260,13 +262,14 @@ class KafkaSourcePartition(SourcePartition):
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def _poll(self) -> list:
-        if self._consumer is None:  # closed (the shard stops or rolls back): nothing more to read
+    def _poll(self) -> list[KafkaMessage]:
+        consumer = self._consumer
+        if consumer is None:  # closed (the shard stops or rolls back): nothing more to read
             return []
-        records = self._consumer.consume(self._batch_size, timeout=self._poll_timeout)
+        records = consumer.consume(self._batch_size, timeout=self._poll_timeout)
         if not records:
             return records
-        good = []
+        good: list[KafkaMessage] = []
         for m in records:
             err = m.error()
             if err is None:
@@ -277,16 +280,15 @@ class KafkaSourcePartition(SourcePartition):
                 log.warning("Kafka ingress %s partition %s: %s", self._source_id, self._name, err)
         return good
 
-    def next_rows(self) -> list:
+    def next_rows(self) -> SourceRows:
         records = self._poll()
         if not records:
             self._maybe_commit()
             return []
-        rows: list = []
+        rows: SourceRows = []
         append = rows.append
         targets, vtype = self._targets, self._value_type
-        builtin = self._builtin
-        decode = BUILTIN_TYPES[vtype].deserialize if builtin else None
+        decode = BUILTIN_TYPES[vtype].deserialize if self._builtin else None  # None: the bytes go as they are
         single = targets[0] if len(targets) == 1 else None
         for m in records:
             key, value = m.key(), m.value()
@@ -311,7 +313,7 @@ class KafkaSourcePartition(SourcePartition):
             if len(id) > MAX_ID_CHARS:
                 append(self._dead(m, f"has a key of {len(id)} characters, more than an id may have ({MAX_ID_CHARS})"))
                 continue
-            if builtin:
+            if decode is not None:
                 try:
                     payload = decode(value)
                 except ValueError as exc:
@@ -324,7 +326,10 @@ class KafkaSourcePartition(SourcePartition):
             else:
                 for target in targets:
                     append((target, id, None, vtype, payload))
-        self._position = records[-1].offset() + 1
+        last = records[-1].offset()  # once per batch; None only for a message that was not consumed
+        if last is None:
+            raise RuntimeError(f"Kafka ingress {self._source_id} partition {self._name}: a record without an offset")
+        self._position = last + 1
         self._maybe_commit()
         return rows
 
@@ -332,7 +337,7 @@ class KafkaSourcePartition(SourcePartition):
         return DeadLetter(f"Kafka record {self._name}@{m.offset()} {why}", self._source_id, m.value())
 
     def next_batch(self) -> list[Message | DeadLetter]:
-        return [Message(r[0], r[1], r[3], r[4]) if type(r) is tuple else r for r in self.next_rows()]
+        return [r if isinstance(r, DeadLetter) else Message(r[0], r[1], r[3], r[4]) for r in self.next_rows()]
 
     def snapshot(self) -> int:
         return self._position
@@ -343,10 +348,16 @@ class KafkaSourcePartition(SourcePartition):
             return
         self._commit()
 
-    def _commit(self, consumer: Any = None, asynchronous: bool = True) -> None:
+    def _commit(self, consumer: Consumer | None = None, asynchronous: bool = True) -> None:
+        consumer = consumer or self._consumer
+        if consumer is None:
+            raise RuntimeError(f"Kafka ingress {self._source_id} partition {self._name}: commit after close")
         tp = self._ck.TopicPartition(self._tp.topic, self._tp.partition, self._position)
         try:
-            (consumer or self._consumer).commit(offsets=[tp], asynchronous=asynchronous)
+            if asynchronous:  # the stub's overloads take a literal: True returns None, False the offsets
+                consumer.commit(offsets=[tp], asynchronous=True)
+            else:
+                consumer.commit(offsets=[tp], asynchronous=False)
             self._committed = self._position
         except self._ck.KafkaException as exc:  # only a courtesy: never fail the job over it
             log.debug("Kafka ingress %s partition %s: offset commit failed: %s", self._source_id, self._name, exc)

@@ -142,10 +142,15 @@ class Coordinator:
     async def _shard_statuses(self) -> list[ShardStatus | None]:
         """Every shard's status; None for a shard that died (a dead shard is the supervisor's business)."""
         results = await asyncio.gather(*[s.status.remote() for s in self.fleet.shards], return_exceptions=True)
+        statuses: list[ShardStatus | None] = []
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, RayActorError):
+            if isinstance(result, RayActorError):
+                statuses.append(None)
+            elif isinstance(result, BaseException):
                 raise result
-        return [None if isinstance(r, RayActorError) else r for r in results]
+            else:
+                statuses.append(result)
+        return statuses
 
     async def flush(self) -> None:
         """Make every record emitted so far visible: a checkpoint (exactly-once egress is published when

@@ -236,6 +236,8 @@ class CheckpointScheduler:
     async def run(self) -> None:
         """A checkpoint every ``checkpoint_interval`` (see ``next_wait``), until the application stops."""
         interval = self.fleet.config.checkpoint_interval
+        if interval is None:  # the coordinator runs this only for an application with periodic checkpoints
+            raise RuntimeError("periodic checkpoints need a checkpoint_interval")
         began = time.monotonic()
         while not self.fleet.stopped:
             now = time.monotonic()

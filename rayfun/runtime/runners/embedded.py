@@ -37,7 +37,8 @@ class FunctionState:
         self.n = len(self.specs)
         self.expiring = any(s.expire_mode for s in self.specs)
         self.width = self.n * 2 if self.expiring else self.n
-        self.empty = [None] * self.n + ([0] * self.n if self.expiring else [])
+        # the cells of a new instance: n values (payloads, None: absent), then n expiry deadlines (ms, 0: none)
+        self.empty: list[Any] = [None] * self.n + ([0] * self.n if self.expiring else [])
         self.after_call = tuple(
             (i, s.expire_after_millis) for i, s in enumerate(self.specs) if s.expire_mode == "after_call"
         )

@@ -279,7 +279,7 @@ class RemoteFunction:
 
     def pending_messages(self) -> list[tuple[str, tuple | None, str, Any]]:
         """Accepted but not yet answered messages (in flight, then queued), in per-address order."""
-        out = []
+        out: list[tuple[str, tuple | None, str, Any]] = []
         for id, batch in self.inflight.items():
             out.extend((id, c, v, p) for c, v, p in batch)
             out.extend((id, c, v, p) for c, v, p in self.queued.get(id, ()))

@@ -32,7 +32,7 @@ install: $(VENV)/.installed
 # The main job: the fraud-detection showcase (Kafka in and out, checkpoints in ./checkpoints/fraud),
 # then the greeter and the cyclic ping-pong.
 demo: $(VENV)/.installed
-	$(PY) examples/fraud/main.py
+	$(PY) -m examples.fraud
 	$(PY) examples/greeter.py
 	$(PY) examples/ping_pong.py
 

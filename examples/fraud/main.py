@@ -7,7 +7,7 @@ functions, 2 shards, exactly-once with checkpoints in ./checkpoints/fraud), read
 Kafka (read_committed), prints them, and stops everything.
 
 Against real infrastructure, point ``--bootstrap`` at your Kafka and ``FRAUD_MERCHANT_SERVICE`` at the
-scoring service, and run the same program with ``ray job submit -- python examples/fraud/main.py ...``.
+scoring service, and run the same program with ``ray job submit --working-dir . -- python -m examples.fraud ...``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from functions import ALERTS_EGRESS, ALERTS_TOPIC, functions
+# Run as a module (`python -m examples.fraud`, also under `ray job submit --working-dir .`) or as a script
+# (`python examples/fraud/main.py`): either way the functions come from the package `examples.fraud`, a
+# name the shard workers can import too (from the job's working directory, or the driver's sys.path).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import rayfun
+from examples.fraud.functions import ALERTS_EGRESS, ALERTS_TOPIC, functions
 from rayfun.connectors.kafka import KafkaBroker, KafkaSink, KafkaSource, KafkaTopic, create_topics
 
 

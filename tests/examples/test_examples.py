@@ -22,7 +22,7 @@ def run_example(*argv: str, timeout: int = 240) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_fraud_showcase_alerts_reach_kafka_exactly_once(tmp_path):
-    out = run_example("examples/fraud/main.py", "--checkpoint-dir", str(tmp_path / "cp"))
+    out = run_example("-m", "examples.fraud", "--checkpoint-dir", str(tmp_path / "cp"))
     found = re.search(r"(\d+) alerts in Kafka from 300 transactions \((\d+) egress records", out)
     assert found, out
     in_kafka, emitted = map(int, found.groups())

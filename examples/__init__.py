@@ -1,0 +1,1 @@
+"""rayfun's examples, runnable as modules: ``python -m examples.fraud``."""

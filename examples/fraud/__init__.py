@@ -1,0 +1,1 @@
+"""The fraud-detection showcase (StateFun's): ``python -m examples.fraud`` (see main.py)."""

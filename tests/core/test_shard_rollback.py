@@ -10,27 +10,9 @@ import pickle
 
 from rayfun import IntType, StatefulFunctions, ValueSpec, message_builder
 from rayfun.runtime.shard import DRIVER, ShardConfig, ShardCore
+from tests.support.fakes import Peer
 
 INT = "io.statefun.types/int"
-
-
-class _PendingCalls:
-    """A peer's ``deliver``: each ``.remote(...)`` returns a future the test resolves (or never does)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-        self.replies: list[asyncio.Future] = []
-
-    def remote(self, *args):
-        self.calls.append(args)
-        reply = asyncio.get_running_loop().create_future()
-        self.replies.append(reply)
-        return reply
-
-
-class _Peer:
-    def __init__(self) -> None:
-        self.deliver = _PendingCalls()
 
 
 def _functions() -> StatefulFunctions:
@@ -67,7 +49,7 @@ def _run(scenario, shards: int = 2, checkpoint_url: str | None = None) -> None:
         core = ShardCore(
             0, ShardConfig(functions=_functions(), shards=shards, key_groups=64, checkpoint_url=checkpoint_url)
         )
-        peers = [None] + [_Peer() for _ in range(shards - 1)]
+        peers = [None] + [Peer() for _ in range(shards - 1)]
         await core.start(peers, [])
         try:
             await scenario(core, peers)

@@ -58,9 +58,6 @@ class Checksum:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return self.of(canonical.encode("utf-8"))
 
-    def matches(self, data: Any, digest: str) -> bool:
-        return hmac.compare_digest(self.of(data), digest)
-
     def check_document(self, doc: dict, body: dict) -> None:
         """Raise unless ``doc``'s digest of ``body`` is this checksum's: CheckpointKeyError where a key is
         missing or differs (or the document was changed by someone without it), ValueError for damage."""

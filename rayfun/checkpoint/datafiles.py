@@ -144,14 +144,7 @@ class DataFiles:
             data = self.blobs.get(ref.path)
         except FileNotFoundError:
             raise CorruptCheckpointError(path, "missing", checkpoint_id=checkpoint_id) from None
-        if len(data) != ref.size:
-            raise CorruptCheckpointError(
-                path, "size mismatch", f"{len(data)} bytes, manifest says {ref.size}", checkpoint_id
-            )
-        if not self.checksum.matches(data, ref.sha256):
-            raise CorruptCheckpointError(
-                path, "checksum mismatch", f"{self.checksum.algorithm} differs from the manifest", checkpoint_id
-            )
+        self._check(path, ref, len(data), self.checksum.of(data), checkpoint_id)
         try:
             table = read_parquet(data)
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -169,6 +162,17 @@ class DataFiles:
                     path, "unreadable", f"{table.num_rows} rows, manifest says {ref.rows}", checkpoint_id
                 )
         return table
+
+    def _check(self, path: str, ref: FileRef, size: int, digest: str, checkpoint_id: int) -> None:
+        """Raise CorruptCheckpointError unless a file's size and digest are what ``ref`` recorded."""
+        if size != ref.size:
+            raise CorruptCheckpointError(
+                path, "size mismatch", f"{size} bytes, manifest says {ref.size}", checkpoint_id
+            )
+        if not hmac.compare_digest(digest, ref.sha256):
+            raise CorruptCheckpointError(
+                path, "checksum mismatch", f"{self.checksum.algorithm} differs from the manifest", checkpoint_id
+            )
 
     def read_many(self, refs: Sequence[FileRef], checkpoint_id: int) -> dict[str, pa.Table]:
         """``read`` of each (concurrently: object stores are latency-bound); path -> table."""
@@ -210,14 +214,7 @@ class DataFiles:
                 remove_file(local)
             raise
         try:
-            if size != ref.size:
-                raise CorruptCheckpointError(
-                    path, "size mismatch", f"{size} bytes, manifest says {ref.size}", checkpoint_id
-                )
-            if not hmac.compare_digest(digest, ref.sha256):
-                raise CorruptCheckpointError(
-                    path, "checksum mismatch", f"{self.checksum.algorithm} differs from the manifest", checkpoint_id
-                )
+            self._check(path, ref, size, digest, checkpoint_id)
             try:
                 reader = ParquetFileReader(local)
                 rows, names = reader.num_rows, set(reader.schema.names)

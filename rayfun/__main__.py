@@ -1,0 +1,7 @@
+"""``python -m rayfun``: the ``rayfun`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -127,9 +127,10 @@ def _damage(store: CheckpointStore, exc: CorruptCheckpointError) -> str:
 
 
 def _utc(ms: int | None, sep: str = " ") -> str | None:
+    """Milliseconds since the epoch as UTC date and time to the second (None stays None)."""
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(sep=sep, timespec="seconds")[:-6]
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime(f"%Y-%m-%d{sep}%H:%M:%S")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -141,11 +142,11 @@ class CheckpointRow:
     """One checkpoint as ``rayfun checkpoints`` shows it.
 
     ``complete``: it has a manifest (it was committed). ``status``: ``valid`` (the manifest parses and the
-    files check out), ``damaged`` (the manifest or a file it names is
-    bad; ``reason`` says which), ``refused`` (signed with another key, or a key is missing), ``quarantined``
-    (set aside by a restart that found it damaged), ``incomplete`` (files without a manifest: being written,
-    or abandoned). ``size_bytes``: the manifest plus every file a restore of it reads (also those it
-    shares with older checkpoints).
+    files check out), ``damaged`` (the manifest or a file it names is bad; ``reason`` says which),
+    ``refused`` (signed with another key, or a key is missing), ``quarantined`` (set aside by a restart
+    that found it damaged), ``incomplete`` (files without a manifest: being written, or abandoned).
+    ``size_bytes``: the manifest plus every file a restore of it reads (also those it shares with older
+    checkpoints).
     """
 
     id: int
@@ -281,6 +282,7 @@ def survey(store: CheckpointStore, full: bool = False) -> list[CheckpointRow]:
 
 
 def human_size(n: int | None) -> str:
+    """Bytes for people: ``512 B``, ``12.3 KiB``, ``1.0 GiB``."""
     if n is None:
         return "-"
     if n < 1024:
@@ -313,11 +315,13 @@ def _checkpoint_lines(rows: list[CheckpointRow], full: bool) -> list[str]:
         cells.append([str(r.id), _utc(r.written_ms) or "-", human_size(r.size_bytes), shards, groups, status])
     lines = _align(["ID", "WRITTEN (UTC)", "SIZE", "SHARDS", "KEY GROUPS", "STATUS"], cells, right=(0, 2, 3, 4))
     resume = next((r.id for r in rows if r.resume), None)
-    if resume is None:
+    if resume is None and any(r.status == "refused" for r in rows):
+        lines.append(f"no checkpoint could be checked without its key: pass --key-file (or set ${KEY_ENV})")
+    elif resume is None:
         lines.append("no valid checkpoint: a restart starts with empty state")
     else:
         lines.append(f"a restart resumes from checkpoint {resume}")
-    if not full:
+    if resume is not None and not full:
         lines[-1] += " (files checked by size; --full checks their digests too)"
     return lines
 
@@ -360,7 +364,12 @@ class Instance:
     state: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"function_type": self.function_type, "id": self.id, "state": self.state}
+        """JSON-able: undecoded values as ``{"typename": ..., "base64": ...}``."""
+        return {
+            "function_type": self.function_type,
+            "id": self.id,
+            "state": {k: _jsonable(v) for k, v in self.state.items()},
+        }
 
 
 def _decode(row: dict[str, Any]) -> Any:
@@ -409,7 +418,7 @@ def _newest_readable(storage: Storage, types: Sequence[str]) -> tuple[pa.Table, 
         try:
             return _read_checkpoint(storage, cid, types)
         except CorruptCheckpointError as exc:
-            click.echo(f"rayfun: checkpoint {cid} is damaged ({_damage(store, exc)}); trying an older one", err=True)
+            click.echo(f"rayfun: checkpoint {cid} is damaged: {_damage(store, exc)}; trying an older one", err=True)
         except CheckpointKeyError as exc:
             raise CliError(f"checkpoint {cid}: {_key_refusal(store, exc)}") from None
         except CheckpointError:  # removed since the listing (retention of a running application)
@@ -426,6 +435,8 @@ def _load(storage: Storage, cid: int | None, types: Sequence[str]) -> tuple[pa.T
         raise CliError(f"checkpoint {cid} is damaged: {_damage(storage.store, exc)}") from None
     except CheckpointKeyError as exc:
         raise CliError(f"checkpoint {cid}: {_key_refusal(storage.store, exc)}") from None
+    except CheckpointError as exc:  # no such checkpoint
+        raise CliError(str(exc)) from None
 
 
 def _nothing_matched(m: Manifest, types: Sequence[str], ids: Sequence[str]) -> CliError:
@@ -457,11 +468,16 @@ def _state_names(function_type: str, rows: list[Instance], m: Manifest) -> list[
     return declared + sorted(seen - set(declared))
 
 
-def _state_lines(found: list[Instance], m: Manifest) -> list[str]:
-    """One aligned block per function type (their state names differ), blank lines between them."""
+def _by_type(found: list[Instance]) -> dict[str, list[Instance]]:
     by_type: dict[str, list[Instance]] = {}
     for inst in found:
         by_type.setdefault(inst.function_type, []).append(inst)
+    return by_type
+
+
+def _state_lines(found: list[Instance], m: Manifest) -> list[str]:
+    """One aligned block per function type (their state names differ), blank lines between them."""
+    by_type = _by_type(found)
     lines = [
         f"checkpoint {m.checkpoint_id} (written {_utc(m.created_ms)} UTC): "
         f"{len(found)} instance{'s' * (len(found) != 1)} of {len(by_type)} function type{'s' * (len(by_type) != 1)}"
@@ -485,9 +501,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _json_line(inst: Instance) -> str:
-    doc = inst.to_json()
-    doc["state"] = {k: _jsonable(v) for k, v in inst.state.items()}
-    return json.dumps(doc, ensure_ascii=False)
+    return json.dumps(inst.to_json(), ensure_ascii=False)
 
 
 def _arrow_column(values: list[Any]) -> pa.Array:
@@ -509,13 +523,9 @@ def _arrow_column(values: list[Any]) -> pa.Array:
 def instances_table(found: list[Instance], m: Manifest) -> pa.Table:
     """One row per instance: ``function_type``, ``id``, then a column per state name (``state.NAME`` where a
     state is itself called ``function_type`` or ``id``); the checkpoint id in the schema metadata."""
-    names: list[str] = []
-    for function_type in dict.fromkeys(inst.function_type for inst in found):
-        names += [
-            n
-            for n in _state_names(function_type, [i for i in found if i.function_type == function_type], m)
-            if n not in names
-        ]
+    names: dict[str, None] = {}  # the union, in order
+    for function_type, rows in _by_type(found).items():
+        names.update(dict.fromkeys(_state_names(function_type, rows, m)))
     columns: dict[str, pa.Array] = {
         "function_type": pa.array([i.function_type for i in found], pa.string()),
         "id": pa.array([i.id for i in found], pa.string()),

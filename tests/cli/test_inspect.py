@@ -297,6 +297,8 @@ def test_state_json_lines_hold_the_state_sent(written, capsys):
     assert found == written.expected[third]
     assert found[(COUNTER, "c0")] == {"count": 1101} and found[(PROFILE, "p0")]["visits"] == 2
     assert state_json(capsys, written.url, "--checkpoint", str(first))[0] == written.expected[first]
+    code, out, err = run(capsys, "state", written.url, "--checkpoint", "999")
+    assert code == 1 and "checkpoint 999 does not exist" in one_error_line(err) and "Error:" not in err
 
 
 def test_state_filters(written, capsys):
@@ -423,6 +425,8 @@ def test_signed_checkpoints_need_the_key(capsys, tmp_path):
     assert row["status"] == "refused" and "--key-file" in row["reason"] and not row["resume"]
     code, out, err = run(capsys, "state", url)
     assert code == 1 and "signed with a checkpoint key: pass --key-file" in one_error_line(err)
+    code, out, err = run(capsys, "checkpoints", url)
+    assert code == 0 and out.splitlines()[-1].startswith("no checkpoint could be checked without its key")
     assert listing(capsys, url, "--key-file", str(key_file))[1]["valid"]
     assert state_json(capsys, url, "--key-file", str(key_file))[0] == {(COUNTER, "a"): {"count": 7}}
     key_file.write_bytes(b"short")

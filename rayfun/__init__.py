@@ -9,7 +9,7 @@ from .ray_auth import keep_token_auth as _keep_token_auth
 _keep_token_auth()  # Ray's token authentication on, before anything here imports Ray (see ray_auth.py)
 
 from ._version import __version__ as __version__
-from .app import App, start
+from .app import App, ApplicationNotFound, applications, connect, start
 from .checkpoint import CheckpointError, CorruptCheckpointError, read_state
 from .config import CheckpointConfig
 from .context import Context
@@ -47,6 +47,7 @@ __all__ = [
     "DEAD_LETTER_EGRESS",
     "Address",
     "App",
+    "ApplicationNotFound",
     "BoolType",
     "CheckpointConfig",
     "CheckpointError",
@@ -72,6 +73,8 @@ __all__ = [
     "Type",
     "TypeSerializer",
     "ValueSpec",
+    "applications",
+    "connect",
     "egress_message_builder",
     "kafka_egress_message",
     "kinesis_egress_message",

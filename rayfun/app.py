@@ -1,32 +1,42 @@
-"""Starting and talking to an application: ``app = rayfun.start(functions, shards=2)``.
+"""Starting and talking to an application: ``app = rayfun.start(functions, shards=2)``, or attaching to
+one started elsewhere on the same Ray cluster: ``app = rayfun.connect("fraud")``.
 
 The same program runs in a notebook, under plain ``python`` (a local Ray is started when none is
-running) and under ``ray job submit`` (``ray.init()`` then joins the job's cluster).
+running) and under ``ray job submit`` (``ray.init()`` then joins the job's cluster). Every actor of an
+application is named ``rayfun:<name>/<role>`` in Ray's ``rayfun`` namespace (``coordinator``,
+``shard-3``, ``standby-1``), so that the dashboard shows them and any driver finds them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import ray
 
 from .config import CheckpointConfig
+from .errors import RayfunError
 from .functions import StatefulFunctions
 from .io import Sink, Source
 from .logs import DEFAULT_LEVEL, parse_level
 from .messages import Message, to_message
 from .ray_auth import keep_token_auth
 from .runtime.coordinator import STOP_TIMEOUT_S, AppConfig, Coordinator
+from .runtime.coordinator.config import NAMESPACE, AppLayout, actor_name
 from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
 from .runtime.registry import TypeRegistry
 from .types import Type, display_value
 
 log = logging.getLogger("rayfun")
 
-__all__ = ["App", "start"]
+__all__ = ["App", "ApplicationNotFound", "applications", "connect", "start"]
+
+
+class ApplicationNotFound(RayfunError, LookupError):
+    """No application of that name runs on the Ray cluster (or it has stopped)."""
 
 
 def start(
@@ -60,7 +70,11 @@ def start(
     options) ready to replace a shard that dies: a recovery then starts no process, which saves about a second.
     ``ray_init`` is passed to ``ray.init`` when no Ray is running yet. ``module`` is a StateFun module.yaml (a path
     or its text): its endpoints, ingresses and egresses are added to the ones given here. ``name`` names the
-    coordinator actor ``rayfun:<name>`` (for operators: it can be found with Ray's state API). ``log_level``
+    application (default: a new ``app-xxxxxx``): its actors are ``rayfun:<name>/coordinator``,
+    ``.../shard-N`` and ``.../standby-K`` in Ray's ``rayfun`` namespace, and ``rayfun.connect(name)`` or
+    ``rayfun status NAME`` find it from any driver on the cluster; one name runs once per cluster. Shards
+    are spread over the cluster's nodes unless ``shard_options`` place them (``scheduling_strategy``,
+    ``resources``); the coordinator stays on the driver's node. ``log_level``
     is the level of the ``rayfun`` logger in the actors (default ``$RAYFUN_LOG_LEVEL`` or INFO); rayfun
     never configures a worker's root logger.
 
@@ -108,6 +122,8 @@ def start(
     level = logging.getLevelName(parse_level(log_level))  # an unknown level is refused before Ray starts
     if not ray.is_initialized():
         _init_ray(ray_init or {})
+    name = name or f"app-{uuid.uuid4().hex[:6]}"
+    _claim(name)
     config = AppConfig(
         functions=functions,
         shards=shards,
@@ -123,13 +139,78 @@ def start(
         name=name,
         log_level=level,
     )
-    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1000}
-    if name:
-        options["name"] = f"rayfun:{name}"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    options: dict[str, Any] = {
+        "num_cpus": 0,
+        "max_concurrency": 1000,
+        "name": actor_name(name, "coordinator"),
+        "namespace": NAMESPACE,
+        # on the driver's node (under ray job submit: the head's): a worker node that dies takes shards
+        # with it, which a recovery replaces, but never the coordinator
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+    }
     coordinator = ray.remote(Coordinator).options(**options).remote(config)
-    # Ray types the handle as ActorHandle | type[Coordinator]; an actor method's .remote is made at runtime
-    ray.get(coordinator.start.remote())  # type: ignore[union-attr]
-    return App(config, coordinator)
+    try:
+        # Ray types the handle as ActorHandle | type[Coordinator]; an actor method's .remote is made at runtime
+        ray.get(coordinator.start.remote())  # type: ignore[union-attr]
+    except BaseException:
+        ray.kill(coordinator)  # type: ignore[arg-type]
+        raise
+    return App(coordinator, owner=True)
+
+
+def _claim(name: str) -> None:
+    """Refuse a name that a running application has; take over the name of one that has stopped."""
+    try:
+        existing = ray.get_actor(actor_name(name, "coordinator"), namespace=NAMESPACE)
+    except ValueError:
+        return
+    try:
+        state = ray.get(existing.info.remote(), timeout=10)["state"]
+    except Exception:  # dead or stuck: its name is free once it is gone
+        state = "unknown"
+    if state == "running" or state == "starting" or state == "stopping":
+        raise RayfunError(
+            f"an application named {name!r} is already {state} on this Ray cluster "
+            f"(attach with rayfun.connect({name!r}), stop it with `rayfun stop {name}`, or pick another name)"
+        )
+    ray.kill(existing)
+
+
+def connect(name: str, *, address: str | None = None) -> App:
+    """Attach to the application ``name`` running on this Ray cluster (started elsewhere: ``rayfun run``, a
+    job, another notebook): an ``App`` to send to, read state and egress from, checkpoint, rescale and
+    stop. Joins the cluster at ``address`` (default ``RAY_ADDRESS`` or the local one) if this program is
+    not connected yet. The application's functions need not be importable here."""
+    if not ray.is_initialized():
+        keep_token_auth()
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+    try:
+        coordinator = ray.get_actor(actor_name(name, "coordinator"), namespace=NAMESPACE)
+    except ValueError:
+        running = applications()
+        raise ApplicationNotFound(
+            f"no rayfun application named {name!r} on this Ray cluster "
+            f"(running: {', '.join(running) if running else 'none'})"
+        ) from None
+    app = App(coordinator, owner=False)
+    if app.info()["state"] == "stopped":
+        raise ApplicationNotFound(f"the rayfun application {name!r} has stopped")
+    return app
+
+
+def applications() -> list[str]:
+    """The names of the rayfun applications on the Ray cluster this program is connected to."""
+    suffix = "/coordinator"
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(
+        entry["name"][len("rayfun:") : -len(suffix)]
+        for entry in names
+        if entry.get("namespace") == NAMESPACE
+        and entry["name"].startswith("rayfun:")
+        and entry["name"].endswith(suffix)
+    )
 
 
 # ray.init arguments that only make sense when it starts a local Ray; joining a cluster rejects them
@@ -157,16 +238,33 @@ def _init_ray(options: dict) -> None:
 
 
 class App:
-    """A running application: send messages in, read egress and state out, wait, stop."""
+    """A running application: send messages in, read egress and state out, wait, checkpoint, rescale, stop.
 
-    def __init__(self, config: AppConfig, coordinator) -> None:
-        self._config = config
+    ``rayfun.start`` returns the one that owns the application (it ends with this driver); ``rayfun.connect``
+    returns one attached to an application that another driver owns."""
+
+    def __init__(self, coordinator, owner: bool = True) -> None:
         self._coordinator = coordinator
-        self._partitioner = Partitioner(config.key_groups, config.shards)
-        self._registry = TypeRegistry(config.functions, config.endpoints)
+        self._owner = owner
+        self._driver_id = uuid.uuid4().hex  # this driver's numbering of its sends (see DriverChannel)
         self._collector = ray.get(coordinator.collector_handle.remote())
         self._pending_refs: list = []
         self._calls = 0
+        self._refresh(ray.get(coordinator.layout.remote()))
+
+    def _refresh(self, layout: AppLayout) -> None:
+        self._layout = layout
+        self._partitioner = Partitioner(layout.key_groups, layout.shards)
+        self._registry = TypeRegistry(layout.typenames, layout.endpoints)
+
+    @property
+    def name(self) -> str:
+        """The application's name (``rayfun.connect(name)`` attaches to it)."""
+        return self._layout.name
+
+    @property
+    def shards(self) -> int:
+        return self._layout.shards
 
     # -- in ---------------------------------------------------------------------------------------------
 
@@ -184,19 +282,25 @@ class App:
             dest = self._partitioner.shard_of(m.target_typename, m.target_id)
             out.setdefault(dest, []).append((m.target_typename, m.target_id, None, m.value_type_name, m.payload))
         if out:  # through the coordinator, which re-sends them after a rollback until a checkpoint has them
-            self._pending_refs.append(self._coordinator.send.remote(self._calls, out))
+            ref = self._coordinator.send.remote(self._driver_id, self._calls, out, self._layout.shards)
+            self._pending_refs.append(ref)
             self._calls += 1
         if len(self._pending_refs) > 64:
-            ray.get(self._pending_refs)
-            self._pending_refs.clear()
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the sends in flight; learn a new shard count if one happened meanwhile (a rescale)."""
+        counts = ray.get(self._pending_refs)
+        self._pending_refs.clear()
+        if any(count != self._layout.shards for count in counts):
+            self._refresh(ray.get(self._coordinator.layout.remote()))
 
     # -- waiting ----------------------------------------------------------------------------------------
 
     def wait(self, timeout: float | None = 60.0, timers: bool = True) -> None:
         """Block until the application is idle: every message processed (and, with ``timers``, every delayed
         message delivered) and every finite source read to its end. Raises TimeoutError otherwise."""
-        ray.get(self._pending_refs)
-        self._pending_refs.clear()
+        self._settle()
         if not ray.get(self._coordinator.wait_idle.remote(timeout, timers)):
             raise TimeoutError(
                 f"the application did not become idle within {timeout} s "
@@ -224,7 +328,7 @@ class App:
         if "/" in egress_id:
             return egress_id
         ids = set(ray.get(self._collector.egress_ids.remote()))
-        ids.update(s.id for s in self._config.sinks)
+        ids.update(self._layout.sink_ids)
         matches = sorted(i for i in ids if i.rpartition("/")[2] == egress_id)
         if len(matches) > 1:
             raise ValueError(f"egress name {egress_id!r} is ambiguous: {matches}")
@@ -234,16 +338,27 @@ class App:
         """The current state of one instance, ``{state name: value}`` (empty state: ``{}``)."""
         if wait:
             self.wait(timeout=timeout, timers=False)
-        shards = ray.get(self._coordinator.shard_handles.remote())  # they change after a rollback
-        return ray.get(shards[self._partitioner.shard_of(typename, id)].get_state.remote(typename, id))
+        shards = ray.get(self._coordinator.shard_handles.remote())  # they change after a rollback or a rescale
+        owner = Partitioner(self._layout.key_groups, len(shards)).shard_of(typename, id)
+        return ray.get(shards[owner].get_state.remote(typename, id))
 
     def checkpoint(self) -> int:
         """Take a checkpoint now and return its id once it is complete (needs ``checkpoint_dir``)."""
         return ray.get(self._coordinator.checkpoint.remote())
 
     def info(self) -> dict:
-        """Generation (rollbacks so far), last complete checkpoint, recoveries and the last one's duration."""
+        """Name, state, shards, generation (rollbacks so far), last complete checkpoint, recoveries and the
+        last one's duration, rescales."""
         return ray.get(self._coordinator.info.remote())
+
+    def rescale(self, shards: int) -> int | None:
+        """Change the number of shards while the application runs, without a restart: a checkpoint, then
+        every shard restored from it at the new count (exactly once throughout). Returns that checkpoint's
+        id. Needs checkpoints; a failed rescale raises and leaves the application as it was."""
+        self._settle()
+        checkpoint = ray.get(self._coordinator.rescale.remote(shards))
+        self._refresh(ray.get(self._coordinator.layout.remote()))
+        return checkpoint
 
     def metrics(self) -> list[dict]:
         """Per-shard counters: processed, dead letters, egress records, timers, backlog, ..."""
@@ -251,17 +366,28 @@ class App:
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Stop the shards and the coordinator (sinks are flushed and closed)."""
+    def stop(self, savepoint: bool = False) -> int | None:
+        """Stop the shards and the coordinator (sinks are flushed and closed). With ``savepoint``, first a
+        checkpoint with the sources paused, whose id is returned: starting the application again with the
+        same checkpoint directory resumes exactly there (a failed savepoint raises, and nothing stops).
+        An attached ``App`` (``rayfun.connect``) stops the application too; its owner then sees it stopped."""
         if self._coordinator is None:
-            return
+            return None
+        if self._pending_refs:
+            self._settle()
+        saved = None
         try:
-            ray.get(self._coordinator.stop.remote(), timeout=STOP_TIMEOUT_S + 30)
+            saved = ray.get(self._coordinator.stop.remote(savepoint), timeout=STOP_TIMEOUT_S + 60)
         except ray.exceptions.GetTimeoutError:  # the shards it owns die with it (Ray's fate sharing)
             log.warning("the coordinator did not stop in time: killing it and its shards")
-        finally:
             ray.kill(self._coordinator)
-            self._coordinator = None
+        except ray.exceptions.RayActorError:
+            pass  # stopped (and ended) already
+        else:
+            if self._owner:
+                ray.kill(self._coordinator)
+        self._coordinator = None
+        return saved
 
     def __enter__(self) -> App:
         return self

@@ -43,6 +43,8 @@ __all__ = [
     "RECOVERY_CALM_S",
     "ROUTE_CACHE_MAX",
     "ROW_GROUP_BYTES",
+    "SAVEPOINT_ATTEMPTS",
+    "SAVEPOINT_DRAIN_S",
     "STAGE_ABOVE_BYTES",
     "STANDBY_DELAY_S",
     "STATUS_TIMEOUT_S",
@@ -144,6 +146,11 @@ RECOVERY_BACKOFF_MAX_S = _float("RECOVERY_BACKOFF_MAX_S", 30.0)
 RECOVERY_CALM_S = _float("RECOVERY_CALM_S", 60.0)
 #: How long app.stop() waits for the shards to flush and close their sinks (seconds).
 STOP_TIMEOUT_S = _float("STOP_TIMEOUT_S", 30.0)
+#: A stop with a savepoint lets in-flight work finish for up to this long (sources paused) before its
+#: checkpoint, which captures whatever is still in flight (seconds).
+SAVEPOINT_DRAIN_S = _float("SAVEPOINT_DRAIN_S", 5.0)
+#: A savepoint whose checkpoint fails (storage down) is tried this many times before the stop gives up.
+SAVEPOINT_ATTEMPTS = _int("SAVEPOINT_ATTEMPTS", 3)
 #: wait_idle looks again after this, doubling ... (seconds)
 IDLE_POLL_FIRST_S = _float("IDLE_POLL_FIRST_S", 0.005)
 #: ... up to this (seconds).

@@ -90,7 +90,7 @@ class _Shard:
     in-process. Effects go through the shard's own ``Effects`` stage; routing appends to one FIFO queue."""
 
     def __init__(self, functions: StatefulFunctions, clock_ms: int, on_error: str) -> None:
-        self.registry = TypeRegistry(functions)
+        self.registry = TypeRegistry(functions.typenames)
         self.epoch_token = object()  # never replaced: the harness does not roll back
         self.clock = clock_ms
         self.on_error = on_error

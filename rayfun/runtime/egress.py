@@ -104,6 +104,12 @@ class Egress:
             except Exception:
                 log.exception("closing sink partition")
 
+    def resize(self, shards: int) -> None:
+        """A rescale: the sink partitions were built for the old shard count; the restore opens new ones."""
+        self.close()
+        self._sinks.clear()
+        self.shards = shards
+
     # -- publishing -------------------------------------------------------------------------------------
 
     def publish_now(self) -> None:

@@ -51,6 +51,7 @@ class Ingress:
         self.backlog = 0  # messages in the mailbox
         self.parked = 0  # messages runners hold until their invocations end
         self.sources: list[SourceSlot] = []
+        self.paused = False  # a savepoint is being taken: no source is read (kept across rollbacks)
         # set while deliveries need not wait; made by start(), in the event loop, which comes before any
         # delivery (declared, not assigned: the checks on every release stay a plain attribute read)
         self._room: asyncio.Event
@@ -113,7 +114,7 @@ class Ingress:
 
     def may_read(self) -> bool:
         """This stage's part of whether to read sources: there are some, and the shard is under ``low``."""
-        return bool(self.sources) and self.backlog + self.parked <= self.low
+        return bool(self.sources) and not self.paused and self.backlog + self.parked <= self.low
 
     def read(self) -> list[tuple[str, list]]:
         """Poll every partition once: ``(source id, batch)`` for each that returned something."""
@@ -145,7 +146,8 @@ class Ingress:
         return any(not s.exhausted for s in self.sources)
 
     def busy(self) -> bool:
-        return any(not s.exhausted and not s.idle for s in self.sources)
+        """A partition has data to read (a paused source has none to read now)."""
+        return not self.paused and any(not s.exhausted and not s.idle for s in self.sources)
 
     def exhausted(self) -> bool:
         return all(s.exhausted for s in self.sources)

@@ -47,6 +47,12 @@ class Outbox:
         self.generation = 0
         self.reset([], 0)
 
+    def resize(self, shards: int, partitioner: Partitioner) -> None:
+        """A rescale: another shard count, so other owners (the next ``reset`` sizes the channels)."""
+        self.shards = shards
+        self.partitioner = partitioner
+        self.route_cache.clear()
+
     def reset(self, peers: list, generation: int) -> None:
         """A rollback (or the start): new peers, nothing built, every channel out starts at 0."""
         n = self.shards

@@ -85,6 +85,7 @@ class ShardConfig:
     egress_high: int = EGRESS_HIGH  # exactly-once records held for their checkpoint before sources pause
     local_copy_max_bytes: int = LOCAL_COPY_MAX_BYTES  # the in-memory rollback copy is dropped past this
     log_level: str = "INFO"  # of the rayfun logger in this actor (see rayfun.logs)
+    app_name: str = "rayfun"  # the application's name (the actor's name and repr: rayfun:<app>/shard-3)
 
 
 class ShardCore:
@@ -101,7 +102,7 @@ class ShardCore:
         self.config = config
         self.partitioner = Partitioner(config.key_groups, config.shards)
         self.key_group_range = shard_ranges(config.key_groups, config.shards)[index]
-        self.registry = TypeRegistry(config.functions, config.endpoints)
+        self.registry = TypeRegistry(config.functions.typenames, config.endpoints)
         self.epoch_token = object()
         self.generation = 0
         self._failure: str | None = None
@@ -187,12 +188,31 @@ class ShardCore:
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
+    @property
+    def role(self) -> str:
+        """What this actor is, as operators see it: ``rayfun:<app>/shard-3`` (or ``.../standby``)."""
+        return f"rayfun:{self.config.app_name}/{'standby' if self.standby else f'shard-{self.index}'}"
+
+    standby = False  # an idle spare until it adopts a place (see adopt)
+
     def adopt(self, index: int) -> None:
-        """Become shard ``index`` (a standby replacing a dead shard; nothing has run here yet)."""
+        """Become shard ``index`` (a standby replacing a dead shard; nothing has run here yet). Its range is
+        set by the restore that follows, which also gives the shard count (a rescale may have changed it)."""
+        self.standby = False
         self.index = index
-        self.key_group_range = shard_ranges(self.config.key_groups, self.config.shards)[index]
         self.outbox.index = self.egress.index = self.snapshots.index = index
-        self.snapshots.key_group_range = self.key_group_range
+        if index < self.config.shards:
+            self._place(self.config.shards)
+
+    def _place(self, shards: int) -> None:
+        """Own this index's key-group range out of ``shards``: a rescale (or the start) sets it."""
+        if shards != self.config.shards:
+            self.config.shards = shards  # this actor's own copy of the configuration
+            self.partitioner = Partitioner(self.config.key_groups, shards)
+            self.outbox.resize(shards, self.partitioner)
+            self.egress.resize(shards)
+            self.snapshots.local = None  # the in-memory rollback copy holds the old range only
+        self.key_group_range = self.snapshots.key_group_range = shard_ranges(self.config.key_groups, shards)[self.index]
 
     async def start(self, peers: list, source_partitions: list[tuple[int, str, Any]]) -> None:
         """Connect to the other shards, open the assigned source partitions, start processing."""
@@ -229,9 +249,24 @@ class ShardCore:
     async def stop(self) -> None:
         self._halt()
         self.egress.publish_now()
+        await self._close()
+
+    async def retire(self) -> None:
+        """Leave the application (a rescale down): stop, publishing nothing (the checkpoint restored by the
+        remaining shards holds what this shard had not published), and close the sinks (a Kafka
+        transaction left open would hold read_committed readers back)."""
+        self._halt()
+        await self._close()
+
+    async def _close(self) -> None:
         for client in self._clients.values():
             await client.close()
         self.egress.close()
+
+    def pause_sources(self, paused: bool) -> None:
+        """Stop (or resume) reading sources: a savepoint's checkpoint then covers everything read."""
+        self.ingress.paused = paused
+        self.wake()
 
     async def flush_egress(self) -> None:
         """Publish what at-least-once egresses hold and wait until the in-memory egress has it."""
@@ -508,6 +543,7 @@ class ShardCore:
     ) -> None:
         self.epoch_token = object()
         self._halt()
+        self._place(len(peers))  # a rescale changes the shard count and so this shard's key groups
         # every stage back to empty (what survives a rollback, each stage's reset says)
         self.timers.reset()
         self.outbox.reset(peers, generation)

@@ -7,6 +7,8 @@ the remote methods, and the work happens in the plain ``ShardCore`` it holds.
 
 from __future__ import annotations
 
+import ray
+
 from .shard import ShardConfig, ShardCore
 from .status import ShardStatus
 
@@ -16,11 +18,17 @@ __all__ = ["ShardActor"]
 class ShardActor:
     """The Ray actor around a ShardCore (its remote methods and their signatures are the shard's API)."""
 
-    def __init__(self, index: int, config: ShardConfig) -> None:
+    def __init__(self, index: int, config: ShardConfig, standby: bool = False) -> None:
         self.core = ShardCore(index, config)
+        self.core.standby = standby
+        self.node = ray.get_runtime_context().get_node_id()
 
-    def ready(self) -> bool:
-        return True
+    def __repr__(self) -> str:  # Ray shows it in the dashboard and before every log line of the actor
+        return self.core.role
+
+    def ready(self) -> str:
+        """The id of the node this shard runs on (the coordinator places the standby by it)."""
+        return self.node
 
     def adopt(self, index: int) -> None:
         """A standby shard takes over the place of shard ``index`` (before its restore)."""
@@ -31,6 +39,13 @@ class ShardActor:
 
     async def stop(self) -> None:
         await self.core.stop()
+
+    async def retire(self) -> None:
+        """Leave the application after a rescale down (publishes nothing; closes the sinks)."""
+        await self.core.retire()
+
+    def pause_sources(self, paused: bool) -> None:
+        self.core.pause_sources(paused)
 
     async def deliver(
         self, sender: int, seq: int, data: bytes | None, generation: int, marker: int | None = None
@@ -56,7 +71,9 @@ class ShardActor:
         await self.core.restore(generation, peers, source_partitions, checkpoint_id, driver_from)
 
     def status(self) -> ShardStatus:
-        return self.core.status()
+        status = self.core.status()
+        status.node = self.node
+        return status
 
     def get_state(self, typename: str, id: str) -> dict:
         return self.core.get_state(typename, id)

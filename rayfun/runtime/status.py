@@ -39,6 +39,7 @@ class ShardStatus:
     epoch: int  # the newest checkpoint whose cut the shard passed (records emitted now belong to epoch + 1)
     cpu_s: float  # the process's CPU time: a busy machine moves it less than wall time
     counters: dict[str, Any] = field(default_factory=dict)  # processed, ingested, egress, snapshot times, ...
+    node: str = ""  # the Ray node the shard runs on (its id, hex)
 
     @property
     def processed(self) -> int:

@@ -30,7 +30,7 @@ def main(address: str, work: str, seed: int, instances: int, messages: int) -> N
         name=f"chaos-{os.getpid()}",
     )
     with open(f"{work}/coordinator-{os.getpid()}", "w") as f:
-        f.write(f"rayfun:chaos-{os.getpid()}")
+        f.write(f"rayfun:chaos-{os.getpid()}/coordinator")
     app.wait(timeout=300)
     app.checkpoint()  # publish the last epoch
     state = {str(i): app.state(FN, str(i), wait=False) for i in range(instances)}

@@ -154,7 +154,7 @@ def test_driver_and_coordinator_kills_resume_from_the_checkpoint_dir(ray_session
     time.sleep(rng.uniform(0.2, 1.0))
     if second.poll() is None:
         name = open(os.path.join(work, f"coordinator-{second.pid}")).read()
-        ray.kill(ray.get_actor(name, namespace="rayfun-chaos"))
+        ray.kill(ray.get_actor(name, namespace="rayfun"))
     try:
         second.wait(timeout=60)
     except subprocess.TimeoutExpired:

@@ -44,24 +44,62 @@ def _channel(shards: int = 2, logged: bool = True, retain: int = 3):
     return DriverChannel(shards, lambda *a: delivered.append(a), logged=logged, retain=retain), delivered
 
 
+def _route(typename: str, id: str) -> int:
+    return int(id)
+
+
+def _send(channel: DriverChannel, call: int, rows: dict, driver: str = "driver", routed_for: int | None = None):
+    return channel.send(driver, call, rows, channel.shards if routed_for is None else routed_for, _route)
+
+
 def test_driver_calls_are_forwarded_in_call_order_with_one_numbering_per_shard():
     channel, delivered = _channel()
 
     async def scenario():
-        await channel.send(1, {0: ["b"]})  # overtook call 0: held back
+        await _send(channel, 1, {0: ["b"]})  # overtook call 0: held back
         assert delivered == []
-        await channel.send(0, {0: ["a"], 1: ["x", "y"]})
+        await _send(channel, 0, {0: ["a"], 1: ["x", "y"]})
 
     asyncio.run(scenario())
     assert delivered == [(0, 0, ["a"]), (1, 0, ["x", "y"]), (0, 1, ["b"])]
     assert channel.sent == [2, 2]
 
 
+def test_each_driver_numbers_its_own_calls_and_both_get_through_in_their_order():
+    channel, delivered = _channel()
+
+    async def scenario():
+        await _send(channel, 1, {0: ["b2"]}, driver="notebook")  # held back: the notebook's call 0 is late
+        await _send(channel, 0, {0: ["a1"]}, driver="job")  # the job's own numbering: forwarded at once
+        await _send(channel, 0, {0: ["b1"]}, driver="notebook")
+
+    asyncio.run(scenario())
+    assert delivered == [(0, 0, ["a1"]), (0, 1, ["b1"]), (0, 2, ["b2"])]
+
+
+def test_a_rescale_rebases_the_numbering_and_routes_the_unread_rows_anew():
+    channel, delivered = _channel(shards=2)
+    rows = [("t", "0"), ("t", "1"), ("t", "2"), ("t", "3")]
+    asyncio.run(_send(channel, 0, {0: [rows[0], rows[2]], 1: [rows[1], rows[3]]}))  # routed for 2: id % 2
+    asyncio.run(_send(channel, 1, {0: [rows[0]]}))
+    checkpoint = _checkpoint(channel.incarnation, [1, 0])  # read the first batch of shard 0 only
+    old = channel.incarnation
+    channel.rebase(checkpoint, 4, _route)
+    assert channel.incarnation != old and channel.shards == 4
+    assert channel.driver_from(checkpoint) == [0, 0, 0, 0]  # the rescale's checkpoint read none of these
+    delivered.clear()
+    channel.replay([0, 0, 0, 0])
+    assert sorted(delivered) == [(0, 0, [rows[0]]), (1, 0, [rows[1]]), (3, 0, [rows[3]])]
+    delivered.clear()
+    asyncio.run(_send(channel, 2, {1: [rows[1], rows[3]]}, routed_for=2))  # a driver that has not learnt yet
+    assert sorted(delivered) == [(1, 1, [rows[1]]), (3, 1, [rows[3]])]
+
+
 def test_the_log_is_pruned_by_the_oldest_retained_checkpoint_and_never_by_a_restore():
     channel, delivered = _channel(retain=2)
-    asyncio.run(channel.send(0, {0: ["a"]}))
-    asyncio.run(channel.send(1, {0: ["b"]}))
-    asyncio.run(channel.send(2, {0: ["c"]}))
+    asyncio.run(_send(channel, 0, {0: ["a"]}))
+    asyncio.run(_send(channel, 1, {0: ["b"]}))
+    asyncio.run(_send(channel, 2, {0: ["c"]}))
     channel.covered([1, 0])  # checkpoint 1 read batch 0
     assert [seq for seq, _ in channel.log[0]] == [1, 2]
     channel.covered([3, 0])  # checkpoint 2 read all; checkpoint 1 is still retained
@@ -73,7 +111,7 @@ def test_the_log_is_pruned_by_the_oldest_retained_checkpoint_and_never_by_a_rest
 def test_a_rollback_replays_what_the_checkpoint_had_not_read_under_the_same_numbers():
     channel, delivered = _channel()
     for call, rows in enumerate([{0: ["a"]}, {0: ["b"], 1: ["x"]}, {0: ["c"]}]):
-        asyncio.run(channel.send(call, rows))
+        asyncio.run(_send(channel, call, rows))
     delivered.clear()
     driver_from = channel.driver_from(_checkpoint(channel.incarnation, [1, 0]))
     assert driver_from == [1, 0]
@@ -92,7 +130,7 @@ def test_a_checkpoint_of_another_coordinator_read_none_of_this_ones_messages():
 
 def test_without_checkpoints_nothing_is_logged():
     channel, delivered = _channel(logged=False)
-    asyncio.run(channel.send(0, {0: ["a"]}))
+    asyncio.run(_send(channel, 0, {0: ["a"]}))
     assert delivered == [(0, 0, ["a"])] and channel.log == [[], []]
 
 

@@ -24,7 +24,7 @@ class _Wiring:
         self.timers = TimerService()
         self.counters = {"dead_letters": 0}
         self.effects = Effects(
-            TypeRegistry(functions, []),
+            TypeRegistry(functions.typenames, []),
             lambda *row: self.routed.append(row),
             self.timers,
             self._schedule,

@@ -20,7 +20,7 @@ def _outbox(services, shards: int = 3, index: int = 0) -> Outbox:
         pass
 
     partitioner = Partitioner(64, shards)
-    return Outbox(services, index, shards, partitioner, TypeRegistry(functions, []))
+    return Outbox(services, index, shards, partitioner, TypeRegistry(functions.typenames, []))
 
 
 def _ids_on(outbox: Outbox, shard: int, n: int) -> list[str]:

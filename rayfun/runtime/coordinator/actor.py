@@ -4,7 +4,8 @@ composes the parts that do the rest, each in its own module:
 - ``driver_channel``: the driver's messages (``app.send``), numbered and logged for replay after a rollback;
 - ``checkpoints``: periodic and on-demand checkpoints, their failures and backoff;
 - ``supervisor``: watching the shards, the standby, the rollback to the last complete checkpoint;
-- ``idle``: whether anything is left to do (``app.wait``), from the shards' statuses alone.
+- ``idle``: whether anything is left to do (``app.wait``), from the shards' statuses alone;
+- ``operations``: a live rescale, and a stop with a savepoint.
 
 They share a ``Fleet`` (the shard handles, generation, last checkpoint, and the lock that lets one
 checkpoint or recovery run at a time). The remote methods here are what ``rayfun.app`` calls.
@@ -25,12 +26,14 @@ from ...constants import IDLE_POLL_FIRST_S, IDLE_POLL_MAX_S, STOP_TIMEOUT_S  # t
 from ...logs import configure_logging
 from ..aio import retrieve
 from ..egress_collector import EgressCollector
+from ..partitioning import Partitioner
 from ..status import DRIVER, ShardStatus
 from .checkpoints import CheckpointMetrics, CheckpointScheduler
-from .config import AppConfig
+from .config import AppConfig, AppLayout
 from .driver_channel import DriverChannel
 from .fleet import Fleet, assign_partitions
 from .idle import IdleWatch
+from .operations import Operations
 from .supervisor import RecoveryMetrics, Supervisor
 
 log = logging.getLogger("rayfun")
@@ -53,6 +56,9 @@ class Coordinator:
         )
         self.checkpoints = CheckpointScheduler(self.fleet, self.driver, CheckpointMetrics(config.name))
         self.supervisor = Supervisor(self.fleet, self.driver, RecoveryMetrics(config.name))
+        self.operations = Operations(self.fleet, self.driver, self.checkpoints, self.supervisor)
+        self.state = "starting"  # running, stopping, stopped (rayfun status; rayfun run exits on stopped)
+        self._partitioner, self._routed_for = Partitioner(config.key_groups, config.shards), config.shards
         self._tasks: list[asyncio.Task] = []
 
     def _deliver_driver(self, dest: int, seq: int, rows: list) -> None:
@@ -61,7 +67,8 @@ class Coordinator:
     async def start(self) -> list:
         """Create the shards and start them, resuming from the newest complete checkpoint if there is one."""
         fleet, config = self.fleet, self.config
-        fleet.collector = ray.remote(EgressCollector).options(num_cpus=0).remote()
+        fleet.home = ray.get_runtime_context().get_node_id()
+        fleet.collector = ray.remote(EgressCollector).options(num_cpus=0, scheduling_strategy=_here()).remote()
         if config.checkpoint_dir is not None:
             from ...checkpoint import CheckpointStore
 
@@ -78,7 +85,7 @@ class Coordinator:
         # application's start-up, not a hiccup in the middle of processing
         self.supervisor.keep_standby()
         spare = self.supervisor.spare
-        await asyncio.gather(*[s.ready.remote() for s in fleet.shards + [spare] if s is not None])
+        await asyncio.gather(fleet.ready(range(config.shards)), *([spare.ready.remote()] if spare else []))
         if checkpoint is None:
             assignment = assign_partitions(config.sources, config.shards, {})
             await asyncio.gather(*[s.start.remote(fleet.shards, assignment[i]) for i, s in enumerate(fleet.shards)])
@@ -90,13 +97,42 @@ class Coordinator:
         self._tasks.append(loop.create_task(self.supervisor.run()))
         if fleet.store is not None and config.checkpoint_interval:
             self._tasks.append(loop.create_task(self.checkpoints.run()))
+        self.state = "running"
         return fleet.shards
+
+    def layout(self) -> AppLayout:
+        """What a driver needs to send to and read from this application (see AppLayout)."""
+        config = self.config
+        return AppLayout(
+            name=config.name or "rayfun",
+            shards=len(self.fleet.shards),
+            key_groups=config.key_groups,
+            typenames=tuple(config.functions.typenames),
+            endpoints=tuple(config.endpoints),
+            sink_ids=tuple(s.id for s in config.sinks),
+            checkpoint_dir=config.checkpoint_dir,
+        )
 
     # -- the driver's channel ---------------------------------------------------------------------------
 
-    async def send(self, call_seq: int, rows_by_shard: dict[int, list]) -> None:
-        """Forward messages from the driver (see DriverChannel.send)."""
-        await self.driver.send(call_seq, rows_by_shard)
+    async def send(self, driver: str, call_seq: int, rows_by_shard: dict[int, list], shards: int) -> int:
+        """Forward messages from a driver (see DriverChannel.send); returns the shard count now, so that a
+        driver that routed for another one (a rescale happened) learns it."""
+        await self.driver.send(driver, call_seq, rows_by_shard, shards, self._route)
+        return self.driver.shards
+
+    def _route(self, typename: str, id: str) -> int:
+        """The shard that owns an address now (for rows a driver routed before a rescale)."""
+        shards = self.driver.shards
+        if self._routed_for != shards:
+            self._partitioner, self._routed_for = Partitioner(self.config.key_groups, shards), shards
+        return self._partitioner.shard_of(typename, id)
+
+    # -- operations -------------------------------------------------------------------------------------
+
+    async def rescale(self, shards: int) -> int | None:
+        """Change the number of shards of the running application (see operations.py)."""
+        return await self.operations.rescale(shards)
 
     # -- checkpoints and recovery -----------------------------------------------------------------------
 
@@ -132,6 +168,13 @@ class Coordinator:
             "checkpoint_failures_total": checkpoints.failures_total,
             "last_checkpoint_error": checkpoints.last_error,
             "standby": None if supervisor.spare is None else supervisor.spare._actor_id.hex(),
+            "name": self.config.name,
+            "state": self.state,
+            "shards": len(fleet.shards),
+            "nodes": [fleet.nodes.get(i) for i in range(len(fleet.shards))],
+            "rescales": self.operations.rescales,
+            "last_rescale_s": self.operations.last_rescale_s,
+            "checkpoint_dir": self.config.checkpoint_dir,
         }
 
     async def statuses(self) -> list[dict]:
@@ -178,7 +221,21 @@ class Coordinator:
             await asyncio.sleep(delay)
             delay = min(delay * 2, IDLE_POLL_MAX_S)
 
-    async def stop(self) -> None:
+    async def stop(self, savepoint: bool = False) -> int | None:
+        """Stop the application: with ``savepoint``, first a checkpoint with the sources paused (see
+        operations.py), whose id is returned; starting again from the same checkpoint directory resumes
+        there. A savepoint that fails raises OperationFailed, and the application goes on running."""
+        if self.state in ("stopping", "stopped"):
+            return None
+        saved = None
+        if savepoint:
+            saved = await self.operations.savepoint(lambda timeout: self.wait_idle(timeout, timers=False))
+        self.state = "stopping"
+        await self._stop()
+        self.state = "stopped"
+        return saved
+
+    async def _stop(self) -> None:
         self.fleet.stopped = True
         for task in self._tasks:
             task.cancel()
@@ -198,3 +255,10 @@ class Coordinator:
         if self.fleet.collector is not None:
             ray.kill(self.fleet.collector)
         self.fleet.shards = []
+
+
+def _here():
+    """Node affinity to the node this runs on (soft): the coordinator's helpers live and die with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)

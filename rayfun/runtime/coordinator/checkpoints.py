@@ -111,9 +111,9 @@ class CheckpointScheduler:
         if self.fleet.store is None:
             raise RuntimeError("checkpoints are off: start the application with checkpoint_dir=...")
         async with self.fleet.lock:
-            return await self._checkpoint_locked()
+            return await self.checkpoint_locked()
 
-    async def _checkpoint_locked(self) -> int:
+    async def checkpoint_locked(self) -> int:
         fleet, config = self.fleet, self.fleet.config
         began = time.monotonic()
         n = self.next_id

@@ -3,18 +3,27 @@
 The parts (driver channel, checkpoint scheduling, supervision) share one ``Fleet`` rather than reaching into
 each other: the shard handles (a recovery replaces dead ones), the generation (every rollback bumps it),
 the newest complete checkpoint, and the flags and lock that keep a checkpoint and a recovery apart.
+
+Placement: shards are spread over the cluster's nodes (Ray's ``SPREAD`` strategy) unless the application's
+``shard_options`` give a ``scheduling_strategy`` of their own (node affinity, a placement group) or
+``resources`` that pin them; the standby goes to the node with the fewest shards, so that it does not die
+with the shards it would replace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from ..shard import ShardActor, ShardConfig
-from .config import AppConfig
+from .config import NAMESPACE, AppConfig, actor_name
+
+log = logging.getLogger("rayfun")
 
 __all__ = ["Fleet", "assign_partitions", "first_line"]
 
@@ -31,6 +40,10 @@ class Fleet:
     recovering: bool = False  # a recovery is under way: no checkpoint starts, idleness is not judged
     abandon: bool = False  # a recovery waits for the lock: a checkpoint in progress lets go
     stopped: bool = False
+    sources_paused: bool = False  # a savepoint is being taken
+    nodes: dict[int, str] = field(default_factory=dict)  # shard index -> the Ray node it runs on
+    home: str = ""  # the coordinator's node
+    _standbys: int = 0  # standbys started so far (each gets its own actor name)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one checkpoint or recovery at a time
 
     def shard_config(self) -> ShardConfig:
@@ -47,12 +60,49 @@ class Fleet:
             collector=self.collector,
             run_id=self.run_id,
             log_level=c.log_level,
+            app_name=c.name or "rayfun",
         )
 
-    def new_shard(self, index: int):
-        """Start a shard actor (not yet given peers or partitions: ``start`` or ``restore`` does that)."""
-        options = {"num_cpus": 0, "max_concurrency": 10_000, "max_restarts": 0, **self.config.shard_options}
-        return ray.remote(ShardActor).options(**options).remote(index, self.shard_config())
+    def new_shard(self, index: int, standby: bool = False):
+        """Start a shard actor (not yet given peers or partitions: ``start`` or ``restore`` does that),
+        named after its place: ``rayfun:<app>/shard-3``, a standby ``rayfun:<app>/standby-1``."""
+        user = self.config.shard_options
+        options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000, "max_restarts": 0}
+        if "scheduling_strategy" not in user:
+            options["scheduling_strategy"] = self._standby_placement() if standby else "SPREAD"
+        options.update(user)
+        if standby:
+            self._standbys += 1
+            role = f"standby-{self._standbys}"
+        else:
+            role = f"shard-{index}"
+        actor = ray.remote(ShardActor)
+        try:
+            return actor.options(**options, name=actor_name(self.config.name, role), namespace=NAMESPACE).remote(
+                index, self.shard_config(), standby
+            )
+        except ValueError:  # the name is still held by the actor this one replaces (Ray frees it late)
+            return actor.options(**options).remote(index, self.shard_config(), standby)
+
+    def _standby_placement(self):
+        """Node affinity (soft) to the live node with the fewest shards, the coordinator's on a tie: a node
+        that dies takes the standby along only when every node holds shards."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        try:
+            alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        except Exception:  # the GCS is busy: let Ray choose
+            return "DEFAULT"
+        if len(alive) < 2:
+            return "DEFAULT"
+        load = Counter(node for i, node in self.nodes.items() if i < len(self.shards))
+        best = min(alive, key=lambda node: (load[node], node != self.home))
+        return NodeAffinitySchedulingStrategy(node_id=best, soft=True)
+
+    async def ready(self, indices) -> None:
+        """Wait until the shards at ``indices`` have started, and note where each runs."""
+        nodes = await asyncio.gather(*[self.shards[i].ready.remote() for i in indices])
+        self.nodes.update(zip(indices, nodes))
 
 
 def assign_partitions(

@@ -118,8 +118,8 @@ class Supervisor:
                         ray.kill(fleet.shards[i])
                     except Exception:
                         pass
-                    fleet.shards[i] = await self._replacement(i)
-                await asyncio.gather(*[fleet.shards[i].ready.remote() for i in dead])
+                    fleet.shards[i] = await self.replacement(i)
+                await fleet.ready(dead)
                 replaced = time.monotonic()
                 checkpoint = await self.latest_checkpoint()
                 found = time.monotonic()
@@ -165,7 +165,7 @@ class Supervisor:
         )
         await asyncio.sleep(pause)
 
-    async def _replacement(self, index: int):
+    async def replacement(self, index: int):
         """A shard actor to replace dead shard ``index``: the warm standby if there is one (starting an actor
         takes about a second, a large part of a recovery), else a new one."""
         spare, self.spare = self.spare, None
@@ -180,7 +180,7 @@ class Supervisor:
     def keep_standby(self) -> None:
         """Start a standby shard unless there is one (or the application stops, or standby is off)."""
         if self.spare is None and not self.fleet.stopped and self.fleet.config.standby:
-            self.spare = self.fleet.new_shard(0)
+            self.spare = self.fleet.new_shard(0, standby=True)
 
     async def latest_checkpoint(self, before: int | None = None):
         """The newest checkpoint that verifies; damaged ones on the way are quarantined (see the store)."""
@@ -236,3 +236,5 @@ class Supervisor:
             ]
         )
         self.driver.replay(driver_from)  # what the checkpoint had not read, under the same numbers
+        if fleet.sources_paused:  # a savepoint is being taken: the restored shards read no source either
+            await asyncio.gather(*[s.pause_sources.remote(True) for s in shards])

@@ -1,0 +1,144 @@
+"""Operating a running application: a live rescale, and a stop with a savepoint.
+
+Both are a checkpoint taken with the driver's channel held (no message slips past it) and then a switch:
+
+- **rescale** to N shards: checkpoint n; the shards beyond N retire (they publish nothing more: checkpoint n
+  published what they had); new shards start (the warm standby takes the first new place); every shard is
+  then restored from checkpoint n at the new count, each loading the key groups it owns now; the driver's
+  unread messages are routed anew. Egress stays exactly once: what came after checkpoint n is replayed.
+- **savepoint**: sources paused, in-flight work given a moment to finish, then a checkpoint (it captures
+  what is still in flight); the application then stops, and starting it again with the same checkpoint
+  directory resumes exactly there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import ray
+
+from ...constants import SAVEPOINT_ATTEMPTS, SAVEPOINT_DRAIN_S, STOP_TIMEOUT_S  # see rayfun/constants.py
+from ...errors import RayfunError
+from ..aio import retrieve
+from ..partitioning import Partitioner
+from .checkpoints import CheckpointAbandoned, CheckpointScheduler
+from .driver_channel import DriverChannel
+from .fleet import Fleet, first_line
+from .supervisor import Supervisor
+
+log = logging.getLogger("rayfun")
+
+__all__ = ["OperationFailed", "Operations"]
+
+
+class OperationFailed(RayfunError, RuntimeError):
+    """A rescale or a savepoint could not be done; the application goes on as it was."""
+
+
+class Operations:
+    """Rescales and savepoints, over the parts of the coordinator that they combine."""
+
+    def __init__(
+        self, fleet: Fleet, driver: DriverChannel, checkpoints: CheckpointScheduler, supervisor: Supervisor
+    ) -> None:
+        self.fleet = fleet
+        self.driver = driver
+        self.checkpoints = checkpoints
+        self.supervisor = supervisor
+        self.rescales = 0
+        self.last_rescale_s: float | None = None
+
+    # -- rescale ----------------------------------------------------------------------------------------
+
+    async def rescale(self, shards: int) -> int | None:
+        """Change the number of shards to ``shards``; returns the checkpoint the new layout started from."""
+        fleet, config = self.fleet, self.fleet.config
+        if not isinstance(shards, int) or not 1 <= shards <= config.key_groups:
+            raise ValueError(f"shards must be an int from 1 to the key groups ({config.key_groups}), got {shards!r}")
+        if fleet.store is None:
+            raise OperationFailed("a rescale needs checkpoints: start the application with checkpoint_dir=...")
+        if fleet.stopped:
+            raise OperationFailed("the application is stopped")
+        if shards == len(fleet.shards):
+            return fleet.last_checkpoint
+        began = time.monotonic()
+        async with fleet.lock, self.driver.lock:  # the order every recovery takes them in
+            try:
+                n = await self.checkpoints.checkpoint_locked()
+            except CheckpointAbandoned as exc:
+                raise OperationFailed(f"rescale to {shards} shards: a shard failed first ({exc})") from exc
+            except Exception as exc:
+                raise OperationFailed(f"rescale to {shards} shards: its checkpoint failed: {first_line(exc)}") from exc
+            fleet.recovering = True  # the monitor and idleness wait; a shard that dies now is recovered after
+            try:
+                await self._switch(shards, n)
+            finally:
+                fleet.recovering = False
+        self.rescales += 1
+        self.last_rescale_s = time.monotonic() - began
+        asyncio.get_running_loop().call_soon(self.supervisor.keep_standby)
+        log.warning("rescaled to %d shards from checkpoint %d in %.2f s", shards, n, self.last_rescale_s)
+        return n
+
+    async def _switch(self, shards: int, n: int) -> None:
+        fleet, config = self.fleet, self.fleet.config
+        old = list(fleet.shards)
+        checkpoint = await asyncio.get_running_loop().run_in_executor(None, fleet.store.manifest, n)
+        if shards < len(old):
+            await self._retire(old[shards:])
+            fleet.shards = old[:shards]
+            for i in range(shards, len(old)):
+                fleet.nodes.pop(i, None)
+        config.shards = shards  # new shards are made for the new count; the others learn it on restore
+        if shards > len(old):
+            added = range(len(old), shards)
+            fleet.shards = old + [await self.supervisor.replacement(i) for i in added]
+            await fleet.ready(added)
+        route = Partitioner(config.key_groups, shards).shard_of
+        self.driver.rebase(checkpoint, shards, route)
+        await self.supervisor.restore_newest(checkpoint)
+
+    async def _retire(self, shards: list) -> None:
+        """Stop the shards a rescale down leaves out (they close their sinks), then end their actors."""
+        retiring = asyncio.gather(*[s.retire.remote() for s in shards], return_exceptions=True)
+        retiring.add_done_callback(retrieve)
+        try:
+            await asyncio.wait_for(retiring, STOP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("retiring shards did not stop within %.0f s: ending them", STOP_TIMEOUT_S)
+        for s in shards:
+            ray.kill(s)
+
+    # -- savepoint --------------------------------------------------------------------------------------
+
+    async def savepoint(self, wait_idle) -> int:
+        """Pause the sources, let in-flight work finish (``wait_idle(timeout)``, bounded), take a checkpoint
+        and return its id. On failure the sources resume and ``OperationFailed`` says why."""
+        fleet = self.fleet
+        if fleet.store is None:
+            raise OperationFailed("a savepoint needs checkpoints: start the application with checkpoint_dir=...")
+        await self._pause(True)
+        try:
+            await wait_idle(SAVEPOINT_DRAIN_S)
+            for attempt in range(1, SAVEPOINT_ATTEMPTS + 1):
+                try:
+                    n = await self.checkpoints.checkpoint()
+                    log.warning("savepoint: checkpoint %d", n)
+                    return n
+                except Exception as exc:  # a recovery came first, or storage failed: try again
+                    if attempt == SAVEPOINT_ATTEMPTS:
+                        raise OperationFailed(
+                            f"savepoint failed {attempt} times (last: {first_line(exc)}); the newest complete "
+                            f"checkpoint is {fleet.last_checkpoint}"
+                        ) from exc
+                    await asyncio.sleep(0.5 * attempt)
+            raise AssertionError("unreachable")
+        except BaseException:
+            await self._pause(False)
+            raise
+
+    async def _pause(self, paused: bool) -> None:
+        self.fleet.sources_paused = paused
+        await asyncio.gather(*[s.pause_sources.remote(paused) for s in self.fleet.shards], return_exceptions=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 import click
 
+from ..logs import DEFAULT_LEVEL
 from .errors import CliError
 from .inspect import parse_storage_options
 
@@ -39,7 +41,7 @@ def _join(address: str | None) -> None:
 
     keep_token_auth()
     try:
-        ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as exc:
         raise CliError(
             f"no Ray cluster at {address or 'this machine'} ({str(exc).splitlines()[0]}): "
@@ -178,7 +180,7 @@ def run(
             dir=checkpoint_dir, interval=checkpoint_interval, storage_options=parse_storage_options(storage_option)
         ),
         ray_init=options,
-        **({"log_level": log_level} if log_level else {}),
+        log_level=log_level or DEFAULT_LEVEL,
     )
     stop.install()  # after ray.init, which sets handlers of its own
     resumed = app.info()["last_checkpoint"]
@@ -218,7 +220,7 @@ def _default_name(target: str) -> str:
 def _watch(app, stop: _Stop) -> str:
     """Until a stop is asked for here ("signal") or the application was stopped by another driver."""
     tty = sys.stderr.isatty()
-    last = (time.monotonic(), None)
+    last: tuple[float, int | None] = (time.monotonic(), None)
     while not stop.requests:
         time.sleep(0.2)
         now = time.monotonic()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.connectors.conftest import kafka_broker, produce, read_topic  # noqa: F401 (a fixture)
-from tests.remote.conftest import _start_server, sdk_python  # noqa: F401 (a fixture)
+from tests.connectors.conftest import produce, read_topic
+from tests.remote.conftest import _start_server
 from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent.parent

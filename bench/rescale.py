@@ -81,12 +81,18 @@ class RateProbe:
             self.samples.append((time.perf_counter(), self._total))
             time.sleep(0.1)
 
-    def rate(self, at: float) -> float | None:
-        """The rate over the WINDOW_S ending at ``at``."""
-        window = [(t, n) for t, n in self.samples if at - WINDOW_S <= t <= at]
-        if len(window) < 2 or window[-1][0] - window[0][0] < WINDOW_S * 0.8:
+    def rate(self, at: float) -> tuple[float, float] | None:
+        """``(rate, since)``: the rate from the newest sample at least WINDOW_S before the newest sample up
+        to ``at`` (the counters are read about twice a second under load), and when that span began."""
+        upto = [(t, n) for t, n in self.samples if t <= at]
+        if not upto:
             return None
-        return (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+        last_t, last_n = upto[-1]
+        earlier = [(t, n) for t, n in upto if t <= last_t - WINDOW_S]
+        if not earlier:
+            return None
+        first_t, first_n = earlier[-1]
+        return (last_n - first_n) / (last_t - first_t), first_t
 
 
 def main() -> None:
@@ -110,8 +116,10 @@ def main() -> None:
             time.sleep(0.2)
         time.sleep(args.settle)
         asked = time.perf_counter()
-        before = probe.rate(asked)
-        assert before, "no rate measured before the rescale"
+        measured = probe.rate(asked)
+        before = measured[0] if measured else 0.0
+        if not before:
+            raise SystemExit(f"WRONG: no rate measured before the rescale (samples: {probe.samples[-5:]})")
         checkpoint = app.rescale(args.end)
         returned = time.perf_counter()
         deadline = returned + 60
@@ -119,14 +127,16 @@ def main() -> None:
         while time.perf_counter() < deadline:
             time.sleep(0.1)
             now = time.perf_counter()
-            rate = probe.rate(now)
-            if rate is not None and now - WINDOW_S >= returned and rate >= FULL * before:
-                back = now - WINDOW_S  # the window that reached full rate began here
+            measured = probe.rate(now)
+            if measured is not None and measured[1] >= returned and measured[0] >= FULL * before:
+                back = measured[1]  # the span that ran at full rate began here
                 break
-        after = probe.rate(time.perf_counter())
+        after = (probe.rate(time.perf_counter()) or (0.0, 0.0))[0]
+        phases = app.info()["last_rescale_phases"]
         print(
             f"{args.instances:,} instances: {before:,.0f} msgs/s on {args.start} shards; rescale to {args.end} "
-            f"from checkpoint {checkpoint} returned after {returned - asked:.2f} s; then {after or 0:,.0f} msgs/s"
+            f"from checkpoint {checkpoint} returned after {returned - asked:.2f} s "
+            f"({', '.join(f'{k} {v:.2f} s' for k, v in phases.items())}); then {after:,.0f} msgs/s"
         )
         probe.stop()
         app.wait(timeout=900)
@@ -149,3 +159,7 @@ def _check(app, instances: int, rounds: int) -> None:
             wrong[i] = count
     if wrong:
         raise SystemExit(f"WRONG: instances with a count other than {rounds}: {dict(list(wrong.items())[:5])}")
+
+
+if __name__ == "__main__":
+    main()

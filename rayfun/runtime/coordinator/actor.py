@@ -174,6 +174,7 @@ class Coordinator:
             "nodes": [fleet.nodes.get(i) for i in range(len(fleet.shards))],
             "rescales": self.operations.rescales,
             "last_rescale_s": self.operations.last_rescale_s,
+            "last_rescale_phases": dict(self.operations.last_rescale_phases),
             "checkpoint_dir": self.config.checkpoint_dir,
         }
 

@@ -49,6 +49,7 @@ class Operations:
         self.supervisor = supervisor
         self.rescales = 0
         self.last_rescale_s: float | None = None
+        self.last_rescale_phases: dict[str, float] = {}  # seconds per phase of the last rescale
 
     # -- rescale ----------------------------------------------------------------------------------------
 
@@ -65,12 +66,17 @@ class Operations:
             return fleet.last_checkpoint
         began = time.monotonic()
         async with fleet.lock, self.driver.lock:  # the order every recovery takes them in
+            # the work done after the checkpoint's cut is rolled back by the restore: stop reading sources
+            # now, so that the shards spend the checkpoint's write on what it covers, not on wasted work
+            await self._pause(True)
             try:
                 n = await self.checkpoints.checkpoint_locked()
-            except CheckpointAbandoned as exc:
-                raise OperationFailed(f"rescale to {shards} shards: a shard failed first ({exc})") from exc
             except Exception as exc:
-                raise OperationFailed(f"rescale to {shards} shards: its checkpoint failed: {first_line(exc)}") from exc
+                await self._pause(False)
+                why = f"a shard failed first ({exc})" if isinstance(exc, CheckpointAbandoned) else first_line(exc)
+                raise OperationFailed(f"rescale to {shards} shards: its checkpoint failed: {why}") from exc
+            self.last_rescale_phases = {"checkpoint": time.monotonic() - began}
+            fleet.sources_paused = False  # the restore opens the sources afresh, unpaused
             fleet.recovering = True  # the monitor and idleness wait; a shard that dies now is recovered after
             try:
                 await self._switch(shards, n)
@@ -79,11 +85,18 @@ class Operations:
         self.rescales += 1
         self.last_rescale_s = time.monotonic() - began
         asyncio.get_running_loop().call_soon(self.supervisor.keep_standby)
-        log.warning("rescaled to %d shards from checkpoint %d in %.2f s", shards, n, self.last_rescale_s)
+        log.warning(
+            "rescaled to %d shards from checkpoint %d in %.2f s (%s)",
+            shards,
+            n,
+            self.last_rescale_s,
+            ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self.last_rescale_phases.items()),
+        )
         return n
 
     async def _switch(self, shards: int, n: int) -> None:
         fleet, config = self.fleet, self.fleet.config
+        phases, began = self.last_rescale_phases, time.monotonic()
         old = list(fleet.shards)
         checkpoint = await asyncio.get_running_loop().run_in_executor(None, fleet.store.manifest, n)
         if shards < len(old):
@@ -96,9 +109,11 @@ class Operations:
             added = range(len(old), shards)
             fleet.shards = old + [await self.supervisor.replacement(i) for i in added]
             await fleet.ready(added)
+        phases["shards"] = time.monotonic() - began
         route = Partitioner(config.key_groups, shards).shard_of
         self.driver.rebase(checkpoint, shards, route)
         await self.supervisor.restore_newest(checkpoint)
+        phases["restore"] = time.monotonic() - began - phases["shards"]
 
     async def _retire(self, shards: list) -> None:
         """Stop the shards a rescale down leaves out (they close their sinks), then end their actors."""

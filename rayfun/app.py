@@ -147,8 +147,9 @@ def start(
         "name": actor_name(name, "coordinator"),
         "namespace": NAMESPACE,
         # on the driver's node (under ray job submit: the head's): a worker node that dies takes shards
-        # with it, which a recovery replaces, but never the coordinator
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+        # with it, which a recovery replaces, but never the coordinator. Hard affinity: Ray places an actor
+        # that requests no resources on any node otherwise, whatever its strategy
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
     }
     coordinator = ray.remote(Coordinator).options(**options).remote(config)
     try:

@@ -34,19 +34,36 @@ _address = click.option(
 
 
 def _join(address: str | None) -> None:
-    """Join a running Ray cluster, or say in one line that there is none."""
+    """Join a running Ray cluster, or say in one line that there is none (Ray itself would retry a dead
+    address for minutes)."""
     import ray
 
     from ..ray_auth import keep_token_auth
 
     keep_token_auth()
+    resolved = _reachable(address)
+    ray.init(address=resolved, log_to_driver=False, logging_level=logging.ERROR)
+
+
+def _reachable(address: str | None) -> str:
+    """The cluster's GCS address, once something answers there (within a few seconds)."""
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address
+
+    hint = "start one with `ray start --head`, or pass --address (rayfun run prints its Ray's address)"
     try:
-        ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.ERROR)
+        resolved = canonicalize_bootstrap_address(address or "auto")
     except ConnectionError as exc:
-        raise CliError(
-            f"no Ray cluster at {address or 'this machine'} ({str(exc).splitlines()[0]}): "
-            "start one with `ray start --head`, or pass --address"
-        ) from exc
+        raise CliError(f"no Ray cluster found on this machine: {hint}") from exc
+    if not resolved:
+        raise CliError(f"no Ray cluster at {address}: {hint}")
+    host, _, port = resolved.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except (OSError, ValueError) as exc:
+        raise CliError(f"no Ray cluster answers at {resolved} ({exc}): {hint}") from exc
+    return resolved
 
 
 def _connect(name: str, address: str | None):
@@ -188,7 +205,7 @@ def run(
         f"rayfun: {name} running ({shards} shards"
         + (f", checkpoints in {checkpoint_dir}" if checkpoint_dir and not no_checkpoints else "")
         + (f", resumed from checkpoint {resumed}" if resumed is not None else "")
-        + f"); stop with Ctrl-C, SIGTERM or `rayfun stop {name}`",
+        + f", Ray at {ray.get_runtime_context().gcs_address}); stop with Ctrl-C, SIGTERM or `rayfun stop {name}`",
         err=True,
     )
     try:

@@ -259,7 +259,8 @@ class Coordinator:
 
 
 def _here():
-    """Node affinity to the node this runs on (soft): the coordinator's helpers live and die with it."""
+    """Node affinity to the node this runs on (hard: Ray ignores a soft one for an actor that requests no
+    resources): the coordinator's helpers live and die with it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)

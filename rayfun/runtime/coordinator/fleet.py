@@ -25,6 +25,8 @@ from .config import NAMESPACE, AppConfig, actor_name
 
 log = logging.getLogger("rayfun")
 
+SHARD_CPUS = 0.01  # what a shard asks of Ray by default (see new_shard); shard_options={"num_cpus": 1} reserves a core
+
 __all__ = ["Fleet", "assign_partitions", "first_line"]
 
 
@@ -67,7 +69,9 @@ class Fleet:
         """Start a shard actor (not yet given peers or partitions: ``start`` or ``restore`` does that),
         named after its place: ``rayfun:<app>/shard-3``, a standby ``rayfun:<app>/standby-1``."""
         user = self.config.shard_options
-        options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000, "max_restarts": 0}
+        # a tiny CPU request, not none: Ray places an actor that requests no resources on any node, whatever
+        # its scheduling strategy (SPREAD and soft node affinity would be ignored)
+        options: dict[str, Any] = {"num_cpus": SHARD_CPUS, "max_concurrency": 10_000, "max_restarts": 0}
         if "scheduling_strategy" not in user:
             options["scheduling_strategy"] = self._standby_placement() if standby else "SPREAD"
         options.update(user)

@@ -260,7 +260,9 @@ class RayCluster:
             [RAY, *args], env=self.client_env(), capture_output=True, text=True, timeout=timeout, cwd=self.root
         )
         if check and done.returncode != 0:
-            raise ClusterError(f"ray {' '.join(args)} exited {done.returncode}: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+            raise ClusterError(
+                f"ray {' '.join(args)} exited {done.returncode}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
         return done
 
     # -- nodes ----------------------------------------------------------------------------------------
@@ -339,7 +341,8 @@ class RayCluster:
         self.nodes.append(node)
         return node
 
-    def _get(self, path: str, timeout: float = 5.0) -> object:
+    def api(self, path: str, timeout: float = 5.0):
+        """GET the dashboard's HTTP API at ``path`` with the token; the decoded JSON."""
         request = urllib.request.Request(self.dashboard_url + path, headers={"Authorization": f"Bearer {self.token()}"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
@@ -352,17 +355,19 @@ class RayCluster:
             if node.proc.poll() is not None:
                 raise ClusterError(f"the head exited with {node.proc.returncode}: {node.log_tail()}")
             try:
-                self._get("/api/version", timeout=2)
+                self.api("/api/version", timeout=2)
                 return
             except (OSError, urllib.error.URLError, ValueError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             if time.monotonic() > deadline:
-                raise ClusterError(f"the head's dashboard did not answer within {timeout:.0f} s ({last}): {node.log_tail()}")
+                raise ClusterError(
+                    f"the head's dashboard did not answer within {timeout:.0f} s ({last}): {node.log_tail()}"
+                )
             time.sleep(0.25)
 
     def alive_nodes(self) -> list[dict]:
         """The nodes the cluster counts as alive (the dashboard's state API), with their resources."""
-        reply = self._get("/api/v0/nodes?limit=100&detail=1&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE")
+        reply = self.api("/api/v0/nodes?limit=100&detail=1&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE")
         return reply["data"]["result"]["result"]
 
     def node_ids(self) -> dict[str, str]:

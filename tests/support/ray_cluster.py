@@ -5,6 +5,11 @@ killed for real (SIGKILL of every process of the node: raylet, agents, workers);
 left, by process session, and always runs (``with RayCluster(...) as cluster``, or the ``ray_cluster``
 fixture of ``tests/cluster/conftest.py``). Every wait is bounded.
 
+Ray binds what it can to loopback here (the dashboard: ``--dashboard-host 127.0.0.1``); its gRPC servers
+listen on every interface whatever one asks, and ``ray start --node-ip-address 127.0.0.1`` is replaced by
+the machine's address (``resolve_ip_for_localhost``), so nodes are not given it: every node has the
+machine's IP, clients reach the GCS at ``127.0.0.1:<port>``, and the token guards it all.
+
 Each node is told apart by a custom resource named after it (``{"node_head": 1}``, ``{"node_w1": 1}``),
 so a test can place an actor on a node or find which node a process is on.
 

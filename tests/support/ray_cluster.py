@@ -7,8 +7,8 @@ fixture of ``tests/cluster/conftest.py``). Every wait is bounded.
 
 Ray binds what it can to loopback here (the dashboard: ``--dashboard-host 127.0.0.1``); its gRPC servers
 listen on every interface whatever one asks, and ``ray start --node-ip-address 127.0.0.1`` is replaced by
-the machine's address (``resolve_ip_for_localhost``), so nodes are not given it: every node has the
-machine's IP, clients reach the GCS at ``127.0.0.1:<port>``, and the token guards it all.
+the machine's address (``resolve_ip_for_localhost``): every node has the machine's IP, clients reach the
+GCS at ``127.0.0.1:<port>``, and the token guards it all.
 
 Each node is told apart by a custom resource named after it (``{"node_head": 1}``, ``{"node_w1": 1}``),
 so a test can place an actor on a node or find which node a process is on.
@@ -44,6 +44,7 @@ FAST_NODE_DEATH = {
     "health_check_failure_threshold": 3,
 }
 
+START_ATTEMPTS = 3  # launches of a node's ``ray start`` that timed out on a busy machine
 WORKER_PORTS = 100  # per node: one port per worker process (shards, standby, coordinator, job supervisor...)
 
 
@@ -118,6 +119,7 @@ class Node:
     log_path: str
     proc: subprocess.Popen | None = None
     killed: bool = False
+    starts: int = 0  # how often its ``ray start`` was launched (a start that timed out is launched again)
     _log: object = field(default=None, repr=False)
 
     @property
@@ -280,35 +282,24 @@ class RayCluster:
     def start_head(self, num_cpus: int = 1, resources: dict | None = None, timeout: float = 90.0) -> Node:
         if self.nodes:
             raise ClusterError("the head is the first node")
-        ports = {
-            "port": self._ports.one(),
-            "dashboard_port": self._ports.one(),
-            "ray_client_server_port": self._ports.one(),
-        }
-        node = self._start("head", True, num_cpus, resources, ports, ["--head", "--dashboard-host", "127.0.0.1"])
+        node = self._node("head", True, num_cpus, resources)
         try:
-            self._wait_head(node, timeout)
+            while True:
+                try:
+                    self._wait_head(node, timeout)
+                    return node
+                except ClusterError:
+                    if not self._restart(node):
+                        raise
         except BaseException:
             self.stop()
             raise
-        return node
 
     def add_worker(self, name: str | None = None, num_cpus: int = 1, resources: dict | None = None) -> Node:
         """Start a worker node (``wait_for_nodes`` waits until it has joined)."""
-        name = name or f"w{len(self.nodes)}"
-        return self._start(name, False, num_cpus, resources, {}, ["--address", self.address])
+        return self._node(name or f"w{len(self.nodes)}", False, num_cpus, resources)
 
-    def _start(self, name: str, head: bool, num_cpus: int, resources, ports: dict, args: list[str]) -> Node:
-        ports = {
-            **ports,
-            "node_manager_port": self._ports.one(),
-            "object_manager_port": self._ports.one(),
-            "dashboard_agent_listen_port": self._ports.one(),
-            "dashboard_agent_grpc_port": self._ports.one(),
-            "runtime_env_agent_port": self._ports.one(),
-            "metrics_export_port": self._ports.one(),
-        }
-        low, high = self._ports.block(WORKER_PORTS)
+    def _node(self, name: str, head: bool, num_cpus: int, resources) -> Node:
         temp_dir = os.path.join(self.root, name)
         os.makedirs(temp_dir, exist_ok=True)
         node = Node(
@@ -317,22 +308,64 @@ class RayCluster:
             temp_dir=temp_dir,
             num_cpus=num_cpus,
             resources={f"node_{name}": 1, **(resources or {})},
-            ports=ports,
+            ports={},
             log_path=os.path.join(self.root, f"{name}.log"),
         )
+        self.nodes.append(node)
+        self._spawn(node)
+        return node
+
+    def _restart(self, node: Node) -> bool:
+        """Launch a node again whose ``ray start`` gave up on a busy machine (Ray waits 30 s at most for a
+        raylet to register: "The current node timed out during startup"); False if it failed otherwise
+        or was launched ``START_ATTEMPTS`` times already."""
+        if node.proc is None or node.proc.poll() is None or node.starts >= START_ATTEMPTS:
+            return False
+        if "timed out during startup" not in node.log_tail(4000):
+            return False
+        node.kill()  # whatever it left running
+        node.killed = False
+        print(f"RayCluster: {node.name} timed out during startup; starting it again", file=sys.stderr)
+        self._spawn(node)
+        return True
+
+    def _spawn(self, node: Node) -> None:
+        """Launch the node's ``ray start --block`` on fresh ports."""
+        ports = {}
+        if node.head:
+            ports = {
+                "port": self._ports.one(),
+                "dashboard_port": self._ports.one(),
+                "ray_client_server_port": self._ports.one(),
+            }
+            args = ["--head", "--dashboard-host", "127.0.0.1"]
+        else:
+            args = ["--address", self.address]
+        ports.update(
+            node_manager_port=self._ports.one(),
+            object_manager_port=self._ports.one(),
+            dashboard_agent_listen_port=self._ports.one(),
+            dashboard_agent_grpc_port=self._ports.one(),
+            runtime_env_agent_port=self._ports.one(),
+            metrics_export_port=self._ports.one(),
+        )
+        node.ports = ports
+        low, high = self._ports.block(WORKER_PORTS)
         cmd = [
             RAY,
             "start",
             *args,
             "--block",
+            # Ray replaces a loopback address by the machine's (see above); given, it does so on every
+            # node alike (a worker left to guess would take the address it reaches the head by: 127.0.0.1)
             "--node-ip-address",
             "127.0.0.1",
             "--num-cpus",
-            str(num_cpus),
+            str(node.num_cpus),
             "--resources",
             json.dumps(node.resources),
             "--temp-dir",
-            temp_dir,
+            node.temp_dir,
             "--min-worker-port",
             str(low),
             "--max-worker-port",
@@ -341,15 +374,16 @@ class RayCluster:
         ]
         for key, port in ports.items():
             cmd += [f"--{key.replace('_', '-')}", str(port)]
-        if head and self.system_config:
+        if node.head and self.system_config:
             cmd += ["--system-config", json.dumps(self.system_config)]
-        node._log = open(node.log_path, "w")
+        if node._log is not None:
+            node._log.close()
+        node._log = open(node.log_path, "a")
+        node.starts += 1
         # a session of its own: every process the node starts can be found (and killed) by it
         node.proc = subprocess.Popen(
             cmd, env=self.node_env, stdout=node._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root
         )
-        self.nodes.append(node)
-        return node
 
     def api(self, path: str, timeout: float = 5.0):
         """GET the dashboard's HTTP API at ``path`` with the token; the decoded JSON."""
@@ -383,7 +417,8 @@ class RayCluster:
     def node_ids(self) -> dict[str, str]:
         """Our node name (``node_w1``) -> Ray node id, for the nodes alive."""
         out = {}
-        for info in self.alive_nodes():
+        # a node launched again after a start that timed out may briefly have two registrations: the newest
+        for info in sorted(self.alive_nodes(), key=lambda i: i.get("start_time_ms") or 0):
             for node in self.nodes:
                 if node.resource in (info.get("resources_total") or {}):
                     out[node.name] = info["node_id"]
@@ -396,7 +431,7 @@ class RayCluster:
         last = ""
         while True:
             for node in self.nodes:
-                if not node.killed and node.proc.poll() is not None:
+                if not node.killed and node.proc.poll() is not None and not self._restart(node):
                     raise ClusterError(f"node {node.name} exited with {node.proc.returncode}: {node.log_tail()}")
             try:
                 ids = self.node_ids()

@@ -52,10 +52,7 @@ def main(spec: dict) -> None:
         egresses=[DirSink(EGRESS, os.path.join(work, "egress"))],
         checkpoint_dir=os.path.join(work, "cp"),
         checkpoint_interval=spec["interval"],
-        # Ray places an actor that asks for no resources (rayfun's shards ask for num_cpus=0) on a random
-        # node whatever its scheduling_strategy: "SPREAD" alone put all three shards on one node. A
-        # hundredth of a CPU is a request, which SPREAD then spreads round-robin over the nodes.
-        shard_options={"scheduling_strategy": "SPREAD", "num_cpus": 0.01},
+        # rayfun's default placement: shards spread over the nodes, the standby on the node with the fewest
         name=f"cluster-{os.getpid()}",
     )
     first = app.info()

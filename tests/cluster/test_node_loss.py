@@ -128,6 +128,8 @@ def placement(cluster: RayCluster, status: dict) -> dict[str, list]:
     out: dict[str, list] = {}
     roles = [(f"shard{i}", a) for i, a in enumerate(status["shards"])]
     roles += [("coordinator", status["coordinator"]), ("collector", status["collector"])]
+    if status["info"].get("standby"):
+        roles.append(("standby", status["info"]["standby"]))
     for role, actor_id in roles:
         actor = alive.get(actor_id)
         node = names.get(actor["node_id"], actor["node_id"]) if actor else "not alive"
@@ -166,16 +168,14 @@ def test_worker_node_killed_mid_run_loses_nothing_and_duplicates_nothing(ray_clu
         shard_nodes = {node for node, roles in where.items() if any(r.startswith("shard") for r, _ in roles)}
         print(f"placement before the kill: {where}")
         assert len(shard_nodes) >= 2, f"the shards all ran on one node: {where}"
-        assert "node_head" in where and ("driver", None) in where["node_head"], where
-        # the victim: a worker node with a shard but not the coordinator (the coordinator is the job: rayfun
-        # replaces lost shards, not a lost coordinator; Ray puts it on a random node, see the report), and
-        # without the egress collector if there is such a node (this workload does not use it)
-        workers = [n for n in ray_cluster.nodes if not n.head and n.name in shard_nodes]
-        hosts = {n.name: {r for r, _ in where.get(n.name, [])} for n in workers}
-        candidates = [n for n in workers if not hosts[n.name] & {"coordinator", "collector"}] or [
-            n for n in workers if "coordinator" not in hosts[n.name]
-        ]
-        assert candidates, f"every worker node with a shard hosts the coordinator: {where}"
+        head_roles = {r for r, _ in where.get("node_head", [])}
+        # the coordinator and the in-memory egress stay on the driver's node (the head): a worker's death
+        # never takes them; the standby sits where the fewest shards are (here: the head, on a tie)
+        assert {"driver", "coordinator", "collector"} <= head_roles, where
+        assert "standby" in head_roles, where
+        # the victim: a worker node with a shard
+        candidates = [n for n in ray_cluster.nodes if not n.head and n.name in shard_nodes]
+        assert candidates, f"no worker node hosts a shard: {where}"
         victim = rng.choice(candidates)
         shard_pids = {pid for role, pid in where[victim.name] if role.startswith("shard")}
         assert shard_pids <= victim.pids(), f"the shard processes {shard_pids} are not among {victim.name}'s"

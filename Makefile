@@ -54,6 +54,7 @@ bench: $(VENV)/.installed $(SDK_VENV)/.installed
 	$(PY) bench/recovery.py
 	$(PY) bench/checkpoint_io.py
 	$(PY) bench/memory.py
+	$(PY) bench/rescale.py
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) bench/remote.py
 
 clean:

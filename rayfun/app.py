@@ -26,6 +26,7 @@ from .messages import Message, to_message
 from .ray_auth import keep_token_auth
 from .runtime.coordinator import STOP_TIMEOUT_S, AppConfig, Coordinator
 from .runtime.coordinator.config import NAMESPACE, AppLayout, actor_name
+from .runtime.coordinator.fleet import on_this_node
 from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
 from .runtime.registry import TypeRegistry
 from .types import Type, display_value
@@ -139,17 +140,14 @@ def start(
         name=name,
         log_level=level,
     )
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     options: dict[str, Any] = {
         "num_cpus": 0,
         "max_concurrency": 1000,
         "name": actor_name(name, "coordinator"),
         "namespace": NAMESPACE,
         # on the driver's node (under ray job submit: the head's): a worker node that dies takes shards
-        # with it, which a recovery replaces, but never the coordinator. Hard affinity: Ray places an actor
-        # that requests no resources on any node otherwise, whatever its strategy
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        # with it, which a recovery replaces, but never the coordinator
+        "scheduling_strategy": on_this_node(),
     }
     coordinator = ray.remote(Coordinator).options(**options).remote(config)
     try:

@@ -51,7 +51,7 @@ class Ingress:
         self.backlog = 0  # messages in the mailbox
         self.parked = 0  # messages runners hold until their invocations end
         self.sources: list[SourceSlot] = []
-        self.paused = False  # a savepoint is being taken: no source is read (kept across rollbacks)
+        self.paused = False  # a savepoint or rescale is under way: no source is read (a rollback unpauses)
         # set while deliveries need not wait; made by start(), in the event loop, which comes before any
         # delivery (declared, not assigned: the checks on every release stay a plain attribute read)
         self._room: asyncio.Event
@@ -165,3 +165,4 @@ class Ingress:
         self.backlog = 0
         self.parked = 0
         self.sources = []
+        self.paused = False  # the coordinator pauses the restored sources again if it must

@@ -549,7 +549,6 @@ class ShardCore:
         self.outbox.reset(peers, generation)
         self.channels.reset(driver_from)
         self.ingress.reset()
-        self.ingress.paused = False  # the coordinator pauses the restored sources again if it must
         self.egress.reset()
         self.snapshots.reset(checkpoint_id)
         self._failure = None

@@ -50,18 +50,26 @@ spec:
 KEYS = [f"k{i}" for i in range(12)]
 
 
+def _env(address: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS=address)
+
+
 def _rayfun(*args: str, address: str) -> subprocess.Popen:
     """``rayfun ...`` as a user runs it (``python -m rayfun`` is the console script's entry point)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS=address)
     return subprocess.Popen(
-        [sys.executable, "-m", "rayfun", *args], cwd=str(REPO), env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "rayfun", *args], cwd=str(REPO), env=_env(address), stderr=subprocess.PIPE, text=True
     )
 
 
 def _rayfun_out(*args: str, address: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS=address)
+    """``rayfun ...`` to its end: what it printed (it must exit 0)."""
     done = subprocess.run(
-        [sys.executable, "-m", "rayfun", *args], cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "rayfun", *args],
+        cwd=str(REPO),
+        env=_env(address),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, f"rayfun {' '.join(args)}: {done.stderr[-2000:]}"
     return done.stdout
@@ -141,15 +149,7 @@ def test_run_module_yaml_stops_with_a_savepoint_and_resumes_exactly(kafka_broker
         second = _rayfun(*run, address=address)
         total = sum(sent.values())
         _wait_until(lambda: sum(map(len, _counts(bootstrap, sink).values())) >= total, 180, "all output", second)
-        stopped = subprocess.run(
-            [sys.executable, "-m", "rayfun", "stop", name],
-            cwd=str(REPO),
-            env=dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS=address),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert stopped.returncode == 0 and "stopped with a savepoint" in stopped.stdout, stopped.stderr
+        assert "stopped with a savepoint" in _rayfun_out("stop", name, address=address)
         assert second.wait(timeout=60) == 0, second.stderr.read()[-3000:]
 
         final = _counts(bootstrap, sink)

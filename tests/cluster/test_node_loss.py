@@ -148,6 +148,15 @@ def check_exact(spec: dict, states: dict) -> None:
     assert sum(wl.expected.values()) > 0
 
 
+def finish_exact(driver: Driver, spec: dict, began: float) -> None:
+    """Let the driver run to its end, then check its final state and the published egress exactly."""
+    driver.finish(timeout=240)
+    with open(os.path.join(spec["work"], "state.json")) as f:
+        final = json.load(f)
+    check_exact(spec, final["state"])
+    print(f"exact; info {final['info']}; {time.monotonic() - began:.1f} s in all")
+
+
 def manifests(work: str) -> list[int]:
     root = os.path.join(work, "cp", "manifests")
     names = os.listdir(root) if os.path.isdir(root) else []
@@ -208,11 +217,7 @@ def test_worker_node_killed_mid_run_loses_nothing_and_duplicates_nothing(ray_clu
         assert len(shards_after) == SHARDS and set(shards_after.values()) <= set(ids) - {victim.name}, where
         assert ids[victim.name] not in ray_cluster.node_ids().values()
 
-        driver.finish(timeout=240)
-        with open(os.path.join(spec["work"], "state.json")) as f:
-            final = json.load(f)
-        check_exact(spec, final["state"])
-        print(f"exact; info {final['info']}; {time.monotonic() - began:.1f} s in all")
+        finish_exact(driver, spec, began)
     finally:
         driver.kill()
 
@@ -252,11 +257,7 @@ def test_driver_killed_mid_run_a_new_driver_resumes_exactly(ray_cluster, tmp_pat
         status = second.wait_for(lambda s: True, 120, "the second driver's start")
         assert status["first_info"]["last_checkpoint"] == newest, (status["first_info"], newest)
         print(f"second driver resumed from checkpoint {newest}; placement: {placement(ray_cluster, status)}")
-        second.finish(timeout=240)
-        with open(os.path.join(spec["work"], "state.json")) as f:
-            final = json.load(f)
-        check_exact(spec, final["state"])
-        print(f"exact; info {final['info']}; {time.monotonic() - began:.1f} s in all")
+        finish_exact(second, spec, began)
     finally:
         first.kill()
         if second is not None:

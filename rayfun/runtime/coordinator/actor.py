@@ -24,14 +24,13 @@ from ray.exceptions import RayActorError
 
 from ...constants import IDLE_POLL_FIRST_S, IDLE_POLL_MAX_S, STOP_TIMEOUT_S  # tuning knobs: see rayfun/constants.py
 from ...logs import configure_logging
-from ..aio import retrieve
 from ..egress_collector import EgressCollector
 from ..partitioning import Partitioner
 from ..status import DRIVER, ShardStatus
 from .checkpoints import CheckpointMetrics, CheckpointScheduler
 from .config import AppConfig, AppLayout
 from .driver_channel import DriverChannel
-from .fleet import Fleet, assign_partitions
+from .fleet import Fleet, assign_partitions, end_shards, on_this_node
 from .idle import IdleWatch
 from .operations import Operations
 from .supervisor import RecoveryMetrics, Supervisor
@@ -68,7 +67,7 @@ class Coordinator:
         """Create the shards and start them, resuming from the newest complete checkpoint if there is one."""
         fleet, config = self.fleet, self.config
         fleet.home = ray.get_runtime_context().get_node_id()
-        fleet.collector = ray.remote(EgressCollector).options(num_cpus=0, scheduling_strategy=_here()).remote()
+        fleet.collector = ray.remote(EgressCollector).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
         if config.checkpoint_dir is not None:
             from ...checkpoint import CheckpointStore
 
@@ -240,27 +239,11 @@ class Coordinator:
         self.fleet.stopped = True
         for task in self._tasks:
             task.cancel()
-        shards = self.fleet.shards
-        # shards flush and close their sinks; one that does not answer in time (its loop blocked in a
-        # sink call, say) must not keep the application from stopping: it is killed like the others
-        stops = asyncio.gather(*[s.stop.remote() for s in shards], return_exceptions=True)
-        stops.add_done_callback(retrieve)
-        try:
-            await asyncio.wait_for(stops, STOP_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            log.warning("shards did not stop within %.0f s: killing them (sinks may not have flushed)", STOP_TIMEOUT_S)
-        spare = self.supervisor.spare
-        for s in shards + ([spare] if spare is not None else []):
-            ray.kill(s)
+        # shards flush and close their sinks
+        await end_shards(self.fleet.shards, "stop", "shards did not stop in time: killed (sinks may not have flushed)")
+        if self.supervisor.spare is not None:
+            ray.kill(self.supervisor.spare)
         self.supervisor.spare = None
         if self.fleet.collector is not None:
             ray.kill(self.fleet.collector)
         self.fleet.shards = []
-
-
-def _here():
-    """Node affinity to the node this runs on (hard: Ray ignores a soft one for an actor that requests no
-    resources): the coordinator's helpers live and die with it."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)

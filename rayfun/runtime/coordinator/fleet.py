@@ -20,6 +20,8 @@ from typing import Any
 
 import ray
 
+from ...constants import STOP_TIMEOUT_S  # tuning knob: see rayfun/constants.py
+from ..aio import retrieve
 from ..shard import ShardActor, ShardConfig
 from .config import NAMESPACE, AppConfig, actor_name
 
@@ -27,7 +29,7 @@ log = logging.getLogger("rayfun")
 
 SHARD_CPUS = 0.01  # what a shard asks of Ray by default (see new_shard); shard_options={"num_cpus": 1} reserves a core
 
-__all__ = ["Fleet", "assign_partitions", "first_line"]
+__all__ = ["Fleet", "assign_partitions", "end_shards", "first_line", "on_this_node"]
 
 
 @dataclass
@@ -107,6 +109,28 @@ class Fleet:
         """Wait until the shards at ``indices`` have started, and note where each runs."""
         nodes = await asyncio.gather(*[self.shards[i].ready.remote() for i in indices])
         self.nodes.update(zip(indices, nodes))
+
+
+async def end_shards(shards: list, method: str, late: str) -> None:
+    """Call ``method`` (``stop``, ``retire``: they close their sinks) on every shard, wait STOP_TIMEOUT_S at
+    most (one whose loop is blocked in a sink call must not hold the others), then end their actors. ``late``
+    is the warning for shards that did not answer in time."""
+    calls = asyncio.gather(*[getattr(s, method).remote() for s in shards], return_exceptions=True)
+    calls.add_done_callback(retrieve)  # wait_for cancels it on a timeout
+    try:
+        await asyncio.wait_for(calls, STOP_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        log.warning("%s (%.0f s)", late, STOP_TIMEOUT_S)
+    for s in shards:
+        ray.kill(s)
+
+
+def on_this_node():
+    """Hard node affinity to the node this runs on (Ray ignores a soft one for an actor that requests no
+    resources): the coordinator on the driver's node, its helpers with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def assign_partitions(

@@ -17,15 +17,12 @@ import asyncio
 import logging
 import time
 
-import ray
-
-from ...constants import SAVEPOINT_ATTEMPTS, SAVEPOINT_DRAIN_S, STOP_TIMEOUT_S  # see rayfun/constants.py
+from ...constants import SAVEPOINT_ATTEMPTS, SAVEPOINT_DRAIN_S  # tuning knobs: see rayfun/constants.py
 from ...errors import RayfunError
-from ..aio import retrieve
 from ..partitioning import Partitioner
 from .checkpoints import CheckpointAbandoned, CheckpointScheduler
 from .driver_channel import DriverChannel
-from .fleet import Fleet, first_line
+from .fleet import Fleet, end_shards, first_line
 from .supervisor import Supervisor
 
 log = logging.getLogger("rayfun")
@@ -100,7 +97,8 @@ class Operations:
         old = list(fleet.shards)
         checkpoint = await asyncio.get_running_loop().run_in_executor(None, fleet.store.manifest, n)
         if shards < len(old):
-            await self._retire(old[shards:])
+            # they close their sinks and publish nothing more (checkpoint n published what they had)
+            await end_shards(old[shards:], "retire", "retiring shards did not stop in time: ending them")
             fleet.shards = old[:shards]
             for i in range(shards, len(old)):
                 fleet.nodes.pop(i, None)
@@ -114,17 +112,6 @@ class Operations:
         self.driver.rebase(checkpoint, shards, route)
         await self.supervisor.restore_newest(checkpoint)
         phases["restore"] = time.monotonic() - began - phases["shards"]
-
-    async def _retire(self, shards: list) -> None:
-        """Stop the shards a rescale down leaves out (they close their sinks), then end their actors."""
-        retiring = asyncio.gather(*[s.retire.remote() for s in shards], return_exceptions=True)
-        retiring.add_done_callback(retrieve)
-        try:
-            await asyncio.wait_for(retiring, STOP_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            log.warning("retiring shards did not stop within %.0f s: ending them", STOP_TIMEOUT_S)
-        for s in shards:
-            ray.kill(s)
 
     # -- savepoint --------------------------------------------------------------------------------------
 

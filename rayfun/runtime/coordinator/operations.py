@@ -77,6 +77,11 @@ class Operations:
             fleet.recovering = True  # the monitor and idleness wait; a shard that dies now is recovered after
             try:
                 await self._switch(shards, n)
+            except Exception as exc:  # a shard died while switching: the supervisor's recovery completes it
+                raise OperationFailed(
+                    f"rescale to {shards} shards: a shard failed while switching ({first_line(exc)}); the "
+                    f"application recovers with {shards} shards from checkpoint {n}"
+                ) from exc
             finally:
                 fleet.recovering = False
         self.rescales += 1

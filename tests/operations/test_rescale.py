@@ -50,9 +50,11 @@ def test_rescale_under_load_is_exact(ray_session, tmp_path):
                 app.send_many(chunk, value_type=Commands)
         assert len(chunks) == 30
         app.wait(timeout=240)
-        for shards, before, reported, statuses in layouts:
+        for shards, _, reported, statuses in layouts:
             assert reported == shards and statuses == shards
-            assert before, "the source was read to its end before the rescale: nothing was under way"
+        # the first rescale comes 0.3 s in, far from the source's end; on a slow machine the later ones may
+        # come after the source is read (the driver's sends and the cascades are still under way then)
+        assert layouts[0][1], "the source was read to its end before the first rescale: nothing was under way"
         assert app.info()["rescales"] == 3
         expected = [a + b for a, b in zip(from_source.expected, from_driver.expected)]
         wrong = {

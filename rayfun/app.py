@@ -300,11 +300,10 @@ class App:
         """Block until the application is idle: every message processed (and, with ``timers``, every delayed
         message delivered) and every finite source read to its end. Raises TimeoutError otherwise."""
         self._settle()
-        if not ray.get(self._coordinator.wait_idle.remote(timeout, timers)):
-            raise TimeoutError(
-                f"the application did not become idle within {timeout} s "
-                f"(pass timers=False to ignore pending delayed messages)"
-            )
+        verdict = ray.get(self._coordinator.wait_idle.remote(timeout, timers))
+        if not verdict:
+            hint = " (pass timers=False to ignore pending delayed messages)" if "timer" in verdict.reason else ""
+            raise TimeoutError(f"the application did not become idle within {timeout} s: {verdict.reason}{hint}")
 
     # -- out --------------------------------------------------------------------------------------------
 

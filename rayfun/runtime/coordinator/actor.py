@@ -31,7 +31,7 @@ from .checkpoints import CheckpointMetrics, CheckpointScheduler
 from .config import AppConfig, AppLayout
 from .driver_channel import DriverChannel
 from .fleet import Fleet, assign_partitions, end_shards, on_this_node
-from .idle import IdleWatch
+from .idle import IdleWatch, Verdict
 from .operations import Operations
 from .supervisor import RecoveryMetrics, Supervisor
 
@@ -203,9 +203,10 @@ class Coordinator:
         else:
             await asyncio.gather(*[s.flush.remote() for s in self.fleet.shards])
 
-    async def wait_idle(self, timeout: float | None = 60.0, timers: bool = True) -> bool:
+    async def wait_idle(self, timeout: float | None = 60.0, timers: bool = True) -> Verdict:
         """Wait until nothing is queued, running or in flight anywhere (and, with ``timers``, no delayed
-        message is pending): the same counters twice in a row, with every message sent also received."""
+        message is pending): the same counters twice in a row, with every message sent also received.
+        A verdict that is not idle says what was still busy at the deadline (for the caller's error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         watch = IdleWatch()
         delay = IDLE_POLL_FIRST_S
@@ -214,10 +215,10 @@ class Coordinator:
             statuses = [] if recovering else await self._shard_statuses()
             verdict = watch.look(statuses, self.fleet.generation, self.driver.sent, timers, recovering)
             if verdict.idle:
-                return True
+                return verdict
             if deadline is not None and time.monotonic() > deadline:
                 log.info("not idle within %s s: %s", timeout, verdict.reason)
-                return False
+                return verdict
             await asyncio.sleep(delay)
             delay = min(delay * 2, IDLE_POLL_MAX_S)
 

@@ -21,7 +21,6 @@ import inspect
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -824,15 +823,12 @@ class _Run:
         direct = self.servers.s3_options  # straight to moto: the damage must not depend on the proxy
         return fsspec.filesystem("s3", **direct), self.checkpoint_dir[len("s3://") :]
 
-    @staticmethod
-    def quarantined_ids(fs, root: str) -> set[int]:
-        """The checkpoints the store set aside as damaged (``damaged/cp-N.json``)."""
-        try:
-            names = fs.ls(f"{root}/damaged", detail=False)
-        except FileNotFoundError:
-            return set()
-        found = (re.search(r"cp-(\d+)\.json$", name) for name in names)
-        return {int(m.group(1)) for m in found if m}
+    def quarantined_ids(self) -> set[int]:
+        """The checkpoints the store set aside as damaged, as the store itself lists them."""
+        from rayfun.checkpoint.store import CheckpointStore
+
+        options = None if self.s3_proxy is None else self.servers.s3_options
+        return set(CheckpointStore(self.checkpoint_dir, storage_options=options).quarantined_ids())
 
     def fault_damage(self, f: Fault) -> None:
         fs, root = self._fs()
@@ -862,7 +858,7 @@ class _Run:
         # A checkpoint may complete between the damage and the kill (it references the damaged file and
         # is set aside too): its epoch's egress was published and is then replayed. Which ones were set
         # aside is the store's word; one older than the damaged checkpoint would be a wrong quarantine.
-        set_aside = self.quarantined_ids(fs, root)
+        set_aside = self.quarantined_ids()
         older = sorted(i for i in set_aside if i < newest)
         if older:
             self.violations.append(f"checkpoints {older}, older than the damaged {newest}, were set aside")

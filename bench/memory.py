@@ -51,7 +51,7 @@ class RssSampler:
 
     def rss(self) -> dict[int, int]:
         out = {}
-        for st in self.app.metrics():
+        for st in self.app.shard_metrics():
             try:
                 out[st["index"]] = psutil.Process(st["pid"]).memory_info().rss
             except psutil.Error:
@@ -84,9 +84,9 @@ def slow_async() -> None:
             before = sampler.rss()
             held, deadline = 0, time.monotonic() + 10
             while time.monotonic() < deadline:
-                held = max([held] + [st["backlog"] for st in app.metrics()])
+                held = max([held] + [st["backlog"] for st in app.shard_metrics()])
                 time.sleep(0.1)
-            read = sum(st["ingested"] for st in app.metrics())
+            read = sum(st["ingested"] for st in app.shard_metrics())
         growth = max((sampler.peak.get(i, 0) - before[i]) / 2**20 for i in before)
         print(
             f"slow async: read {read} of {RECORDS} records in 10 s, at most {held} messages held by a shard, "

@@ -44,7 +44,7 @@ SAMPLE_S = 0.1
 
 
 def processed(app) -> int:
-    return sum(m["processed"] for m in app.metrics())
+    return sum(m["processed"] for m in app.shard_metrics())
 
 
 def sample(app, seconds: float) -> list[tuple[float, int]]:

@@ -67,7 +67,7 @@ def main() -> None:
         started = time.perf_counter()
         app.wait(timeout=900)
         elapsed = time.perf_counter() - started
-        metrics = app.metrics()
+        metrics = app.shard_metrics()
         requests = sum(m["remote_requests"] for m in metrics)
         wrong = [
             i

@@ -70,7 +70,7 @@ class RateProbe:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                metrics = self.app.metrics()
+                metrics = self.app.shard_metrics()
             except Exception:
                 metrics = []
             for m in metrics:

@@ -27,6 +27,7 @@ from .ray_auth import keep_token_auth
 from .runtime.coordinator import STOP_TIMEOUT_S, AppConfig, Coordinator
 from .runtime.coordinator.config import NAMESPACE, AppLayout, actor_name
 from .runtime.coordinator.fleet import on_this_node
+from .runtime.metrics import SHARD_METRICS, function_rows
 from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
 from .runtime.registry import TypeRegistry
 from .types import Type, display_value
@@ -358,8 +359,27 @@ class App:
         self._refresh(ray.get(self._coordinator.layout.remote()))
         return checkpoint
 
-    def metrics(self) -> list[dict]:
-        """Per-shard counters: processed, dead letters, egress records, timers, backlog, ..."""
+    def metrics(self, by_shard: bool = False) -> list[dict]:
+        """What each function type did, as a tidy table (one row per type; ``by_shard``: per shard and
+        type, with a ``shard`` column): ``invocations`` (messages handed to it), ``messages_out``,
+        ``egress``, ``dead_letters``, ``backlog`` (messages a remote type holds) and ``mean_latency_ms``
+        (embedded: per call; remote: per request). Counts are of work done since each shard actor started,
+        so work redone after a rollback counts again. ``pandas.DataFrame(app.metrics())`` or
+        ``pyarrow.Table.from_pylist(...)`` makes it a frame. The same figures reach Ray's metrics
+        (Prometheus, Grafana: see docs/metrics.md)."""
+        statuses = self._statuses()
+        if not by_shard:
+            return function_rows(statuses)
+        return [{"shard": st["index"], **row} for st in statuses for row in function_rows([st])]
+
+    def shard_metrics(self) -> list[dict]:
+        """One row per shard, for operators: where it runs and what it holds (``processed``, ``ingested``,
+        ``backlog``, ``timers``, ``egress``, ``dead_letters``, remote requests and failures, the rollback
+        ``generation`` and checkpoint ``epoch``, ``failure``: why it asks for a rollback, or None)."""
+        return [{"shard": st["index"], **{key: st.get(key) for key in SHARD_METRICS}} for st in self._statuses()]
+
+    def _statuses(self) -> list[dict]:
+        """Every live shard's full status, the runtime's internals included (tests and diagnostics)."""
         return ray.get(self._coordinator.statuses.remote())
 
     # -- lifecycle --------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "IDLE_POLL_FIRST_S",
     "IDLE_POLL_MAX_S",
     "IO_THREADS",
+    "LATENCY_SAMPLES",
     "LOCAL_COPY_MAX_BYTES",
     "MAILBOX_HIGH",
     "MAILBOX_LOW",
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_STEP",
     "MAX_TYPENAME_CHARS",
     "MAX_VALUE_BYTES",
+    "METRICS_INTERVAL_S",
     "MONITOR_INTERVAL_S",
     "PIECE_BYTES",
     "POLL_S",
@@ -94,6 +96,10 @@ EGRESS_HIGH = _int("EGRESS_HIGH", 262144)
 ROUTE_CACHE_MAX = _int("ROUTE_CACHE_MAX", 1_000_000)
 #: How often expired state is dropped from instances that were not touched (seconds).
 SWEEP_INTERVAL_S = _float("SWEEP_INTERVAL_S", 5.0)
+#: How often a shard hands what it counted to Ray's metrics (seconds; runtime/metrics.py).
+METRICS_INTERVAL_S = _float("METRICS_INTERVAL_S", 2.0)
+#: Latencies per function type (and per endpoint) fed to Ray's histograms per interval: a sample.
+LATENCY_SAMPLES = _int("LATENCY_SAMPLES", 64)
 
 # -- checkpoints on a shard (runtime/snapshot.py, checkpoint/) ---------------------------------------------
 

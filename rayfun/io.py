@@ -79,6 +79,11 @@ class SourcePartition(ABC):
     def snapshot(self) -> Any:
         """The position *after* the last message returned by ``next_batch`` (picklable, small)."""
 
+    def lag(self) -> int | None:
+        """Records the partition has not read yet, where the source knows it (Kafka: the high watermark
+        minus the position), else None. Read every few seconds for metrics: keep it cheap (cached)."""
+        return None
+
     def close(self) -> None:
         """Release connections; the partition is not used after this."""
 

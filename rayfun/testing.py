@@ -48,6 +48,7 @@ from .io import DEAD_LETTER_EGRESS
 from .messages import Address, EgressMessage, Message, to_message
 from .runtime.effects import Effects
 from .runtime.egress_collector import EgressCollector
+from .runtime.metrics import FunctionCounts
 from .runtime.registry import TypeRegistry
 from .runtime.runners.embedded import EmbeddedFunction
 from .runtime.timers import Timers
@@ -100,11 +101,15 @@ class _Shard:
         self.tasks: set[asyncio.Task] = set()
         self.failure: tuple | None = None  # (typename, id, caller, vtype, payload, exc) in "raise" mode
         self.timers = Timers(self, self.route, self.counters)  # fired on the virtual clock: never armed
+        self.functions: dict[str, FunctionCounts] = {}
         self.effects = Effects(
-            self.registry, self.route, self.timers.service, self._no_schedule, self.emit, self.counters
+            self.registry, self.route, self.timers.service, self._no_schedule, self.emit, self.counters, self.counts_of
         )
         self.apply_effects = self.effects.apply
         self.dead_letter = self.effects.dead_letter
+
+    def counts_of(self, typename: str) -> FunctionCounts:
+        return self.functions.setdefault(typename, FunctionCounts())
 
     def route(self, ttype: str, tid: str, caller: tuple[str, str] | None, vtype: str, payload: Any) -> None:
         self.queue.append((ttype, tid, caller, vtype, payload))

@@ -247,7 +247,7 @@ def _watch(app, stop: _Stop) -> str:
         if info["state"] in ("stopping", "stopped"):
             return "stopped elsewhere"
         if tty:
-            metrics = app.metrics()
+            metrics = app.shard_metrics()
             processed = sum(m.get("processed", 0) for m in metrics)
             rate = 0.0 if last[1] is None else max(0.0, (processed - last[1]) / (now - last[0]))
             click.echo("\r\x1b[2K" + status_line(info, metrics, rate), err=True, nl=False)
@@ -276,7 +276,7 @@ def status(name: str | None, as_json: bool, address: str | None) -> None:
         click.echo("\n".join(names) if names else "no rayfun applications are running on this cluster")
         return
     app = _connect(name, address)
-    info, metrics = app.info(), app.metrics()
+    info, metrics = app.info(), app.shard_metrics()
     if as_json:
         click.echo(json.dumps({"info": info, "shards": metrics}, default=str))
         return
@@ -284,7 +284,7 @@ def status(name: str | None, as_json: bool, address: str | None) -> None:
     headers = ("shard", "node", "processed", "backlog", "timers", "egress", "dead letters", "failure")
     rows = [
         (
-            str(m["index"]),
+            str(m["shard"]),
             (m.get("node") or "")[:12],
             f"{m.get('processed', 0):,}",
             f"{m.get('backlog', 0):,}",
@@ -293,7 +293,7 @@ def status(name: str | None, as_json: bool, address: str | None) -> None:
             f"{m.get('dead_letters', 0):,}",
             m.get("failure") or "",
         )
-        for m in sorted(metrics, key=lambda m: m["index"])
+        for m in sorted(metrics, key=lambda m: m["shard"])
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     for line in [headers, *rows]:

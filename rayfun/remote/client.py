@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import RayfunError
+from ..runtime.metrics import EndpointLatency
 from .endpoint import HttpEndpoint
 from .protocol import DecodeError, InvocationResult, MissingStates, ProtocolError, decode_response, encode_request
 
@@ -134,6 +135,7 @@ class RemoteFunctionClient:
             "missing_states": 0,  # handshake answers
             "invocations": 0,  # messages delivered in answered batches
         }
+        self.latency = EndpointLatency()  # samples for Ray's histograms (see runtime/metrics.py)
 
     @property
     def saturated(self) -> bool:
@@ -178,10 +180,12 @@ class RemoteFunctionClient:
         registered = {name: typename for name, typename, _ in states}
         async with slots:
             self.in_flight += 1
+            began = time.monotonic()
             try:
                 result = await self._call(session, url, body, registered, target_typename, target_id)
             finally:
                 self.in_flight -= 1
+        self.latency.answered(time.monotonic() - began, len(invocations))
         if isinstance(result, MissingStates):
             self.stats["missing_states"] += 1
         else:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..messages import EgressMessage
 from .deadletters import dead_letter_record
+from .metrics import FunctionCounts
 from .registry import TypeRegistry
 from .timers import MAX_DUE_MS, InvalidEffect, TimerService, TokenInUseError
 
@@ -34,6 +35,7 @@ class Effects:
         schedule: Callable[[], None],
         emit: Callable[[EgressMessage], None],
         counters: dict[str, Any],
+        counts_of: Callable[[str], FunctionCounts],
     ) -> None:
         self.registry = registry
         self.route = route
@@ -41,6 +43,7 @@ class Effects:
         self.schedule = schedule
         self.emit = emit
         self.counters = counters  # the shard's: "dead_letters"
+        self.counts_of = counts_of  # per function type: messages out, egress, dead letters (metrics.py)
 
     def apply(
         self,
@@ -59,6 +62,10 @@ class Effects:
         if timers:
             self.check_timers(typename, id, timers, now_ms)
         caller = (typename, id)
+        if sends or egress:
+            counts = self.counts_of(typename)
+            counts.messages_out += len(sends) if sends else 0
+            counts.egress += len(egress) if egress else 0
         if sends:
             registry, route = self.registry, self.route
             for m in sends:
@@ -145,5 +152,8 @@ class Effects:
 
     def dead_letter(self, reason: str, **fields: Any) -> None:
         self.counters["dead_letters"] += 1
+        function = fields.get("function")
+        if function is not None and function in self.registry:  # not per unknown name: bounded series
+            self.counts_of(function).dead_letters += 1
         log.warning("dead letter: %s", reason)
         self.emit(dead_letter_record(reason, **fields))

@@ -141,6 +141,18 @@ class Ingress:
         """Every partition's resume position (a checkpoint's ``sources``)."""
         return [[slot.source_index, slot.name, slot.partition.snapshot(), slot.exhausted] for slot in self.sources]
 
+    def lags(self) -> dict[str, int]:
+        """``source/partition -> records not read yet`` for the partitions that know (metrics)."""
+        out = {}
+        for slot in self.sources:
+            try:
+                lag = slot.partition.lag()
+            except Exception:  # a metric must never fail the shard
+                lag = None
+            if lag is not None:
+                out[f"{slot.source_id}/{slot.name}"] = lag
+        return out
+
     def polling(self) -> bool:
         """Some partition may still return records (the loop then polls instead of sleeping)."""
         return any(not s.exhausted for s in self.sources)

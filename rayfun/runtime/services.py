@@ -14,6 +14,7 @@ import asyncio
 from typing import Any, NamedTuple, Protocol
 
 from ..messages import EgressMessage
+from .metrics import FunctionCounts
 from .registry import TypeRegistry
 
 __all__ = ["EgressRow", "Row", "RunnerServices", "ShardServices"]
@@ -96,3 +97,6 @@ class RunnerServices(ShardServices, Protocol):
 
     def layout_changed(self, typename: str) -> None:
         """A remote function registered new state specs: its checkpoint layout is stale."""
+
+    def counts_of(self, typename: str) -> FunctionCounts:
+        """What this shard counts for ``typename`` (the runner adds its invocations and their time)."""

@@ -40,6 +40,7 @@ from ..constants import (  # tuning knobs: see rayfun/constants.py
     MAILBOX_LOW,
     MAX_OUTSTANDING,
     MAX_STEP,
+    METRICS_INTERVAL_S,
     SWEEP_INTERVAL_S,
     TURN_S,
 )
@@ -50,6 +51,7 @@ from .channels import DRIVER, Channels
 from .effects import Effects
 from .egress import Egress
 from .ingress import Ingress
+from .metrics import FunctionCounts, MetricsPublisher
 from .outbox import Outbox
 from .partitioning import Partitioner, shard_ranges
 from .registry import TypeRegistry
@@ -123,6 +125,8 @@ class ShardCore:
             "egress": 0,
             "timers_fired": 0,
         }
+        self.functions: dict[str, FunctionCounts] = {}  # per function type (see runtime/metrics.py)
+        self.metrics_publisher: MetricsPublisher | None = None  # made in the actor (needs Ray)
         # -- the stages, wired (each gets the shard's counters dict and writes its own keys) --
         self.channels = Channels()
         self.ingress = Ingress(config.sources, config.mailbox_high, config.mailbox_low, self.counters)
@@ -139,7 +143,13 @@ class ShardCore:
         )
         self.timers = Timers(self, self.outbox.route, self.counters)
         self.effects = Effects(
-            self.registry, self.outbox.route, self.timers.service, self.timers.schedule, self.egress.emit, self.counters
+            self.registry,
+            self.outbox.route,
+            self.timers.service,
+            self.timers.schedule,
+            self.egress.emit,
+            self.counters,
+            self.counts_of,
         )
         self.snapshots = Snapshots(
             self, index, self.key_group_range, config.key_groups, config.local_copy_max_bytes, self.counters
@@ -186,6 +196,12 @@ class ShardCore:
         self._layout_cache.pop(typename, None)
         self._expiring = any(r.state.expiring for r in self.runners.values())
 
+    def counts_of(self, typename: str) -> FunctionCounts:
+        counts = self.functions.get(typename)
+        if counts is None:
+            counts = self.functions[typename] = FunctionCounts()
+        return counts
+
     # -- lifecycle --------------------------------------------------------------------------------------
 
     @property
@@ -230,6 +246,8 @@ class ShardCore:
         gc.set_threshold(100_000, 50, 1000)
         self._wake_event = asyncio.Event()
         self.ingress.start()
+        if self.metrics_publisher is None:
+            self.metrics_publisher = MetricsPublisher.for_actor(self.config.app_name, self.index)
 
     def _layout(self, typename: str):
         layout = self._layout_cache.get(typename)
@@ -326,16 +344,23 @@ class ShardCore:
                 if ingress.may_read() and self._may_read_sources():
                     worked = self._read_sources() or worked
                 worked = self._flush() or worked
-                if time.monotonic() >= self._next_sweep:
+                now = time.monotonic()
+                if now >= self._next_sweep:
                     self._housekeeping()
+                publisher = self.metrics_publisher
+                if publisher is not None and now >= publisher.next_at:
+                    self.publish_metrics()
                 if worked:
                     await asyncio.sleep(0)
                     continue
                 wake_event.clear()
-                polling = ingress.polling()
+                timeout = 0.01 if ingress.polling() else None
+                if publisher is not None and publisher.behind(self.counters["processed"]):
+                    # idle with counts Ray has not seen: wake for the next publish (once: then it is even)
+                    timeout = max(0.0, min(timeout or METRICS_INTERVAL_S, publisher.next_at - now))
                 t0 = time.perf_counter()
                 try:
-                    await asyncio.wait_for(wake_event.wait(), 0.01 if polling else None)
+                    await asyncio.wait_for(wake_event.wait(), timeout)
                 except asyncio.TimeoutError:
                     pass
                 self.counters["idle_s"] += time.perf_counter() - t0
@@ -637,7 +662,31 @@ class ShardCore:
             epoch=self.snapshots.epoch,
             cpu_s=time.process_time(),  # the process's CPU time: a busy machine moves it less than wall time
             counters=dict(self.counters),
+            functions={typename: counts.as_dict() for typename, counts in self.functions.items()},
+            function_backlog=self._function_backlog(),
         )
+
+    def publish_metrics(self) -> None:
+        """Hand Ray's metrics what this shard counted since the last time (see runtime/metrics.py)."""
+        publisher = self.metrics_publisher
+        if publisher is None:
+            return
+        publisher.publish(
+            self.functions,
+            {client.endpoint.functions: (client.stats, client.latency) for client in self._clients.values()},
+            self.ingress.backlog + self.ingress.parked,
+            self._function_backlog(),
+            self.ingress.lags(),
+            self.counters["processed"],
+        )
+
+    def _function_backlog(self) -> dict[str, int]:
+        """Messages each remote function type holds: in requests in flight and queued behind them."""
+        return {
+            typename: sum(len(b) for b in runner.inflight.values()) + sum(len(q) for q in runner.queued.values())
+            for typename, runner in self.runners.items()
+            if hasattr(runner, "queued")
+        }
 
     def get_state(self, typename: str, id: str) -> dict[str, Any]:
         runner = self.runners.get(typename)

@@ -40,6 +40,8 @@ class ShardStatus:
     cpu_s: float  # the process's CPU time: a busy machine moves it less than wall time
     counters: dict[str, Any] = field(default_factory=dict)  # processed, ingested, egress, snapshot times, ...
     node: str = ""  # the Ray node the shard runs on (its id, hex)
+    functions: dict[str, dict[str, Any]] = field(default_factory=dict)  # per function type (runtime/metrics.py)
+    function_backlog: dict[str, int] = field(default_factory=dict)  # messages a remote function type holds
 
     @property
     def processed(self) -> int:

@@ -963,7 +963,7 @@ class _Run:
                 "received",
                 "failure",
             )
-            shards = [{k: st.get(k) for k in keys} for st in app.metrics()]
+            shards = [{k: st.get(k) for k in keys} for st in app._statuses()]
             self.violations.append(f"not idle after the faults: {exc} (info {self.info()}; shards {shards})")
             return
         if self.sc.file_egress:

@@ -139,7 +139,7 @@ def test_kafka_to_kafka_with_shard_kills(kafka_broker, ray_session, tmp_path):
         info = app.info()
         assert info["recoveries"] >= 2
         if len(alerts) < n:  # what the job was doing, for a failure that is not a plain loss
-            print(f"{len(alerts)} of {n} alerts; info {info}; shards {app.metrics()}")
+            print(f"{len(alerts)} of {n} alerts; info {info}; shards {app._statuses()}")
     finally:
         feeder.join(60)
         app.stop()

@@ -60,7 +60,7 @@ def test_a_slow_function_or_shard_holds_the_sources_back(ray_session, asynchrono
         peak = ingested = 0
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
-            statuses = app.metrics()
+            statuses = app.shard_metrics()
             peak = max(peak, max(st["backlog"] for st in statuses))
             ingested = sum(st["ingested"] for st in statuses)
             time.sleep(0.05)

@@ -41,11 +41,11 @@ def test_rescale_under_load_is_exact(ray_session, tmp_path):
             for chunk in chunks[step * 10 : step * 10 + 5]:
                 app.send_many(chunk, value_type=Commands)
             time.sleep(0.3)
-            before = not all(m["sources_exhausted"] for m in app.metrics())  # the source is still being read
+            before = not all(m["sources_exhausted"] for m in app.shard_metrics())  # the source is still being read
             # in the middle of the work (the sources are far from their end); the second time by the attached
             # driver, so that `app` sends rows routed for the old shard count, which the coordinator re-routes
             (operator if step == 1 else app).rescale(shards)
-            layouts.append((shards, before, app.info()["shards"], len(app.metrics())))
+            layouts.append((shards, before, app.info()["shards"], len(app.shard_metrics())))
             for chunk in chunks[step * 10 + 5 : step * 10 + 10]:
                 app.send_many(chunk, value_type=Commands)
         assert len(chunks) == 30
@@ -116,7 +116,7 @@ def test_a_shard_killed_while_rescaling_loses_nothing(ray_session, tmp_path):
         killer.join()
         print(f"killed a shard {delay:.2f} s after the request; {outcome}")
         app.wait(timeout=240)
-        assert app.info()["shards"] == len(app.metrics()) in (2, 3)
+        assert app.info()["shards"] == len(app.shard_metrics()) in (2, 3)
         got = [app.state(FN, str(i), wait=False).get("count", 0) for i in range(INSTANCES)]
         wrong = {i: (g, w) for i, (g, w) in enumerate(zip(got, gen.expected)) if g != w}
         assert not wrong, f"seed {SEED}: wrong counts (got, want): {dict(list(wrong.items())[:10])}"

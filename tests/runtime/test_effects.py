@@ -6,6 +6,7 @@ from rayfun import StatefulFunctions
 from rayfun.io import DEAD_LETTER_EGRESS
 from rayfun.messages import EgressMessage, Message
 from rayfun.runtime.effects import Effects
+from rayfun.runtime.metrics import FunctionCounts
 from rayfun.runtime.registry import TypeRegistry
 from rayfun.runtime.timers import InvalidEffect, TimerService, TokenInUseError
 
@@ -23,6 +24,7 @@ class _Wiring:
         self.scheduled = 0
         self.timers = TimerService()
         self.counters = {"dead_letters": 0}
+        self.counts: dict = {}
         self.effects = Effects(
             TypeRegistry(functions.typenames, []),
             lambda *row: self.routed.append(row),
@@ -30,6 +32,7 @@ class _Wiring:
             self._schedule,
             self.emitted.append,
             self.counters,
+            lambda typename: self.counts.setdefault(typename, FunctionCounts()),
         )
 
     def _schedule(self) -> None:

@@ -260,6 +260,14 @@ class KafkaSourcePartition(SourcePartition):
         low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
         return low if kind == "earliest" else high
 
+    def lag(self) -> int | None:
+        """The high watermark librdkafka last saw (no broker call) minus the next offset to read."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        _low, high = consumer.get_watermark_offsets(self._tp, cached=True)
+        return max(0, high - self._position) if high >= 0 else None
+
     # -- reading ---------------------------------------------------------------------------------------
 
     def _poll(self) -> list[KafkaMessage]:

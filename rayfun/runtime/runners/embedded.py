@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ...context import Context, make_storage_class
@@ -114,6 +115,7 @@ class EmbeddedFunction:
         self.storage_cls = make_storage_class(spec.typename, spec.specs)
         self.shard = shard
         self.known = shard.registry
+        self.counts = shard.counts_of(spec.typename)
         # async functions: address -> queued (caller, value typename, payload) behind the running one
         self.busy: dict[str, deque] = {}
         self.running: dict[str, tuple] = {}
@@ -131,16 +133,19 @@ class EmbeddedFunction:
         are most of the cost. A context and its message are only valid during their invocation.
         """
         typename = self.typename
+        counts = self.counts
         if self.is_async:
             invoke_async = self._invoke_async
 
             def run_async(rows: list, i: int, end: int, now_ms: int) -> int:
+                first = i
                 while i < end:
                     ttype, id, caller, vtype, payload = rows[i]
                     if ttype != typename:
-                        return i
+                        break
                     invoke_async(id, caller, vtype, payload, now_ms)
                     i += 1
+                counts.invocations += i - first
                 return i
 
             return run_async
@@ -154,11 +159,12 @@ class EmbeddedFunction:
         message = Message(typename, "", "", None)
 
         def run(rows: list, i: int, end: int, now_ms: int) -> int:
+            began, first = perf_counter(), i
             storage._now = now_ms
             while i < end:
                 ttype, id, caller, vtype, payload = rows[i]
                 if ttype != typename:
-                    return i
+                    break
                 i += 1
                 cells = instances.get(id)
                 cells = cells.copy() if cells is not None else empty.copy()
@@ -183,6 +189,9 @@ class EmbeddedFunction:
                         state.changed[id] = cells[0] if single else cells  # state.change_of, inlined
                     else:
                         put(id, cells)
+            if i > first:  # one count and one clock reading per run of messages, not per message
+                counts.invocations += i - first
+                counts.timed(perf_counter() - began, i - first)
             return i
 
         return run
@@ -227,6 +236,7 @@ class EmbeddedFunction:
         cells = cells.copy() if cells is not None else state.empty.copy()
         storage = self.storage_cls(cells, now_ms)
         ctx = Context(self.typename, id, caller, storage, self.known)
+        began = perf_counter()
         try:
             await self.fn(ctx, Message(self.typename, id, vtype, payload))
         except asyncio.CancelledError:
@@ -235,6 +245,7 @@ class EmbeddedFunction:
             if epoch is self.shard.epoch_token:
                 self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
         else:
+            self.counts.timed(perf_counter() - began, 1)
             if epoch is not self.shard.epoch_token:
                 return  # the shard was rolled back meanwhile: this result belongs to a discarded world
             self._commit(id, ctx, storage, cells, self.shard.now_ms(), caller, vtype, payload)

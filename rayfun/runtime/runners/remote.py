@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ...remote import RemoteFunctionClient, RemoteFunctionError
@@ -72,6 +73,7 @@ class RemoteFunction:
         self.inflight: dict[str, list] = {}  # id -> the batch being sent
         self.queued: dict[str, list] = {}  # id -> messages that arrived meanwhile
         self.blocked = 0  # addresses at max_num_batch_requests (backpressure)
+        self.counts = shard.counts_of(typename)
         self.run = self._make_run()
 
     # -- state specs ------------------------------------------------------------------------------------
@@ -123,14 +125,17 @@ class RemoteFunction:
 
     def _make_run(self):
         typename = self.typename
+        counts = self.counts
 
         def run(rows: list, i: int, end: int, now_ms: int) -> int:
+            first = i
             while i < end:
                 ttype, id, caller, vtype, payload = rows[i]
                 if ttype != typename:
-                    return i
+                    break
                 i += 1
                 self.invoke(id, caller, vtype, payload)
+            counts.invocations += i - first
             return i
 
         return run
@@ -155,6 +160,7 @@ class RemoteFunction:
         try:
             while True:
                 states = self._states(id, shard.now_ms())
+                began = time.perf_counter()
                 try:
                     result = await self.client.invoke(self.typename, id, states, batch)
                 except RemoteFunctionError as exc:
@@ -162,6 +168,7 @@ class RemoteFunction:
                         return
                     self._failed(id, batch, exc)
                     break
+                self.counts.timed(time.perf_counter() - began, 1)  # remote latency: per request
                 if epoch is not shard.epoch_token:
                     return  # rolled back meanwhile: this answer belongs to a discarded world
                 if hasattr(result, "specs"):  # MissingStates: register, then send the same batch again

@@ -8,7 +8,7 @@ from aiohttp import web
 from statefun import RequestReplyHandler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from greeter import functions  # noqa: E402
+from greeter import functions
 
 handler = RequestReplyHandler(functions)
 

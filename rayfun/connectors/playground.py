@@ -95,7 +95,7 @@ def _start_actor(cls: type, role: str, app: AppContext, *args: Any) -> Any:
     """Start a server actor and wait until it listens; raise PlaygroundError naming why it cannot."""
     from rayfun.runtime.coordinator.config import NAMESPACE, actor_name
 
-    actor = (
+    actor: Any = (
         ray.remote(cls)
         .options(
             num_cpus=0,
@@ -285,6 +285,8 @@ class _IngressPartition(SourcePartition):
 
     def __init__(self, server: Any, resume_state: Any, acknowledge_on_read: bool) -> None:
         self._server = server
+        self._incarnation: str | None
+        self._position: int
         self._incarnation, self._position = resume_state if resume_state else (None, 0)
         self._acknowledge_on_read = acknowledge_on_read
         self._ref: Any = None

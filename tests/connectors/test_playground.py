@@ -80,7 +80,9 @@ def closed(port: int) -> bool:
 
 def greet(ingress: int, name: str) -> tuple[int, str]:
     """The playground README's curl command for the greeter."""
-    return put(ingress, f"/example/person/{name}", json.dumps({"name": name}).encode(), "application/vnd.example/GreetRequest")
+    return put(
+        ingress, f"/example/person/{name}", json.dumps({"name": name}).encode(), "application/vnd.example/GreetRequest"
+    )
 
 
 def _run_greeter(functions: StatefulFunctions, module: str, ingress: int, egress: int, tmp_path: Path) -> None:
@@ -143,7 +145,12 @@ kind: io.statefun.playground.v1/egress
 spec: {{port: {egress}, topics: [out]}}
 """
     return rayfun.start(
-        _counter_functions(), shards=2, module=module, checkpoint_dir=str(tmp_path / "cp"), checkpoint_interval=0.2, **kwargs
+        _counter_functions(),
+        shards=2,
+        module=module,
+        checkpoint_dir=str(tmp_path / "cp"),
+        checkpoint_interval=0.2,
+        **kwargs,
     )
 
 
@@ -206,6 +213,7 @@ def test_a_shard_killed_mid_run_keeps_every_acknowledged_put_exactly_once(ray_se
                 else:  # not acknowledged: the client cannot tell, it may retry (at-least-once for it)
                     assert status in (503, 504), (status, text)
         assert app.info()["recoveries"] >= 1
+        assert len(acked) >= n // 2, f"only {len(acked)} of {n} PUTs acknowledged"
         app.wait(timeout=60)
         app.checkpoint()  # the last epoch's records become visible
         got = drain(egress, "out", len(acked), timeout=30)

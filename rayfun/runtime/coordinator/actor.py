@@ -23,7 +23,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from ...constants import IDLE_POLL_FIRST_S, IDLE_POLL_MAX_S, STOP_TIMEOUT_S  # tuning knobs: see rayfun/constants.py
-from ...io import AppContext
+from ...io import AppContext, Sink, Source
 from ...logs import configure_logging
 from ..egress_collector import EgressCollector
 from ..partitioning import Partitioner
@@ -61,7 +61,9 @@ class Coordinator:
         self.state = "starting"  # running, stopping, stopped (rayfun status; rayfun run exits on stopped)
         self._partitioner, self._routed_for = Partitioner(config.key_groups, config.shards), config.shards
         self._tasks: list[asyncio.Task] = []
-        self._started_io: list = []  # the sources and sinks whose start hook ran (their stop runs at the end)
+        self._started_io: list[
+            Source | Sink
+        ] = []  # the sources and sinks whose start hook ran (their stop runs at the end)
 
     def _deliver_driver(self, dest: int, seq: int, rows: list) -> None:
         self.fleet.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.fleet.generation)
@@ -114,7 +116,8 @@ class Coordinator:
             function_types=TypeRegistry(config.functions.typenames, config.endpoints),
         )
         loop = asyncio.get_running_loop()
-        for component in [*config.sources, *config.sinks]:
+        components: list[Source | Sink] = [*config.sources, *config.sinks]
+        for component in components:
             try:  # in a thread: a hook may wait for a server (ray.get), which must not block this event loop
                 await loop.run_in_executor(None, component.start, context)
             except BaseException:

@@ -230,3 +230,24 @@ def test_a_shard_killed_mid_run_keeps_every_acknowledged_put_exactly_once(ray_se
     for id in ids:  # the state rolled back with the input: each id's counts are exactly 1..count
         mine = sorted(int(r.split(":")[2]) for r in records if r.startswith(id + ":"))
         assert mine == list(range(1, counts[id] + 1)), id
+
+
+def test_egress_records_it_cannot_take_are_rejected_for_the_dead_letters():
+    """No Ray: a partition publishes the good records and names each bad one (the runtime dead-letters them)."""
+    from types import SimpleNamespace
+
+    from rayfun.connectors.playground import EGRESS_ID, PlaygroundEgressRecordError, _EgressPartition
+    from rayfun.messages import kafka_egress_message
+
+    published: list = []
+    server = SimpleNamespace(publish=SimpleNamespace(remote=lambda *args: published.append(args)))
+    partition = _EgressPartition(EGRESS_ID, server, 3, ("out",))
+    good = egress_message_builder(EGRESS_ID, {"topic": "out", "payload": {"n": 1}}, EGRESS_RECORD)
+    kafka = kafka_egress_message(typename=EGRESS_ID, topic="out", key="k", value="v")
+    elsewhere = egress_message_builder(EGRESS_ID, {"topic": "other", "payload": "x"}, EGRESS_RECORD)
+    wrong = egress_message_builder(EGRESS_ID, 7, IntType)
+    with pytest.raises(PlaygroundEgressRecordError) as info:
+        partition.write_batch([good, kafka, elsewhere, wrong], 5)
+    assert published == [(3, 5, [("out", b'{"n": 1}'), ("out", b"v")])]
+    reasons = [reason for _, reason in info.value.rejected]
+    assert "unknown topic 'other'" in reasons[0] and "io.statefun.types/int" in reasons[1]

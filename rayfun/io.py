@@ -11,18 +11,26 @@ exactly-once. Partitions run inside the shard actors, so reading, routing and pr
 Sinks publish what functions emit. A sink partition lives in each shard. In exactly-once mode it is handed
 the records of an epoch only after the checkpoint that covers them is complete, and may be handed the same
 epoch again after a crash, so ``write_batch`` must be idempotent per ``(partition, epoch)``.
+
+Two optional hooks exist for connectors that own a server (the playground's HTTP ingress and egress): a
+source or sink is ``start``-ed by the coordinator before any shard is built (so what it makes, e.g. a Ray
+actor handle, travels with it into the shards) and ``stop``-ped when the application stops; a source
+partition hears ``checkpoint_complete(position)`` once a checkpoint that covers its records up to
+``position`` is durable (so it can acknowledge them to the outside). All default to doing nothing.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from .messages import EgressMessage, Message
 
 __all__ = [
     "DEAD_LETTER_EGRESS",
+    "AppContext",
     "DeadLetter",
     "DeliverySemantic",
     "Sink",
@@ -62,6 +70,18 @@ SourceRow: TypeAlias = tuple[str, str, None, str, Any]
 SourceRows: TypeAlias = list[SourceRow | DeadLetter]
 
 
+@dataclass(frozen=True)
+class AppContext:
+    """What a source or sink learns about its application when it starts (``Source.start``, ``Sink.start``)."""
+
+    #: the application's name (e.g. to name the actors a connector starts)
+    name: str
+    #: whether checkpoints are taken: without them ``checkpoint_complete`` is never called
+    checkpoints: bool
+    #: ``typename in function_types``: whether a function type is bound (embedded or by an endpoint)
+    function_types: Container[str]
+
+
 class SourcePartition(ABC):
     """One partition of an ingress: an ordered stream of messages with a resumable position."""
 
@@ -84,6 +104,12 @@ class SourcePartition(ABC):
         minus the position), else None. Read every few seconds for metrics: keep it cheap (cached)."""
         return None
 
+    def checkpoint_complete(self, position: Any) -> None:
+        """A complete checkpoint holds this partition at ``position`` (a value ``snapshot()`` returned): the
+        records before it are durable and will never be replayed. Called in the shard, after the checkpoint's
+        manifest is written; a no-op by default (a replayable source needs nothing, the checkpoint is the
+        truth). A source that must answer its producers (the playground's HTTP ingress) acknowledges here."""
+
     def close(self) -> None:
         """Release connections; the partition is not used after this."""
 
@@ -101,6 +127,13 @@ class Source(ABC):
     @abstractmethod
     def build_partition(self, partition: str, resume_state: Any | None) -> SourcePartition:
         """Open one partition at ``resume_state`` (None: from the configured start position)."""
+
+    def start(self, app: AppContext) -> None:
+        """Called once in the coordinator before any partition is built, e.g. to start a server the
+        partitions read from (what it sets on ``self`` is pickled into the shards). No-op by default."""
+
+    def stop(self) -> None:
+        """Called once in the coordinator when the application stops (after the shards). No-op by default."""
 
 
 class DeliverySemantic:
@@ -130,3 +163,9 @@ class Sink(ABC):
     @abstractmethod
     def build_partition(self, index: int, count: int) -> SinkPartition:
         """The partition for shard ``index`` of ``count``."""
+
+    def start(self, app: AppContext) -> None:
+        """Called once in the coordinator before any partition is built (see ``Source.start``). No-op by default."""
+
+    def stop(self) -> None:
+        """Called once in the coordinator when the application stops (after the shards). No-op by default."""

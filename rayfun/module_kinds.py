@@ -1,7 +1,7 @@
 """The registry of module.yaml kinds: which builder turns the ``spec`` of a document of some ``kind`` into a
 component (an ``HttpEndpoint``, a source, a sink).
 
-One table holds every kind. The built-in ones (StateFun's HTTP endpoints, Kafka ingress and egress) are
+One table holds every kind. The built-in ones (StateFun's HTTP endpoints, Kafka and playground ingress and egress) are
 named here as ``"module:function"`` and imported on first use, so the core imports no connector and a
 connector costs nothing until a module.yaml uses it. A third party adds its kinds either by calling
 ``register_kind`` or, without anyone importing it first, through an entry point of the group
@@ -51,6 +51,8 @@ _KINDS: dict[str, tuple[Builder | str, str]] = {
     "io.statefun.endpoints.v1/http": ("rayfun.module_yaml:build_http_endpoint_v1", "endpoints"),
     "io.statefun.kafka.v1/ingress": ("rayfun.connectors.kafka:ingress_from_spec", "ingresses"),
     "io.statefun.kafka.v1/egress": ("rayfun.connectors.kafka:egress_from_spec", "egresses"),
+    "io.statefun.playground.v1/ingress": ("rayfun.connectors.playground:ingress_from_spec", "ingresses"),
+    "io.statefun.playground.v1/egress": ("rayfun.connectors.playground:egress_from_spec", "egresses"),
 }
 
 _entry_points_loaded = False

@@ -52,6 +52,8 @@ class Ingress:
         self.parked = 0  # messages runners hold until their invocations end
         self.sources: list[SourceSlot] = []
         self.paused = False  # a savepoint or rescale is under way: no source is read (a rollback unpauses)
+        # checkpoint id -> (slot, position) of each partition at that checkpoint's cut, until it completes
+        self._cuts: dict[int, list[tuple[SourceSlot, Any]]] = {}
         # set while deliveries need not wait; made by start(), in the event loop, which comes before any
         # delivery (declared, not assigned: the checks on every release stay a plain attribute read)
         self._room: asyncio.Event
@@ -137,9 +139,29 @@ class Ingress:
                 got.append((slot.source_id, batch))
         return got
 
-    def positions(self) -> list[list]:
-        """Every partition's resume position (a checkpoint's ``sources``)."""
-        return [[slot.source_index, slot.name, slot.partition.snapshot(), slot.exhausted] for slot in self.sources]
+    def positions(self, n: int | None = None) -> list[list]:
+        """Every partition's resume position (a checkpoint's ``sources``); with ``n``, remembered as checkpoint
+        ``n``'s cut, so that ``checkpoint_complete(n)`` can tell each partition where it stood."""
+        rows = [[slot.source_index, slot.name, slot.partition.snapshot(), slot.exhausted] for slot in self.sources]
+        if n is not None:
+            self._cuts[n] = [(slot, row[2]) for slot, row in zip(self.sources, rows)]
+        return rows
+
+    def checkpoint_complete(self, n: int) -> None:
+        """Checkpoint ``n`` is durable: each partition hears its position at the newest cut up to ``n`` (see
+        ``SourcePartition.checkpoint_complete``). A partition's failure here is logged, never raised: the
+        checkpoint is complete whatever the partition makes of it."""
+        done = [k for k in self._cuts if k <= n]
+        if not done:
+            return
+        cut = self._cuts[max(done)]
+        for k in done:
+            del self._cuts[k]
+        for slot, position in cut:
+            try:
+                slot.partition.checkpoint_complete(position)
+            except Exception:
+                log.exception("source %s partition %s: checkpoint_complete failed", slot.source_id, slot.name)
 
     def lags(self) -> dict[str, int]:
         """``source/partition -> records not read yet`` for the partitions that know (metrics)."""
@@ -177,4 +199,5 @@ class Ingress:
         self.backlog = 0
         self.parked = 0
         self.sources = []
+        self._cuts.clear()
         self.paused = False  # the coordinator pauses the restored sources again if it must

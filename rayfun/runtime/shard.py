@@ -513,7 +513,7 @@ class ShardCore:
                 (runner.typename, id, caller, vtype, payload)
                 for id, caller, vtype, payload in runner.pending_messages()
             )
-        snap.meta["sources"] = self.ingress.positions()
+        snap.meta["sources"] = self.ingress.positions(n)
         snap.meta["driver_seq"] = self.channels.expected(DRIVER)
         # exactly-once egress: this epoch's records, plus any earlier epoch not yet confirmed published
         snap.egress = self.egress.cut(n)
@@ -532,6 +532,7 @@ class ShardCore:
         began = time.perf_counter()
         self.snapshots.complete(n, self.runners)
         self.egress.complete(n)
+        self.ingress.checkpoint_complete(n)
         self.counters["snapshot_commit_s"] += time.perf_counter() - began
         await self.egress.published()
 

@@ -22,6 +22,8 @@ BUILT_IN = {
     "io.statefun.endpoints.v2/http",
     "io.statefun.kafka.v1/ingress",
     "io.statefun.kafka.v1/egress",
+    "io.statefun.playground.v1/ingress",
+    "io.statefun.playground.v1/egress",
 }
 
 PLUGIN = """

@@ -23,9 +23,11 @@ import ray
 from ray.exceptions import RayActorError
 
 from ...constants import IDLE_POLL_FIRST_S, IDLE_POLL_MAX_S, STOP_TIMEOUT_S  # tuning knobs: see rayfun/constants.py
+from ...io import AppContext, Sink, Source
 from ...logs import configure_logging
 from ..egress_collector import EgressCollector
 from ..partitioning import Partitioner
+from ..registry import TypeRegistry
 from ..status import DRIVER, ShardStatus
 from .checkpoints import CheckpointMetrics, CheckpointScheduler
 from .config import AppConfig, AppLayout
@@ -59,6 +61,9 @@ class Coordinator:
         self.state = "starting"  # running, stopping, stopped (rayfun status; rayfun run exits on stopped)
         self._partitioner, self._routed_for = Partitioner(config.key_groups, config.shards), config.shards
         self._tasks: list[asyncio.Task] = []
+        self._started_io: list[
+            Source | Sink
+        ] = []  # the sources and sinks whose start hook ran (their stop runs at the end)
 
     def _deliver_driver(self, dest: int, seq: int, rows: list) -> None:
         self.fleet.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.fleet.generation)
@@ -68,6 +73,7 @@ class Coordinator:
         fleet, config = self.fleet, self.config
         fleet.home = ray.get_runtime_context().get_node_id()
         fleet.collector = ray.remote(EgressCollector).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
+        await self._start_io()
         if config.checkpoint_dir is not None:
             from ...checkpoint import CheckpointStore
 
@@ -98,6 +104,35 @@ class Coordinator:
             self._tasks.append(loop.create_task(self.checkpoints.run()))
         self.state = "running"
         return fleet.shards
+
+    async def _start_io(self) -> None:
+        """Run every source's and sink's ``start`` hook (see rayfun.io), before any shard is built, so that
+        what a hook sets on its source or sink (e.g. a server actor's handle) is in the shards' copies. A
+        hook that fails stops the ones started before it and fails the start with its error."""
+        config = self.config
+        context = AppContext(
+            name=config.name or "rayfun",
+            checkpoints=config.checkpoint_dir is not None,
+            function_types=TypeRegistry(config.functions.typenames, config.endpoints),
+        )
+        loop = asyncio.get_running_loop()
+        components: list[Source | Sink] = [*config.sources, *config.sinks]
+        for component in components:
+            try:  # in a thread: a hook may wait for a server (ray.get), which must not block this event loop
+                await loop.run_in_executor(None, component.start, context)
+            except BaseException:
+                await self._stop_io()
+                raise
+            self._started_io.append(component)
+
+    async def _stop_io(self) -> None:
+        loop = asyncio.get_running_loop()
+        started, self._started_io = self._started_io, []
+        for component in reversed(started):
+            try:
+                await loop.run_in_executor(None, component.stop)
+            except Exception:
+                log.exception("stopping %s %s", type(component).__name__, getattr(component, "id", "?"))
 
     def layout(self) -> AppLayout:
         """What a driver needs to send to and read from this application (see AppLayout)."""
@@ -245,6 +280,7 @@ class Coordinator:
         if self.supervisor.spare is not None:
             ray.kill(self.supervisor.spare)
         self.supervisor.spare = None
+        await self._stop_io()
         if self.fleet.collector is not None:
             ray.kill(self.fleet.collector)
         self.fleet.shards = []

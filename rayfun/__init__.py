@@ -9,7 +9,7 @@ from .ray_auth import keep_token_auth as _keep_token_auth
 _keep_token_auth()  # Ray's token authentication on, before anything here imports Ray (see ray_auth.py)
 
 from ._version import __version__ as __version__
-from .app import App, ApplicationNotFound, applications, connect, start
+from .app import App, ApplicationNotFound, UnknownEgress, applications, connect, start
 from .checkpoint import CheckpointError, CorruptCheckpointError, read_state
 from .config import CheckpointConfig
 from .context import Context
@@ -72,6 +72,7 @@ __all__ = [
     "StringType",
     "Type",
     "TypeSerializer",
+    "UnknownEgress",
     "ValueSpec",
     "applications",
     "connect",

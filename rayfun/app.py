@@ -20,7 +20,7 @@ import ray
 from .config import CheckpointConfig
 from .errors import RayfunError
 from .functions import StatefulFunctions
-from .io import Sink, Source
+from .io import DEAD_LETTER_EGRESS, Sink, Source
 from .logs import DEFAULT_LEVEL, parse_level
 from .messages import Message, to_message
 from .ray_auth import keep_token_auth
@@ -34,7 +34,25 @@ from .types import Type, display_value
 
 log = logging.getLogger("rayfun")
 
-__all__ = ["App", "ApplicationNotFound", "applications", "connect", "start"]
+
+class UnknownEgress(RayfunError, ValueError):
+    """``app.egress(id)`` of an egress that nothing emitted to and nothing declares (likely a typo)."""
+
+
+def _get(refs: Any, timeout: float | None = None) -> Any:
+    """``ray.get``, except that an error raised in the application's actors reaches the caller as itself
+    (rayfun's own exception, or the cause's own type, with its message), not as a ``RayTaskError``
+    wrapping a remote traceback (which Ray has logged already)."""
+    try:
+        return ray.get(refs, timeout=timeout)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+            raise cause from None
+        raise
+
+
+__all__ = ["App", "ApplicationNotFound", "UnknownEgress", "applications", "connect", "start"]
 
 
 class ApplicationNotFound(RayfunError, LookupError):
@@ -153,7 +171,7 @@ def start(
     coordinator = ray.remote(Coordinator).options(**options).remote(config)
     try:
         # Ray types the handle as ActorHandle | type[Coordinator]; an actor method's .remote is made at runtime
-        ray.get(coordinator.start.remote())  # type: ignore[union-attr]
+        _get(coordinator.start.remote())  # type: ignore[union-attr]
     except BaseException:
         ray.kill(coordinator)  # type: ignore[arg-type]
         raise
@@ -167,7 +185,7 @@ def _claim(name: str) -> None:
     except ValueError:
         return
     try:
-        state = ray.get(existing.info.remote(), timeout=10)["state"]
+        state = _get(existing.info.remote(), timeout=10)["state"]
     except Exception:  # dead or stuck: its name is free once it is gone
         state = "unknown"
     if state == "running" or state == "starting" or state == "stopping":
@@ -247,10 +265,10 @@ class App:
         self._coordinator = coordinator
         self._owner = owner
         self._driver_id = uuid.uuid4().hex  # this driver's numbering of its sends (see DriverChannel)
-        self._collector = ray.get(coordinator.collector_handle.remote())
+        self._collector = _get(coordinator.collector_handle.remote())
         self._pending_refs: list = []
         self._calls = 0
-        self._refresh(ray.get(coordinator.layout.remote()))
+        self._refresh(_get(coordinator.layout.remote()))
 
     def _refresh(self, layout: AppLayout) -> None:
         self._layout = layout
@@ -290,10 +308,10 @@ class App:
 
     def _settle(self) -> None:
         """Wait for the sends in flight; learn a new shard count if one happened meanwhile (a rescale)."""
-        counts = ray.get(self._pending_refs)
+        counts = _get(self._pending_refs)
         self._pending_refs.clear()
         if any(count != self._layout.shards for count in counts):
-            self._refresh(ray.get(self._coordinator.layout.remote()))
+            self._refresh(_get(self._coordinator.layout.remote()))
 
     # -- waiting ----------------------------------------------------------------------------------------
 
@@ -301,62 +319,82 @@ class App:
         """Block until the application is idle: every message processed (and, with ``timers``, every delayed
         message delivered) and every finite source read to its end. Raises TimeoutError otherwise."""
         self._settle()
-        verdict = ray.get(self._coordinator.wait_idle.remote(timeout, timers))
+        verdict = _get(self._coordinator.wait_idle.remote(timeout, timers))
         if not verdict:
             hint = " (pass timers=False to ignore pending delayed messages)" if "timer" in verdict.reason else ""
             raise TimeoutError(f"the application did not become idle within {timeout} s: {verdict.reason}{hint}")
 
     # -- out --------------------------------------------------------------------------------------------
 
-    def egress(self, egress_id: str, wait: bool = True, timeout: float | None = 60.0) -> list[Any]:
+    def egress(
+        self, egress_id: str, wait: bool = True, timeout: float | None = 60.0, timers: bool = False
+    ) -> list[Any]:
         """Records emitted so far to an in-memory egress, decoded where the type is known.
 
         ``egress_id`` is the egress typename (``example/greetings``) or just its name (``greetings``) when
-        that is unambiguous. With ``wait`` (default) it first waits until the application is idle and
-        publishes what is pending (with checkpoints: takes one, since exactly-once records are published
-        when their checkpoint completes); without, it shows what has been published so far.
+        that is unambiguous; an id that no function has emitted to and no sink declares raises
+        ``UnknownEgress`` naming the known ones (a typo would otherwise read as "nothing yet"). With
+        ``wait`` (default) it first waits until the application is idle and publishes what is pending
+        (with checkpoints: takes one, since exactly-once records are published when their checkpoint
+        completes); without, it shows what has been published so far. Delayed messages (``send_after``)
+        still pending do not keep an application from being idle: ``timers=True`` waits for them to fire
+        too (and for what they cause), so records they lead to are in the answer.
         """
         if wait:
-            self.wait(timeout=timeout, timers=False)
-            ray.get(self._coordinator.flush.remote())
+            self.wait(timeout=timeout, timers=timers)
+            _get(self._coordinator.flush.remote())
         egress_id = self._resolve_egress(egress_id)
-        records = ray.get(self._collector.records.remote(egress_id))
+        records = _get(self._collector.records.remote(egress_id))
+        if not records:
+            known = self._known_egresses()
+            if egress_id not in known:
+                raise UnknownEgress(
+                    f"no function has emitted to egress {egress_id!r} and no sink declares it; "
+                    f"known egresses: {sorted(known) or 'none yet'}"
+                )
         return [display_value(vtype, payload) for vtype, payload in records]
+
+    def _known_egresses(self) -> set[str]:
+        ids = set(_get(self._collector.egress_ids.remote()))
+        ids.update(self._layout.sink_ids)
+        ids.add(DEAD_LETTER_EGRESS)
+        return ids
 
     def _resolve_egress(self, egress_id: str) -> str:
         if "/" in egress_id:
             return egress_id
-        ids = set(ray.get(self._collector.egress_ids.remote()))
-        ids.update(self._layout.sink_ids)
-        matches = sorted(i for i in ids if i.rpartition("/")[2] == egress_id)
+        matches = sorted(i for i in self._known_egresses() if i.rpartition("/")[2] == egress_id)
         if len(matches) > 1:
             raise ValueError(f"egress name {egress_id!r} is ambiguous: {matches}")
         return matches[0] if matches else egress_id
 
-    def state(self, typename: str, id: str, wait: bool = True, timeout: float | None = 60.0) -> dict[str, Any]:
-        """The current state of one instance, ``{state name: value}`` (empty state: ``{}``)."""
+    def state(
+        self, typename: str, id: str, wait: bool = True, timeout: float | None = 60.0, timers: bool = False
+    ) -> dict[str, Any]:
+        """The current state of one instance, ``{state name: value}`` (empty state: ``{}``); ``wait`` and
+        ``timers`` as for ``egress``."""
         if wait:
-            self.wait(timeout=timeout, timers=False)
-        shards = ray.get(self._coordinator.shard_handles.remote())  # they change after a rollback or a rescale
+            self.wait(timeout=timeout, timers=timers)
+        shards = _get(self._coordinator.shard_handles.remote())  # they change after a rollback or a rescale
         owner = Partitioner(self._layout.key_groups, len(shards)).shard_of(typename, id)
-        return ray.get(shards[owner].get_state.remote(typename, id))
+        return _get(shards[owner].get_state.remote(typename, id))
 
     def checkpoint(self) -> int:
         """Take a checkpoint now and return its id once it is complete (needs ``checkpoint_dir``)."""
-        return ray.get(self._coordinator.checkpoint.remote())
+        return _get(self._coordinator.checkpoint.remote())
 
     def info(self) -> dict:
         """Name, state, shards, generation (rollbacks so far), last complete checkpoint, recoveries and the
         last one's duration, rescales."""
-        return ray.get(self._coordinator.info.remote())
+        return _get(self._coordinator.info.remote())
 
     def rescale(self, shards: int) -> int | None:
         """Change the number of shards while the application runs, without a restart: a checkpoint, then
         every shard restored from it at the new count (exactly once throughout). Returns that checkpoint's
         id. Needs checkpoints; a failed rescale raises and leaves the application as it was."""
         self._settle()
-        checkpoint = ray.get(self._coordinator.rescale.remote(shards))
-        self._refresh(ray.get(self._coordinator.layout.remote()))
+        checkpoint = _get(self._coordinator.rescale.remote(shards))
+        self._refresh(_get(self._coordinator.layout.remote()))
         return checkpoint
 
     def metrics(self, by_shard: bool = False) -> list[dict]:
@@ -380,7 +418,7 @@ class App:
 
     def _statuses(self) -> list[dict]:
         """Every live shard's full status, the runtime's internals included (tests and diagnostics)."""
-        return ray.get(self._coordinator.statuses.remote())
+        return _get(self._coordinator.statuses.remote())
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -395,7 +433,7 @@ class App:
             self._settle()
         saved = None
         try:
-            saved = ray.get(self._coordinator.stop.remote(savepoint), timeout=STOP_TIMEOUT_S + 60)
+            saved = _get(self._coordinator.stop.remote(savepoint), timeout=STOP_TIMEOUT_S + 60)
         except ray.exceptions.GetTimeoutError:  # the shards it owns die with it (Ray's fate sharing)
             log.warning("the coordinator did not stop in time: killing it and its shards")
             ray.kill(self._coordinator)

@@ -11,6 +11,7 @@ storage object of an invocation works on a *copy* of that list; the runtime keep
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container, Sequence
 from datetime import timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from .functions import ValueSpec
 from .messages import Address, EgressMessage, Message
 from .types import BUILTIN_TYPES, check_text, to_payload
 
-__all__ = ["Context", "StorageBase", "make_storage_class"]
+__all__ = ["Context", "StorageBase", "explain_state_error", "make_storage_class"]
 
 
 class StorageBase:
@@ -38,7 +39,7 @@ class StorageBase:
         self.dirty = 0
 
     def __getattr__(self, name: str) -> Any:  # only reached for undeclared names
-        raise AttributeError(f"{self._typename} has no state named {name!r}; declared ValueSpecs: {list(self._names)}")
+        raise AttributeError(undeclared_state(self._typename, name, self._names))
 
     def __repr__(self) -> str:
         return f"Storage({self._typename}: {', '.join(self._names)})"
@@ -145,6 +146,27 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
         self.dirty = 2
 
     return property(get, set_, del_, doc=f"state {spec.name!r} ({spec.type.typename})")
+
+
+def undeclared_state(typename: str, name: str, declared: Sequence[str]) -> str:
+    return (
+        f"{typename} has no state named {name!r}: declare it, e.g. ValueSpec({name!r}, IntType), in the "
+        f"specs of its @functions.bind (declared: {list(declared)})"
+    )
+
+
+_NO_ATTRIBUTE = re.compile(r"^'Storage\[[^']*\]' object has no attribute '([^']+)'")
+
+
+def explain_state_error(exc: Exception, storage: StorageBase) -> Exception:
+    """A function that wrote an undeclared state name gets an error saying which ValueSpec to add (the
+    slots refuse the write with Python's plain "object has no attribute"; checking here, on the failure
+    path, costs the writes nothing)."""
+    if isinstance(exc, AttributeError):
+        found = _NO_ATTRIBUTE.match(str(exc))
+        if found and found.group(1) not in storage._names:
+            return AttributeError(undeclared_state(storage._typename, found.group(1), storage._names))
+    return exc
 
 
 def make_storage_class(typename: str, specs: Sequence[ValueSpec]) -> type[StorageBase]:

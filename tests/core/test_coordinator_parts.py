@@ -8,6 +8,7 @@ import types
 
 import pytest
 
+from rayfun import CheckpointError
 from rayfun.runtime.coordinator import checkpoints as cp
 from rayfun.runtime.coordinator import supervisor as sv
 from rayfun.runtime.coordinator.config import AppConfig
@@ -230,7 +231,7 @@ def test_a_checkpoint_of_a_generation_rolled_back_meanwhile_is_abandoned_not_fai
 def test_checkpoints_are_off_without_a_store():
     fleet, _ = _fleet()
     fleet.store = None
-    with pytest.raises(RuntimeError, match="checkpoints are off"):
+    with pytest.raises(CheckpointError, match="checkpoints are off"):
         asyncio.run(cp.CheckpointScheduler(fleet, _channel()[0], _Metrics()).checkpoint())
 
 

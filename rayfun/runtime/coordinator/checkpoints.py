@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 
+from ...checkpoint.errors import CheckpointError
 from ...constants import (  # tuning knobs: see rayfun/constants.py
     ABORT_TIMEOUT_S,
     CHECKPOINT_ALARM_AFTER,
@@ -109,7 +110,7 @@ class CheckpointScheduler:
     async def checkpoint(self) -> int:
         """Take a checkpoint now; returns its id once it is complete (its manifest written)."""
         if self.fleet.store is None:
-            raise RuntimeError("checkpoints are off: start the application with checkpoint_dir=...")
+            raise CheckpointError("checkpoints are off: start the application with checkpoint_dir=...")
         async with self.fleet.lock:
             return await self.checkpoint_locked()
 
@@ -177,7 +178,7 @@ class CheckpointScheduler:
             raise CheckpointAbandoned(f"checkpoint {n} abandoned: the application was rolled back meanwhile")
         for index, result in enumerate(results):
             if isinstance(result, BaseException):
-                raise RuntimeError(f"shard {index}: {first_line(result)}") from result
+                raise CheckpointError(f"checkpoint {n}: shard {index}: {first_line(result)}") from result
         return results
 
     async def _abort(self, n: int) -> None:

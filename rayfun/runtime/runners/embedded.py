@@ -16,7 +16,7 @@ from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ...context import Context, make_storage_class
+from ...context import Context, explain_state_error, make_storage_class
 from ...functions import FunctionSpec
 from ...messages import Message
 
@@ -178,7 +178,7 @@ class EmbeddedFunction:
                     fn(ctx, message)
                 except Exception as exc:
                     ctx.sends = ctx.timers = ctx.egress = None
-                    failed(typename, id, caller, vtype, payload, exc)
+                    failed(typename, id, caller, vtype, payload, explain_state_error(exc, storage))
                     continue
                 if always_commit or ctx.sends is not None or ctx.timers is not None or ctx.egress is not None:
                     commit(id, ctx, storage, cells, now_ms, caller, vtype, payload)
@@ -243,7 +243,9 @@ class EmbeddedFunction:
             raise
         except Exception as exc:
             if epoch is self.shard.epoch_token:
-                self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
+                self.shard.invocation_failed(
+                    self.typename, id, caller, vtype, payload, explain_state_error(exc, storage)
+                )
         else:
             self.counts.timed(perf_counter() - began, 1)
             if epoch is not self.shard.epoch_token:

@@ -30,6 +30,7 @@ from .runtime.coordinator.fleet import on_this_node
 from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
 from .runtime.registry import TypeRegistry
 from .types import Type, display_value
+from .usercode import UserCode, user_code_error
 
 log = logging.getLogger("rayfun")
 
@@ -61,6 +62,7 @@ def start(
     name: str | None = None,
     module: str | None = None,
     log_level: str = DEFAULT_LEVEL,
+    runtime_env: dict | None = None,
 ) -> App:
     """Start an application on Ray and return its handle.
 
@@ -77,7 +79,9 @@ def start(
     are spread over the cluster's nodes unless ``shard_options`` place them (``scheduling_strategy``,
     ``resources``); the coordinator stays on the driver's node. ``log_level``
     is the level of the ``rayfun`` logger in the actors (default ``$RAYFUN_LOG_LEVEL`` or INFO); rayfun
-    never configures a worker's root logger.
+    never configures a worker's root logger. ``runtime_env`` is Ray's runtime environment of the coordinator
+    and shard actors, e.g. ``{"py_modules": [path]}`` or ``{"working_dir": dir}`` to ship the application's
+    packages to workers that do not have them (see docs/usercode.md); without it they get the job's.
 
     With ``checkpoint=CheckpointConfig(dir=...)`` (see ``rayfun.CheckpointConfig``) state, timers, in-flight
     messages and source positions are checkpointed every ``interval`` seconds, egress is published exactly
@@ -139,7 +143,9 @@ def start(
         checkpoint_options=checkpoint.store_options(),
         name=name,
         log_level=level,
+        runtime_env=runtime_env,
     )
+    code = UserCode.pack(config)  # each actor loads it itself, to report a missing module (rayfun.usercode)
     options: dict[str, Any] = {
         "num_cpus": 0,
         "max_concurrency": 1000,
@@ -149,12 +155,17 @@ def start(
         # with it, which a recovery replaces, but never the coordinator
         "scheduling_strategy": on_this_node(),
     }
-    coordinator = ray.remote(Coordinator).options(**options).remote(config)
+    if runtime_env is not None:
+        options["runtime_env"] = runtime_env
+    coordinator = ray.remote(Coordinator).options(**options).remote(code)
     try:
         # Ray types the handle as ActorHandle | type[Coordinator]; an actor method's .remote is made at runtime
         ray.get(coordinator.start.remote())  # type: ignore[union-attr]
-    except BaseException:
+    except BaseException as exc:
         ray.kill(coordinator)  # type: ignore[arg-type]
+        error = user_code_error(exc, driver=True)
+        if error is not None:
+            raise error from None  # one line naming the module and the fix, not Ray's nested traceback
         raise
     return App(coordinator, owner=True)
 

@@ -40,6 +40,7 @@ from .types import (
     make_protobuf_type,
     simple_type,
 )
+from .usercode import UserCodeError
 
 SdkAddress = Address  # the StateFun SDK's name for it
 
@@ -72,6 +73,7 @@ __all__ = [
     "StringType",
     "Type",
     "TypeSerializer",
+    "UserCodeError",
     "ValueSpec",
     "applications",
     "connect",

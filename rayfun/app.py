@@ -62,7 +62,6 @@ def start(
     name: str | None = None,
     module: str | None = None,
     log_level: str = DEFAULT_LEVEL,
-    runtime_env: dict | None = None,
 ) -> App:
     """Start an application on Ray and return its handle.
 
@@ -79,9 +78,10 @@ def start(
     are spread over the cluster's nodes unless ``shard_options`` place them (``scheduling_strategy``,
     ``resources``); the coordinator stays on the driver's node. ``log_level``
     is the level of the ``rayfun`` logger in the actors (default ``$RAYFUN_LOG_LEVEL`` or INFO); rayfun
-    never configures a worker's root logger. ``runtime_env`` is Ray's runtime environment of the coordinator
-    and shard actors, e.g. ``{"py_modules": [path]}`` or ``{"working_dir": dir}`` to ship the application's
-    packages to workers that do not have them (see docs/usercode.md); without it they get the job's.
+    never configures a worker's root logger. The actors import the application's modules themselves: ship
+    packages the workers lack with the job, ``ray.init(runtime_env={"py_modules": [path]})`` (or
+    ``ray_init={"runtime_env": ...}`` here); a module they cannot import is a ``rayfun.UserCodeError``
+    naming it (see docs/usercode.md).
 
     With ``checkpoint=CheckpointConfig(dir=...)`` (see ``rayfun.CheckpointConfig``) state, timers, in-flight
     messages and source positions are checkpointed every ``interval`` seconds, egress is published exactly
@@ -143,7 +143,6 @@ def start(
         checkpoint_options=checkpoint.store_options(),
         name=name,
         log_level=level,
-        runtime_env=runtime_env,
     )
     code = UserCode.pack(config)  # each actor loads it itself, to report a missing module (rayfun.usercode)
     options: dict[str, Any] = {
@@ -155,8 +154,6 @@ def start(
         # with it, which a recovery replaces, but never the coordinator
         "scheduling_strategy": on_this_node(),
     }
-    if runtime_env is not None:
-        options["runtime_env"] = runtime_env
     coordinator = ray.remote(Coordinator).options(**options).remote(code)
     try:
         # Ray types the handle as ActorHandle | type[Coordinator]; an actor method's .remote is made at runtime

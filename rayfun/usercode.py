@@ -6,7 +6,7 @@ module again: a package the driver can import but a worker cannot (a directory o
 ``sys.path`` only, a package installed on the driver's machine only) fails there. Ray would report that
 as a deserialization error of an actor argument, deep in its own frames. So the configuration travels as
 bytes and the coordinator and every shard load it themselves (``UserCode.load``), which turns the failure
-into a ``UserCodeError`` naming the module, the actor and the fix (``runtime_env``), and installs the
+into a ``UserCodeError`` naming the module, the actor and the fix (the job's ``runtime_env``), and installs the
 StateFun alias first when the driver had installed it (``rayfun.compat``), before any user module is
 imported.
 """
@@ -21,14 +21,16 @@ from .errors import RayfunError
 
 __all__ = ["UserCode", "UserCodeError", "user_code_error"]
 
+# Ray ships local directories only with a job (ray.init or `ray job submit`), not per actor
 _FIX = (
-    "ship the code with the application: rayfun.start(..., runtime_env={{'py_modules': [{path}]}}) "
-    "(or {{'working_dir': {dir}}}; ray.init(runtime_env=...) does the same for every actor of the job), "
-    "or install the package on every node"
+    "ship it with the job: ray.init(runtime_env={{'py_modules': [{path}]}}) (or {{'working_dir': {dir}}}; "
+    "rayfun.start(..., ray_init={{'runtime_env': ...}}) when rayfun starts Ray; `ray job submit "
+    "--working-dir`), or install the package on every node"
 )
 _FIX_FILE = (
-    "ship the code with the application: rayfun.start(..., runtime_env={{'working_dir': {dir}}}) "
-    "(ray.init(runtime_env=...) does the same for every actor of the job), or install it on every node"
+    "ship it with the job: ray.init(runtime_env={{'working_dir': {dir}}}) (rayfun.start(..., "
+    "ray_init={{'runtime_env': ...}}) when rayfun starts Ray; `ray job submit --working-dir`), or install "
+    "it on every node"
 )
 
 
@@ -124,5 +126,7 @@ def user_code_error(exc: BaseException | None, driver: bool = False) -> UserCode
                 fix = _FIX.format(path=repr(path), dir=repr(os.path.dirname(path)))
             else:  # a single-file module: ship the directory that holds it
                 fix = _FIX_FILE.format(dir=repr(os.path.dirname(spec.origin)))
-            message = f"{message.split('; ship the code')[0]}; {fix} (the driver imports {top!r} from {spec.origin})"
+            message = (
+                f"{message.split('; ship it with the job')[0]}; {fix} (the driver imports {top!r} from {spec.origin})"
+            )
     return UserCodeError(message, module, exc.where)

@@ -32,7 +32,6 @@ class AppConfig:
     checkpoint_options: dict = field(default_factory=dict)
     name: str | None = None  # the application's name (tags its metrics)
     log_level: str = "INFO"  # of the rayfun logger in the coordinator and shard actors (see rayfun.logs)
-    runtime_env: dict | None = None  # Ray's runtime_env of the coordinator and shards (how they get user code)
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,6 @@ class Fleet:
         # a tiny CPU request, not none: Ray places an actor that requests no resources on any node, whatever
         # its scheduling strategy (SPREAD and soft node affinity would be ignored)
         options: dict[str, Any] = {"num_cpus": SHARD_CPUS, "max_concurrency": 10_000, "max_restarts": 0}
-        if self.config.runtime_env is not None:
-            options["runtime_env"] = self.config.runtime_env
         if "scheduling_strategy" not in user:
             options["scheduling_strategy"] = self._standby_placement() if standby else "SPREAD"
         options.update(user)

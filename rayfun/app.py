@@ -66,8 +66,9 @@ def start(
     """Start an application on Ray and return its handle.
 
     ``ingresses`` are sources (``rayfun.connectors.memory.MemorySource``, ``rayfun.connectors.kafka.KafkaSource``,
-    ...), ``egresses`` are sinks keyed by their id; an egress that functions use but nobody declared is kept in
-    memory and read with ``app.egress(id)``. ``shard_options`` go to Ray's ``.options()`` of every shard actor (e.g.
+    ...), ``egresses`` are sinks keyed by their id. With no sink declared at all (here or in ``module``), every
+    egress is kept in memory and read with ``app.egress(id)``; once any is declared, a record sent to an id
+    that none declares is a dead letter (``rayfun/dead-letters``) naming it, so a typo does not go unseen. ``shard_options`` go to Ray's ``.options()`` of every shard actor (e.g.
     ``{"num_cpus": 1}`` to reserve a core each). ``standby`` keeps one more, idle shard actor (with the same
     options) ready to replace a shard that dies: a recovery then starts no process, which saves about a second.
     ``ray_init`` is passed to ``ray.init`` when no Ray is running yet. ``module`` is a StateFun module.yaml (a path

@@ -79,9 +79,12 @@ class UserCode:
         from ray import cloudpickle
 
         if self.statefun_alias:
-            from .compat import install_statefun_alias
+            from .compat import AliasRefused, install_statefun_alias
 
-            install_statefun_alias()  # before the user's modules import statefun
+            try:
+                install_statefun_alias()  # before the user's modules import statefun
+            except AliasRefused as exc:  # the real SDK is installed here, not in the driver
+                raise UserCodeError(f"{where}: {exc}", module="statefun", where=where) from None
         try:
             return cloudpickle.loads(self.blob)
         except ModuleNotFoundError as exc:

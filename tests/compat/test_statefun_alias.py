@@ -107,3 +107,22 @@ def test_refused_when_another_statefun_is_already_imported():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("AliasRefused a module named 'statefun' is already imported")
+
+
+def test_a_worker_where_the_real_sdk_is_importable_refuses_too(tmp_path):
+    """The driver had the alias; a worker that has the official SDK installed says so and loads nothing."""
+    fake = tmp_path / "statefun"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("SDK = True\n")
+    done = _run(
+        """
+        from rayfun.usercode import UserCode, UserCodeError
+        try:
+            UserCode(b"never unpickled", statefun_alias=True).load("shard 1 of 'app'")
+        except UserCodeError as exc:
+            print(exc.module, exc)
+        """,
+        [str(tmp_path), *sys.path],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("statefun shard 1 of 'app': the StateFun SDK is importable here")

@@ -40,6 +40,7 @@ from .types import (
     make_protobuf_type,
     simple_type,
 )
+from .usercode import UserCodeError
 
 SdkAddress = Address  # the StateFun SDK's name for it
 
@@ -73,6 +74,7 @@ __all__ = [
     "Type",
     "TypeSerializer",
     "UnknownEgress",
+    "UserCodeError",
     "ValueSpec",
     "applications",
     "connect",

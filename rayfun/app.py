@@ -31,6 +31,7 @@ from .runtime.metrics import SHARD_METRICS, function_rows
 from .runtime.partitioning import DEFAULT_KEY_GROUPS, Partitioner
 from .runtime.registry import TypeRegistry
 from .types import Type, display_value
+from .usercode import UserCode, user_code_error
 
 log = logging.getLogger("rayfun")
 
@@ -84,8 +85,9 @@ def start(
     """Start an application on Ray and return its handle.
 
     ``ingresses`` are sources (``rayfun.connectors.memory.MemorySource``, ``rayfun.connectors.kafka.KafkaSource``,
-    ...), ``egresses`` are sinks keyed by their id; an egress that functions use but nobody declared is kept in
-    memory and read with ``app.egress(id)``. ``shard_options`` go to Ray's ``.options()`` of every shard actor (e.g.
+    ...), ``egresses`` are sinks keyed by their id. With no sink declared at all (here or in ``module``), every
+    egress is kept in memory and read with ``app.egress(id)``; once any is declared, a record sent to an id
+    that none declares is a dead letter (``rayfun/dead-letters``) naming it, so a typo does not go unseen. ``shard_options`` go to Ray's ``.options()`` of every shard actor (e.g.
     ``{"num_cpus": 1}`` to reserve a core each). ``standby`` keeps one more, idle shard actor (with the same
     options) ready to replace a shard that dies: a recovery then starts no process, which saves about a second.
     ``ray_init`` is passed to ``ray.init`` when no Ray is running yet. ``module`` is a StateFun module.yaml (a path
@@ -96,7 +98,10 @@ def start(
     are spread over the cluster's nodes unless ``shard_options`` place them (``scheduling_strategy``,
     ``resources``); the coordinator stays on the driver's node. ``log_level``
     is the level of the ``rayfun`` logger in the actors (default ``$RAYFUN_LOG_LEVEL`` or INFO); rayfun
-    never configures a worker's root logger.
+    never configures a worker's root logger. The actors import the application's modules themselves: ship
+    packages the workers lack with the job, ``ray.init(runtime_env={"py_modules": [path]})`` (or
+    ``ray_init={"runtime_env": ...}`` here); a module they cannot import is a ``rayfun.UserCodeError``
+    naming it (see docs/usercode.md).
 
     With ``checkpoint=CheckpointConfig(dir=...)`` (see ``rayfun.CheckpointConfig``) state, timers, in-flight
     messages and source positions are checkpointed every ``interval`` seconds, egress is published exactly
@@ -159,6 +164,7 @@ def start(
         name=name,
         log_level=level,
     )
+    code = UserCode.pack(config)  # each actor loads it itself, to report a missing module (rayfun.usercode)
     options: dict[str, Any] = {
         "num_cpus": 0,
         "max_concurrency": 1000,
@@ -168,12 +174,15 @@ def start(
         # with it, which a recovery replaces, but never the coordinator
         "scheduling_strategy": on_this_node(),
     }
-    coordinator = ray.remote(Coordinator).options(**options).remote(config)
+    coordinator = ray.remote(Coordinator).options(**options).remote(code)
     try:
         # Ray types the handle as ActorHandle | type[Coordinator]; an actor method's .remote is made at runtime
         _get(coordinator.start.remote())  # type: ignore[union-attr]
-    except BaseException:
+    except BaseException as exc:
         ray.kill(coordinator)  # type: ignore[arg-type]
+        error = user_code_error(exc, driver=True)
+        if error is not None:
+            raise error from None  # one line naming the module and the fix, not Ray's nested traceback
         raise
     return App(coordinator, owner=True)
 

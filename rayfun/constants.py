@@ -29,6 +29,7 @@ __all__ = [
     "IO_THREADS",
     "LATENCY_SAMPLES",
     "LOCAL_COPY_MAX_BYTES",
+    "LOG_EVERY_S",
     "MAILBOX_HIGH",
     "MAILBOX_LOW",
     "MAX_ID_CHARS",
@@ -161,6 +162,10 @@ SAVEPOINT_ATTEMPTS = _int("SAVEPOINT_ATTEMPTS", 3)
 IDLE_POLL_FIRST_S = _float("IDLE_POLL_FIRST_S", 0.005)
 #: ... up to this (seconds).
 IDLE_POLL_MAX_S = _float("IDLE_POLL_MAX_S", 0.05)
+
+#: A repeated warning (e.g. a remote function's failing attempts) is logged once per endpoint per this
+#: many seconds; the next line says how many were suppressed meanwhile (seconds, see rayfun/logs.py).
+LOG_EVERY_S = _float("LOG_EVERY_S", 10.0)
 
 # -- limits on input (rayfun/types.py) ------------------------------------------------------------------
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable, Hashable
 
-__all__ = ["DEFAULT_LEVEL", "configure_logging", "parse_level"]
+from .constants import LOG_EVERY_S
+
+__all__ = ["DEFAULT_LEVEL", "RateLimitedLog", "configure_logging", "parse_level"]
 
 DEFAULT_LEVEL = os.environ.get("RAYFUN_LOG_LEVEL", "INFO")
 _FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -39,3 +43,39 @@ def configure_logging(level: int | str = DEFAULT_LEVEL) -> logging.Logger:
         logger.addHandler(handler)
         logger.propagate = False  # the handler above prints it; the root logger's would print it twice
     return logger
+
+
+class RateLimitedLog:
+    """Logs a repeated line at most once per key per ``every`` seconds, so that a failure that repeats for
+    minutes (a remote function answering 500 while it is retried) is visible without flooding the log.
+    The first line after a quiet spell says how many were suppressed since the previous one."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.every = LOG_EVERY_S if every is None else every
+        self.clock = clock
+        self._last: dict[Hashable, float] = {}  # key -> when its last line was logged
+        self._suppressed: dict[Hashable, int] = {}
+
+    def log(self, level: int, key: Hashable, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` unless ``key`` logged one less than ``every`` seconds ago; True if logged."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            msg += " (%d similar line%s suppressed in the last %.0f s)"
+            args = (*args, suppressed, "" if suppressed == 1 else "s", now - last if last is not None else 0.0)
+        self.logger.log(level, msg, *args)
+        return True
+
+    def warning(self, key: Hashable, msg: str, *args: object) -> bool:
+        return self.log(logging.WARNING, key, msg, *args)

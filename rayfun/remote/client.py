@@ -17,6 +17,7 @@ the running loop and ``max_concurrent_requests`` calls at most run at once (the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import RayfunError
+from ..logs import RateLimitedLog
 from ..runtime.metrics import EndpointLatency
 from .endpoint import HttpEndpoint
 from .protocol import DecodeError, InvocationResult, MissingStates, ProtocolError, decode_response, encode_request
@@ -34,6 +36,8 @@ _CONTENT_TYPE = "application/octet-stream"
 _FIRST_BACKOFF = 0.002  # StateFun's async transport: 2 ms, doubling
 _MAX_BACKOFF = 5.0  # StateFun caps only by the remaining budget; a restarted server should not wait a minute
 _MIN_BUDGET = 0.001  # give up when less than 1 ms of the call budget is left (as StateFun does)
+
+log = logging.getLogger("rayfun.remote")
 
 
 class RemoteFunctionError(RayfunError):
@@ -125,6 +129,9 @@ class RemoteFunctionClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self.in_flight = 0
+        #: a failing attempt is a WARNING, at most one line per endpoint per LOG_EVERY_S (retries go on for
+        #: minutes within the call budget, and with on_failure="restart" again after every rollback)
+        self.attempt_log = RateLimitedLog(log)
         #: counters for metrics and benchmarks
         self.stats: dict[str, int] = {
             "calls": 0,  # invoke() calls
@@ -236,6 +243,16 @@ class RemoteFunctionClient:
             if remaining < _MIN_BUDGET or not retries_left:
                 self.stats["failures"] += 1
                 raise RemoteFunctionError(function, id, url, attempts, last_error, elapsed=time.monotonic() - start)
+            self.attempt_log.warning(
+                endpoint.url_path_template,
+                "remote function %s (id %r) at %s: attempt %d failed: %s; retrying (%.1f s of the call budget left)",
+                function,
+                id,
+                url,
+                attempts,
+                last_error,
+                remaining,
+            )
             await asyncio.sleep(min(backoff, remaining))
             backoff = min(backoff * 2, _MAX_BACKOFF)
             if deadline - time.monotonic() < _MIN_BUDGET:

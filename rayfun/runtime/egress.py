@@ -7,7 +7,9 @@
   the checkpoint, so a rollback republishes them (``republish``) and the sink dedups per epoch.
 - ``_publish`` is the one publish path: where a sink's refusal or failure is handled.
 - An undeclared egress id is kept in memory for ``app.egress()`` (``_sink``: the one place that builds
-  the default sink).
+  the default sink), but only while the application declares no sink at all: once it declares its egresses,
+  a record to any other id is a dead letter naming the id and the declared ones (``emit``), so that a typo
+  in an egress id is seen instead of piling up in memory.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from ..io import DEAD_LETTER_EGRESS, DeliverySemantic, Sink
 from ..messages import EgressMessage
+from .deadletters import dead_letter_record
 from .services import ShardServices
 
 log = logging.getLogger("rayfun")
@@ -48,6 +51,9 @@ class Egress:
         self.run_id = run_id  # the application's id across restores (see _sink)
         self.counters = counters  # the shard's: "egress"
         self._specs = {s.id: s for s in sinks}
+        #: the egress ids records may go to, when sinks are declared (None: any id, kept in memory if undeclared)
+        self.declared: frozenset[str] | None = frozenset({*self._specs, DEAD_LETTER_EGRESS}) if sinks else None
+        self._warned: set[str] = set()  # undeclared ids already logged (one WARNING each)
         self._sinks: dict[str, tuple[Sink, Any]] = {}
         self.reset()
 
@@ -59,11 +65,25 @@ class Egress:
         self.unpublished: dict[int, list[EgressMessage]] = {}  # epoch -> records cut, not yet published
 
     def emit(self, record: EgressMessage) -> None:
+        declared = self.declared
+        if declared is not None and record.typename not in declared:
+            record = self._undeclared(record)
         self.counters["egress"] += 1
         if self.checkpoints and self._exactly_once(record.typename):
             self.epoch.append(record)  # published once the checkpoint of this epoch completes
         else:
             self.now.setdefault(record.typename, []).append(record)
+
+    def _undeclared(self, record: EgressMessage) -> EgressMessage:
+        """The dead letter that replaces a record sent to an egress id no sink declares."""
+        egress_id = record.typename
+        declared = sorted(self._specs)
+        reason = f"egress {egress_id!r} is not declared (declared egresses: {declared})"
+        if egress_id not in self._warned:
+            self._warned.add(egress_id)
+            log.warning("%s: its records go to the dead-letter egress %s", reason, DEAD_LETTER_EGRESS)
+        self.counters["dead_letters"] += 1
+        return dead_letter_record(reason, value_typename=record.value_type_name, payload=record.payload)
 
     def held(self) -> int:
         """Exactly-once records waiting for their checkpoint (sources pause past ``egress_high``)."""

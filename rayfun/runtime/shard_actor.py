@@ -7,8 +7,12 @@ the remote methods, and the work happens in the plain ``ShardCore`` it holds.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import ray
 
+from ..usercode import UserCode, UserCodeError
 from .shard import ShardConfig, ShardCore
 from .status import ShardStatus
 
@@ -18,16 +22,28 @@ __all__ = ["ShardActor"]
 class ShardActor:
     """The Ray actor around a ShardCore (its remote methods and their signatures are the shard's API)."""
 
-    def __init__(self, index: int, config: ShardConfig, standby: bool = False) -> None:
+    def __init__(self, index: int, config: ShardConfig, standby: bool = False, code: UserCode | None = None) -> None:
+        self.node = ray.get_runtime_context().get_node_id()
+        if code is not None:  # the application's functions, sources and sinks: loaded here (see rayfun.usercode)
+            try:
+                app = code.load(f"{'a standby shard' if standby else f'shard {index}'} of {config.app_name!r}")
+            except UserCodeError as exc:
+                self.core: Any = _Unloaded(exc)
+                return
+            config = dataclasses.replace(
+                config, functions=app.functions, endpoints=app.endpoints, sources=app.sources, sinks=app.sinks
+            )
         self.core = ShardCore(index, config)
         self.core.standby = standby
-        self.node = ray.get_runtime_context().get_node_id()
 
     def __repr__(self) -> str:  # Ray shows it in the dashboard and before every log line of the actor
-        return self.core.role
+        return getattr(self.core, "role", "rayfun shard")
 
     def ready(self) -> str:
-        """The id of the node this shard runs on (the coordinator places the standby by it)."""
+        """The id of the node this shard runs on (the coordinator places the standby by it); raises the
+        ``UserCodeError`` of a shard that could not load the application's code."""
+        if isinstance(self.core, _Unloaded):
+            raise self.core.error
         return self.node
 
     def adopt(self, index: int) -> None:
@@ -80,3 +96,14 @@ class ShardActor:
 
     def instance_count(self) -> dict[str, int]:
         return self.core.instance_count()
+
+
+class _Unloaded:
+    """The core of a shard that could not load the application's code: every call raises why, so the
+    coordinator's first call (``ready``) reports it instead of a dead actor with a Ray traceback."""
+
+    def __init__(self, error: UserCodeError) -> None:
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        raise self.error

@@ -23,8 +23,10 @@ import ray
 from ray.exceptions import RayActorError
 
 from ...constants import IDLE_POLL_FIRST_S, IDLE_POLL_MAX_S, STOP_TIMEOUT_S  # tuning knobs: see rayfun/constants.py
+from ...functions import StatefulFunctions
 from ...io import AppContext, Sink, Source
 from ...logs import configure_logging
+from ...usercode import UserCode, UserCodeError, user_code_error
 from ..egress_collector import EgressCollector
 from ..partitioning import Partitioner
 from ..registry import TypeRegistry
@@ -45,10 +47,19 @@ __all__ = ["STOP_TIMEOUT_S", "Coordinator"]
 class Coordinator:
     """Owns the shard actors of one application."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, code: UserCode | AppConfig) -> None:
+        self._code_error: UserCodeError | None = None
+        if isinstance(code, AppConfig):  # in-process (tests): nothing to load
+            config, packed = code, None
+        else:  # from rayfun.start: the driver's pickled AppConfig, loaded here (see rayfun.usercode)
+            packed = code
+            try:
+                config = code.load("the coordinator")
+            except UserCodeError as exc:  # start() raises it: a clean error for the driver, not a dead actor
+                self._code_error, config = exc, AppConfig(functions=StatefulFunctions())
         configure_logging(config.log_level)  # the rayfun logger only, never the worker's root logger
         self.config = config
-        self.fleet = Fleet(config)
+        self.fleet = Fleet(config, code=packed)
         self.driver = DriverChannel(
             config.shards,
             self._deliver_driver,
@@ -70,6 +81,8 @@ class Coordinator:
 
     async def start(self) -> list:
         """Create the shards and start them, resuming from the newest complete checkpoint if there is one."""
+        if self._code_error is not None:
+            raise self._code_error
         fleet, config = self.fleet, self.config
         fleet.home = ray.get_runtime_context().get_node_id()
         fleet.collector = ray.remote(EgressCollector).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
@@ -90,7 +103,16 @@ class Coordinator:
         # application's start-up, not a hiccup in the middle of processing
         self.supervisor.keep_standby()
         spare = self.supervisor.spare
-        await asyncio.gather(fleet.ready(range(config.shards)), *([spare.ready.remote()] if spare else []))
+        try:
+            await asyncio.gather(fleet.ready(range(config.shards)), *([spare.ready.remote()] if spare else []))
+        except Exception as exc:
+            error = user_code_error(exc)
+            if error is None:
+                raise
+            for shard in [*fleet.shards, *([spare] if spare else [])]:  # nothing started in them yet
+                ray.kill(shard)
+            fleet.shards, self.supervisor.spare = [], None
+            raise error from None
         if checkpoint is None:
             assignment = assign_partitions(config.sources, config.shards, {})
             await asyncio.gather(*[s.start.remote(fleet.shards, assignment[i]) for i, s in enumerate(fleet.shards)])

@@ -21,6 +21,8 @@ from typing import Any
 import ray
 
 from ...constants import STOP_TIMEOUT_S  # tuning knob: see rayfun/constants.py
+from ...functions import StatefulFunctions
+from ...usercode import UserCode
 from ..aio import retrieve
 from ..shard import ShardActor, ShardConfig
 from .config import NAMESPACE, AppConfig, actor_name
@@ -49,16 +51,20 @@ class Fleet:
     home: str = ""  # the coordinator's node
     _standbys: int = 0  # standbys started so far (each gets its own actor name)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one checkpoint or recovery at a time
+    #: the application's code as the driver packed it: shards load it themselves (see rayfun.usercode)
+    code: UserCode | None = None
 
     def shard_config(self) -> ShardConfig:
+        """The shard's configuration; with ``code``, without the user's objects (the shard loads those)."""
         c = self.config
+        user = self.code is None
         return ShardConfig(
-            functions=c.functions,
+            functions=c.functions if user else StatefulFunctions(),
             shards=c.shards,
             key_groups=c.key_groups,
-            endpoints=c.endpoints,
-            sources=c.sources,
-            sinks=c.sinks,
+            endpoints=c.endpoints if user else [],
+            sources=c.sources if user else [],
+            sinks=c.sinks if user else [],
             checkpoint_url=c.checkpoint_dir,
             checkpoint_options=c.checkpoint_options,
             collector=self.collector,
@@ -85,10 +91,10 @@ class Fleet:
         actor = ray.remote(ShardActor)
         try:
             return actor.options(**options, name=actor_name(self.config.name, role), namespace=NAMESPACE).remote(
-                index, self.shard_config(), standby
+                index, self.shard_config(), standby, self.code
             )
         except ValueError:  # the name is still held by the actor this one replaces (Ray frees it late)
-            return actor.options(**options).remote(index, self.shard_config(), standby)
+            return actor.options(**options).remote(index, self.shard_config(), standby, self.code)
 
     def _standby_placement(self):
         """Node affinity (soft) to the live node with the fewest shards, the coordinator's on a tie: a node

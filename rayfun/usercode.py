@@ -63,7 +63,9 @@ class UserCode:
         self.blob, self.statefun_alias = state
 
     @classmethod
-    def pack(cls, value: Any) -> UserCode:
+    def pack(cls, value: Any, statefun_alias: bool | None = None) -> UserCode:
+        """Pickle ``value`` here; ``statefun_alias``: whether loaders install the alias first (default:
+        whether this process has it)."""
         from ray import cloudpickle
 
         from .compat import alias_installed
@@ -72,7 +74,7 @@ class UserCode:
             blob = cloudpickle.dumps(value)
         except Exception as exc:
             raise TypeError(f"the application's functions, sources or sinks cannot be pickled: {exc}") from exc
-        return cls(blob, alias_installed())
+        return cls(blob, alias_installed() if statefun_alias is None else statefun_alias)
 
     def load(self, where: str) -> Any:
         """Unpickle in this worker; ``UserCodeError`` names what could not be imported and how to fix it."""

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ..logs import RateLimitedLog
 from ..messages import EgressMessage
 from .deadletters import dead_letter_record
 from .metrics import FunctionCounts
@@ -44,6 +45,7 @@ class Effects:
         self.emit = emit
         self.counters = counters  # the shard's: "dead_letters"
         self.counts_of = counts_of  # per function type: messages out, egress, dead letters (metrics.py)
+        self._log = RateLimitedLog(log)  # hostile input must not flood the log: a line per type per interval
 
     def apply(
         self,
@@ -153,7 +155,9 @@ class Effects:
     def dead_letter(self, reason: str, **fields: Any) -> None:
         self.counters["dead_letters"] += 1
         function = fields.get("function")
-        if function is not None and function in self.registry:  # not per unknown name: bounded series
+        if function is not None and function not in self.registry:
+            function = None  # not per unknown name: metric series and log keys stay bounded
+        if function is not None:
             self.counts_of(function).dead_letters += 1
-        log.warning("dead letter: %s", reason)
+        self._log.warning(("dead letter", function), "dead letter: %s", reason)
         self.emit(dead_letter_record(reason, **fields))

@@ -39,7 +39,7 @@ def functions() -> StatefulFunctions:
 
 @pytest.fixture(scope="module")
 def app(ray_session):
-    app = rayfun.start(functions(), shards=2, egresses=[MemorySink("t/declared")], standby=False)
+    app = rayfun.start(functions(), shards=2, egresses=[MemorySink(OUT), MemorySink("t/declared")], standby=False)
     yield app
     app.stop()
 

@@ -153,7 +153,7 @@ class _Metrics:
     def failed(self) -> None:
         self.events.append("failed")
 
-    def completed(self, duration_s: float) -> None:
+    def completed(self, duration_s: float, size_bytes: int) -> None:
         self.events.append("completed")
 
     def age(self, seconds: float) -> None:
@@ -161,6 +161,9 @@ class _Metrics:
 
     def recovered(self) -> None:
         self.events.append("recovered")
+
+    def took(self, seconds: float) -> None:
+        self.events.append("took")
 
 
 class _Store:
@@ -179,7 +182,7 @@ class _Store:
 
 def _fleet(shards: int = 2):
     def part(n, full):
-        return types.SimpleNamespace(full=full, meta={"driver_seq": 0})
+        return types.SimpleNamespace(full=full, meta={"driver_seq": 0}, bytes_written=10)
 
     actors = [
         types.SimpleNamespace(
@@ -219,7 +222,7 @@ def test_a_checkpoint_of_a_generation_rolled_back_meanwhile_is_abandoned_not_fai
 
     def part(n, full):
         fleet.generation += 1  # a rollback happened while the shards wrote their parts
-        return types.SimpleNamespace(full=full, meta={})
+        return types.SimpleNamespace(full=full, meta={}, bytes_written=10)
 
     actors[0].checkpoint = _Remote(part)
     scheduler = cp.CheckpointScheduler(fleet, _channel()[0], _Metrics())

@@ -45,7 +45,9 @@ def test_with_declared_sinks_an_undeclared_id_is_a_dead_letter_logged_once(caplo
     assert letter["reason"] == reason and letter["message"] == "typo 0"
     assert [r.payload for r in egress.now["t/out"]] == ["fine"]
     assert "t/otu" not in egress.now and egress.counters == {"egress": 5, "dead_letters": 3}
-    lines = [r.getMessage() for r in caplog.records if "t/otu" in r.getMessage()]
+    # by identity: after a test that gave the rayfun logger its handler, caplog may hold a record twice
+    unique = {id(r): r for r in caplog.records}.values()
+    lines = [r.getMessage() for r in unique if "t/otu" in r.getMessage()]
     assert lines == [f"{reason}: its records go to the dead-letter egress {DEAD_LETTER_EGRESS}"]
 
 
@@ -66,7 +68,8 @@ def test_an_application_with_declared_egresses_dead_letters_a_typo(ray_session):
         assert {letter["reason"] for letter in letters} == {
             "egress 't/outt' is not declared (declared egresses: ['t/out'])"
         }
-        assert app.egress("t/outt") == []  # nothing kept in memory for it
-        assert sum(m["dead_letters"] for m in app.metrics()) == 2
+        with pytest.raises(rayfun.UnknownEgress):  # nothing kept in memory for it
+            app.egress("t/outt")
+        assert sum(m["dead_letters"] for m in app.shard_metrics()) == 2
     finally:
         app.stop()

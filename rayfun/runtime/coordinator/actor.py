@@ -87,6 +87,9 @@ class Coordinator:
         fleet.home = ray.get_runtime_context().get_node_id()
         fleet.collector = ray.remote(EgressCollector).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
         await self._start_io()
+        if self.fleet.code is not None and self._started_io:
+            # what the hooks set (a server's handle) must reach the shards, which load their own copy
+            self.fleet.code = UserCode.pack(config, statefun_alias=self.fleet.code.statefun_alias)
         if config.checkpoint_dir is not None:
             from ...checkpoint import CheckpointStore
 
@@ -217,6 +220,7 @@ class Coordinator:
             "last_recovery_s": supervisor.last_recovery_s,
             "last_failure": supervisor.last_failure,
             "last_checkpoint_s": checkpoints.last_duration_s,
+            "last_checkpoint_bytes": checkpoints.last_size_bytes,
             "last_checkpoint_age_s": (
                 time.monotonic() - checkpoints.last_complete_at if fleet.store is not None else None
             ),

@@ -63,15 +63,19 @@ class CheckpointMetrics:
         self._age = metrics.Gauge(
             "rayfun_checkpoint_age_seconds", "time since the last complete checkpoint", tag_keys=("application",)
         )
-        for metric in (self._failures, self._completed, self._duration, self._age):
+        self._size = metrics.Gauge(
+            "rayfun_checkpoint_size_bytes", "bytes the last complete checkpoint wrote", tag_keys=("application",)
+        )
+        for metric in (self._failures, self._completed, self._duration, self._age, self._size):
             metric.set_default_tags(tags)
 
     def failed(self) -> None:
         self._failures.inc()
 
-    def completed(self, duration_s: float) -> None:
+    def completed(self, duration_s: float, size_bytes: int) -> None:
         self._completed.inc()
         self._duration.set(duration_s)
+        self._size.set(size_bytes)
         self._age.set(0.0)
 
     def age(self, seconds: float) -> None:
@@ -102,6 +106,7 @@ class CheckpointScheduler:
         self.last_error: str | None = None
         self.last_complete_at = time.monotonic()  # when the newest checkpoint completed (or the start)
         self.last_duration_s: float | None = None  # how long the newest checkpoint took, trigger to complete
+        self.last_size_bytes: int | None = None  # what the newest checkpoint wrote
         self._ended = 0.0
         self._last_alarm = 0.0
         self._since_full = 0
@@ -153,7 +158,8 @@ class CheckpointScheduler:
         await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in fleet.shards])
         self._ended = time.monotonic()
         self.last_duration_s = self._ended - began
-        self.metrics.completed(self.last_duration_s)
+        self.last_size_bytes = sum(part.bytes_written for part in parts)
+        self.metrics.completed(self.last_duration_s, self.last_size_bytes)
         return n
 
     async def _gather_parts(self, n: int, full: bool, generation: int) -> list:

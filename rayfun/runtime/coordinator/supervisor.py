@@ -41,10 +41,19 @@ class RecoveryMetrics:
         self._recoveries = metrics.Counter(
             "rayfun_recoveries", "rollbacks to the last checkpoint", tag_keys=("application",)
         )
-        self._recoveries.set_default_tags({"application": app_name or "rayfun"})
+        self._duration = metrics.Gauge(
+            "rayfun_recovery_duration_seconds",
+            "the last rollback, from the failure seen to processing again",
+            tag_keys=("application",),
+        )
+        for metric in (self._recoveries, self._duration):
+            metric.set_default_tags({"application": app_name or "rayfun"})
 
     def recovered(self) -> None:
         self._recoveries.inc()
+
+    def took(self, seconds: float) -> None:
+        self._duration.set(seconds)
 
 
 def recovery_pause(in_a_row: int) -> float:
@@ -139,6 +148,7 @@ class Supervisor:
             fleet.abandon = False
             self._recovered_at = time.monotonic()
         self.last_recovery_s = time.monotonic() - started
+        self.metrics.took(self.last_recovery_s)
         # the next standby later: its process start costs about a CPU-second, which the shards need now
         asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self.keep_standby)
         log.warning("recovered from checkpoint %s in %.2f s", fleet.last_checkpoint, self.last_recovery_s)

@@ -13,6 +13,7 @@ type (so a mutable object is never shared between sender and receiver). ``None``
 from __future__ import annotations
 
 import json
+import math
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -211,6 +212,21 @@ class _Bool(_BuiltinType[bool]):
         return bool(v) if v is not None else False
 
 
+_FLOAT32_MAX = float.fromhex("0x1.fffffep+127")
+_F32 = struct.Struct("<f")
+
+
+def _as_float32(value: float) -> float:
+    """``value`` as a FloatWrapper holds it (protobuf's rule): beyond the 32-bit range it is ±inf, else
+    rounded to the nearest 32-bit float. Applied where a float enters, so that an embedded value, a stored
+    one and one sent to a remote function are the same number the SDK would read back."""
+    if value > _FLOAT32_MAX:
+        return math.inf
+    if value < -_FLOAT32_MAX:
+        return -math.inf
+    return _F32.unpack(_F32.pack(value))[0]
+
+
 class _Fixed(_BuiltinType[T]):
     def __init__(self, typename: str, fmt: str, wire_type: Literal[1, 5], python_type: type, lo=None, hi=None):
         super().__init__(typename)
@@ -221,22 +237,35 @@ class _Fixed(_BuiltinType[T]):
         self._lo, self._hi = lo, hi
 
     def check(self, value: Any) -> Any:
-        if type(value) is self.python_type:  # the hot path: exactly an int (not a bool) or a float
+        if self.python_type is float:
+            if type(value) is not float:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"{self.typename} expects float, got {type(value).__name__}")
+                value = float(value)
+            return self._normal(value)
+        if type(value) is self.python_type:  # the hot path: exactly an int (not a bool)
             if self._lo is None or self._lo <= value <= self._hi:
                 return value
             raise ValueError(f"{value} is out of range for {self.typename} ({self._lo}..{self._hi})")
-        if self.python_type is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{self.typename} expects float, got {type(value).__name__}")
-            return float(value)
         super().check(value)
         if self._lo is not None and not self._lo <= value <= self._hi:
             raise ValueError(f"{value} is out of range for {self.typename} ({self._lo}..{self._hi})")
         return int(value)
 
+    def _normal(self, value: float) -> float:
+        """The float the SDK reads back after a round trip: 32-bit for FloatType, and -0.0 as 0.0 (proto3
+        leaves a zero out, sign and all)."""
+        if self._wire_type == 5:
+            value = _as_float32(value)
+        return value if value else 0.0
+
     def serialize(self, value: T) -> bytes:
         if not value:
             return b""
+        if self._wire_type == 5 and self.python_type is float:
+            value = _as_float32(value)  # type: ignore[assignment,arg-type]
+            if not value:  # underflowed to zero: left out, as protobuf does
+                return b""
         return self._tag + self._struct.pack(value)
 
     def deserialize(self, data: BytesLike) -> T:

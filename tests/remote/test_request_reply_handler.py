@@ -95,7 +95,10 @@ def test_served_functions_run_as_remote_endpoints(app, kind):
     app.send(f"{kind}/counter", "ann", 1.0)
     app.wait(timeout=60)
     assert app.state(f"{kind}/counter", "ann") == {"seen": 2, "total": 314159005696.0}  # float32: + 1.0 is lost
-    assert sorted(json.loads(r) for r in app.egress(f"{kind}/out")) == [[kind, "ann", 1, "ingress"], [kind, "ann", 2, "ingress"]]
+    assert sorted(json.loads(r) for r in app.egress(f"{kind}/out")) == [
+        [kind, "ann", 1, "ingress"],
+        [kind, "ann", 2, "ingress"],
+    ]
     assert app.state("local/sink", "ann")["last"].startswith(kind + " #")
 
 

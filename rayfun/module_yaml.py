@@ -59,8 +59,8 @@ def load_module(path_or_text: str | os.PathLike) -> ModuleSpec:
         if not isinstance(doc, dict):
             raise ModuleSpecError(f"{where}: expected a mapping with 'kind' and 'spec', got {type(doc).__name__}")
         if "kind" not in doc and ("version" in doc or "module" in doc):
-            for kind, spec, place in _legacy_components(doc, where):
-                _add(module, kind, spec, place)
+            for legacy_kind, legacy_spec, place in _legacy_components(doc, where):
+                _add(module, legacy_kind, legacy_spec, place)
             continue
         kind = doc.get("kind")
         if not isinstance(kind, str) or not kind:
@@ -151,7 +151,9 @@ def _legacy_components(doc: Mapping[str, Any], where: str) -> list[tuple[str, An
             if not isinstance(component, dict):
                 raise ModuleSpecError(f"{place}: expected '- {item_key}: {{meta: ..., spec: ...}}'")
             meta = component.get("meta")
-            legacy_kind = meta.get(kind_key) if isinstance(meta, dict) else None
+            if not isinstance(meta, dict):
+                raise ModuleSpecError(f"{place}: missing {item_key}.meta")
+            legacy_kind = meta.get(kind_key)
             if not isinstance(legacy_kind, str) or not legacy_kind:
                 raise ModuleSpecError(f"{place}: missing {item_key}.meta.{kind_key}")
             if section == "endpoints" and legacy_kind != "http":

@@ -26,7 +26,7 @@ from .messages import (
     message_builder,
 )
 from .module_yaml import load_module
-from .remote import HttpEndpoint, RemoteFunctionError, make_app, make_handler, serve
+from .remote import HttpEndpoint, RemoteFunctionError, RequestReplyHandler, make_app, make_handler, serve
 from .types import (
     BoolType,
     DoubleType,
@@ -64,6 +64,7 @@ __all__ = [
     "Message",
     "RayfunError",
     "RemoteFunctionError",
+    "RequestReplyHandler",
     "SdkAddress",
     "Sink",
     "SinkPartition",

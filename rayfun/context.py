@@ -103,7 +103,7 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
                 self._cells[deadline_at] = self._now + ttl
             self.dirty = 1
 
-        if after_write:
+        if after_write or fast_type is float:  # a float is always normalized (32-bit, no -0.0), as the SDK
             set_ = checked_set
         elif fast_type is str:
             max_chars = types.MAX_VALUE_BYTES // 4

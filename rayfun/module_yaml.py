@@ -9,7 +9,8 @@ document and every known kind, never a silently ignored document.
 HTTP endpoints take StateFun's keys (``functions``, ``urlPathTemplate``, ``maxNumBatchRequests``,
 ``transport``) plus rayfun's optional ``maxRetries``, ``onFailure`` (``restart`` | ``dead-letter``) and
 ``maxConcurrentRequests``. Durations are Flink strings (``2 min``, ``20s``); a bare number is milliseconds,
-as in Flink.
+as in Flink. The legacy StateFun 3.0 format (``version: "3.0"``, one ``module:`` document) is read too, as
+StateFun 3.1+ reads it; versions 1.0 and 2.0 are refused, naming the versions rayfun reads.
 """
 
 from __future__ import annotations
@@ -57,35 +58,118 @@ def load_module(path_or_text: str | os.PathLike) -> ModuleSpec:
         where = f"{source}, document {index} of {total}"
         if not isinstance(doc, dict):
             raise ModuleSpecError(f"{where}: expected a mapping with 'kind' and 'spec', got {type(doc).__name__}")
-        if "module" in doc and "kind" not in doc:
-            raise ModuleSpecError(
-                f"{where}: the legacy StateFun 3.0 format (version/module) is not supported; "
-                f"write one 'kind:' + 'spec:' document per component"
-            )
+        if "kind" not in doc and ("version" in doc or "module" in doc):
+            for legacy_kind, legacy_spec, place in _legacy_components(doc, where):
+                _add(module, legacy_kind, legacy_spec, place)
+            continue
         kind = doc.get("kind")
         if not isinstance(kind, str) or not kind:
             raise ModuleSpecError(f"{where}: missing 'kind' (e.g. io.statefun.endpoints.v2/http)")
-        where = f"{where} (kind {kind})"
         extra = sorted(set(doc) - {"kind", "spec"})
         if extra:
-            raise ModuleSpecError(f"{where}: unexpected top-level keys {extra}; put settings under 'spec'")
-        spec = doc.get("spec")
-        if not isinstance(spec, dict):
-            raise ModuleSpecError(f"{where}: 'spec' must be a mapping, got {type(spec).__name__}")
-        try:
-            builder, section = lookup(kind)
-        except KindError as exc:
-            raise ModuleSpecError(f"{where}: {exc}") from exc
-        try:
-            component = builder(spec)
-        except ModuleSpecError as exc:
-            raise ModuleSpecError(f"{where}: {exc}") from None
-        except (ValueError, TypeError, KeyError) as exc:
-            detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise ModuleSpecError(f"{where}: {detail}") from exc
-        getattr(module, section).append(component)
+            raise ModuleSpecError(
+                f"{where} (kind {kind}): unexpected top-level keys {extra}; put settings under 'spec'"
+            )
+        _add(module, kind, doc.get("spec"), f"{where} (kind {kind})")
     _check_unique(module, source)
     return module
+
+
+def _add(module: ModuleSpec, kind: str, spec: Any, where: str) -> None:
+    """Build one component of ``kind`` from ``spec`` into its section of ``module``."""
+    if not isinstance(spec, dict):
+        raise ModuleSpecError(f"{where}: 'spec' must be a mapping, got {type(spec).__name__}")
+    try:
+        builder, section = lookup(kind)
+    except KindError as exc:
+        raise ModuleSpecError(f"{where}: {exc}") from exc
+    try:
+        component = builder(spec)
+    except ModuleSpecError as exc:
+        raise ModuleSpecError(f"{where}: {exc}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModuleSpecError(f"{where}: {detail}") from exc
+    getattr(module, section).append(component)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The legacy StateFun 3.0 format: one document, ``version: "3.0"`` and ``module: {meta: {type: remote}, spec:
+# {endpoints, ingresses, egresses}}``, each component ``{endpoint|ingress|egress: {meta, spec}}``. StateFun
+# 3.1+ still reads it by turning each component into a kind + spec document, and so does rayfun: the same
+# builders then check the specs.
+
+#: the versions of the ``version:`` format rayfun reads
+LEGACY_VERSIONS = ("3.0",)
+#: 3.0 component types -> the kind StateFun 3.1+ builds them with (others are taken as kinds themselves)
+_LEGACY_KINDS = {
+    "http": "io.statefun.endpoints.v1/http",
+    "io.statefun.kafka/ingress": "io.statefun.kafka.v1/ingress",
+    "io.statefun.kafka/egress": "io.statefun.kafka.v1/egress",
+    "io.statefun.kinesis/ingress": "io.statefun.kinesis.v1/ingress",
+    "io.statefun.kinesis/egress": "io.statefun.kinesis.v1/egress",
+}
+_LEGACY_SECTIONS = (("endpoints", "endpoint", "kind"), ("ingresses", "ingress", "type"), ("egresses", "egress", "type"))
+
+
+def _legacy_components(doc: Mapping[str, Any], where: str) -> list[tuple[str, Any, str]]:
+    """(kind, spec, where) of each component of a 3.0-format document, the id moved into the spec."""
+    version = doc.get("version")
+    version_text = str(version) if isinstance(version, (str, int, float)) and not isinstance(version, bool) else None
+    if version_text not in LEGACY_VERSIONS:
+        raise ModuleSpecError(
+            f"{where}: module.yaml version {version!r} is not supported; rayfun reads version "
+            f"{' or '.join(repr(v) for v in LEGACY_VERSIONS)} (StateFun 3.0) and the StateFun 3.1+ format of one "
+            f"'kind:' + 'spec:' document per component (versions 1.0 and 2.0 predate the remote module)"
+        )
+    extra = sorted(set(doc) - {"version", "module"})
+    if extra:
+        raise ModuleSpecError(f"{where}: unexpected top-level keys {extra} in a version 3.0 module")
+    body = doc.get("module")
+    if not isinstance(body, dict):
+        raise ModuleSpecError(f"{where}: a version 3.0 module needs 'module: {{meta: {{type: remote}}, spec: ...}}'")
+    meta = body.get("meta") or {}
+    module_type = meta.get("type") if isinstance(meta, dict) else None
+    if module_type != "remote":
+        raise ModuleSpecError(
+            f"{where}: module.meta.type is {module_type!r}; rayfun reads only remote modules (type: remote)"
+        )
+    spec = body.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise ModuleSpecError(f"{where}: module.spec must be a mapping of endpoints, ingresses and egresses")
+    _check_keys(spec, {section for section, _, _ in _LEGACY_SECTIONS}, "module.spec")
+    out: list[tuple[str, Any, str]] = []
+    for section, item_key, kind_key in _LEGACY_SECTIONS:
+        items = spec.get(section)
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise ModuleSpecError(f"{where}: module.spec.{section} must be a list")
+        for n, item in enumerate(items, 1):
+            place = f"{where}, module.spec.{section}[{n}]"
+            component = item.get(item_key) if isinstance(item, dict) and len(item) == 1 else None
+            if not isinstance(component, dict):
+                raise ModuleSpecError(f"{place}: expected '- {item_key}: {{meta: ..., spec: ...}}'")
+            meta = component.get("meta")
+            if not isinstance(meta, dict):
+                raise ModuleSpecError(f"{place}: missing {item_key}.meta")
+            legacy_kind = meta.get(kind_key)
+            if not isinstance(legacy_kind, str) or not legacy_kind:
+                raise ModuleSpecError(f"{place}: missing {item_key}.meta.{kind_key}")
+            if section == "endpoints" and legacy_kind != "http":
+                raise ModuleSpecError(f"{place}: endpoint kind {legacy_kind!r}: only http endpoints are supported")
+            kind = _LEGACY_KINDS.get(legacy_kind, legacy_kind)
+            comp_spec = component.get("spec")
+            if section != "endpoints":  # the id sits in meta in 3.0, in the spec since 3.1
+                if not isinstance(comp_spec, dict):
+                    raise ModuleSpecError(f"{place} ({legacy_kind}): 'spec' must be a mapping")
+                if "id" not in meta:
+                    raise ModuleSpecError(f"{place} ({legacy_kind}): missing {item_key}.meta.id")
+                comp_spec = {**comp_spec, "id": meta["id"]}
+            out.append((kind, comp_spec, f"{place} ({legacy_kind}, read as kind {kind})"))
+    if not out:
+        raise ModuleSpecError(f"{where}: the version 3.0 module declares no endpoints, ingresses or egresses")
+    return out
 
 
 def _read(path_or_text: str | os.PathLike) -> tuple[str, str]:

@@ -12,7 +12,9 @@ type (so a mutable object is never shared between sender and receiver). ``None``
 
 from __future__ import annotations
 
+import copyreg
 import json
+import math
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -211,6 +213,21 @@ class _Bool(_BuiltinType[bool]):
         return bool(v) if v is not None else False
 
 
+_FLOAT32_MAX = float.fromhex("0x1.fffffep+127")
+_F32 = struct.Struct("<f")
+
+
+def _as_float32(value: float) -> float:
+    """``value`` as a FloatWrapper holds it (protobuf's rule): beyond the 32-bit range it is ±inf, else
+    rounded to the nearest 32-bit float. Applied where a float enters, so that an embedded value, a stored
+    one and one sent to a remote function are the same number the SDK would read back."""
+    if value > _FLOAT32_MAX:
+        return math.inf
+    if value < -_FLOAT32_MAX:
+        return -math.inf
+    return _F32.unpack(_F32.pack(value))[0]
+
+
 class _Fixed(_BuiltinType[T]):
     def __init__(self, typename: str, fmt: str, wire_type: Literal[1, 5], python_type: type, lo=None, hi=None):
         super().__init__(typename)
@@ -221,22 +238,35 @@ class _Fixed(_BuiltinType[T]):
         self._lo, self._hi = lo, hi
 
     def check(self, value: Any) -> Any:
-        if type(value) is self.python_type:  # the hot path: exactly an int (not a bool) or a float
+        if self.python_type is float:
+            if type(value) is not float:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"{self.typename} expects float, got {type(value).__name__}")
+                value = float(value)
+            return self._normal(value)
+        if type(value) is self.python_type:  # the hot path: exactly an int (not a bool)
             if self._lo is None or self._lo <= value <= self._hi:
                 return value
             raise ValueError(f"{value} is out of range for {self.typename} ({self._lo}..{self._hi})")
-        if self.python_type is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{self.typename} expects float, got {type(value).__name__}")
-            return float(value)
         super().check(value)
         if self._lo is not None and not self._lo <= value <= self._hi:
             raise ValueError(f"{value} is out of range for {self.typename} ({self._lo}..{self._hi})")
         return int(value)
 
+    def _normal(self, value: float) -> float:
+        """The float the SDK reads back after a round trip: 32-bit for FloatType, and -0.0 as 0.0 (proto3
+        leaves a zero out, sign and all)."""
+        if self._wire_type == 5:
+            value = _as_float32(value)
+        return value if value else 0.0
+
     def serialize(self, value: T) -> bytes:
         if not value:
             return b""
+        if self._wire_type == 5 and self.python_type is float:
+            value = _as_float32(value)  # type: ignore[assignment,arg-type]
+            if not value:  # underflowed to zero: left out, as protobuf does
+                return b""
         return self._tag + self._struct.pack(value)
 
     def deserialize(self, data: BytesLike) -> T:
@@ -358,10 +388,154 @@ def make_json_type(typename: str) -> Type[Any]:
     return _remember(SimpleType(typename, _json_dumps, lambda b: json.loads(bytes(b).decode("utf-8"))))
 
 
+class _ProtobufSerializer(TypeSerializer[Any]):
+    def __init__(self, cls: Any):
+        self._cls = cls
+
+    def serialize(self, value: Any) -> bytes:
+        return value.SerializeToString()
+
+    def deserialize(self, data: bytes) -> Any:
+        return self._cls.FromString(data)
+
+
+class ProtobufType(Type[Any]):
+    """A protobuf message type (``make_protobuf_type``); ``message_class`` builds new messages of it.
+
+    A generated class does not pickle (its descriptors are C objects, and its ``_pb2`` module may not be
+    importable where the shards run), so the type travels as its serialized ``.proto`` file and the files
+    that one imports (well-known types included), and each process rebuilds the class from them: the
+    ``_pb2``'s own class when that module imports there and has the same file, else one of its own."""
+
+    def __init__(
+        self,
+        cls: Any,
+        namespace: str,
+        files: tuple[bytes, ...] | None = None,
+        where: tuple[str, str] | None = None,
+    ):
+        descriptor = getattr(cls, "DESCRIPTOR", None)
+        full_name = getattr(descriptor, "full_name", None)
+        if not isinstance(full_name, str) or not hasattr(cls, "FromString"):
+            raise TypeError(f"make_protobuf_type() needs a generated protobuf message class, got {cls!r}")
+        super().__init__(f"{namespace}/{full_name}")
+        self.message_class = cls
+        self._namespace = namespace
+        self._serializer = _ProtobufSerializer(cls)
+        self._files = files
+        #: (module, qualname) of the generated class, kept through rebuilds: where to look for it first
+        self._where = where or (getattr(cls, "__module__", ""), getattr(cls, "__qualname__", ""))
+
+    def serializer(self) -> TypeSerializer[Any]:
+        return self._serializer
+
+    def __reduce__(self):
+        if self._files is None:
+            self._files = _proto_files(self.typename, self.message_class.DESCRIPTOR)
+        full_name = self.message_class.DESCRIPTOR.full_name
+        return (_rebuild_protobuf_type, (self._namespace, full_name, self._files, self._where))
+
+
+def _proto_files(typename: str, descriptor: Any) -> tuple[bytes, ...]:
+    """The serialized FileDescriptorProto of ``descriptor``'s file and of every file it imports, imports
+    first (the order a pool must add them in)."""
+    from google.protobuf import descriptor_pb2
+
+    out: list[bytes] = []
+    seen: set[str] = set()
+
+    def visit(file: Any) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dependency in file.dependencies:
+            visit(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        out.append(proto.SerializeToString())
+
+    try:
+        visit(descriptor.file)
+    except Exception as exc:
+        raise TypeError(
+            f"protobuf type {typename} cannot travel to other processes: its .proto file "
+            f"{getattr(descriptor.file, 'name', '?')!r} cannot be serialized ({type(exc).__name__}: {exc})"
+        ) from exc
+    return tuple(out)
+
+
+#: classes rebuilt in this process, by (message full name, files): one class per schema, not per unpickle
+_REBUILT: dict[tuple[str, tuple[bytes, ...]], Any] = {}
+
+
+def _rebuild_protobuf_type(namespace: str, full_name: str, files: tuple[bytes, ...], where: tuple[str, str]) -> Type:
+    typename = f"{namespace}/{full_name}"
+    key = (full_name, files)
+    cls = _REBUILT.get(key)
+    rebuilt = False
+    if cls is None:
+        cls = _importable_class(full_name, files[-1], where)
+        if cls is None:
+            cls, rebuilt = _class_from_files(typename, full_name, files), True
+        _REBUILT[key] = cls
+    known = _KNOWN_TYPES.get(typename)
+    if isinstance(known, ProtobufType) and known.message_class is cls:
+        return known
+    t = ProtobufType(cls, namespace, files, where)
+    if rebuilt:  # its messages pickle as (type, bytes): back in the driver they are the _pb2's class again
+        copyreg.pickle(cls, lambda m: (_message_of, (t, m.SerializeToString())))
+    return _remember(t)
+
+
+def _message_of(t: ProtobufType, data: bytes) -> Any:
+    return t.message_class.FromString(data)
+
+
+def _importable_class(full_name: str, file: bytes, where: tuple[str, str]) -> Any:
+    """The generated class itself, when its module imports here and was generated from the same file."""
+    import importlib
+
+    module_name, qualname = where
+    if not module_name or module_name == "__main__" or "<" in qualname:
+        return None
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        descriptor = obj.DESCRIPTOR
+        if descriptor.full_name != full_name or _proto_files(full_name, descriptor)[-1] != file:
+            return None
+    except Exception:  # not importable here, or not that class: rebuild it from the files
+        return None
+    return obj
+
+
+def _class_from_files(typename: str, full_name: str, files: tuple[bytes, ...]) -> Any:
+    """A message class built from serialized FileDescriptorProtos, in a pool of its own."""
+    try:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+        pool = descriptor_pool.DescriptorPool()
+        for data in files:
+            pool.Add(descriptor_pb2.FileDescriptorProto.FromString(data))
+        descriptor = pool.FindMessageTypeByName(full_name)
+        get = getattr(message_factory, "GetMessageClass", None)  # protobuf >= 4.22
+        if get is not None:
+            return get(descriptor)
+        return message_factory.MessageFactory(pool).GetPrototype(descriptor)  # pragma: no cover
+    except Exception as exc:
+        raise TypeError(
+            f"protobuf type {typename} cannot be rebuilt in this process from its .proto files "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def make_protobuf_type(cls: Any, namespace: str = "type.googleapis.com") -> Type[Any]:
-    """A type for a protobuf message class, named ``namespace/<full proto name>`` like the SDK does."""
-    typename = f"{namespace}/{cls.DESCRIPTOR.full_name}"
-    return _remember(SimpleType(typename, lambda m: m.SerializeToString(), cls.FromString))
+    """A type for a protobuf message class, named ``namespace/<full proto name>`` like the SDK does. It
+    travels to the shards however its ``_pb2`` was generated (see ``ProtobufType``)."""
+    t = ProtobufType(cls, namespace)
+    t._files = _proto_files(t.typename, cls.DESCRIPTOR)  # fail here, naming the type, not at rayfun.start
+    return _remember(t)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -3,13 +3,21 @@
 - calling functions served elsewhere (any StateFun SDK): ``HttpEndpoint`` says where and how,
   ``RemoteFunctionClient`` makes the calls (the runtime uses it; users only declare endpoints);
 - serving rayfun's own ``StatefulFunctions`` to a StateFun runtime (rayfun's or Flink's): ``serve``,
-  ``make_app`` (aiohttp) or ``make_handler`` (any web server).
+  ``make_app`` (aiohttp) or ``RequestReplyHandler`` (any web server, as with the SDK).
 
 The wire format lives in ``rayfun.remote.protocol``; module.yaml parsing in ``rayfun.module_yaml``.
 """
 
 from .client import RemoteFunctionClient, RemoteFunctionError
 from .endpoint import HttpEndpoint
-from .serve import make_app, make_handler, serve
+from .serve import RequestReplyHandler, make_app, make_handler, serve
 
-__all__ = ["HttpEndpoint", "RemoteFunctionClient", "RemoteFunctionError", "make_app", "make_handler", "serve"]
+__all__ = [
+    "HttpEndpoint",
+    "RemoteFunctionClient",
+    "RemoteFunctionError",
+    "RequestReplyHandler",
+    "make_app",
+    "make_handler",
+    "serve",
+]

@@ -11,6 +11,7 @@ in user code fails the whole batch: the HTTP answer is 500 with the error, and t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -25,7 +26,7 @@ from ..messages import Message
 from ..types import decode_payload, encode_payload
 from .protocol import EXPIRE_MODE_NUMBERS, FromFunction, ToFunction, typed_value
 
-__all__ = ["FunctionHandler", "make_app", "make_handler", "serve"]
+__all__ = ["BadRequest", "FunctionHandler", "RequestReplyHandler", "make_app", "make_handler", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,16 @@ class BadRequest(RayfunError, ValueError):
     of the wrong type): answered with 400 and the reason, which callers do not retry."""
 
 
-class FunctionHandler:
-    """Answers ToFunction batches for a set of functions: ``await handler.handle(body) -> bytes``."""
+class RequestReplyHandler:
+    """Answers ToFunction batches for a set of functions, inside any web server: the SDK's class of the
+    same name, so SDK serving code (aiohttp with ``await handle_async(body)``, Flask or WSGI with
+    ``handle_sync(body)``) runs rayfun functions unchanged. Both raise on a request that can never succeed
+    (``BadRequest``, a ValueError: not a ToFunction, an unknown function type) and re-raise what user code
+    raises; the web server answers 500 then, and the runtime retries."""
 
     def __init__(self, functions: StatefulFunctions):
         if not isinstance(functions, StatefulFunctions) or not len(functions):
-            raise ValueError("make_handler() needs a StatefulFunctions with at least one bound function")
+            raise ValueError("RequestReplyHandler needs a StatefulFunctions with at least one bound function")
         self.functions = functions
         self._bound: dict[str, _Bound] = {}
 
@@ -97,11 +102,24 @@ class FunctionHandler:
             bound = self._bound[typename] = _Bound(self.functions.for_typename(typename))
         return bound
 
-    async def handle(self, body: bytes) -> bytes:
-        """Run one batch; raises BadRequest on a malformed request, and what user code raises."""
+    def handle_sync(self, body: bytes | bytearray | memoryview) -> bytes:
+        """``handle_async`` for a server without an event loop (Flask, WSGI): runs the batch on a fresh
+        loop, so it may not be called from a running loop's thread (use ``await handle_async`` there)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.handle_async(body))
+        raise RuntimeError(
+            "RequestReplyHandler.handle_sync was called from a running event loop; use await handle_async(body)"
+        )
+
+    async def handle_async(self, body: bytes | bytearray | memoryview) -> bytes:
+        """Run one batch (the serialized ToFunction ``body``); the serialized FromFunction to answer."""
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"the request body must be bytes, got {type(body).__name__}")
         req = ToFunction()
         try:
-            req.ParseFromString(body)
+            req.ParseFromString(bytes(body))
         except DecodeError as exc:
             raise BadRequest(f"the request is not a StateFun ToFunction message ({exc})") from None
         if req.WhichOneof("request") != "invocation":
@@ -209,10 +227,16 @@ class FunctionHandler:
                 value.expiration_spec.expire_after_millis = spec.expire_after_millis
         return result.SerializeToString()
 
+    handle = handle_async  # rayfun's earlier name for it
 
-def make_handler(functions: StatefulFunctions) -> FunctionHandler:
-    """A request-reply v3 handler for ``functions`` (like the SDK's ``RequestReplyHandler``)."""
-    return FunctionHandler(functions)
+
+#: rayfun's earlier name for RequestReplyHandler
+FunctionHandler = RequestReplyHandler
+
+
+def make_handler(functions: StatefulFunctions) -> RequestReplyHandler:
+    """A request-reply v3 handler for ``functions``: ``RequestReplyHandler(functions)``."""
+    return RequestReplyHandler(functions)
 
 
 def make_app(functions: StatefulFunctions, path: str = "/statefun") -> web.Application:
@@ -222,7 +246,7 @@ def make_app(functions: StatefulFunctions, path: str = "/statefun") -> web.Appli
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            answer = await handler.handle(body)
+            answer = await handler.handle_async(body)
         except BadRequest as exc:  # can never succeed: 400 with the reason (callers do not retry it)
             log.warning("bad request: %s", exc)
             return web.Response(status=400, text=f"bad request: {exc}")

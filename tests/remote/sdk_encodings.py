@@ -3,10 +3,13 @@
 Runs ONLY in the SDK's interpreter (``.venv-sdk``). Reads one JSON job on stdin, writes one JSON answer:
 - ``builtins``: ``[[typename, value], ...]`` -> hex of the SDK's serialization of each value;
 - ``requests``: ``[{target, states, invocations}, ...]`` -> hex of ToFunction built with the SDK's classes;
-- ``handle``: ``[hex ToFunction, ...]`` -> hex of the SDK handler's answers for ``sdk_functions.functions``.
+- ``handle``: ``[hex ToFunction, ...]`` -> hex of the SDK handler's answers for ``sdk_functions.functions``;
+- ``roundtrips``: ``[[typename, hex of a little-endian double], ...]`` -> ``[hex of the SDK's serialization,
+  hex of the double it reads back]`` each (hex, so that nan, inf and -0.0 survive JSON).
 """
 
 import json
+import struct
 import sys
 
 import sdk_functions
@@ -37,6 +40,12 @@ def build_request(desc):
     return req.SerializeToString().hex()
 
 
+def roundtrip(typename, double_hex):
+    serializer = TYPES[typename].serializer()
+    data = serializer.serialize(struct.unpack("<d", bytes.fromhex(double_hex))[0])
+    return [data.hex(), struct.pack("<d", serializer.deserialize(data)).hex()]
+
+
 def main():
     job = json.load(sys.stdin)
     handler = RequestReplyHandler(sdk_functions.functions)
@@ -44,6 +53,7 @@ def main():
         "builtins": [TYPES[t].serializer().serialize(v).hex() for t, v in job.get("builtins", [])],
         "requests": [build_request(d) for d in job.get("requests", [])],
         "handle": [handler.handle_sync(bytes.fromhex(h)).hex() for h in job.get("handle", [])],
+        "roundtrips": [roundtrip(t, h) for t, h in job.get("roundtrips", [])],
     }
     json.dump(out, sys.stdout)
 

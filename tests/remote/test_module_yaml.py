@@ -182,7 +182,7 @@ def test_endpoint_validation(kwargs, message):
         ("spec: {}", "missing 'kind'"),
         ("kind: io.statefun.endpoints.v2/http", "'spec' must be a mapping"),
         ("kind: io.statefun.endpoints.v2/http\nspec: {}\nextra: 1", "unexpected top-level keys"),
-        ("version: '3.0'\nmodule: {meta: {type: remote}}", "legacy"),
+        ("version: '3.0'\nmodule: {meta: {type: remote}}", "version 3.0 module declares no endpoints"),
         ("- just\n- a list", "expected a mapping"),
         ("kind: [unclosed", "not valid YAML"),
         ("---\n---\n", "declares nothing"),

@@ -192,6 +192,7 @@ def test_a_port_in_use_fails_the_start_clearly(ray_session, tmp_path):
             _start_counter(tmp_path, port, free_port())
 
 
+@pytest.mark.slow
 def test_a_shard_killed_mid_run_keeps_every_acknowledged_put_exactly_once(ray_session, tmp_path):
     import ray
 

@@ -115,7 +115,7 @@ def run_showcase(functions: StatefulFunctions, module_text: str, bootstrap: str,
     }
     assert second == {"an_int": 42, "an_expiring_str": "first set by call number 40"}  # greet_json deleted
     assert types == TYPES
-    assert messaging == {"trigger": "io.statefun.types/int 2 bytes", "echoes": 1}
+    assert messaging == {"trigger": "io.statefun.types/int 5 bytes", "echoes": 1}  # an sfixed32 IntWrapper
     assert isinstance(profile, Message) and type(profile).DESCRIPTOR.full_name == "rayfun.showcase.UserProfile"
     assert (profile.name, profile.favorite_ice_cream, profile.favorite_tv_show) == (
         "Gordon",

@@ -6,6 +6,7 @@ the types function got, the delayed message, the protobuf profile built with awa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -152,7 +153,8 @@ TYPES = {
 @pytest.mark.timeout(300)
 def test_the_showcase_served_by_the_official_sdk(ray_session, sdk_python, broker, tmp_path):  # noqa: F811
     port = free_port()
-    for _ in _start_server([sdk_python, str(SHOWCASE / "serve.py")], port, "SDK showcase"):
+    with contextlib.closing(_start_server([sdk_python, str(SHOWCASE / "serve.py")], port, "SDK showcase")) as server:
+        next(server)  # listening; closing the generator stops it, whether or not the run failed
         run_showcase(StatefulFunctions(), module(broker.bootstrap, port), broker.bootstrap, tmp_path)
 
 

@@ -6,7 +6,7 @@ FLOOR_VENV ?= .venv-floor
 PYARROW_FLOOR := $(shell sed -n 's/.*"pyarrow>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install venvs demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ $(FLOOR_VENV)/.installed-$(PYARROW_FLOOR): pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Every interpreter the tests use; `make -j3 venvs` builds them side by side (CI does).
+venvs: $(VENV)/.installed $(SDK_VENV)/.installed $(FLOOR_VENV)/.installed-$(PYARROW_FLOOR)
 
 # The main job: the fraud-detection showcase (Kafka in and out, checkpoints in ./checkpoints/fraud),
 # then the greeter and the cyclic ping-pong.

@@ -89,12 +89,12 @@ def run(args) -> tuple[float, float]:
     )
     # The shards start reading as soon as they start: count from here, minus what they already did.
     started = time.perf_counter()
-    before = app.shard_metrics()
+    before = app._statuses()
     done_before = sum(m["processed"] for m in before)
     cpu_before = sum(m["cpu_s"] for m in before)
     app.wait(timeout=600)
     elapsed = time.perf_counter() - started
-    metrics = app.shard_metrics()
+    metrics = app._statuses()
     processed = sum(m["processed"] for m in metrics)
     cpu_us = 1e6 * (sum(m["cpu_s"] for m in metrics) - cpu_before) / max(1, processed - done_before)
     expected = expected_state(args.messages, args.addresses)

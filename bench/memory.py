@@ -53,7 +53,7 @@ class RssSampler:
         out = {}
         for st in self.app.shard_metrics():
             try:
-                out[st["index"]] = psutil.Process(st["pid"]).memory_info().rss
+                out[st["shard"]] = psutil.Process(st["pid"]).memory_info().rss
             except psutil.Error:
                 pass
         return out

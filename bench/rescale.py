@@ -74,7 +74,7 @@ class RateProbe:
             except Exception:
                 metrics = []
             for m in metrics:
-                key = (m["index"], m["pid"], m["generation"])
+                key = (m["shard"], m["pid"], m["generation"])
                 done = m["processed"]
                 self._total += max(0, done - self._last.get(key, 0))
                 self._last[key] = done

@@ -109,7 +109,10 @@ class _Shard:
         self.dead_letter = self.effects.dead_letter
 
     def counts_of(self, typename: str) -> FunctionCounts:
-        return self.functions.setdefault(typename, FunctionCounts())
+        counts = self.functions.get(typename)  # not setdefault: that would make a FunctionCounts per call
+        if counts is None:
+            counts = self.functions[typename] = FunctionCounts()
+        return counts
 
     def route(self, ttype: str, tid: str, caller: tuple[str, str] | None, vtype: str, payload: Any) -> None:
         self.queue.append((ttype, tid, caller, vtype, payload))

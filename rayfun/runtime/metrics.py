@@ -129,6 +129,11 @@ def function_rows(statuses: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def _counters(metrics: Any, prefix: str, tags: tuple[str, ...], **described: str) -> dict[str, Any]:
+    """One Ray counter per ``key=description``, named ``prefix + key``, keyed by ``key``."""
+    return {key: metrics.Counter(prefix + key, what, tag_keys=tags) for key, what in described.items()}
+
+
 class MetricsPublisher:
     """A shard's Ray metrics: made once per actor, fed the deltas of its counters every interval."""
 
@@ -140,15 +145,15 @@ class MetricsPublisher:
         self.next_at = 0.0
         fn_tags = ("application", "function_type", "shard")
         ep_tags = ("application", "endpoint", "shard")
-        self._fn_counters = {
-            key: metrics.Counter(f"rayfun_function_{key}", what, tag_keys=fn_tags)
-            for key, what in (
-                ("invocations", "messages handed to the function (StateFun's 'in')"),
-                ("messages_out", "messages the function sent to functions"),
-                ("egress", "records the function sent to egresses"),
-                ("dead_letters", "the function's messages that became dead letters"),
-            )
-        }
+        self._fn_counters = _counters(
+            metrics,
+            "rayfun_function_",
+            fn_tags,
+            invocations="messages handed to the function (StateFun's 'in')",
+            messages_out="messages the function sent to functions",
+            egress="records the function sent to egresses",
+            dead_letters="the function's messages that became dead letters",
+        )
         self._fn_latency = metrics.Histogram(
             "rayfun_function_invocation_latency_seconds",
             "invocation latency (embedded: the call; remote: the request), sampled",
@@ -158,14 +163,14 @@ class MetricsPublisher:
         self._fn_backlog = metrics.Gauge(
             "rayfun_function_backlog", "messages waiting for a remote function's answer", tag_keys=fn_tags
         )
-        self._ep_counters = {
-            key: metrics.Counter(f"rayfun_endpoint_{key}", what, tag_keys=ep_tags)
-            for key, what in (
-                ("requests", "HTTP requests to the endpoint (attempts)"),
-                ("retries", "attempts after the first"),
-                ("failures", "calls that failed after their retries"),
-            )
-        }
+        self._ep_counters = _counters(
+            metrics,
+            "rayfun_endpoint_",
+            ep_tags,
+            requests="HTTP requests to the endpoint (attempts)",
+            retries="attempts after the first",
+            failures="calls that failed after their retries",
+        )
         self._ep_latency = metrics.Histogram(
             "rayfun_endpoint_request_latency_seconds",
             "a call's time to its answer, retries included, sampled",

@@ -58,6 +58,7 @@ bench: $(VENV)/.installed $(SDK_VENV)/.installed
 	$(PY) bench/checkpoint_io.py
 	$(PY) bench/memory.py
 	$(PY) bench/rescale.py
+	$(PY) bench/baseline_ray.py
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) bench/remote.py
 
 clean:

@@ -59,6 +59,7 @@ bench: $(VENV)/.installed $(SDK_VENV)/.installed
 	$(PY) bench/memory.py
 	$(PY) bench/rescale.py
 	$(PY) bench/baseline_ray.py
+	$(PY) bench/scaling.py
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) bench/remote.py
 
 clean:

@@ -60,6 +60,7 @@ bench: $(VENV)/.installed $(SDK_VENV)/.installed
 	$(PY) bench/rescale.py
 	$(PY) bench/baseline_ray.py
 	$(PY) bench/scaling.py
+	$(PY) bench/latency.py
 	RAYFUN_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) bench/remote.py
 
 clean:

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 __all__ = [
     "DEFAULT_KEY_GROUPS",
     "MULTIPLIER",
+    "keep_key_groups",
     "key_group",
     "key_groups_mixed",
     "key_groups_of",
@@ -93,3 +94,21 @@ def key_groups_mixed(typenames: Sequence[str], ids: Sequence[str], key_groups: i
     crc32, cached = zlib.crc32, _cached_seed
     crcs = array("I", [crc32(i.encode("utf-8"), cached(t)) for t, i in zip(typenames, ids)])
     return _spread_all(crcs, key_groups)
+
+
+def keep_key_groups(
+    instances: dict[str, object], typename: str, key_groups: int, key_group_range: tuple[int, int]
+) -> int:
+    """Drop from ``instances`` (``id -> anything`` of one function type) every id outside
+    ``key_group_range``, in place; returns how many were dropped (a rescaled shard keeps what it still owns)."""
+    start, end = key_group_range
+    if not instances or (start <= 0 and end >= key_groups):
+        return 0
+    ids = list(instances)
+    groups = key_groups_of(typename, ids, key_groups)
+    outside = pc.invert(pc.and_(pc.greater_equal(groups, start), pc.less(groups, end)))
+    dropped = 0
+    for id in itertools.compress(ids, outside.to_pylist()):
+        del instances[id]
+        dropped += 1
+    return dropped

@@ -46,6 +46,7 @@ from ..constants import (  # tuning knobs: see rayfun/constants.py
 )
 from ..functions import StatefulFunctions
 from ..io import Sink, Source
+from ..keygroups import keep_key_groups
 from ..logs import configure_logging
 from .channels import DRIVER, Channels
 from .effects import Effects
@@ -112,6 +113,7 @@ class ShardCore:
         self._wake_event: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._restoring = False  # a rollback is loading state: deliveries of its generation wait
+        self.held = False  # a rescale is under way: nothing is processed until the restore (see pause_sources)
         self._restore_waiters: list[asyncio.Future] = []
         self.counters = {
             "snapshot_capture_s": 0.0,
@@ -281,9 +283,13 @@ class ShardCore:
             await client.close()
         self.egress.close()
 
-    def pause_sources(self, paused: bool) -> None:
-        """Stop (or resume) reading sources: a savepoint's checkpoint then covers everything read."""
+    def pause_sources(self, paused: bool, hold: bool = False) -> None:
+        """Stop (or resume) reading sources: a savepoint's checkpoint then covers everything read. With
+        ``hold``, also stop processing (deliveries, markers and the checkpoint's cut and write go on): a
+        rescale's checkpoint then holds this shard's live state as it is, and its restore keeps that state
+        instead of reading it back (see ``_keeps_live_state``). A restore ends the hold."""
         self.ingress.paused = paused
+        self.held = hold and paused
         self.wake()
 
     async def flush_egress(self) -> None:
@@ -338,14 +344,15 @@ class ShardCore:
             # once it is no longer the shard's loop (it would read sources already closed)
             while self._loop_task is me:
                 worked = False
-                if ingress.mailbox:
+                held = self.held
+                if ingress.mailbox and not held:
                     self._process(self.config.chunk_size)
                     worked = True
-                if ingress.may_read() and self._may_read_sources():
+                if not held and ingress.may_read() and self._may_read_sources():
                     worked = self._read_sources() or worked
                 worked = self._flush() or worked
                 now = time.monotonic()
-                if now >= self._next_sweep:
+                if now >= self._next_sweep and not held:
                     self._housekeeping()
                 publisher = self.metrics_publisher
                 if publisher is not None and now >= publisher.next_at:
@@ -564,11 +571,28 @@ class ShardCore:
                         waiter.set_result(None)
                 self.ingress.let_go()  # deliveries of the old generation that waited for room: let them go
 
+    def _keeps_live_state(self, checkpoint_id: int | None) -> bool:
+        """Whether the live state is exactly what checkpoint ``checkpoint_id`` holds of this shard's range:
+        it is the newest one committed here, no newer cut began, and no instance changed since its cut
+        (a rescale holds processing from before its checkpoint, see ``pause_sources``). A restore then
+        keeps the live instances of the new range instead of reading them back."""
+        snapshots = self.snapshots
+        return (
+            checkpoint_id is not None
+            and snapshots.committed == checkpoint_id
+            and snapshots.epoch == checkpoint_id
+            and snapshots.current is None
+            and all(not runner.state.changed and not any(runner.uncommitted) for runner in self.runners.values())
+        )
+
     async def _restore_now(
         self, generation: int, peers: list, source_partitions: list, checkpoint_id: int | None, driver_from: int
     ) -> None:
         self.epoch_token = object()
         self._halt()
+        self.held = False
+        keep = self._keeps_live_state(checkpoint_id)
+        old_range = self.key_group_range
         self._place(len(peers))  # a rescale changes the shard count and so this shard's key groups
         # every stage back to empty (what survives a rollback, each stage's reset says)
         self.timers.reset()
@@ -580,10 +604,15 @@ class ShardCore:
         self._failure = None
         for runner in self.runners.values():
             runner.reset()
-            runner.state.instances.clear()
+            if not keep:
+                runner.state.instances.clear()
             runner.state.changed.clear()
             runner.uncommitted.clear()
-        if checkpoint_id is not None:
+        if keep and checkpoint_id is not None:
+            await self._restore_kept(checkpoint_id, old_range)
+            if generation != self.generation:
+                return  # a newer rollback began while this one read: it wins
+        elif checkpoint_id is not None:
             began = time.perf_counter()
             from_memory = self.snapshots.in_memory(checkpoint_id)  # this shard survived
             layouts = {t: self._layout(t) for t in self.runners} if from_memory else None
@@ -613,7 +642,45 @@ class ShardCore:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self.wake()
 
+    async def _restore_kept(self, checkpoint_id: int, old_range: tuple[int, int]) -> None:
+        """The restore of a shard whose live state is checkpoint ``checkpoint_id``'s (``_keeps_live_state``):
+        drop the instances outside the new key-group range, read only the key groups it gains (a rescale)
+        and, for the whole new range, the checkpoint's timers, messages and egress (all small)."""
+        began = time.perf_counter()
+        start, end = self.key_group_range
+        dropped = sum(
+            keep_key_groups(runner.state.instances, typename, self.config.key_groups, (start, end))
+            for typename, runner in self.runners.items()
+        )
+        gained = [r for r in ((start, min(end, old_range[0])), (max(start, old_range[1]), end)) if r[0] < r[1]]
+        chain_rows = self.snapshots.chain_rows
+        rest, parts = await self.snapshots.read_ranges(checkpoint_id, gained)
+        self._load_state(rest)
+        for part in parts:
+            self._load_state(part)
+            chain_rows += max(0, part.chain_rows - part.state.num_rows)
+        self._load_rest(rest)
+        self.snapshots.kept(chain_rows)
+        log.info(
+            "shard %d restored checkpoint %d from its live state in %.2f s (%d instances dropped, key groups %s "
+            "read: %d state rows; %d messages)",
+            self.index,
+            checkpoint_id,
+            time.perf_counter() - began,
+            dropped,
+            gained or "none",
+            sum(part.state.num_rows for part in parts),
+            len(rest.messages),
+        )
+        for part in (rest, *parts):
+            part.close()
+
     def _load(self, restored) -> None:
+        self._load_state(restored)
+        self.snapshots.loaded(restored)
+        self._load_rest(restored)
+
+    def _load_state(self, restored) -> None:
         for typename, layout in restored.layouts.items():  # remote functions: their registered specs
             if typename not in self.runners and self._remote_runner(typename) is not None:
                 self.runners[typename].register(
@@ -633,8 +700,9 @@ class ShardCore:
             log.warning(
                 "checkpoint %d holds state of %s, which is no longer bound: ignored", restored.checkpoint_id, typename
             )
-        self.snapshots.loaded(restored)
-        # timers, unprocessed messages, and the egress epochs that may not have been published
+
+    def _load_rest(self, restored) -> None:
+        """Timers, unprocessed messages, and the egress epochs that may not have been published."""
         self.timers.load(restored.timers)
         if restored.messages:
             self.ingress.accept(list(restored.messages))

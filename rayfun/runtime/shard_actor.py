@@ -60,8 +60,9 @@ class ShardActor:
         """Leave the application after a rescale down (publishes nothing; closes the sinks)."""
         await self.core.retire()
 
-    def pause_sources(self, paused: bool) -> None:
-        self.core.pause_sources(paused)
+    def pause_sources(self, paused: bool, hold: bool = False) -> None:
+        """Stop (or resume) reading sources; ``hold``: stop processing too, until the next restore."""
+        self.core.pause_sources(paused, hold)
 
     async def deliver(
         self, sender: int, seq: int, data: bytes | None, generation: int, marker: int | None = None

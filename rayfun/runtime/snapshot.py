@@ -373,6 +373,37 @@ class Snapshots:
 
         return await asyncio.get_running_loop().run_in_executor(None, read)
 
+    async def read_ranges(
+        self, checkpoint_id: int, state_ranges: list[tuple[int, int]]
+    ) -> tuple[RestoredShard, list[RestoredShard]]:
+        """For a shard that keeps its live state (see ``ShardCore._keeps_live_state``): the timers, messages
+        and egress of checkpoint ``checkpoint_id`` for this shard's range (from the in-memory copy when it is
+        that checkpoint's and the range gains nothing), and the state of each of ``state_ranges`` (from
+        storage), read in a thread."""
+        from ..checkpoint.restore import FoldedState, RestoredShard
+
+        local, key_group_range, key_groups = self.local, self.key_group_range, self.key_groups
+        store = self._store()
+
+        def read():
+            if not state_ranges and local is not None and local.checkpoint_id == checkpoint_id:
+                empty = FoldedState.of_tables([])
+                rest = RestoredShard(
+                    checkpoint_id, key_group_range, key_groups, empty, {}, local.timers, local.messages, local.egress
+                )
+            else:
+                rest = store.load_shard(checkpoint_id, key_group_range, tables=("timers", "messages", "egress"))
+            return rest, [store.load_shard(checkpoint_id, r, tables=("state",)) for r in state_ranges]
+
+        return await asyncio.get_running_loop().run_in_executor(None, read)
+
+    def kept(self, chain_rows: int) -> None:
+        """A restore kept the live state: it is the committed checkpoint's, and the base of the next deltas
+        (the in-memory copy stays if it is that checkpoint's and the range did not change: see ``_place``)."""
+        self.chain_rows = chain_rows
+        if self.local is not None and self.local.checkpoint_id != self.committed:
+            self.local = None
+
     def loaded(self, restored: RestoredShard) -> None:
         """A checkpoint was restored: it is the in-memory copy and the base of the delta chain now."""
         self.chain_rows = max(0, restored.chain_rows - restored.state.num_rows)  # the deltas, roughly

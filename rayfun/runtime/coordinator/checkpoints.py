@@ -107,6 +107,7 @@ class CheckpointScheduler:
         self.last_complete_at = time.monotonic()  # when the newest checkpoint completed (or the start)
         self.last_duration_s: float | None = None  # how long the newest checkpoint took, trigger to complete
         self.last_size_bytes: int | None = None  # what the newest checkpoint wrote
+        self.last_phases: dict[str, float] = {}  # seconds per phase of the newest: parts written, commit, complete
         self._ended = 0.0
         self._last_alarm = 0.0
         self._since_full = 0
@@ -119,17 +120,20 @@ class CheckpointScheduler:
         async with self.fleet.lock:
             return await self.checkpoint_locked()
 
-    async def checkpoint_locked(self) -> int:
+    async def checkpoint_locked(self, full: bool = False) -> int:
+        """``checkpoint`` with the fleet lock held; ``full``: every shard writes a full base (a restore of it
+        then reads each instance once, not a base and its deltas)."""
         fleet, config = self.fleet, self.fleet.config
         began = time.monotonic()
         n = self.next_id
         self.next_id += 1
         generation = fleet.generation
         # full bases cost the shards an encode (no read, no fold), not a compaction's full cycle
-        full = self._since_full + 1 >= FULL_EVERY
+        full = full or self._since_full + 1 >= FULL_EVERY
         loop = asyncio.get_running_loop()
         try:
             parts = await self._gather_parts(n, full, generation)
+            written = time.monotonic()
             await loop.run_in_executor(
                 None,
                 lambda: fleet.store.commit(
@@ -151,6 +155,7 @@ class CheckpointScheduler:
             self._failed(n, exc)
             raise
         fleet.last_checkpoint = n
+        committed = time.monotonic()
         self._succeeded()
         self._since_full = 0 if all(p.full for p in parts) else self._since_full + 1
         self._maybe_compact(loop)
@@ -158,6 +163,11 @@ class CheckpointScheduler:
         await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in fleet.shards])
         self._ended = time.monotonic()
         self.last_duration_s = self._ended - began
+        self.last_phases = {
+            "parts": written - began,
+            "commit": committed - written,
+            "complete": self._ended - committed,
+        }
         self.last_size_bytes = sum(part.bytes_written for part in parts)
         self.metrics.completed(self.last_duration_s, self.last_size_bytes)
         return n

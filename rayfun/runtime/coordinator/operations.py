@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 
-from ...constants import SAVEPOINT_ATTEMPTS, SAVEPOINT_DRAIN_S  # tuning knobs: see rayfun/constants.py
+from ...constants import SAVEPOINT_ATTEMPTS, SAVEPOINT_DRAIN_S, STANDBY_DELAY_S  # tuning knobs: see rayfun/constants.py
 from ...errors import RayfunError
 from ..partitioning import Partitioner
 from .checkpoints import CheckpointAbandoned, CheckpointScheduler
@@ -62,31 +62,47 @@ class Operations:
         if shards == len(fleet.shards):
             return fleet.last_checkpoint
         began = time.monotonic()
-        async with fleet.lock, self.driver.lock:  # the order every recovery takes them in
-            # the work done after the checkpoint's cut is rolled back by the restore: stop reading sources
-            # now, so that the shards spend the checkpoint's write on what it covers, not on wasted work
-            await self._pause(True)
-            try:
-                n = await self.checkpoints.checkpoint_locked()
-            except Exception as exc:
-                await self._pause(False)
-                why = f"a shard failed first ({exc})" if isinstance(exc, CheckpointAbandoned) else first_line(exc)
-                raise OperationFailed(f"rescale to {shards} shards: its checkpoint failed: {why}") from exc
-            self.last_rescale_phases = {"checkpoint": time.monotonic() - began}
-            fleet.sources_paused = False  # the restore opens the sources afresh, unpaused
-            fleet.recovering = True  # the monitor and idleness wait; a shard that dies now is recovered after
-            try:
-                await self._switch(shards, n)
-            except Exception as exc:  # a shard died while switching: the supervisor's recovery completes it
-                raise OperationFailed(
-                    f"rescale to {shards} shards: a shard failed while switching ({first_line(exc)}); the "
-                    f"application recovers with {shards} shards from checkpoint {n}"
-                ) from exc
-            finally:
-                fleet.recovering = False
+        # Hold the shards (no source read, nothing processed; deliveries, markers and checkpoint writes go
+        # on) while a periodic checkpoint in progress finishes: the rescale's checkpoint then captures each
+        # shard's live state as it stays, so a shard that goes on keeps it instead of reading it back, and
+        # no work is done that the restore would roll back.
+        generation = fleet.generation
+        await self._pause(True, hold=True)
+        paused, switching = time.monotonic(), False
+        try:
+            async with fleet.lock, self.driver.lock:  # the order every recovery takes them in
+                locked = time.monotonic()
+                if fleet.generation != generation:  # a recovery came first: its restore ended the hold
+                    await self._pause(True, hold=True)
+                try:
+                    n = await self.checkpoints.checkpoint_locked(full=True)
+                except Exception as exc:
+                    why = f"a shard failed first ({exc})" if isinstance(exc, CheckpointAbandoned) else first_line(exc)
+                    raise OperationFailed(f"rescale to {shards} shards: its checkpoint failed: {why}") from exc
+                self.last_rescale_phases = {
+                    "hold": paused - began,
+                    "lock": locked - paused,
+                    **{f"checkpoint {k}": v for k, v in self.checkpoints.last_phases.items()},
+                }
+                fleet.sources_paused = False  # the restore opens the sources afresh, unpaused
+                fleet.recovering = switching = True  # the monitor and idleness wait; a death now is recovered after
+                try:
+                    await self._switch(shards, n)
+                except Exception as exc:  # a shard died while switching: the supervisor's recovery completes it
+                    raise OperationFailed(
+                        f"rescale to {shards} shards: a shard failed while switching ({first_line(exc)}); the "
+                        f"application recovers with {shards} shards from checkpoint {n}"
+                    ) from exc
+                finally:
+                    fleet.recovering = False
+        except BaseException:
+            if not switching:  # the application goes on as it was (cancelled, or the checkpoint failed)
+                await asyncio.shield(self._pause(False))
+            raise
         self.rescales += 1
         self.last_rescale_s = time.monotonic() - began
-        asyncio.get_running_loop().call_soon(self.supervisor.keep_standby)
+        # the next standby later, as after a recovery: its process start costs the catching-up shards a CPU-second
+        asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self.supervisor.keep_standby)
         log.warning(
             "rescaled to %d shards from checkpoint %d in %.2f s (%s)",
             shards,
@@ -146,6 +162,6 @@ class Operations:
             await self._pause(False)
             raise
 
-    async def _pause(self, paused: bool) -> None:
+    async def _pause(self, paused: bool, hold: bool = False) -> None:
         self.fleet.sources_paused = paused
-        await asyncio.gather(*[s.pause_sources.remote(paused) for s in self.fleet.shards], return_exceptions=True)
+        await asyncio.gather(*[s.pause_sources.remote(paused, hold) for s in self.fleet.shards], return_exceptions=True)

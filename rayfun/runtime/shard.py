@@ -126,6 +126,7 @@ class ShardCore:
             "dead_letters": 0,
             "egress": 0,
             "timers_fired": 0,
+            "restores_kept": 0,  # restores that kept the live state (see _keeps_live_state)
         }
         self.functions: dict[str, FunctionCounts] = {}  # per function type (see runtime/metrics.py)
         self.metrics_publisher: MetricsPublisher | None = None  # made in the actor (needs Ray)
@@ -661,6 +662,7 @@ class ShardCore:
             chain_rows += max(0, part.chain_rows - part.state.num_rows)
         self._load_rest(rest)
         self.snapshots.kept(chain_rows)
+        self.counters["restores_kept"] += 1
         log.info(
             "shard %d restored checkpoint %d from its live state in %.2f s (%d instances dropped, key groups %s "
             "read: %d state rows; %d messages)",

@@ -131,7 +131,9 @@ def test_a_shard_retrying_a_500_logs_it_on_restart(ray_session):
         finally:
             app.stop()
     lines = _worker_log_lines(f"remote function {typename}")  # the shard's and the coordinator's files, any order
-    attempt = f"WARNING rayfun.remote: remote function {typename} (id 'k') at {base}/always500: attempt 1 failed: HTTP 500"
+    attempt = (
+        f"WARNING rayfun.remote: remote function {typename} (id 'k') at {base}/always500: attempt 1 failed: HTTP 500"
+    )
     assert any(attempt in line for line in lines), lines
     assert any("rolling back to the last checkpoint (on_failure='restart')" in line for line in lines)
 

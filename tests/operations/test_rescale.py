@@ -36,7 +36,7 @@ def test_rescale_under_load_is_exact(ray_session, tmp_path):
     try:
         records = from_driver.records
         chunks = [records[i : i + 50] for i in range(0, len(records), 50)]  # 30 chunks: 10 per rescale
-        layouts = []
+        layouts, kept = [], []  # kept: restores that kept the live state so far, over the live shards
         for step, shards in enumerate([4, 1, 3]):
             for chunk in chunks[step * 10 : step * 10 + 5]:
                 app.send_many(chunk, value_type=Commands)
@@ -46,6 +46,7 @@ def test_rescale_under_load_is_exact(ray_session, tmp_path):
             # driver, so that `app` sends rows routed for the old shard count, which the coordinator re-routes
             (operator if step == 1 else app).rescale(shards)
             layouts.append((shards, before, app.info()["shards"], len(app.shard_metrics())))
+            kept.append(sum(status["restores_kept"] for status in app._statuses()))
             for chunk in chunks[step * 10 + 5 : step * 10 + 10]:
                 app.send_many(chunk, value_type=Commands)
         assert len(chunks) == 30
@@ -56,6 +57,8 @@ def test_rescale_under_load_is_exact(ray_session, tmp_path):
         # come after the source is read (the driver's sends and the cascades are still under way then)
         assert layouts[0][1], "the source was read to its end before the first rescale: nothing was under way"
         assert app.info()["rescales"] == 3
+        # 2 -> 4: both shards held from before the checkpoint, so both kept their live state (no recovery)
+        assert kept[0] == 2, f"restores that kept the live state after each rescale: {kept}"
         expected = [a + b for a, b in zip(from_source.expected, from_driver.expected)]
         wrong = {
             i: (app.state(FN, str(i), wait=False).get("count", 0), want)

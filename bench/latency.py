@@ -127,6 +127,10 @@ def measure(delivery: str, rate: float, seconds: float, interval: float) -> tupl
         standby=False,
     )
     try:
+        # an idle partition (nothing due now) lets the application look idle: wait for the source's end first
+        deadline = time.monotonic() + seconds + 120
+        while not all(m["sources_exhausted"] for m in app.shard_metrics()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         app.wait(timeout=seconds + 120)
         if checkpoints:
             app.checkpoint()  # the last epoch's records publish with it

@@ -220,6 +220,7 @@ class Coordinator:
             "last_recovery_s": supervisor.last_recovery_s,
             "last_failure": supervisor.last_failure,
             "last_checkpoint_s": checkpoints.last_duration_s,
+            "last_checkpoint_phases": dict(checkpoints.last_phases),
             "last_checkpoint_bytes": checkpoints.last_size_bytes,
             "last_checkpoint_age_s": (
                 time.monotonic() - checkpoints.last_complete_at if fleet.store is not None else None

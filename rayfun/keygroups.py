@@ -90,9 +90,11 @@ def key_groups_of(typename: str, ids: Sequence[str], key_groups: int) -> pa.Arra
 
 
 def key_groups_mixed(typenames: Sequence[str], ids: Sequence[str], key_groups: int) -> pa.Array:
-    """Key groups (int32) of addresses of mixed function types (timers, messages)."""
-    crc32, cached = zlib.crc32, _cached_seed
-    crcs = array("I", [crc32(i.encode("utf-8"), cached(t)) for t, i in zip(typenames, ids)])
+    """Key groups (int32) of addresses of mixed function types (state rows, timers, messages). C-level
+    ``map``s as in ``key_groups_of``, each id's seed looked up by its typename (a per-row Python call
+    took 1.0 of a 1.3 s restore of 333k instances)."""
+    seeds = {t: _cached_seed(t) for t in set(typenames)}
+    crcs = array("I", map(zlib.crc32, map(str.encode, ids), map(seeds.__getitem__, typenames)))
     return _spread_all(crcs, key_groups)
 
 

@@ -484,7 +484,11 @@ def with_key_groups(
     typenames, ids = table[address[0]], table[address[1]]
     if pa.types.is_dictionary(typenames.type):
         typenames = typenames.cast(pa.string())
-    computed = key_groups_mixed(typenames.to_pylist(), ids.to_pylist(), key_groups)
+    types = pc.unique(typenames).to_pylist()
+    if len(types) == 1:  # the common case: one function type's rows (no typename list to build)
+        computed = key_groups_of(types[0], ids.to_pylist(), key_groups)
+    else:
+        computed = key_groups_mixed(typenames.to_pylist(), ids.to_pylist(), key_groups)
     if kg.null_count != table.num_rows:
         computed = pc.coalesce(kg, computed)
     return table.set_column(table.schema.get_field_index("key_group"), table.schema.field("key_group"), computed)

@@ -29,8 +29,11 @@ from counter import TYPENAME, build_functions
 
 
 def endless(instances: int):
+    ids: list[str] = []  # made once per process: a restore reopens the partitions (a real source seeks)
+
     def records(partition: int, partitions: int, start: int):
-        ids = [str(a) for a in range(instances)]
+        if not ids:
+            ids.extend(str(a) for a in range(instances))
         i = partition + start * partitions
         while True:  # replayable: the same sequence every time, the position is a count
             yield (TYPENAME, ids[i % instances], 1)

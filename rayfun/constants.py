@@ -24,6 +24,7 @@ __all__ = [
     "ENCODE_CHUNK",
     "FULL_AFTER",
     "FULL_EVERY",
+    "GIL_SWITCH_S",
     "IDLE_POLL_FIRST_S",
     "IDLE_POLL_MAX_S",
     "IO_THREADS",
@@ -79,6 +80,8 @@ def _float(name: str, default: float) -> float:
 
 # -- a shard's processing loop and backpressure (runtime/shard.py, ingress.py, outbox.py) ---------------
 
+#: The GIL switch interval in a shard (seconds): how long the checkpoint writer thread may wait for it.
+GIL_SWITCH_S = _float("GIL_SWITCH_S", 0.001)
 #: Messages processed between two flushes of the outbox.
 CHUNK_SIZE = _int("CHUNK_SIZE", 16384)
 #: A processing turn ends after about this long, so status calls and deliveries wait no longer (seconds).

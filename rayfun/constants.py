@@ -20,6 +20,7 @@ __all__ = [
     "CHECKPOINT_BACKOFF_MAX_S",
     "CHECKPOINT_TIMEOUT_S",
     "CHUNK_SIZE",
+    "EGRESS_FLUSH_S",
     "EGRESS_HIGH",
     "ENCODE_CHUNK",
     "FULL_AFTER",
@@ -82,6 +83,9 @@ def _float(name: str, default: float) -> float:
 
 #: The GIL switch interval in a shard (seconds): how long the checkpoint writer thread may wait for it.
 GIL_SWITCH_S = _float("GIL_SWITCH_S", 0.001)
+#: In a long processing turn, at-least-once egress records are handed to their sinks at least this often
+#: (seconds), rather than at the turn's end; also how often a turn looks at the clock.
+EGRESS_FLUSH_S = _float("EGRESS_FLUSH_S", 0.005)
 #: Messages processed between two flushes of the outbox.
 CHUNK_SIZE = _int("CHUNK_SIZE", 16384)
 #: A processing turn ends after about this long, so status calls and deliveries wait no longer (seconds).

@@ -35,6 +35,7 @@ from typing import Any
 from ..checkpoint.state_codec import StateLayout
 from ..constants import (  # tuning knobs: see rayfun/constants.py
     CHUNK_SIZE,
+    EGRESS_FLUSH_S,
     EGRESS_HIGH,
     GIL_SWITCH_S,
     LOCAL_COPY_MAX_BYTES,
@@ -394,10 +395,12 @@ class ShardCore:
         over and over."""
         ingress = self.ingress
         mailbox = ingress.mailbox
+        egress = self.egress
         processed = 0
         run_fns = self._run_fns
         step = self._step
         began = time.perf_counter()
+        publish_at = began + EGRESS_FLUSH_S
         while mailbox and processed < budget:
             batch, start = mailbox.popleft()
             end = min(len(batch), start + budget - processed, start + step)
@@ -415,9 +418,13 @@ class ShardCore:
             if end < len(batch):
                 mailbox.appendleft((batch, end))
             processed += end - start
-            elapsed = time.perf_counter() - began
-            if elapsed >= TURN_S / 4:
-                step = max(1, min(MAX_STEP, int(processed * TURN_S / 4 / elapsed)))
+            clock = time.perf_counter()
+            if egress.now and clock >= publish_at:  # at-least-once records wait no longer than this for the turn
+                egress.publish_now()
+                publish_at = clock + EGRESS_FLUSH_S
+            elapsed = clock - began
+            if elapsed >= EGRESS_FLUSH_S:
+                step = max(1, min(MAX_STEP, int(processed * EGRESS_FLUSH_S / elapsed)))
                 if elapsed >= TURN_S:
                     break
         self._step = step

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 __all__ = [
     "DEFAULT_KEY_GROUPS",
     "MULTIPLIER",
+    "in_range",
     "keep_key_groups",
     "key_group",
     "key_groups_mixed",
@@ -98,6 +99,12 @@ def key_groups_mixed(typenames: Sequence[str], ids: Sequence[str], key_groups: i
     return _spread_all(crcs, key_groups)
 
 
+def in_range(groups: pa.Array | pa.ChunkedArray, key_group_range: tuple[int, int]) -> pa.BooleanArray:
+    """Which of ``groups`` (key groups, as computed above) lie in ``[start, end)``."""
+    start, end = key_group_range
+    return pc.and_(pc.greater_equal(groups, start), pc.less(groups, end))
+
+
 def keep_key_groups(
     instances: dict[str, object], typename: str, key_groups: int, key_group_range: tuple[int, int]
 ) -> int:
@@ -107,8 +114,7 @@ def keep_key_groups(
     if not instances or (start <= 0 and end >= key_groups):
         return 0
     ids = list(instances)
-    groups = key_groups_of(typename, ids, key_groups)
-    outside = pc.invert(pc.and_(pc.greater_equal(groups, start), pc.less(groups, end)))
+    outside = pc.invert(in_range(key_groups_of(typename, ids, key_groups), key_group_range))
     dropped = 0
     for id in itertools.compress(ids, outside.to_pylist()):
         del instances[id]

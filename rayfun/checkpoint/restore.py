@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..keygroups import in_range
 from .errors import CheckpointError, CorruptCheckpointError
 from .parquet import ParquetFileReader
 from .schema import STATE_SCHEMA
@@ -70,9 +71,7 @@ class StateLayer:
         narrow = self._guarded(lambda reader: reader.read(columns))
         if "key_group" in columns:
             assert key_group_range is not None and key_groups is not None
-            kg = with_key_groups(narrow, key_groups)["key_group"]
-            start, end = key_group_range
-            inside = pc.and_(pc.greater_equal(kg, start), pc.less(kg, end))
+            inside = in_range(with_key_groups(narrow, key_groups)["key_group"], key_group_range)
             if not pc.all(inside).as_py():
                 self._range = inside.combine_chunks()
                 narrow = narrow.filter(self._range)

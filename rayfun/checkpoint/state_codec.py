@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..constants import ENCODE_CHUNK, PIECE_BYTES  # tuning knobs: see rayfun/constants.py
-from ..keygroups import key_groups_mixed, key_groups_of
+from ..keygroups import in_range, key_groups_mixed, key_groups_of
 from ..types import BUILTIN_TYPES, decode_payload, encode_payload
 from .errors import CheckpointError
 from .schema import ADDRESS_COLUMNS, STATE_SCHEMA, VALUE_COLUMNS, value_column
@@ -513,7 +513,7 @@ def filter_key_groups(
     lo, hi = pc.min_max(kg).values()
     if lo.as_py() >= start and hi.as_py() < end:
         return table
-    return table.filter(pc.and_(pc.greater_equal(kg, start), pc.less(kg, end)))
+    return table.filter(in_range(kg, key_group_range))
 
 
 FOLD_COLUMNS = ("function_type", "id", "deleted")  # what deciding a fold needs: no payload is read

@@ -369,6 +369,10 @@ class TcpProxy:
     def close(self) -> None:
         self._closed = True
         self.down()
+        try:  # wakes the thread blocked in accept (close alone does not, on Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
 
 

@@ -1,9 +1,11 @@
 """Remote functions: 200,000 messages over 1,000 addresses to a counter served by the official StateFun SDK
 (aiohttp, loopback), through rayfun's runtime on 2 shards. Prints messages/s and the number of HTTP requests
 (per-address batching must show), then the SDK server's own limit (its handler driven directly with batches
-of the same size, no HTTP, no rayfun), and last, alone, the ratio: ``remote/sdk ratio: 0.63``.
+of the same size, no HTTP, no rayfun), measured right after, and their ratio; ``--rounds`` such pairs (a
+noisy neighbour slows both halves of a pair alike), and last, alone, the median ratio:
+``remote/sdk ratio: 0.63``.
 
-    python bench/remote.py [--messages N] [--addresses N]   (needs .venv-sdk: `make test` creates it)
+    python bench/remote.py [--messages N] [--addresses N] [--rounds N]   (needs .venv-sdk: `make test` creates it)
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import time
 
@@ -46,57 +49,73 @@ def start_server() -> tuple[subprocess.Popen, str]:
             time.sleep(0.05)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--addresses", type=int, default=1_000)
-    args = parser.parse_args()
-    if not os.path.exists(SDK_PYTHON):
-        raise SystemExit(f"no SDK interpreter at {SDK_PYTHON}: run `make test` (it creates .venv-sdk)")
-    server, url = start_server()
+def through_rayfun(url: str, n: int, a: int) -> tuple[float, int]:
+    """(msgs/s, HTTP requests) of one run of ``n`` messages over ``a`` addresses; the state is checked."""
+    source = MemorySource(
+        lambda p, k: ((TYPENAME, str(i % a), 1) for i in range(p, n, k)),
+        partitions=2,
+        id="bench/remote-input",
+        batch_size=4096,
+    )
+    app = rayfun.start(StatefulFunctions(), shards=2, ingresses=[source], endpoints=[HttpEndpoint("bench/*", url)])
     try:
-        ray.init(num_cpus=2, include_dashboard=False)
-        n, a = args.messages, args.addresses
-        source = MemorySource(
-            lambda p, k: ((TYPENAME, str(i % a), 1) for i in range(p, n, k)),
-            partitions=2,
-            id="bench/remote-input",
-            batch_size=4096,
-        )
-        app = rayfun.start(StatefulFunctions(), shards=2, ingresses=[source], endpoints=[HttpEndpoint("bench/*", url)])
         started = time.perf_counter()
         app.wait(timeout=900)
         elapsed = time.perf_counter() - started
-        metrics = app.shard_metrics()
-        requests = sum(m["remote_requests"] for m in metrics)
+        requests = sum(m["remote_requests"] for m in app.shard_metrics())
         wrong = [
             i
             for i in range(0, a, max(1, a // 50))
             if app.state(TYPENAME, str(i), wait=False).get("count") != n // a + (1 if i < n % a else 0)
         ]
-        app.stop()
-        ray.shutdown()
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        app.stop()
     if wrong:
         raise SystemExit(f"WRONG state at addresses {wrong[:5]}")
-    rate = n / elapsed
-    batch = max(1, round(n / max(requests, 1)))
-    print(
-        f"rayfun -> SDK over HTTP: {n} messages in {elapsed:.2f} s = {rate:.0f} msgs/s, "
-        f"{requests} HTTP requests ({n / max(requests, 1):.1f} messages per request); state exact"
-    )
-    limit_out = subprocess.run(
+    return n / elapsed, requests
+
+
+def sdk_limit(n: int, batch: int) -> float:
+    """The SDK handler's own rate for requests of ``batch`` invocations (its own process, no HTTP)."""
+    out = subprocess.run(
         [SDK_PYTHON, os.path.join(HERE, "remote_app.py"), "--limit", str(min(n, 100_000)), str(batch)],
         capture_output=True,
         text=True,
         timeout=600,
         check=True,
     ).stdout
-    limit = float(limit_out.strip().splitlines()[-1].split(":")[1].split()[0])
-    print(f"SDK handler alone, batches of {batch}: {limit:.0f} msgs/s")
-    print(f"remote/sdk ratio: {rate / limit:.2f}")
+    return float(out.strip().splitlines()[-1].split(":")[1].split()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--addresses", type=int, default=1_000)
+    parser.add_argument("--rounds", type=int, default=3, help="pairs of runs (rayfun, then the SDK alone)")
+    args = parser.parse_args()
+    if not os.path.exists(SDK_PYTHON):
+        raise SystemExit(f"no SDK interpreter at {SDK_PYTHON}: run `make test` (it creates .venv-sdk)")
+    n, a = args.messages, args.addresses
+    ratios = []
+    server, url = start_server()
+    try:
+        ray.init(num_cpus=2, include_dashboard=False)
+        # pairs, each measured back to back: a noisy neighbour then slows both halves of a pair alike
+        for round_ in range(1, args.rounds + 1):
+            rate, requests = through_rayfun(url, n, a)
+            batch = max(1, round(n / max(requests, 1)))
+            limit = sdk_limit(n, batch)
+            ratios.append(rate / limit)
+            print(
+                f"round {round_}: rayfun -> SDK over HTTP {rate:.0f} msgs/s ({requests} HTTP requests, "
+                f"{n / max(requests, 1):.1f} messages per request; state exact); SDK handler alone, batches of "
+                f"{batch}: {limit:.0f} msgs/s; ratio {rate / limit:.2f}"
+            )
+        ray.shutdown()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print(f"remote/sdk ratio: {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":

@@ -26,12 +26,14 @@ __all__ = [
     "FULL_AFTER",
     "FULL_EVERY",
     "GIL_SWITCH_S",
+    "HEARTBEAT_S",
     "IDLE_POLL_FIRST_S",
     "IDLE_POLL_MAX_S",
     "IO_THREADS",
     "LATENCY_SAMPLES",
     "LOCAL_COPY_MAX_BYTES",
     "LOG_EVERY_S",
+    "LOOP_STALL_S",
     "MAILBOX_HIGH",
     "MAILBOX_LOW",
     "MAX_ID_CHARS",
@@ -145,9 +147,15 @@ ABORT_TIMEOUT_S = _float("ABORT_TIMEOUT_S", 10.0)
 POLL_S = _float("POLL_S", 0.05)
 #: How often the shards are asked whether they are alive and well (seconds).
 MONITOR_INTERVAL_S = _float("MONITOR_INTERVAL_S", 0.1)
-#: A shard that does not answer a status call for this long is taken for dead (seconds). A ``def`` function
-#: that blocks longer than this in one invocation gets its shard replaced: make it ``async def``.
+#: A shard whose health check (answered on its own thread, see ShardActor.health) does not come back in
+#: this long is taken for dead: its process is gone or frozen (seconds).
 STATUS_TIMEOUT_S = _float("STATUS_TIMEOUT_S", 10.0)
+#: A shard whose event loop has not turned for this long (one sink call or ``def`` invocation that does not
+#: return) is replaced and everything rolled back; before that it is only warned about, naming what it is
+#: blocked in. Above the sinks' own timeouts (a Kafka call: 60 s), so a slow broker is waited for (seconds).
+LOOP_STALL_S = _float("LOOP_STALL_S", 180.0)
+#: How often a shard's event loop marks that it turns (what the health check measures; seconds).
+HEARTBEAT_S = _float("HEARTBEAT_S", 0.5)
 #: After a recovery, wait this long before starting the next standby shard (seconds).
 STANDBY_DELAY_S = _float("STANDBY_DELAY_S", 5.0)
 #: A standby that does not take over a dead shard's index this fast is replaced (seconds).

@@ -55,6 +55,8 @@ class Egress:
         self.declared: frozenset[str] | None = frozenset({*self._specs, DEAD_LETTER_EGRESS}) if sinks else None
         self._warned: set[str] = set()  # undeclared ids already logged (one WARNING each)
         self._sinks: dict[str, tuple[Sink, Any]] = {}
+        #: the sink call under way (the shard's health check names it when the call blocks the event loop)
+        self.busy_in: str | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -112,10 +114,13 @@ class Egress:
         """Open every declared sink's partition now: e.g. a Kafka partition's start aborts a transaction a
         crashed predecessor left open, which would otherwise hold read_committed readers back."""
         for sink_id in self._specs:
+            self.busy_in = f"egress {sink_id}: opening its partition"
             try:
                 self._sink(sink_id)
             except Exception:
                 log.exception("opening egress %s", sink_id)
+            finally:
+                self.busy_in = None
 
     def close(self) -> None:
         for _, partition in self._sinks.values():
@@ -191,6 +196,17 @@ class Egress:
         unpublished epoch after rescaling is published under that shard's index, where its sink dedups).
         The one place where a sink's refusal or failure is handled: rejected records are dead-lettered,
         an exactly-once epoch that failed rolls back (it is published again after), others dead-lettered."""
+        self.busy_in = f"egress {egress_id}: publishing {len(records)} records" + (
+            f" of epoch {epoch}" if epoch >= 0 else ""
+        )
+        try:
+            self._publish_to(egress_id, records, epoch, partition_index)
+        finally:
+            self.busy_in = None
+
+    def _publish_to(
+        self, egress_id: str, records: list[EgressMessage], epoch: int, partition_index: int | None
+    ) -> None:
         sink, partition = self._sink(egress_id)
         foreign = False
         if partition_index is not None and partition_index != self.index:

@@ -38,6 +38,7 @@ from ..constants import (  # tuning knobs: see rayfun/constants.py
     EGRESS_FLUSH_S,
     EGRESS_HIGH,
     GIL_SWITCH_S,
+    HEARTBEAT_S,
     LOCAL_COPY_MAX_BYTES,
     MAILBOX_HIGH,
     MAILBOX_LOW,
@@ -118,6 +119,7 @@ class ShardCore:
         self._restoring = False  # a rollback is loading state: deliveries of its generation wait
         self.held = False  # a rescale is under way: nothing is processed until the restore (see pause_sources)
         self._restore_waiters: list[asyncio.Future] = []
+        self._beat: float | None = None  # when the event loop last turned (see health); None: not started
         self.counters = {
             "snapshot_capture_s": 0.0,
             "snapshot_write_s": 0.0,
@@ -255,9 +257,23 @@ class ShardCore:
         # costs anything while another thread waits.
         sys.setswitchinterval(GIL_SWITCH_S)
         self._wake_event = asyncio.Event()
+        self._heartbeat()
         self.ingress.start()
         if self.metrics_publisher is None:
             self.metrics_publisher = MetricsPublisher.for_actor(self.config.app_name, self.index)
+
+    def _heartbeat(self) -> None:
+        """Mark, every HEARTBEAT_S, that the event loop turns: ``health`` (answered on another thread) tells
+        a loop blocked in one sink call or invocation from a shard that is gone."""
+        self._beat = time.monotonic()
+        asyncio.get_running_loop().call_later(HEARTBEAT_S, self._heartbeat)
+
+    def health(self) -> tuple[str | None, float, str | None]:
+        """``(failure, seconds the event loop has been blocked, what it is blocked in)``. Read from another
+        thread while the loop may be busy: it only reads three attributes."""
+        beat = self._beat
+        blocked = 0.0 if beat is None else max(0.0, time.monotonic() - beat - HEARTBEAT_S)
+        return self._failure, blocked, self.egress.busy_in if blocked else None
 
     def _layout(self, typename: str):
         layout = self._layout_cache.get(typename)

@@ -16,7 +16,11 @@ from ..usercode import UserCode, UserCodeError
 from .shard import ShardConfig, ShardCore
 from .status import ShardStatus
 
-__all__ = ["ShardActor"]
+__all__ = ["HEALTH_GROUP", "ShardActor", "shard_actor_class"]
+
+#: The concurrency group of ``health``: its own thread and event loop, beside the shard's (Ray's pattern for
+#: health checks of asyncio actors)
+HEALTH_GROUP = "health"
 
 
 class ShardActor:
@@ -87,6 +91,12 @@ class ShardActor:
     ) -> None:
         await self.core.restore(generation, peers, source_partitions, checkpoint_id, driver_from)
 
+    @ray.method(concurrency_group=HEALTH_GROUP)
+    async def health(self) -> tuple[str | None, float, str | None]:
+        """``(failure, seconds its event loop has been blocked, in what)``: answered on the actor's own
+        health thread, so a shard whose loop waits in a slow sink call is not taken for dead."""
+        return self.core.health()
+
     def status(self) -> ShardStatus:
         status = self.core.status()
         status.node = self.node
@@ -108,3 +118,8 @@ class _Unloaded:
 
     def __getattr__(self, name: str) -> Any:
         raise self.error
+
+
+def shard_actor_class():
+    """The Ray actor class of a shard (``health`` in its own concurrency group)."""
+    return ray.remote(concurrency_groups={HEALTH_GROUP: 1})(ShardActor)  # type: ignore[call-overload]  # Ray's stubs lack it

@@ -24,7 +24,8 @@ from ...constants import STOP_TIMEOUT_S  # tuning knob: see rayfun/constants.py
 from ...functions import StatefulFunctions
 from ...usercode import UserCode
 from ..aio import retrieve
-from ..shard import ShardActor, ShardConfig
+from ..shard import ShardConfig
+from ..shard_actor import shard_actor_class
 from .config import NAMESPACE, AppConfig, actor_name
 
 log = logging.getLogger("rayfun")
@@ -88,7 +89,7 @@ class Fleet:
             role = f"standby-{self._standbys}"
         else:
             role = f"shard-{index}"
-        actor = ray.remote(ShardActor)
+        actor = shard_actor_class()
         try:
             return actor.options(**options, name=actor_name(self.config.name, role), namespace=NAMESPACE).remote(
                 index, self.shard_config(), standby, self.code

@@ -17,6 +17,7 @@ from ray.exceptions import RayActorError
 
 from ...constants import (  # tuning knobs: see rayfun/constants.py
     ADOPT_TIMEOUT_S,
+    LOOP_STALL_S,
     MONITOR_INTERVAL_S,
     RECOVERY_BACKOFF_FIRST_S,
     RECOVERY_BACKOFF_MAX_S,
@@ -77,6 +78,7 @@ class Supervisor:
         self.spare = None  # a started, idle shard actor that replaces the next shard to die
         self._in_a_row = 0
         self._recovered_at = 0.0
+        self._blocked_warned: dict[int, float] = {}  # shard -> how long it was blocked when last warned about
 
     async def run(self) -> None:
         """Look at the shards every MONITOR_INTERVAL_S and recover from what failed, until the app stops."""
@@ -94,17 +96,48 @@ class Supervisor:
                 log.warning("recovery failed (%s); recovering again", first_line(exc))
 
     async def failed_shards(self) -> dict[int, tuple[bool, str]]:
-        """Shards that died or report a failure: ``index -> (dead, reason)``."""
-        refs = [s.status.remote() for s in self.fleet.shards]
+        """Shards that died or report a failure: ``index -> (dead, reason)``. A shard's health is answered on
+        its own thread: no answer means its process is gone or frozen. A shard whose event loop is blocked
+        (a slow sink call, a ``def`` function that does not return) is warned about while it is, and taken
+        for dead once it has been for LOOP_STALL_S: it could not even roll back."""
+        refs = [s.health.remote() for s in self.fleet.shards]
         failed: dict[int, tuple[bool, str]] = {}
         for i, ref in enumerate(refs):
             try:
-                st = await asyncio.wait_for(ref, timeout=STATUS_TIMEOUT_S)
-                if st.failure:
-                    failed[i] = (False, st.failure)
-            except (RayActorError, asyncio.TimeoutError) as exc:
+                failure, blocked_s, blocked_in = await asyncio.wait_for(ref, timeout=STATUS_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                failed[i] = (True, f"no answer to its health check within {STATUS_TIMEOUT_S:.0f} s")
+                continue
+            except RayActorError as exc:
                 failed[i] = (True, f"{type(exc).__name__}: {exc}".splitlines()[0])
+                continue
+            if failure:
+                failed[i] = (False, failure)
+            elif blocked_s >= LOOP_STALL_S:
+                failed[i] = (
+                    True,
+                    f"its event loop has been blocked for {blocked_s:.0f} s in {blocked_in or 'processing'}",
+                )
+            elif blocked_s >= STATUS_TIMEOUT_S:
+                self._warn_blocked(i, blocked_s, blocked_in)
+            else:
+                self._blocked_warned.pop(i, None)
         return failed
+
+    def _warn_blocked(self, index: int, blocked_s: float, blocked_in: str | None) -> None:
+        """One WARNING per stall and per LOOP_STALL_S / 6 of it (a slow broker is waited for, not hidden)."""
+        last = self._blocked_warned.get(index)
+        if last is not None and blocked_s - last < LOOP_STALL_S / 6:
+            return
+        self._blocked_warned[index] = blocked_s
+        log.warning(
+            "shard %d: its event loop has been blocked for %.0f s in %s (it answers nothing meanwhile); "
+            "it is replaced and the application rolled back if this lasts %.0f s",
+            index,
+            blocked_s,
+            blocked_in or "processing (a `def` function that does not return?)",
+            LOOP_STALL_S,
+        )
 
     async def recover(self, failed: dict[int, tuple[bool, str]]) -> None:
         """Roll every shard back to the newest complete checkpoint; replace the shards that died. Failures

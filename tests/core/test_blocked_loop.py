@@ -1,0 +1,106 @@
+"""A shard whose event loop is blocked in one sink call is waited for (and warned about), not taken for dead;
+one blocked for longer than LOOP_STALL_S is replaced, with a reason that names the call, and loses nothing.
+
+Before: the coordinator took any shard that did not answer a status call within 10 s for dead, so a sink
+call that took 15 s (a slow broker, well inside the sink's own timeouts) had a healthy shard killed and the
+application rolled back; a broker that stayed slow got every replacement killed the same way. The health
+check is now answered on the shard's own thread (a Ray concurrency group) and says how long the loop has
+been blocked, and in what.
+
+The knobs are set small for this application's job (its ``runtime_env``), in a second driver on the test
+session's Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+DRIVER = r"""
+import json, os, sys, time
+import ray
+from rayfun.ray_auth import keep_token_auth
+keep_token_auth()
+ray.init(address={address!r}, log_to_driver=True, runtime_env={{"env_vars": {{
+    "RAYFUN_STATUS_TIMEOUT_S": "1", "RAYFUN_LOOP_STALL_S": "6", "RAYFUN_HEARTBEAT_S": "0.2"}}}})
+import rayfun
+from rayfun import IntType, StatefulFunctions, StringType, ValueSpec
+from rayfun.connectors.memory import MemorySource
+from rayfun.io import DeliverySemantic, Sink, SinkPartition
+from rayfun.messages import egress_message_builder
+
+class StallOnce(SinkPartition):
+    def __init__(self, flag, seconds):
+        self.flag, self.seconds = flag, seconds
+    def write_batch(self, records, epoch):
+        try:
+            os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL))  # the first write anywhere blocks, once
+        except FileExistsError:
+            return
+        time.sleep(self.seconds)
+
+class StallingSink(Sink):
+    id = "t/out"
+    delivery = DeliverySemantic.AT_LEAST_ONCE
+    def __init__(self, flag, seconds):
+        self.flag, self.seconds = flag, seconds
+    def build_partition(self, index, count):
+        return StallOnce(self.flag, self.seconds)
+
+functions = StatefulFunctions()
+
+@functions.bind("t/counter", specs=[ValueSpec("n", IntType)])
+def counter(context, message):
+    context.storage.n = (context.storage.n or 0) + message.as_int()
+    context.send_egress(egress_message_builder("t/out", context.address.id, StringType))
+
+results = {{}}
+for phase, seconds in (("slow", 3.0), ("stuck", 60.0)):
+    flag = os.path.join({tmp!r}, phase)
+    source = MemorySource(
+        lambda p, k: (("t/counter", str(i % 10), 1) for i in range(p, 3000, k)), partitions=2, id="t/in"
+    )
+    app = rayfun.start(functions, shards=2, ingresses=[source], egresses=[StallingSink(flag, seconds)])
+    try:
+        app.wait(timeout=90)
+        info = app.info()
+        results[phase] = {{
+            "recoveries": info["recoveries"],
+            "last_failure": info["last_failure"],
+            "state": [app.state("t/counter", str(i), wait=False).get("n") for i in range(10)],
+        }}
+    finally:
+        app.stop()
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def test_a_slow_sink_call_is_waited_for_and_a_stuck_one_replaced(ray_session, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    out = subprocess.run(
+        [sys.executable, "-c", DRIVER.format(address=address, tmp=str(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert out.returncode == 0 and lines, out.stderr[-3000:]
+    results = json.loads(lines[-1][len("RESULTS ") :])
+    everything = out.stdout + out.stderr
+
+    slow = results["slow"]  # 3 s in one write: longer than the health timeout, shorter than LOOP_STALL_S
+    assert slow["recoveries"] == 0, slow
+    assert slow["state"] == [300] * 10
+    assert "its event loop has been blocked for" in everything and "egress t/out: publishing" in everything
+
+    stuck = results["stuck"]  # 60 s: past LOOP_STALL_S (6 s): replaced, rolled back, nothing lost
+    assert stuck["recoveries"] >= 1, stuck
+    assert "event loop has been blocked for" in stuck["last_failure"], stuck
+    assert "egress t/out: publishing" in stuck["last_failure"], stuck
+    assert stuck["state"] == [300] * 10

@@ -48,6 +48,8 @@ __all__ = [
     "RECOVERY_BACKOFF_FIRST_S",
     "RECOVERY_BACKOFF_MAX_S",
     "RECOVERY_CALM_S",
+    "RECOVERY_WARN_S",
+    "RECOVERY_WATCH_S",
     "ROUTE_CACHE_MAX",
     "ROW_GROUP_BYTES",
     "SAVEPOINT_ATTEMPTS",
@@ -156,6 +158,11 @@ STATUS_TIMEOUT_S = _float("STATUS_TIMEOUT_S", 10.0)
 LOOP_STALL_S = _float("LOOP_STALL_S", 180.0)
 #: How often a shard's event loop marks that it turns (what the health check measures; seconds).
 HEARTBEAT_S = _float("HEARTBEAT_S", 0.5)
+#: While a recovery waits for shards (to start, to restore), it checks their health this often: one that
+#: died or is stuck meanwhile makes it start over instead of waiting forever (seconds) ...
+RECOVERY_WATCH_S = _float("RECOVERY_WATCH_S", 1.0)
+#: ... and says that it still waits, and for what, this often (seconds).
+RECOVERY_WARN_S = _float("RECOVERY_WARN_S", 30.0)
 #: After a recovery, wait this long before starting the next standby shard (seconds).
 STANDBY_DELAY_S = _float("STANDBY_DELAY_S", 5.0)
 #: A standby that does not take over a dead shard's index this fast is replaced (seconds).

@@ -120,6 +120,7 @@ class ShardCore:
         self.held = False  # a rescale is under way: nothing is processed until the restore (see pause_sources)
         self._restore_waiters: list[asyncio.Future] = []
         self._beat: float | None = None  # when the event loop last turned (see health); None: not started
+        self._busy_in: str | None = None  # a long step on the event loop other than a sink call (see health)
         self.counters = {
             "snapshot_capture_s": 0.0,
             "snapshot_write_s": 0.0,
@@ -273,7 +274,7 @@ class ShardCore:
         thread while the loop may be busy: it only reads three attributes."""
         beat = self._beat
         blocked = 0.0 if beat is None else max(0.0, time.monotonic() - beat - HEARTBEAT_S)
-        return self._failure, blocked, self.egress.busy_in if blocked else None
+        return self._failure, blocked, (self.egress.busy_in or self._busy_in) if blocked else None
 
     def _layout(self, typename: str):
         layout = self._layout_cache.get(typename)
@@ -650,7 +651,11 @@ class ShardCore:
             if generation != self.generation:
                 return  # a newer rollback began while this one read (the coordinator fell back): it wins
             loaded = time.perf_counter()
-            self._load(restored)
+            self._busy_in = f"loading checkpoint {checkpoint_id}"
+            try:
+                self._load(restored)
+            finally:
+                self._busy_in = None
             log.info(
                 "shard %d restored checkpoint %d from %s: read %.2f s, loaded %.2f s (%d state rows, %d messages)",
                 self.index,

@@ -1,5 +1,6 @@
 """A shard whose event loop is blocked in one sink call is waited for (and warned about), not taken for dead;
-one blocked for longer than LOOP_STALL_S is replaced, with a reason that names the call, and loses nothing.
+one blocked for longer than LOOP_STALL_S is replaced, with a reason that names the call, and loses nothing; a
+recovery whose restore gets stuck so starts over instead of waiting forever.
 
 Before: the coordinator took any shard that did not answer a status call within 10 s for dead, so a sink
 call that took 15 s (a slow broker, well inside the sink's own timeouts) had a healthy shard killed and the
@@ -47,9 +48,15 @@ class StallOnce(SinkPartition):
 class StallingSink(Sink):
     id = "t/out"
     delivery = DeliverySemantic.AT_LEAST_ONCE
-    def __init__(self, flag, seconds):
-        self.flag, self.seconds = flag, seconds
+    def __init__(self, flag, seconds, armed=None):
+        self.flag, self.seconds, self.armed = flag, seconds, armed
     def build_partition(self, index, count):
+        if self.armed is not None and os.path.exists(self.armed):  # a start that blocks (once), once armed
+            try:
+                os.close(os.open(self.armed + ".fired", os.O_CREAT | os.O_EXCL))
+                time.sleep(60)
+            except FileExistsError:
+                pass
         return StallOnce(self.flag, self.seconds)
 
 functions = StatefulFunctions()
@@ -76,11 +83,34 @@ for phase, seconds in (("slow", 3.0), ("stuck", 60.0)):
         }}
     finally:
         app.stop()
+# a replacement whose restore blocks in its sink's start: the recovery starts over instead of waiting on it
+armed = os.path.join({tmp!r}, "armed")
+source = MemorySource(lambda p, k: (("t/counter", str(i % 10), 1) for i in range(p, 3000, k)), partitions=2, id="t/in")
+app = rayfun.start(functions, shards=2, ingresses=[source], egresses=[StallingSink(armed + ".write", 0.0, armed)])
+try:
+    app.wait(timeout=90)
+    open(armed, "w").close()
+    ray.kill(ray.get(app._coordinator.shard_handles.remote())[0], no_restart=True)
+    deadline = time.monotonic() + 90
+    while app.info()["recoveries"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    app.wait(timeout=90)
+    info = app.info()
+    results["restore"] = {{
+        "recoveries": info["recoveries"],
+        "last_failure": info["last_failure"],
+        "fired": os.path.exists(armed + ".fired"),
+        "state": [app.state("t/counter", str(i), wait=False).get("n") for i in range(10)],
+    }}
+finally:
+    app.stop()
 print("RESULTS " + json.dumps(results))
 """
 
 
 def test_a_slow_sink_call_is_waited_for_and_a_stuck_one_replaced(ray_session, tmp_path):
+    """Three applications: a write that blocks 3 s, one that blocks 60 s, and a replacement shard whose
+    restore blocks in its sink's start."""
     address = ray_session.get_runtime_context().gcs_address
     out = subprocess.run(
         [sys.executable, "-c", DRIVER.format(address=address, tmp=str(tmp_path))],
@@ -104,3 +134,9 @@ def test_a_slow_sink_call_is_waited_for_and_a_stuck_one_replaced(ray_session, tm
     assert "event loop has been blocked for" in stuck["last_failure"], stuck
     assert "egress t/out: publishing" in stuck["last_failure"], stuck
     assert stuck["state"] == [300] * 10
+
+    restore = results["restore"]  # the replacement's restore blocked in its sink's start: started over
+    assert restore["fired"] and restore["recoveries"] >= 1, restore
+    assert "while restoring the shards" in everything and "recovering again" in everything
+    assert "opening its partition" in restore["last_failure"], restore
+    assert restore["state"] == [300] * 10

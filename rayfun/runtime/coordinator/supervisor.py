@@ -22,6 +22,8 @@ from ...constants import (  # tuning knobs: see rayfun/constants.py
     RECOVERY_BACKOFF_FIRST_S,
     RECOVERY_BACKOFF_MAX_S,
     RECOVERY_CALM_S,
+    RECOVERY_WARN_S,
+    RECOVERY_WATCH_S,
     STANDBY_DELAY_S,
     STATUS_TIMEOUT_S,
 )
@@ -161,12 +163,12 @@ class Supervisor:
                     except Exception:
                         pass
                     fleet.shards[i] = await self.replacement(i)
-                await fleet.ready(dead)
+                await self._waiting(fleet.ready(dead), "starting the replacement shard(s)", watch=False)
                 replaced = time.monotonic()
                 checkpoint = await self.latest_checkpoint()
                 found = time.monotonic()
                 async with self.driver.lock:
-                    await self.restore_newest(checkpoint)
+                    await self._waiting(self.restore_newest(checkpoint), "restoring the shards", watch=True)
                 self.recoveries += 1
                 self.metrics.recovered()
                 log.info(
@@ -185,6 +187,33 @@ class Supervisor:
         # the next standby later: its process start costs about a CPU-second, which the shards need now
         asyncio.get_running_loop().call_later(STANDBY_DELAY_S, self.keep_standby)
         log.warning("recovered from checkpoint %s in %.2f s", fleet.last_checkpoint, self.last_recovery_s)
+
+    async def _waiting(self, step: Any, what: str, watch: bool) -> None:
+        """Await a step of a recovery, saying every RECOVERY_WARN_S that it still waits (an actor no node has
+        room for never starts). With ``watch``, check the shards' health every RECOVERY_WATCH_S: a shard that
+        died or got stuck meanwhile (e.g. its restore blocked in a sink's start) fails this recovery, and the
+        next one starts over, instead of this one waiting forever."""
+        task = asyncio.ensure_future(step)
+        began = time.monotonic()
+        warn_at = began + RECOVERY_WARN_S
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=RECOVERY_WATCH_S)
+                if done:
+                    task.result()
+                    return
+                if watch:
+                    dead = {i: reason for i, (is_dead, reason) in (await self.failed_shards()).items() if is_dead}
+                    if dead:
+                        found = "; ".join(f"shard {i}: {reason}" for i, reason in dead.items())
+                        raise RuntimeError(f"{found}, while {what}")
+                now = time.monotonic()
+                if now >= warn_at:
+                    log.warning("recovery: still %s after %.0f s", what, now - began)
+                    warn_at = now + RECOVERY_WARN_S
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def _backoff(self, died: bool) -> None:
         """Pause before a rollback for a failure a shard reported (a remote function down, a sink that

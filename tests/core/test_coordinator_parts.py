@@ -4,6 +4,7 @@ failures, the supervisor's failure detection and backoff."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import types
 
 import pytest
@@ -246,21 +247,42 @@ def test_recoveries_back_off_from_the_second_in_a_row_doubling_to_a_cap():
     assert sv.recovery_pause(20) == sv.RECOVERY_BACKOFF_MAX_S == 30.0
 
 
-def test_failed_shards_are_those_that_report_a_failure_or_do_not_answer(monkeypatch):
+def test_failed_shards_are_those_that_report_a_failure_do_not_answer_or_are_stuck(caplog):
+    """Health answers ``(failure, seconds blocked, in what)``: a shard blocked for less than LOOP_STALL_S is
+    warned about (naming what it waits in), not failed; one blocked longer is taken for dead."""
     from ray.exceptions import RayActorError
 
-    fleet, actors = _fleet(3)
-    ok = types.SimpleNamespace(failure=None)
-    actors[0].status = _Remote(lambda: ok)
-    actors[1].status = _Remote(lambda: types.SimpleNamespace(failure="remote function down"))
+    fleet, actors = _fleet(5)
+    actors[0].health = _Remote(lambda: (None, 0.0, None))
+    actors[1].health = _Remote(lambda: ("remote function down", 0.0, None))
 
     def dead():
         raise RayActorError()
 
-    actors[2].status = _Remote(dead)
-    failed = asyncio.run(sv.Supervisor(fleet, _channel()[0], _Metrics()).failed_shards())
-    assert set(failed) == {1, 2}
+    actors[2].health = _Remote(dead)
+    actors[3].health = _Remote(lambda: (None, sv.STATUS_TIMEOUT_S + 5, "egress t/out: publishing 9 records"))
+    actors[4].health = _Remote(lambda: (None, sv.LOOP_STALL_S + 1, "egress t/out: opening its partition"))
+    supervisor = sv.Supervisor(fleet, _channel()[0], _Metrics())
+    with caplog.at_level(logging.WARNING, logger="rayfun"):
+        failed = asyncio.run(supervisor.failed_shards())
+        asyncio.run(supervisor.failed_shards())  # the same stall: warned about once
+    assert set(failed) == {1, 2, 4}
     assert failed[1] == (False, "remote function down") and failed[2][0] is True
+    assert failed[4][0] is True and "blocked for" in failed[4][1] and "opening its partition" in failed[4][1]
+    warned = [r.getMessage() for r in caplog.records if "shard 3" in r.getMessage()]
+    assert len(warned) == 1 and "publishing 9 records" in warned[0]
+
+
+def test_a_health_check_that_does_not_come_back_is_a_dead_shard(monkeypatch):
+    fleet, actors = _fleet(1)
+
+    async def never():
+        await asyncio.sleep(3600)
+
+    actors[0].health = types.SimpleNamespace(remote=lambda: never())
+    monkeypatch.setattr(sv, "STATUS_TIMEOUT_S", 0.05)
+    failed = asyncio.run(sv.Supervisor(fleet, _channel()[0], _Metrics()).failed_shards())
+    assert failed == {0: (True, "no answer to its health check within 0.05 s")}
 
 
 def test_reported_failures_close_together_count_in_a_row_and_a_calm_spell_resets(monkeypatch):

@@ -108,7 +108,7 @@ class Supervisor:
             try:
                 failure, blocked_s, blocked_in = await asyncio.wait_for(ref, timeout=STATUS_TIMEOUT_S)
             except asyncio.TimeoutError:
-                failed[i] = (True, f"no answer to its health check within {STATUS_TIMEOUT_S:.0f} s")
+                failed[i] = (True, f"no answer to its health check within {STATUS_TIMEOUT_S:g} s")
                 continue
             except RayActorError as exc:
                 failed[i] = (True, f"{type(exc).__name__}: {exc}".splitlines()[0])

@@ -28,7 +28,7 @@ import ray
 from rayfun.ray_auth import keep_token_auth
 keep_token_auth()
 ray.init(address={address!r}, log_to_driver=True, runtime_env={{"env_vars": {{
-    "RAYFUN_STATUS_TIMEOUT_S": "1", "RAYFUN_LOOP_STALL_S": "6", "RAYFUN_HEARTBEAT_S": "0.2"}}}})
+    "RAYFUN_STATUS_TIMEOUT_S": "3", "RAYFUN_LOOP_STALL_S": "15", "RAYFUN_HEARTBEAT_S": "0.2"}}}})
 import rayfun
 from rayfun import IntType, StatefulFunctions, StringType, ValueSpec
 from rayfun.connectors.memory import MemorySource
@@ -54,7 +54,7 @@ class StallingSink(Sink):
         if self.armed is not None and os.path.exists(self.armed):  # a start that blocks (once), once armed
             try:
                 os.close(os.open(self.armed + ".fired", os.O_CREAT | os.O_EXCL))
-                time.sleep(60)
+                time.sleep(40)
             except FileExistsError:
                 pass
         return StallOnce(self.flag, self.seconds)
@@ -66,76 +66,89 @@ def counter(context, message):
     context.storage.n = (context.storage.n or 0) + message.as_int()
     context.send_egress(egress_message_builder("t/out", context.address.id, StringType))
 
-results = {{}}
-for phase, seconds in (("slow", 3.0), ("stuck", 60.0)):
-    flag = os.path.join({tmp!r}, phase)
-    source = MemorySource(
+phase = {phase!r}
+started = time.monotonic()
+def progress(what):
+    print(f"[{{time.monotonic() - started:6.1f}} s] {{phase}}: {{what}}", file=sys.stderr, flush=True)
+
+def source():
+    return MemorySource(
         lambda p, k: (("t/counter", str(i % 10), 1) for i in range(p, 3000, k)), partitions=2, id="t/in"
     )
-    app = rayfun.start(functions, shards=2, ingresses=[source], egresses=[StallingSink(flag, seconds)])
-    try:
-        app.wait(timeout=90)
-        info = app.info()
-        results[phase] = {{
-            "recoveries": info["recoveries"],
-            "last_failure": info["last_failure"],
-            "state": [app.state("t/counter", str(i), wait=False).get("n") for i in range(10)],
-        }}
-    finally:
-        app.stop()
-# a replacement whose restore blocks in its sink's start: the recovery starts over instead of waiting on it
-armed = os.path.join({tmp!r}, "armed")
-source = MemorySource(lambda p, k: (("t/counter", str(i % 10), 1) for i in range(p, 3000, k)), partitions=2, id="t/in")
-app = rayfun.start(functions, shards=2, ingresses=[source], egresses=[StallingSink(armed + ".write", 0.0, armed)])
+
+if phase in ("slow", "stuck"):
+    sink = StallingSink(os.path.join({tmp!r}, phase), {{"slow": 6.0, "stuck": 40.0}}[phase])
+else:  # a replacement whose restore blocks in its sink's start: the recovery starts over instead of waiting
+    armed = os.path.join({tmp!r}, "armed")
+    sink = StallingSink(armed + ".write", 0.0, armed)
+app = rayfun.start(functions, shards=2, ingresses=[source()], egresses=[sink])
+progress("started")
 try:
-    app.wait(timeout=90)
-    open(armed, "w").close()
-    ray.kill(ray.get(app._coordinator.shard_handles.remote())[0], no_restart=True)
-    deadline = time.monotonic() + 90
-    while app.info()["recoveries"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    app.wait(timeout=90)
+    app.wait(timeout=120)
+    progress("drained")
+    if phase == "restore":
+        open(armed, "w").close()
+        ray.kill(ray.get(app._coordinator.shard_handles.remote())[0], no_restart=True)
+        deadline = time.monotonic() + 90
+        while app.info()["recoveries"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        progress("recovering")
+        app.wait(timeout=120)
+        progress("drained again")
     info = app.info()
-    results["restore"] = {{
+    results = {{
         "recoveries": info["recoveries"],
         "last_failure": info["last_failure"],
-        "fired": os.path.exists(armed + ".fired"),
         "state": [app.state("t/counter", str(i), wait=False).get("n") for i in range(10)],
     }}
+    if phase == "restore":
+        results["fired"] = os.path.exists(armed + ".fired")
 finally:
     app.stop()
+    progress("stopped")
 print("RESULTS " + json.dumps(results))
 """
 
 
-def test_a_slow_sink_call_is_waited_for_and_a_stuck_one_replaced(ray_session, tmp_path):
-    """Three applications: a write that blocks 3 s, one that blocks 60 s, and a replacement shard whose
-    restore blocks in its sink's start."""
+def run_phase(ray_session, tmp_path, phase: str) -> tuple[dict, str]:
+    """Runs one phase's application in its own driver; returns its results and everything it printed."""
     address = ray_session.get_runtime_context().gcs_address
-    out = subprocess.run(
-        [sys.executable, "-c", DRIVER.format(address=address, tmp=str(tmp_path))],
-        capture_output=True,
-        text=True,
-        timeout=200,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", DRIVER.format(address=address, tmp=str(tmp_path), phase=phase)],
+            capture_output=True,
+            text=True,
+            timeout=210,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
+    except subprocess.TimeoutExpired as timeout:
+        printed = timeout.stderr.decode(errors="replace") if isinstance(timeout.stderr, bytes) else timeout.stderr
+        pytest.fail(f"the {phase} driver ran past {timeout.timeout} s; it printed:\n{(printed or '')[-4000:]}")
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert out.returncode == 0 and lines, out.stderr[-3000:]
-    results = json.loads(lines[-1][len("RESULTS ") :])
-    everything = out.stdout + out.stderr
+    assert out.returncode == 0 and lines, out.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULTS ") :]), out.stdout + out.stderr
 
-    slow = results["slow"]  # 3 s in one write: longer than the health timeout, shorter than LOOP_STALL_S
+
+def test_a_slow_sink_call_is_waited_for(ray_session, tmp_path):
+    """A write that blocks 6 s: longer than the health timeout (3 s), shorter than LOOP_STALL_S (15 s)."""
+    slow, everything = run_phase(ray_session, tmp_path, "slow")
     assert slow["recoveries"] == 0, slow
     assert slow["state"] == [300] * 10
     assert "its event loop has been blocked for" in everything and "egress t/out: publishing" in everything
 
-    stuck = results["stuck"]  # 60 s: past LOOP_STALL_S (6 s): replaced, rolled back, nothing lost
+
+def test_a_stuck_sink_call_gets_its_shard_replaced(ray_session, tmp_path):
+    """A write that blocks 40 s, past LOOP_STALL_S: replaced, rolled back, nothing lost."""
+    stuck, everything = run_phase(ray_session, tmp_path, "stuck")
     assert stuck["recoveries"] >= 1, stuck
     assert "event loop has been blocked for" in stuck["last_failure"], stuck
     assert "egress t/out: publishing" in stuck["last_failure"], stuck
     assert stuck["state"] == [300] * 10
 
-    restore = results["restore"]  # the replacement's restore blocked in its sink's start: started over
+
+def test_a_restore_stuck_in_a_sink_start_starts_over(ray_session, tmp_path):
+    """A replacement whose restore blocks 40 s in its sink's start: the recovery starts over."""
+    restore, everything = run_phase(ray_session, tmp_path, "restore")
     assert restore["fired"] and restore["recoveries"] >= 1, restore
     assert "while restoring the shards" in everything and "recovering again" in everything
     assert "opening its partition" in restore["last_failure"], restore

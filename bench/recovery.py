@@ -4,7 +4,8 @@ A long ingress keeps two shards busy over 1M counter instances with checkpoints 
 instances exist and a checkpoint holds them, one shard is killed (ray.kill). The figure is the time from
 the kill until the processing rate, over a sliding 1 s window, is back to 90% of what it was before (the
 median of the windows of the 5 s before: the rate of a 2-core machine varies by 20 % from second to
-second). Three kills in a row (shards 0, 1, 0); the last line alone is the median: ``recovery: 2.4 s``.
+second). The rates come from the shards' counters and the times the shards read them (rate_probe.py).
+Three kills in a row (shards 0, 1, 0); the last line alone is the median: ``recovery: 2.4 s``.
 
     python bench/recovery.py [--instances N] [--kills N]
 """
@@ -26,6 +27,7 @@ from rayfun.connectors.memory import MemorySource
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from counter import TYPENAME, build_functions
+from rate_probe import WINDOW_S, RateProbe  # WINDOW_S: as long as the checkpoint interval
 
 
 def endless(instances: int):
@@ -42,52 +44,31 @@ def endless(instances: int):
     return records
 
 
-WINDOW_S = 1.0  # as long as the checkpoint interval, so that every window holds a checkpoint
-SAMPLE_S = 0.1
-
-
 def processed(app) -> int:
     return sum(m["processed"] for m in app.shard_metrics())
 
 
-def sample(app, seconds: float) -> list[tuple[float, int]]:
-    """(time, messages processed so far), every SAMPLE_S for ``seconds``."""
-    out = [(time.perf_counter(), processed(app))]
-    while out[-1][0] - out[0][0] < seconds:
-        time.sleep(SAMPLE_S)
-        out.append((time.perf_counter(), processed(app)))
-    return out
-
-
-def window_rates(samples: list[tuple[float, int]]) -> list[tuple[float, float]]:
-    """(start, msgs/s over the WINDOW_S from there) for every sample that has a full window after it."""
-    rates = []
-    for i, (t0, p0) in enumerate(samples):
-        later = next(((t, p) for t, p in samples[i:] if t - t0 >= WINDOW_S), None)
-        if later is not None:
-            rates.append((t0, (later[1] - p0) / (later[0] - t0)))
-    return rates
-
-
-def kill_and_time(app, victim: int) -> float:
+def kill_and_time(app, probe: RateProbe, victim: int) -> float:
     """Kill shard ``victim``; seconds until a sliding window runs at 90 % of the rate before the kill (the
     median of the windows of the 5 s before: a 2-core machine's rate varies by 20 % from second to second)."""
-    before = statistics.median(r for _, r in window_rates(sample(app, 5.0)))
+    time.sleep(5.0 + WINDOW_S)
+    now = probe.read_until(time.time() - 1.0)
+    before = statistics.median(probe.mean_rate(t, t + WINDOW_S) for t in _steps(now - 5.0 - WINDOW_S, now - WINDOW_S))
     shard = ray.get(app._coordinator.shard_handles.remote())[victim]
     recoveries = app.info()["recoveries"]
-    killed_at = time.perf_counter()
+    killed_at = time.time()
     ray.kill(shard, no_restart=True)
     while app.info()["recoveries"] == recoveries:
         time.sleep(0.05)
-    restored_at = time.perf_counter()
-    samples = [(restored_at, processed(app))]
+    restored_at = time.time()
     while True:
-        time.sleep(SAMPLE_S)
-        samples.append((time.perf_counter(), processed(app)))
-        back = next((t for t, r in window_rates(samples) if r >= 0.9 * before), None)
+        time.sleep(0.2)
+        # windows from the end of the restore on (one that began earlier would average its catch-up
+        # with the outage)
+        back = probe.first_window(restored_at, 0.9 * before, probe.read_until(killed_at))
         if back is not None:
             break
-        if time.perf_counter() - killed_at > 120:
+        if time.time() - killed_at > 120:
             raise SystemExit("did not get back to full speed within 120 s")
     print(
         f"shard {victim} killed at {before:.0f} msgs/s: rolled back and restored after "
@@ -95,6 +76,10 @@ def kill_and_time(app, victim: int) -> float:
         f"full speed after {back - killed_at:.2f} s"
     )
     return back - killed_at
+
+
+def _steps(start: float, end: float, step: float = 0.1) -> list[float]:
+    return [start + i * step for i in range(int((end - start) / step) + 1)]
 
 
 def main() -> None:
@@ -108,6 +93,7 @@ def main() -> None:
     app = rayfun.start(
         build_functions(), shards=2, ingresses=[source], checkpoint_dir=directory, checkpoint_interval=1.0
     )
+    probe = None
     try:
         while processed(app) < args.instances * 1.2:  # every instance exists, with margin
             time.sleep(0.2)
@@ -117,14 +103,17 @@ def main() -> None:
             for c in ray.get([s.instance_count.remote() for s in ray.get(app._coordinator.shard_handles.remote())])
         )
         print(f"{instances} instances on 2 shards, checkpoints every second")
+        probe = RateProbe(app).start()
         times = []
         for k in range(args.kills):
             while app.info()["standby"] is None:  # the standby shard is started (a few seconds in)...
                 time.sleep(0.1)
             time.sleep(2)  # ... and settled
-            times.append(kill_and_time(app, k % 2))
+            times.append(kill_and_time(app, probe, k % 2))
         print(f"recovery: {statistics.median(times):.1f} s")
     finally:
+        if probe is not None:
+            probe.stop()
         app.stop()
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -16,9 +16,10 @@ repeats work fails loudly instead of printing a figure.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import sys
 import tempfile
-import threading
 import time
 
 import ray
@@ -27,8 +28,10 @@ import rayfun
 from rayfun import IntType, StatefulFunctions, ValueSpec
 from rayfun.connectors.memory import MemorySource
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rate_probe import RateProbe
+
 TYPENAME = "bench/counter"
-WINDOW_S = 1.0  # the rate is measured over this window
 SPAN_S = 3.0  # the rates before and after the rescale are means over this span
 FULL = 0.9  # "full rate": this share of the rate before the rescale
 
@@ -56,71 +59,6 @@ def make_records(instances: int, messages: int):
     return records
 
 
-class RateProbe:
-    """Messages processed per second over the last WINDOW_S, sampled every 0.1 s from the shards' counters
-    (each shard process counts on across restores; a replacement or a new shard starts from 0)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.samples: list[tuple[float, int]] = []  # (time, messages processed so far, all shards)
-        self._last: dict[tuple[int, int], int] = {}  # (index, pid) -> processed (a process counts on across restores)
-        self._total = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> RateProbe:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                metrics = self.app.shard_metrics()
-            except Exception:
-                metrics = []
-            for m in metrics:
-                key = (m["shard"], m["pid"])
-                done = m["processed"]
-                self._total += max(0, done - self._last.get(key, 0))
-                self._last[key] = done
-            self.samples.append((time.perf_counter(), self._total))
-            time.sleep(0.1)
-
-    def mean_rate(self, start: float, end: float) -> float:
-        """The mean rate between the first sample at or after ``start`` and the last one up to ``end``."""
-        span = [(t, n) for t, n in self.samples if start <= t <= end]
-        if len(span) < 2 or span[-1][0] <= span[0][0]:
-            return 0.0
-        return (span[-1][1] - span[0][1]) / (span[-1][0] - span[0][0])
-
-    def first_window(self, since: float, rate: float) -> float | None:
-        """When the first WINDOW_S window that began at or after ``since`` and ran at ``rate`` or more began."""
-        for t, _ in self.samples:
-            if t < since:
-                continue
-            measured = self.rate(t)
-            if measured is not None and measured[1] >= since and measured[0] >= rate:
-                return measured[1]
-        return None
-
-    def rate(self, at: float) -> tuple[float, float] | None:
-        """``(rate, since)``: the rate from the newest sample at least WINDOW_S before the newest sample up
-        to ``at`` (the counters are read about twice a second under load), and when that span began."""
-        upto = [(t, n) for t, n in self.samples if t <= at]
-        if not upto:
-            return None
-        last_t, last_n = upto[-1]
-        earlier = [(t, n) for t, n in upto if t <= last_t - WINDOW_S]
-        if not earlier:
-            return None
-        first_t, first_n = earlier[-1]
-        return (last_n - first_n) / (last_t - first_t), first_t
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=1_000_000)
@@ -143,28 +81,28 @@ def main() -> None:
         while (probe.samples[-1][1] if probe.samples else 0) < args.instances:  # every instance has state
             time.sleep(0.2)
         time.sleep(args.settle)
-        asked = time.perf_counter()
+        asked = time.time()
         before = probe.mean_rate(asked - SPAN_S, asked)
         if not before:
             raise SystemExit(f"WRONG: no rate measured before the rescale (samples: {probe.samples[-5:]})")
         checkpoint = app.rescale(args.end)
-        returned = time.perf_counter()
-        time.sleep(max(0.0, returned + args.after - time.perf_counter()))
-        ended = time.perf_counter()
+        returned = time.time()
+        time.sleep(max(0.0, returned + args.after - time.time()))
         probe.stop()
+        ended = probe.read_until(returned)
         if probe.samples[-1][1] >= messages:
             raise SystemExit("WRONG: the source ran out before the run ended: raise --rounds")
         # the new layout's own rate, once settled: on a machine with fewer cores than shards it may be
         # below the old one, and "full rate" is then what the new layout sustains, not the old figure
         after = probe.mean_rate(ended - SPAN_S, ended)
         full = FULL * min(before, after)
-        back = probe.first_window(returned, full)
+        back = probe.first_window(returned, full, ended)
         phases = app.info()["last_rescale_phases"]
         if args.trace:
             first = probe.samples[0][0]
             for t in range(int((ended - first) * 2) + 1):
                 at = first + t / 2
-                print(f"  {at - asked:+5.1f} s: {(probe.rate(at) or (0.0, 0.0))[0]:>10,.0f} msgs/s")
+                print(f"  {at - asked:+5.1f} s: {probe.rate(at):>10,.0f} msgs/s")
         print(
             f"{args.instances:,} instances: {before:,.0f} msgs/s on {args.start} shards; rescale to {args.end} "
             f"from checkpoint {checkpoint} returned after {returned - asked:.2f} s "

@@ -41,6 +41,7 @@ SHARD_METRICS = (
     "generation",
     "epoch",
     "cpu_s",
+    "taken_at",
     "failure",
 )
 

@@ -766,6 +766,7 @@ class ShardCore:
             generation=self.generation,
             epoch=self.snapshots.epoch,
             cpu_s=time.process_time(),  # the process's CPU time: a busy machine moves it less than wall time
+            taken_at=time.time(),
             counters=dict(self.counters),
             functions={typename: counts.as_dict() for typename, counts in self.functions.items()},
             function_backlog=self._function_backlog(),

@@ -38,6 +38,8 @@ class ShardStatus:
     generation: int
     epoch: int  # the newest checkpoint whose cut the shard passed (records emitted now belong to epoch + 1)
     cpu_s: float  # the process's CPU time: a busy machine moves it less than wall time
+    taken_at: float = 0.0  # when the shard read these counters (its wall clock, time.time()): a rate computed
+    # from these stamps is exact, where the time a reply reached its reader lags by the reply's queueing
     counters: dict[str, Any] = field(default_factory=dict)  # processed, ingested, egress, snapshot times, ...
     node: str = ""  # the Ray node the shard runs on (its id, hex)
     functions: dict[str, dict[str, Any]] = field(default_factory=dict)  # per function type (runtime/metrics.py)

@@ -20,6 +20,8 @@ __all__ = [
     "CHECKPOINT_BACKOFF_MAX_S",
     "CHECKPOINT_TIMEOUT_S",
     "CHUNK_SIZE",
+    "DELIVERY_INLINE_BYTES",
+    "DELIVERY_MAX_CALLS",
     "EGRESS_FLUSH_S",
     "EGRESS_HIGH",
     "ENCODE_CHUNK",
@@ -104,6 +106,12 @@ MAILBOX_LOW = _int("MAILBOX_LOW", 16384)
 MAX_OUTSTANDING = _int("MAX_OUTSTANDING", 4)
 #: Exactly-once egress records held for their checkpoint before the sources pause (storage down).
 EGRESS_HIGH = _int("EGRESS_HIGH", 262144)
+#: A batch to a peer is sent in calls of at most about this many pickled bytes: Ray passes a call's arguments
+#: up to 100 KiB inline (its max_direct_call_object_size) and bigger ones through the object store, which
+#: cost the counter ~15 % of its throughput (the raylet's work, and shared memory for every batch).
+DELIVERY_INLINE_BYTES = _int("DELIVERY_INLINE_BYTES", 96 * 1024)
+#: ... unless that takes more than this many calls (big payloads): one call through the object store then.
+DELIVERY_MAX_CALLS = _int("DELIVERY_MAX_CALLS", 8)
 #: Ids per function type remembered with their shard (bounds the route cache's memory).
 ROUTE_CACHE_MAX = _int("ROUTE_CACHE_MAX", 1_000_000)
 #: How often expired state is dropped from instances that were not touched (seconds).

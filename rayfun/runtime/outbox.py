@@ -1,7 +1,9 @@
 """Outbox: routing rows to the shard that owns their target, and sending them in batches.
 
 Messages between shards travel in batches of rows ``(target type, target id, caller, value type,
-payload)`` (see ``services.Row``): one Ray call per destination shard per flush, never one per message.
+payload)`` (see ``services.Row``): one Ray call per destination shard per flush, never one per message;
+a batch of more than ``DELIVERY_INLINE_BYTES`` pickled goes in a few calls small enough for Ray to pass
+inline, rather than one through its object store.
 Rows, not columns: building and iterating them is the cheapest thing in Python, and pickle moves them at
 ~0.1 us each (measured); the per-message Python work, not the transfer, is what bounds throughput. Rows
 for this shard skip Ray entirely: ``flush`` hands them back to the shard core for its mailbox.
@@ -19,7 +21,7 @@ import logging
 import pickle
 from typing import Any
 
-from ..constants import ROUTE_CACHE_MAX  # tuning knobs: see rayfun/constants.py
+from ..constants import DELIVERY_INLINE_BYTES, DELIVERY_MAX_CALLS, ROUTE_CACHE_MAX  # tuning knobs: constants.py
 from ..io import DeadLetter
 from ..messages import Message
 from .partitioning import Partitioner
@@ -45,6 +47,7 @@ class Outbox:
         self.route_cache: dict[str, dict[str, int]] = {}  # type -> id -> shard (kept across rollbacks)
         self.peers: list = []
         self.generation = 0
+        self.rows_per_call = 4096  # rows that pickle to about DELIVERY_INLINE_BYTES (learnt from each batch)
         self.reset([], 0)
 
     def resize(self, shards: int, partitioner: Partitioner) -> None:
@@ -137,19 +140,34 @@ class Outbox:
             if dest == self.index:
                 local = rows
                 continue
-            seq = self.send_seq[dest]
-            self.send_seq[dest] = seq + 1
             self.sent[dest] += len(rows)
-            self.outstanding[dest] += 1
-            # pickled here: Ray's own path for a list (msgpack, then pickle per element) costs ~5x more
-            ref = self.peers[dest].deliver.remote(self.index, seq, pickle.dumps(rows, protocol=5), self.generation)
-            self.services.track_task(asyncio.get_running_loop().create_task(self._await_delivery(dest, ref)))
+            self.outstanding[dest] += 1  # a batch, however many calls carry it
+            peer, refs = self.peers[dest], []
+            for data in self._pickled(rows):
+                seq = self.send_seq[dest]
+                self.send_seq[dest] = seq + 1
+                refs.append(peer.deliver.remote(self.index, seq, data, self.generation))
+            self.services.track_task(asyncio.get_running_loop().create_task(self._await_delivery(dest, refs)))
         return local
 
-    async def _await_delivery(self, dest: int, ref) -> None:
+    def _pickled(self, rows: list) -> list[bytes]:
+        """``rows`` pickled (pickle here: Ray's own path for a list, msgpack then pickle per element, costs
+        ~5x more), in parts of about ``DELIVERY_INLINE_BYTES`` when a few such parts hold them all."""
+        per_call = self.rows_per_call
+        if len(rows) <= per_call or len(rows) > per_call * DELIVERY_MAX_CALLS:
+            parts = [pickle.dumps(rows, protocol=5)]
+            measured = len(rows)
+        else:
+            parts = [pickle.dumps(rows[k : k + per_call], protocol=5) for k in range(0, len(rows), per_call)]
+            measured = per_call
+        self.rows_per_call = max(16, DELIVERY_INLINE_BYTES * measured // max(len(parts[0]), 1))
+        return parts
+
+    async def _await_delivery(self, dest: int, refs: list) -> None:
         generation = self.generation
         try:
-            await ref
+            for ref in refs:
+                await ref
         except Exception as exc:
             if generation != self.generation:
                 return

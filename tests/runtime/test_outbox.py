@@ -99,3 +99,49 @@ def test_source_input_is_routed_and_what_cannot_be_is_dead_lettered():
     assert reasons[0].startswith("unknown function type 't/nope'")
     assert services.dead_letters[0][1]["payload"] == 3 and services.dead_letters[0][1]["source"] == "src/a"
     assert reasons[1] == "bad record" and reasons[2] == "source returned int, not a Message"
+
+
+def test_a_big_batch_goes_in_calls_small_enough_for_ray_to_inline_in_order_and_counts_as_one(monkeypatch):
+    import rayfun.runtime.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "DELIVERY_INLINE_BYTES", 2000)
+
+    async def main():
+        services = FakeServices()
+        outbox = _outbox(services, shards=2)
+        peers = [None, Peer()]
+        outbox.reset(peers, generation=1)
+        theirs = _ids_on(outbox, 1, 400)
+
+        def send(batch: list[str]) -> list[tuple]:
+            before = len(peers[1].deliver.calls)
+            for i in batch:
+                outbox.route("t/f", i, None, "int", i)
+            outbox.flush()
+            return peers[1].deliver.calls[before:]
+
+        send(theirs[:300])  # the first batch teaches the outbox how many rows fit
+        calls = send(theirs)
+        assert len(calls) > 1 and all(len(data) <= 2000 * 1.2 for _, _, data, _ in calls)
+        assert [seq for _, seq, _, _ in calls] == list(range(calls[0][1], calls[0][1] + len(calls)))
+        assert [row for _, _, data, _ in calls for row in pickle.loads(data)] == [
+            ("t/f", i, None, "int", i) for i in theirs
+        ]
+        assert outbox.sent == [0, 700] and outbox.outstanding == [0, 2]  # batches, not calls
+        for reply in peers[1].deliver.replies[:-1]:
+            reply.set_result(None)
+        await asyncio.sleep(0)
+        assert outbox.outstanding == [0, 1]  # the second batch waits for its last call
+        peers[1].deliver.replies[-1].set_result(None)
+        await asyncio.gather(*services.tasks)
+        assert outbox.outstanding == [0, 0]
+        # rows so big that a batch would take more than DELIVERY_MAX_CALLS calls go in one call (Ray's
+        # object store: fine for big data), once the outbox has seen such rows
+        for _ in range(2):
+            for i in theirs[:40]:
+                outbox.route("t/f", i, None, "bytes", b"z" * 1000)
+            calls = send([])
+        (one,) = calls
+        assert len(pickle.loads(one[2])) == 40
+
+    asyncio.run(main())

@@ -5,6 +5,7 @@ what the workload implies, exactly: nothing lost, nothing twice. Set RAYFUN_CHAO
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import threading
 import time
@@ -50,10 +51,16 @@ def kill_shards_meanwhile(app, rng: random.Random, kills: int, stop: threading.E
     return killed
 
 
-def run_with_shard_kills(checkpoint_dir: str, storage_options: dict | None = None, kills: int = 3) -> None:
+def run_with_shard_kills(
+    checkpoint_dir: str,
+    storage_options: dict | None = None,
+    kills: int = 3,
+    batch_size: int = 50,
+    messages: int = 5000,
+) -> Generator:
     rng = random.Random(SEED)
-    gen = Generator(SEED, instances=300, messages=5000)
-    source = MemorySource(gen.records, partitions=3, id="chaos/commands", batch_size=50, value_type=Commands)
+    gen = Generator(SEED, instances=300, messages=messages)
+    source = MemorySource(gen.records, partitions=3, id="chaos/commands", batch_size=batch_size, value_type=Commands)
     app = rayfun.start(
         build_functions(),
         shards=3,
@@ -78,10 +85,25 @@ def run_with_shard_kills(checkpoint_dir: str, storage_options: dict | None = Non
     finally:
         stop.set()
         app.stop()
+    return gen
 
 
 def test_shard_kills_lose_nothing_and_duplicate_nothing(ray_session, tmp_path):
     run_with_shard_kills(str(tmp_path / "cp"))
+
+
+def test_shard_kills_with_big_batches_split_into_inline_calls(ray_session, tmp_path):
+    """Source batches so big that each shard's batch to a peer goes in several calls (each small enough for
+    Ray to pass inline, see outbox.py): kills between and during such calls lose and repeat nothing."""
+    from rayfun.connectors.memory import to_row
+    from rayfun.constants import DELIVERY_INLINE_BYTES, DELIVERY_MAX_CALLS
+
+    batch, messages = 12000, 40000
+    gen = Generator(SEED, instances=300, messages=messages)
+    # a third of a source batch stays on its shard: what goes to one peer must need a few calls, not one
+    to_peer = len(pickle.dumps([to_row(r, Commands) for r in gen.records[: batch // 3]], protocol=5))
+    assert DELIVERY_INLINE_BYTES < to_peer < DELIVERY_MAX_CALLS * DELIVERY_INLINE_BYTES, to_peer
+    run_with_shard_kills(str(tmp_path / "cp"), batch_size=batch, messages=messages)
 
 
 def test_shard_kills_with_checkpoints_on_s3(ray_session, moto_s3):

@@ -56,10 +56,10 @@ def run_with_shard_kills(
     storage_options: dict | None = None,
     kills: int = 3,
     batch_size: int = 50,
-    messages: int = 5000,
-) -> Generator:
+    gen: Generator | None = None,
+) -> None:
     rng = random.Random(SEED)
-    gen = Generator(SEED, instances=300, messages=messages)
+    gen = gen or Generator(SEED, instances=300, messages=5000)
     source = MemorySource(gen.records, partitions=3, id="chaos/commands", batch_size=batch_size, value_type=Commands)
     app = rayfun.start(
         build_functions(),
@@ -85,7 +85,6 @@ def run_with_shard_kills(
     finally:
         stop.set()
         app.stop()
-    return gen
 
 
 def test_shard_kills_lose_nothing_and_duplicate_nothing(ray_session, tmp_path):
@@ -98,12 +97,12 @@ def test_shard_kills_with_big_batches_split_into_inline_calls(ray_session, tmp_p
     from rayfun.connectors.memory import to_row
     from rayfun.constants import DELIVERY_INLINE_BYTES, DELIVERY_MAX_CALLS
 
-    batch, messages = 12000, 40000
-    gen = Generator(SEED, instances=300, messages=messages)
+    batch = 12000
+    gen = Generator(SEED, instances=300, messages=40000)
     # a third of a source batch stays on its shard: what goes to one peer must need a few calls, not one
     to_peer = len(pickle.dumps([to_row(r, Commands) for r in gen.records[: batch // 3]], protocol=5))
     assert DELIVERY_INLINE_BYTES < to_peer < DELIVERY_MAX_CALLS * DELIVERY_INLINE_BYTES, to_peer
-    run_with_shard_kills(str(tmp_path / "cp"), batch_size=batch, messages=messages)
+    run_with_shard_kills(str(tmp_path / "cp"), batch_size=batch, gen=gen)
 
 
 def test_shard_kills_with_checkpoints_on_s3(ray_session, moto_s3):

@@ -21,7 +21,14 @@ from .functions import ValueSpec
 from .messages import Address, EgressMessage, Message
 from .types import BUILTIN_TYPES, check_text, to_payload
 
-__all__ = ["Context", "StorageBase", "explain_state_error", "make_storage_class"]
+__all__ = [
+    "Context",
+    "SlotStorage",
+    "StorageBase",
+    "explain_state_error",
+    "make_slot_storage_class",
+    "make_storage_class",
+]
 
 
 class StorageBase:
@@ -148,6 +155,31 @@ def _property(index: int, spec: ValueSpec, n: int, typename: str) -> property:
     return property(get, set_, del_, doc=f"state {spec.name!r} ({spec.type.typename})")
 
 
+class SlotStorage:
+    """The storage of a function type whose one state value is of a built-in type and never expires: the
+    value sits in a slot that the function's name for it aliases, so its reads and writes are plain slot
+    accesses, with no Python call (a property costs two per message on the counter's hot path).
+
+    Nothing is checked when the function writes: the runner checks the value once the function returns,
+    and anything unusual (a value of another type, a read after ``del``, an undeclared name) makes it run
+    that message again on the property storage, which raises the exact error (see runners/embedded.py).
+    A deleted value leaves the slot empty, which is how the runner tells a delete from a write."""
+
+    __slots__ = ("_value",)
+    _value: Any
+    _typename = ""
+    _names: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Storage({self._typename}: {', '.join(self._names)})"
+
+
+def make_slot_storage_class(typename: str, spec: ValueSpec) -> type[SlotStorage]:
+    """The storage class of a single-value type for ``SlotStorage``: the state's name aliases the slot."""
+    attrs = {"__slots__": (), "_typename": typename, "_names": (spec.name,), spec.name: SlotStorage.__dict__["_value"]}
+    return type(f"Storage[{typename}]", (SlotStorage,), attrs)
+
+
 def undeclared_state(typename: str, name: str, declared: Sequence[str]) -> str:
     return (
         f"{typename} has no state named {name!r}: declare it, e.g. ValueSpec({name!r}, IntType), in the "
@@ -188,7 +220,7 @@ class Context:
         typename: str,
         id: str,
         caller: tuple[str, str] | None,
-        storage: StorageBase,
+        storage: StorageBase | SlotStorage,
         known: Container[str] | None = None,
     ):
         self._known = known  # function types that exist: a send to any other fails here, in user code

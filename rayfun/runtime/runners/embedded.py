@@ -16,9 +16,10 @@ from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ...context import Context, explain_state_error, make_storage_class
+from ...context import Context, explain_state_error, make_slot_storage_class, make_storage_class
 from ...functions import FunctionSpec
 from ...messages import Message
+from ...types import BUILTIN_TYPES, MAX_VALUE_BYTES
 
 if TYPE_CHECKING:
     from ..services import RunnerServices
@@ -125,6 +126,21 @@ class EmbeddedFunction:
     # -- invocation -------------------------------------------------------------------------------------
 
     def _make_run(self):
+        """Build ``run(rows, i, end, now_ms) -> next i``: the slot runner where the type allows it (see
+        ``_make_slot_run``), else the general one."""
+        run = self._make_general_run()
+        if not self.is_async and self._slot_eligible():
+            return self._make_slot_run(run)
+        return run
+
+    def _slot_eligible(self) -> bool:
+        """One state value that never expires, of a built-in type stored as written (int, long, string,
+        bool: a float is rounded as it is written, which a slot cannot do): ``SlotStorage`` can hold it."""
+        specs = self.state.specs
+        builtin = BUILTIN_TYPES.get(specs[0].type.typename) if len(specs) == 1 else None
+        return builtin is not None and builtin.python_type is not float and not self.state.expiring
+
+    def _make_general_run(self):
         """Build ``run(rows, i, end, now_ms) -> next i``: invoke this function for the consecutive mailbox rows
         ``rows[i:end]`` that target it, stopping at the first row for another type.
 
@@ -191,6 +207,105 @@ class EmbeddedFunction:
                         put(id, cells)
             if i > first:  # one count and one clock reading per run of messages, not per message
                 counts.invocations += i - first
+                counts.timed(perf_counter() - began, i - first)
+            return i
+
+        return run
+
+    def _make_slot_run(self, exact):
+        """The runner of a sync function with one built-in, non-expiring state value: the value sits in a
+        ``SlotStorage`` slot, so the function reads and writes it with no Python call, and the runner
+        checks the value once the function returns, instead of the storage at every write.
+
+        It is optimistic: anything unusual (the function raised, wrote a value that is not plainly of its
+        type, read a value after deleting it) runs that one message again on ``exact``, the general runner,
+        which is the reference: it raises the exact error, at the write that caused it, or commits what
+        the function did. Nothing of the first run was applied (state and effects are committed only after
+        the checks), so the second run sees the same state; only a function's own side effects outside
+        rayfun happen twice, as in a replay after a rollback.
+
+        Checking the value the function leaves rather than every write is more lenient in two corners, and
+        nothing wrong is ever stored: a wrong value that the function overwrites or deletes before it
+        returns is no error here, and None written over an absent value leaves it absent."""
+        typename, counts, state = self.typename, self.counts, self.state
+        instances, fn = state.instances, self.fn
+        shard, failed = self.shard, self.shard.invocation_failed
+        builtin = BUILTIN_TYPES[state.specs[0].type.typename]
+        check = builtin.check
+        plain: Any = builtin.python_type  # what passes without a call of check: an int in range, ASCII text, a bool
+        lo: int | None = getattr(builtin, "_lo", None)
+        hi: int | None = getattr(builtin, "_hi", None)
+        text = plain is str
+        max_chars = MAX_VALUE_BYTES // 4
+        storage = make_slot_storage_class(typename, state.specs[0])()
+        ctx = Context(typename, "", None, storage, self.known)
+        message = Message(typename, "", "", None)
+        deleted: Any = object()
+
+        def run(rows: list, i: int, end: int, now_ms: int) -> int:
+            began, first, redone = perf_counter(), i, 0
+            changed = state.changed  # only a checkpoint's cut swaps it, never during a run
+            while i < end:
+                ttype, id, caller, vtype, payload = rows[i]
+                if ttype != typename:
+                    break
+                i += 1
+                cells = instances.get(id)
+                old = storage._value = cells[0] if cells is not None else None
+                ctx._id = message.target_id = id
+                ctx._caller = caller
+                message.value_type_name = vtype
+                message.payload = payload
+                try:
+                    fn(ctx, message)
+                except Exception:
+                    ctx.sends = ctx.timers = ctx.egress = None
+                    exact(rows, i - 1, i, now_ms)
+                    redone += 1
+                    continue
+                value: Any
+                try:
+                    value = storage._value
+                except AttributeError:  # deleted
+                    value = deleted
+                if (
+                    value is not old
+                    and value is not deleted
+                    and not (
+                        type(value) is plain
+                        and (lo is None or lo <= value <= hi)
+                        and (not text or (len(value) <= max_chars and value.isascii()))
+                    )
+                ):
+                    try:
+                        if value is None:  # the general storage refuses it (del deletes a value)
+                            raise ValueError("a state value set to None")
+                        value = check(value)
+                    except (TypeError, ValueError):
+                        ctx.sends = ctx.timers = ctx.egress = None
+                        exact(rows, i - 1, i, now_ms)
+                        redone += 1
+                        continue
+                if ctx.sends is not None or ctx.timers is not None or ctx.egress is not None:
+                    sends, timers, egress = ctx.sends, ctx.timers, ctx.egress
+                    ctx.sends = ctx.timers = ctx.egress = None
+                    if sends or timers or egress:
+                        try:
+                            shard.apply_effects(typename, id, sends, timers, egress, now_ms)
+                        except Exception as exc:  # e.g. a reused cancellation token: nothing was applied
+                            failed(typename, id, caller, vtype, payload, exc)
+                            continue
+                if value is old:
+                    continue
+                if value is deleted:
+                    if old is not None:
+                        del instances[id]
+                    changed[id] = None  # as FunctionState.put records it
+                else:
+                    instances[id] = [value]
+                    changed[id] = value
+            if i > first:  # one count and one clock reading per run of messages, not per message
+                counts.invocations += i - first - redone
                 counts.timed(perf_counter() - began, i - first)
             return i
 

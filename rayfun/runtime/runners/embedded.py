@@ -229,7 +229,7 @@ class EmbeddedFunction:
         returns is no error here, and None written over an absent value leaves it absent."""
         typename, counts, state = self.typename, self.counts, self.state
         instances, fn = state.instances, self.fn
-        shard, failed = self.shard, self.shard.invocation_failed
+        apply_effects = self._apply_effects
         builtin = BUILTIN_TYPES[state.specs[0].type.typename]
         check = builtin.check
         plain: Any = builtin.python_type  # what passes without a call of check: an int in range, ASCII text, a bool
@@ -256,45 +256,34 @@ class EmbeddedFunction:
                 ctx._caller = caller
                 message.value_type_name = vtype
                 message.payload = payload
+                value: Any
                 try:
                     fn(ctx, message)
-                except Exception:
+                    try:
+                        value = storage._value
+                    except AttributeError:  # deleted
+                        value = deleted
+                    if (
+                        value is not old
+                        and value is not deleted
+                        and not (
+                            type(value) is plain
+                            and (lo is None or lo <= value <= hi)
+                            and (not text or (len(value) <= max_chars and value.isascii()))
+                        )
+                    ):
+                        if value is None:  # the general storage refuses it (del deletes a value)
+                            raise ValueError("a state value set to None")
+                        value = check(value)  # raises TypeError or ValueError for a wrong value
+                except Exception:  # the function raised, or left a wrong value: the general runner says which
                     ctx.sends = ctx.timers = ctx.egress = None
                     exact(rows, i - 1, i, now_ms)
                     redone += 1
                     continue
-                value: Any
-                try:
-                    value = storage._value
-                except AttributeError:  # deleted
-                    value = deleted
-                if (
-                    value is not old
-                    and value is not deleted
-                    and not (
-                        type(value) is plain
-                        and (lo is None or lo <= value <= hi)
-                        and (not text or (len(value) <= max_chars and value.isascii()))
-                    )
+                if (ctx.sends is not None or ctx.timers is not None or ctx.egress is not None) and not apply_effects(
+                    id, ctx, now_ms, caller, vtype, payload
                 ):
-                    try:
-                        if value is None:  # the general storage refuses it (del deletes a value)
-                            raise ValueError("a state value set to None")
-                        value = check(value)
-                    except (TypeError, ValueError):
-                        ctx.sends = ctx.timers = ctx.egress = None
-                        exact(rows, i - 1, i, now_ms)
-                        redone += 1
-                        continue
-                if ctx.sends is not None or ctx.timers is not None or ctx.egress is not None:
-                    sends, timers, egress = ctx.sends, ctx.timers, ctx.egress
-                    ctx.sends = ctx.timers = ctx.egress = None
-                    if sends or timers or egress:
-                        try:
-                            shard.apply_effects(typename, id, sends, timers, egress, now_ms)
-                        except Exception as exc:  # e.g. a reused cancellation token: nothing was applied
-                            failed(typename, id, caller, vtype, payload, exc)
-                            continue
+                    continue
                 if value is old:
                     continue
                 if value is deleted:
@@ -328,14 +317,24 @@ class EmbeddedFunction:
                 if cells[i] is not None:
                     cells[n + i] = now_ms + ttl
                     storage.dirty = max(storage.dirty, 1)
-        if ctx.sends or ctx.timers or ctx.egress:
-            try:
-                self.shard.apply_effects(self.typename, id, ctx.sends, ctx.timers, ctx.egress, now_ms)
-            except Exception as exc:  # e.g. a reused cancellation token: nothing was applied
-                self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
-                return
+        if not self._apply_effects(id, ctx, now_ms, caller, vtype, payload):
+            return
         if storage.dirty:
             state.put(id, cells, storage.dirty == 2)
+
+    def _apply_effects(self, id: str, ctx: Context, now_ms: int, caller, vtype, payload) -> bool:
+        """Commit the invocation's sends, timers and egress records (taking them off ``ctx``). False if the
+        shard refused them (e.g. a reused cancellation token): nothing was applied, the message is
+        dead-lettered, and its state change must not be committed either."""
+        sends, timers, egress = ctx.sends, ctx.timers, ctx.egress
+        ctx.sends = ctx.timers = ctx.egress = None
+        if sends or timers or egress:
+            try:
+                self.shard.apply_effects(self.typename, id, sends, timers, egress, now_ms)
+            except Exception as exc:
+                self.shard.invocation_failed(self.typename, id, caller, vtype, payload, exc)
+                return False
+        return True
 
     # -- async functions --------------------------------------------------------------------------------
 

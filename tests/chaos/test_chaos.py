@@ -16,21 +16,23 @@ import ray
 
 import rayfun
 from rayfun.connectors.memory import MemorySource
-from tests.chaos.workload import EGRESS, FN, Commands, Generator, build_functions
+from tests.chaos.workload import EGRESS, FN, TALLY, Commands, Generator, build_functions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 SEED = int(os.environ.get("RAYFUN_CHAOS_SEED", "20261125"))
 
 
-def check_outcome(app, gen: Generator) -> None:
+def check_outcome(app, gen: Generator, tally: bool = False) -> None:
     app.wait(timeout=120)
     egress = Counter(app.egress(EGRESS))
     assert egress == gen.egress, f"egress differs: missing {gen.egress - egress}, extra {egress - gen.egress}"
     wrong = {}
     for i, expected in enumerate(gen.expected):
         state = app.state(FN, str(i), wait=False)
-        if state.get("count", 0) != expected or "scratch" in state:
+        if tally:
+            state["tally"] = app.state(TALLY, str(i), wait=False).get("total", 0)
+        if state.get("count", 0) != expected or "scratch" in state or state.get("tally", expected) != expected:
             wrong[i] = (state, expected)
     assert not wrong, f"{len(wrong)} instances differ, e.g. {list(wrong.items())[:3]}"
 
@@ -57,12 +59,13 @@ def run_with_shard_kills(
     kills: int = 3,
     batch_size: int = 50,
     gen: Generator | None = None,
+    tally: bool = False,
 ) -> None:
     rng = random.Random(SEED)
     gen = gen or Generator(SEED, instances=300, messages=5000)
     source = MemorySource(gen.records, partitions=3, id="chaos/commands", batch_size=batch_size, value_type=Commands)
     app = rayfun.start(
-        build_functions(),
+        build_functions(tally),
         shards=3,
         ingresses=[source],
         checkpoint_dir=checkpoint_dir,
@@ -81,7 +84,7 @@ def run_with_shard_kills(
         info = app.info()
         print(f"killed shards {killed}; {info}")
         assert info["recoveries"] >= len(killed)
-        check_outcome(app, gen)
+        check_outcome(app, gen, tally)
     finally:
         stop.set()
         app.stop()
@@ -89,6 +92,19 @@ def run_with_shard_kills(
 
 def test_shard_kills_lose_nothing_and_duplicate_nothing(ray_session, tmp_path):
     run_with_shard_kills(str(tmp_path / "cp"))
+
+
+def test_shard_kills_with_a_slot_runner_function(ray_session, tmp_path):
+    """Every increment is tallied by a single-int function (the slot runner, which checks its value once
+    the function returns and keeps its changes for checkpoints itself): with shards killed meanwhile, each
+    tally ends equal to its interpreter's count, as the generator computed it."""
+    from rayfun.runtime.runners.embedded import EmbeddedFunction
+    from rayfun.testing import _Shard
+
+    functions = build_functions(tally=True)
+    shard = _Shard(functions, 0, on_error="raise")
+    assert [EmbeddedFunction(spec, shard)._slot_eligible() for spec in functions] == [True, False]  # tally first
+    run_with_shard_kills(str(tmp_path / "cp"), tally=True)
 
 
 def test_shard_kills_with_big_batches_split_into_inline_calls(ray_session, tmp_path):

@@ -3,7 +3,8 @@
 A generator produces "command trees" for N interpreter instances; the interpreter runs them: increment its
 counter, send nested commands to another instance (cycles included), send them after a delay (some with
 a cancellation token, cancelled at once: their increment must never land), emit an egress record with a
-unique label, and write a scratch state that expires soon after. The generator also computes what the
+unique label, and write a scratch state that expires soon after (and, optionally, tally each increment in
+a single-value function, which runs on the slot runner). The generator also computes what the
 final state and the egress multiset must be, so a run with failures can be checked exactly.
 """
 
@@ -24,12 +25,21 @@ from rayfun import (
 )
 
 FN = "chaos/interpreter"
+TALLY = "chaos/tally"  # with tally=True: one int value, so it runs on the slot runner
 EGRESS = "chaos/out"
 Commands = make_json_type("chaos/Commands")
 
 
-def build_functions() -> StatefulFunctions:
+def build_functions(tally: bool = False) -> StatefulFunctions:
+    """The interpreter; with ``tally``, each increment also sends 1 to ``TALLY`` at the same id, whose one
+    int state (the slot runner's kind of function) must end equal to the interpreter's count."""
     functions = StatefulFunctions()
+
+    if tally:
+
+        @functions.bind(TALLY, specs=[ValueSpec("total", IntType)])
+        def count_up(context, message):
+            context.storage.total = (context.storage.total or 0) + message.as_int()
 
     @functions.bind(
         FN,
@@ -44,6 +54,8 @@ def build_functions() -> StatefulFunctions:
             if kind == "inc":
                 context.storage.count = (context.storage.count or 0) + 1
                 context.storage.scratch = 1
+                if tally:
+                    context.send(message_builder(TALLY, context.address.id, int_value=1))
             elif kind == "send":
                 context.send(message_builder(FN, str(command[1]), value=command[2], value_type=Commands))
             elif kind == "after":

@@ -9,9 +9,9 @@ Rows, not columns: building and iterating them is the cheapest thing in Python, 
 for this shard skip Ray entirely: ``flush`` hands them back to the shard core for its mailbox.
 
 Each channel to a peer carries sequence numbers (the peer re-orders, see ``channels``), and checkpoint
-markers go down the same channels under the same numbers. ``outstanding`` counts batches a peer has not
-accepted yet (its ``deliver`` returns once it has room): the shard reads its sources only while every
-peer is under ``max_outstanding``.
+markers go down the same channels under the same numbers. ``outstanding`` counts the batches a peer has not
+accepted yet (its ``deliver`` returns once it has room) and ``in_flight`` their messages: the shard reads
+its sources only while every peer is under its share of ``max_in_flight`` messages.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class Outbox:
         self.out: list[list | None] = [None] * n
         self.send_seq = [0] * n
         self.sent = [0] * n  # messages sent per destination (the coordinator compares with "received")
-        self.outstanding = [0] * n
+        self.outstanding = [0] * n  # batches sent, not accepted yet
+        self.in_flight = [0] * n  # ... and their messages
 
     # -- routing (per message: kept flat, no calls but the partitioner's on a cache miss) ---------------
 
@@ -142,12 +143,15 @@ class Outbox:
                 continue
             self.sent[dest] += len(rows)
             self.outstanding[dest] += 1  # a batch, however many calls carry it
+            self.in_flight[dest] += len(rows)
             peer, refs = self.peers[dest], []
             for data in self._pickled(rows):
                 seq = self.send_seq[dest]
                 self.send_seq[dest] = seq + 1
                 refs.append(peer.deliver.remote(self.index, seq, data, self.generation))
-            self.services.track_task(asyncio.get_running_loop().create_task(self._await_delivery(dest, refs)))
+            self.services.track_task(
+                asyncio.get_running_loop().create_task(self._await_delivery(dest, refs, len(rows)))
+            )
         return local
 
     def _pickled(self, rows: list) -> list[bytes]:
@@ -163,7 +167,7 @@ class Outbox:
         self.rows_per_call = max(16, DELIVERY_INLINE_BYTES * measured // max(len(parts[0]), 1))
         return parts
 
-    async def _await_delivery(self, dest: int, refs: list) -> None:
+    async def _await_delivery(self, dest: int, refs: list, rows: int) -> None:
         generation = self.generation
         try:
             for ref in refs:
@@ -177,6 +181,7 @@ class Outbox:
         finally:
             if generation == self.generation:  # a rollback reset the counters (and cancelled this task)
                 self.outstanding[dest] -= 1
+                self.in_flight[dest] -= rows
                 self.services.wake()
 
     def send_markers(self, n: int) -> set[int]:
@@ -190,6 +195,8 @@ class Outbox:
                 waiting.add(dest)
         return waiting
 
-    def accepting(self, max_outstanding: int) -> bool:
-        """Every peer has accepted all but fewer than ``max_outstanding`` of our batches."""
-        return all(o < max_outstanding for o in self.outstanding)
+    def accepting(self, max_in_flight: int) -> bool:
+        """Every peer holds fewer than its share of ``max_in_flight`` messages not accepted yet (a peer with
+        none may always take one more batch, however big)."""
+        share = max(1, max_in_flight // max(1, self.shards - 1))
+        return all(n < share for n in self.in_flight)

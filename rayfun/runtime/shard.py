@@ -42,7 +42,7 @@ from ..constants import (  # tuning knobs: see rayfun/constants.py
     LOCAL_COPY_MAX_BYTES,
     MAILBOX_HIGH,
     MAILBOX_LOW,
-    MAX_OUTSTANDING,
+    MAX_IN_FLIGHT,
     MAX_STEP,
     METRICS_INTERVAL_S,
     SWEEP_INTERVAL_S,
@@ -88,7 +88,7 @@ class ShardConfig:
     chunk_size: int = CHUNK_SIZE  # messages processed between flushes
     mailbox_high: int = MAILBOX_HIGH  # deliver() waits while the mailbox holds more than this
     mailbox_low: int = MAILBOX_LOW  # ... until it is back under this; sources read only below it
-    max_outstanding: int = MAX_OUTSTANDING  # unacknowledged batches per peer before sources pause
+    max_in_flight: int = MAX_IN_FLIGHT  # messages sent, not accepted yet, all peers together: sources pause
     egress_high: int = EGRESS_HIGH  # exactly-once records held for their checkpoint before sources pause
     local_copy_max_bytes: int = LOCAL_COPY_MAX_BYTES  # the in-memory rollback copy is dropped past this
     log_level: str = "INFO"  # of the rayfun logger in this actor (see rayfun.logs)
@@ -458,7 +458,7 @@ class ShardCore:
             or any(c.saturated for c in self._clients.values())
         ):
             return False  # a remote function is the bottleneck: let it catch up (StateFun's backpressure)
-        return self.outbox.accepting(self.config.max_outstanding)
+        return self.outbox.accepting(self.config.max_in_flight)
 
     def _read_sources(self) -> bool:
         got = False

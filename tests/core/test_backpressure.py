@@ -20,9 +20,9 @@ pytestmark = pytest.mark.timeout(120)
 
 SLOW = "t/slow"
 RECORDS = 400_000
-# a shard takes deliveries while it holds at most mailbox_high messages, and each peer may have
-# max_outstanding batches in flight to it (a batch: what its two source partitions read in one turn)
-BOUND = ShardConfig.mailbox_high + (ShardConfig.max_outstanding + 1) * 2 * 2048
+# a shard takes deliveries while it holds at most mailbox_high messages, and its peers may have
+# max_in_flight messages in flight to it, plus one batch each (what two source partitions read in a turn)
+BOUND = ShardConfig.mailbox_high + ShardConfig.max_in_flight + 2 * 2048
 
 
 def records(index: int, count: int, start: int = 0):

@@ -25,6 +25,8 @@ __all__ = [
     "EGRESS_FLUSH_S",
     "EGRESS_HIGH",
     "ENCODE_CHUNK",
+    "FLUSH_DELAY_S",
+    "FLUSH_ROWS",
     "FULL_AFTER",
     "FULL_EVERY",
     "GIL_SWITCH_S",
@@ -110,6 +112,12 @@ MAILBOX_LOW = _int("MAILBOX_LOW", 16384)
 MAX_IN_FLIGHT = _int("MAX_IN_FLIGHT", 131072)
 #: Exactly-once egress records held for their checkpoint before the sources pause (storage down).
 EGRESS_HIGH = _int("EGRESS_HIGH", 262144)
+#: A batch for a peer smaller than this is held back while the shard is busy ...
+FLUSH_ROWS = _int("FLUSH_ROWS", 2048)
+#: ... for at most this long (seconds), then sent however small: a Ray call costs a sender and its receiver
+#: ~0.1-0.3 ms of CPU, which a loop that read a few messages at a time paid for every few messages (17 % of
+#: a shard under bench/latency.py's load). An idle shard, or one about to take a checkpoint, sends at once.
+FLUSH_DELAY_S = _float("FLUSH_DELAY_S", 0.002)
 #: A batch to a peer is sent in calls of at most about this many pickled bytes: Ray passes a call's arguments
 #: up to 100 KiB inline (its max_direct_call_object_size) and bigger ones through the object store, which
 #: cost the counter ~15 % of its throughput (the raylet's work, and shared memory for every batch).

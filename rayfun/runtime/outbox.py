@@ -6,7 +6,9 @@ a batch of more than ``DELIVERY_INLINE_BYTES`` pickled goes in a few calls small
 inline, rather than one through its object store.
 Rows, not columns: building and iterating them is the cheapest thing in Python, and pickle moves them at
 ~0.1 us each (measured); the per-message Python work, not the transfer, is what bounds throughput. Rows
-for this shard skip Ray entirely: ``flush`` hands them back to the shard core for its mailbox.
+for this shard skip Ray entirely: ``flush`` hands them back to the shard core for its mailbox. A busy shard
+may hold a small batch back (``flush(hold=True)``) until it has ``FLUSH_ROWS`` rows or its oldest row has
+waited ``FLUSH_DELAY_S``: on size or on a short timer, whichever comes first.
 
 Each channel to a peer carries sequence numbers (the peer re-orders, see ``channels``), and checkpoint
 markers go down the same channels under the same numbers. ``outstanding`` counts the batches a peer has not
@@ -19,9 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
+from time import perf_counter
 from typing import Any
 
-from ..constants import DELIVERY_INLINE_BYTES, DELIVERY_MAX_CALLS, ROUTE_CACHE_MAX  # tuning knobs: constants.py
+from ..constants import (  # tuning knobs: constants.py
+    DELIVERY_INLINE_BYTES,
+    DELIVERY_MAX_CALLS,
+    FLUSH_DELAY_S,
+    FLUSH_ROWS,
+    ROUTE_CACHE_MAX,
+)
 from ..io import DeadLetter
 from ..messages import Message
 from .partitioning import Partitioner
@@ -62,6 +71,7 @@ class Outbox:
         self.peers = peers
         self.generation = generation
         self.out: list[list | None] = [None] * n
+        self.held_since: float | None = None  # when the oldest row not sent yet to a peer was routed
         self.send_seq = [0] * n
         self.sent = [0] * n  # messages sent per destination (the coordinator compares with "received")
         self.outstanding = [0] * n  # batches sent, not accepted yet
@@ -81,6 +91,8 @@ class Outbox:
         rows = self.out[dest]
         if rows is None:
             self.out[dest] = [(ttype, tid, caller, vtype, payload)]
+            if self.held_since is None:
+                self.held_since = perf_counter()
         else:
             rows.append((ttype, tid, caller, vtype, payload))
 
@@ -124,23 +136,34 @@ class Outbox:
             rows = out[dest]
             if rows is None:
                 out[dest] = [row]
+                if self.held_since is None:
+                    self.held_since = perf_counter()
             else:
                 rows.append(row)
 
     # -- sending ------------------------------------------------------------------------------------------
 
-    def flush(self) -> list | None:
-        """Send every peer's batch; return the rows for this shard itself (None if there are none)."""
+    def flush(self, hold: bool = False) -> list | None:
+        """Send the peers' batches; return the rows for this shard itself (None if there are none). With
+        ``hold``, a batch under ``FLUSH_ROWS`` rows stays until the oldest row held has waited
+        ``FLUSH_DELAY_S``."""
         local = None
         out = self.out
+        if hold and self.held_since is not None and perf_counter() - self.held_since >= FLUSH_DELAY_S:
+            hold = False
+        held = False
         for dest in range(len(out)):
             rows = out[dest]
             if rows is None:
                 continue
-            out[dest] = None
             if dest == self.index:
+                out[dest] = None
                 local = rows
                 continue
+            if hold and len(rows) < FLUSH_ROWS:
+                held = True
+                continue
+            out[dest] = None
             self.sent[dest] += len(rows)
             self.outstanding[dest] += 1  # a batch, however many calls carry it
             self.in_flight[dest] += len(rows)
@@ -152,7 +175,13 @@ class Outbox:
             self.services.track_task(
                 asyncio.get_running_loop().create_task(self._await_delivery(dest, refs, len(rows)))
             )
+        if not held:
+            self.held_since = None
         return local
+
+    def held(self) -> int:
+        """Batches built for peers and not sent yet."""
+        return sum(1 for dest, rows in enumerate(self.out) if rows is not None and dest != self.index)
 
     def _pickled(self, rows: list) -> list[bytes]:
         """``rows`` pickled (pickle here: Ray's own path for a list, msgpack then pickle per element, costs

@@ -37,6 +37,7 @@ from ..constants import (  # tuning knobs: see rayfun/constants.py
     CHUNK_SIZE,
     EGRESS_FLUSH_S,
     EGRESS_HIGH,
+    FLUSH_DELAY_S,
     GIL_SWITCH_S,
     HEARTBEAT_S,
     LOCAL_COPY_MAX_BYTES,
@@ -375,7 +376,7 @@ class ShardCore:
                     worked = True
                 if not held and ingress.may_read() and self._may_read_sources():
                     worked = self._read_sources() or worked
-                worked = self._flush() or worked
+                worked = self._flush(hold=True) or worked
                 now = time.monotonic()
                 if now >= self._next_sweep and not held:
                     self._housekeeping()
@@ -385,6 +386,7 @@ class ShardCore:
                 if worked:
                     await asyncio.sleep(0)
                     continue
+                self._flush()  # nothing else to do: what was held back goes now
                 wake_event.clear()
                 timeout = 0.01 if ingress.polling() else None
                 if publisher is not None and publisher.behind(self.counters["processed"]):
@@ -412,7 +414,7 @@ class ShardCore:
         over and over."""
         ingress = self.ingress
         mailbox = ingress.mailbox
-        egress = self.egress
+        egress, outbox = self.egress, self.outbox
         processed = 0
         run_fns = self._run_fns
         step = self._step
@@ -439,6 +441,9 @@ class ShardCore:
             if egress.now and clock >= publish_at:  # at-least-once records wait no longer than this for the turn
                 egress.publish_now()
                 publish_at = clock + EGRESS_FLUSH_S
+            held_since = outbox.held_since
+            if held_since is not None and clock - held_since >= FLUSH_DELAY_S:
+                self._flush()  # what this turn sent waits no longer than that for the turn's end either
             elapsed = clock - began
             if elapsed >= EGRESS_FLUSH_S:
                 step = max(1, min(MAX_STEP, int(processed * EGRESS_FLUSH_S / elapsed)))
@@ -468,9 +473,10 @@ class ShardCore:
             got = True
         return got
 
-    def _flush(self) -> bool:
-        """Send every outbox; returns whether messages were queued locally (more work for this loop)."""
-        local = self.outbox.flush()
+    def _flush(self, hold: bool = False) -> bool:
+        """Send the outbox (``hold``: small batches may wait, see ``Outbox.flush``); returns whether
+        messages were queued locally (more work for this loop)."""
+        local = self.outbox.flush(hold)
         if local is not None:
             self.ingress.accept(local)
         if self.egress.now:
@@ -756,7 +762,7 @@ class ShardCore:
             sent=list(self.outbox.sent),
             received=self.channels.received(),
             early=self.channels.early(),
-            outstanding=sum(self.outbox.outstanding),
+            outstanding=sum(self.outbox.outstanding) + self.outbox.held(),  # a batch held back: not idle
             sources_busy=self.ingress.busy(),
             sources_exhausted=self.ingress.exhausted(),
             timers=len(self.timers),

@@ -134,6 +134,7 @@ class ShardCore:
             "egress": 0,
             "timers_fired": 0,
             "restores_kept": 0,  # restores that kept the live state (see _keeps_live_state)
+            "restores_undone": 0,  # restores that undid the changes since the checkpoint (see _changed_since)
         }
         self.functions: dict[str, FunctionCounts] = {}  # per function type (see runtime/metrics.py)
         self.metrics_publisher: MetricsPublisher | None = None  # made in the actor (needs Ray)
@@ -629,8 +630,11 @@ class ShardCore:
         self._halt()
         self.held = False
         keep = self._keeps_live_state(checkpoint_id)
+        undo = None if keep else self._changed_since(checkpoint_id)
         old_range = self.key_group_range
         self._place(len(peers))  # a rescale changes the shard count and so this shard's key groups
+        if self.key_group_range != old_range:
+            undo = None
         # every stage back to empty (what survives a rollback, each stage's reset says)
         self.timers.reset()
         self.outbox.reset(peers, generation)
@@ -641,6 +645,8 @@ class ShardCore:
         self._failure = None
         for runner in self.runners.values():
             runner.reset()
+            if undo is not None:
+                continue  # the changes recorded say what to undo: ``_restore_undone`` clears them
             if not keep:
                 runner.state.instances.clear()
             runner.state.changed.clear()
@@ -649,6 +655,10 @@ class ShardCore:
             await self._restore_kept(checkpoint_id, old_range)
             if generation != self.generation:
                 return  # a newer rollback began while this one read: it wins
+        elif undo is not None and checkpoint_id is not None:
+            await self._restore_undone(generation, checkpoint_id, undo)
+            if generation != self.generation:
+                return  # a newer rollback began while this one read: it wins (and undoes from the same changes)
         elif checkpoint_id is not None:
             began = time.perf_counter()
             from_memory = self.snapshots.in_memory(checkpoint_id)  # this shard survived
@@ -682,6 +692,61 @@ class ShardCore:
         gc.freeze()
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self.wake()
+
+    def _changed_since(self, checkpoint_id: int | None) -> dict[str, list[str]] | None:
+        """The ids of each function type that changed since checkpoint ``checkpoint_id``'s cut, if this
+        shard can roll back by undoing just those: the checkpoint is the newest committed here and its part
+        is in the in-memory copy. Every change since the cut is recorded (``changed``, and the changes cuts
+        took that no committed checkpoint holds yet, ``uncommitted``: a superset, which is safe), so the other
+        instances hold the checkpoint's values already. None: restore everything."""
+        snapshots = self.snapshots
+        if checkpoint_id is None or snapshots.committed != checkpoint_id or not snapshots.in_memory(checkpoint_id):
+            return None
+        undo = {}
+        for typename, runner in self.runners.items():
+            ids = set(runner.state.changed)
+            for changes in runner.uncommitted:
+                ids.update(changes)
+            if ids:
+                undo[typename] = list(ids)
+        return undo
+
+    async def _restore_undone(self, generation: int, checkpoint_id: int, undo: dict[str, list[str]]) -> None:
+        """The restore of a shard that survived a failure: the instances that changed since checkpoint
+        ``checkpoint_id`` (``_changed_since``) get its values back, from the in-memory copy, and the rest
+        stay as they are. It reads and decodes the changed instances only: a third of the shard's state
+        under the counter at 1M instances, where a restore of all of it took as long as the replacement's
+        from storage, on the same cores."""
+        began = time.perf_counter()
+        layouts = {t: StateLayout.of(t, self.runners[t].state.specs) for t in undo}
+        rest, undone = await self.snapshots.read_instances(
+            checkpoint_id, {t: (ids, layouts[t]) for t, ids in undo.items()}
+        )
+        if generation != self.generation:
+            return  # superseded while it read: the newer rollback undoes from the same recorded changes
+        for typename, ids in undo.items():
+            runner = self.runners[typename]
+            instances, values = runner.state.instances, undone[typename]
+            for id in ids:
+                cells = values.get(id)
+                if cells is None:
+                    instances.pop(id, None)  # it did not exist at the checkpoint
+                else:
+                    instances[id] = cells
+        for runner in self.runners.values():
+            runner.state.changed.clear()
+            runner.uncommitted.clear()
+        self._load_rest(rest)
+        self.snapshots.kept(self.snapshots.chain_rows)
+        self.counters["restores_undone"] += 1
+        log.info(
+            "shard %d restored checkpoint %d by undoing %d changed instances, from memory, in %.2f s (%d messages)",
+            self.index,
+            checkpoint_id,
+            sum(len(ids) for ids in undo.values()),
+            time.perf_counter() - began,
+            len(rest.messages),
+        )
 
     async def _restore_kept(self, checkpoint_id: int, old_range: tuple[int, int]) -> None:
         """The restore of a shard whose live state is checkpoint ``checkpoint_id``'s (``_keeps_live_state``):

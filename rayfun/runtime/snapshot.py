@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..checkpoint.state_codec import KeptPieces, StateDelta, iter_state
 from ..constants import FULL_AFTER  # tuning knobs: see rayfun/constants.py
@@ -394,6 +395,42 @@ class Snapshots:
             else:
                 rest = store.load_shard(checkpoint_id, key_group_range, tables=("timers", "messages", "egress"))
             return rest, [store.load_shard(checkpoint_id, r, tables=("state",)) for r in state_ranges]
+
+        return await asyncio.get_running_loop().run_in_executor(None, read)
+
+    async def read_instances(
+        self, checkpoint_id: int, wanted: dict[str, tuple[list[str], Any]]
+    ) -> tuple[RestoredShard, dict[str, dict[str, list]]]:
+        """For a shard that undoes what changed since checkpoint ``checkpoint_id``, its in-memory copy's (see
+        ``ShardCore._changed_since``): the copy's timers, messages and egress, and per function type the
+        checkpoint's cells of the ids ``wanted`` (``typename -> (ids, StateLayout)``; an id it did not hold
+        is absent), folded from the copy's layers the way a restore folds them; read in a thread."""
+        from ..checkpoint.restore import FoldedState, RestoredShard
+
+        local, key_group_range, key_groups = self.local, self.key_group_range, self.key_groups
+        if local is None or local.checkpoint_id != checkpoint_id:
+            raise RuntimeError(f"shard {self.index}: no in-memory copy of checkpoint {checkpoint_id}")
+
+        def read():
+            rest = RestoredShard(
+                checkpoint_id,
+                key_group_range,
+                key_groups,
+                FoldedState.of_tables([]),
+                {},
+                local.timers,
+                local.messages,
+                local.egress,
+            )
+            cells = {}
+            for typename, (ids, layout) in wanted.items():
+                value_set = pa.array(ids, pa.string())
+                tables = [
+                    t.filter(pc.and_(pc.equal(t["function_type"], typename), pc.is_in(t["id"], value_set=value_set)))
+                    for t in local.layers
+                ]
+                cells[typename] = FoldedState.of_tables(tables).instances(layout, only_type=False)
+            return rest, cells
 
         return await asyncio.get_running_loop().run_in_executor(None, read)
 

@@ -48,6 +48,7 @@ from ..constants import (  # tuning knobs: see rayfun/constants.py
     METRICS_INTERVAL_S,
     SWEEP_INTERVAL_S,
     TURN_S,
+    UNDO_MAX_SHARE,
 )
 from ..functions import StatefulFunctions
 from ..io import Sink, Source
@@ -698,7 +699,8 @@ class ShardCore:
         shard can roll back by undoing just those: the checkpoint is the newest committed here and its part
         is in the in-memory copy. Every change since the cut is recorded (``changed``, and the changes cuts
         took that no committed checkpoint holds yet, ``uncommitted``: a superset, which is safe), so the other
-        instances hold the checkpoint's values already. None: restore everything."""
+        instances hold the checkpoint's values already. None: restore everything (also when more than
+        ``UNDO_MAX_SHARE`` of the instances changed)."""
         snapshots = self.snapshots
         if checkpoint_id is None or snapshots.committed != checkpoint_id or not snapshots.in_memory(checkpoint_id):
             return None
@@ -709,14 +711,16 @@ class ShardCore:
                 ids.update(changes)
             if ids:
                 undo[typename] = list(ids)
+        live = sum(len(runner.state.instances) for runner in self.runners.values())
+        if sum(len(ids) for ids in undo.values()) > UNDO_MAX_SHARE * live:
+            return None  # most of the state changed: restoring all of it is cheaper
         return undo
 
     async def _restore_undone(self, generation: int, checkpoint_id: int, undo: dict[str, list[str]]) -> None:
         """The restore of a shard that survived a failure: the instances that changed since checkpoint
         ``checkpoint_id`` (``_changed_since``) get its values back, from the in-memory copy, and the rest
-        stay as they are. It reads and decodes the changed instances only: a third of the shard's state
-        under the counter at 1M instances, where a restore of all of it took as long as the replacement's
-        from storage, on the same cores."""
+        stay as they are: it reads and decodes the changed instances only, which for state of which a
+        little changes between checkpoints is a small part of a whole restore."""
         began = time.perf_counter()
         layouts = {t: StateLayout.of(t, self.runners[t].state.specs) for t in undo}
         rest, undone = await self.snapshots.read_instances(

@@ -19,6 +19,7 @@ import pytest
 
 from rayfun import IntType, StatefulFunctions, StringType, ValueSpec
 from rayfun.checkpoint import CheckpointStore
+from rayfun.runtime import shard as shard_module
 from rayfun.runtime.shard import DRIVER, ShardConfig, ShardCore
 from tests.core.test_shard_rollback import INT, _settle
 
@@ -65,7 +66,8 @@ def _core(tmp_path) -> ShardCore:
 
 
 @pytest.mark.parametrize("seed", [None, 7])
-def test_a_survivor_rolls_back_by_undoing_its_changes_and_stays_exact(tmp_path, seed):
+def test_a_survivor_rolls_back_by_undoing_its_changes_and_stays_exact(tmp_path, seed, monkeypatch):
+    monkeypatch.setattr(shard_module, "UNDO_MAX_SHARE", 1e9)  # undo however much changed: the path under test
     seed = int(os.environ.get("RAYFUN_TEST_SEED", seed if seed is not None else random.randrange(1 << 30)))
     print(f"seed {seed} (RAYFUN_TEST_SEED={seed} replays it)")
     rng = random.Random(seed)
@@ -129,5 +131,42 @@ def test_a_survivor_rolls_back_by_undoing_its_changes_and_stays_exact(tmp_path, 
             assert _state(fresh) == final, f"seed {seed}: storage holds another state than the shard"
         finally:
             await fresh.stop()
+
+    asyncio.run(main())
+
+
+def test_a_survivor_restores_all_its_state_once_most_of_it_changed(tmp_path):
+    """Undoing costs about twice as much an instance as restoring: past UNDO_MAX_SHARE of the instances
+    changed, the survivor folds and decodes its whole copy instead, and lands on the same state."""
+
+    async def main():
+        store = CheckpointStore(str(tmp_path))
+        core = _core(tmp_path)
+        await core.start([None], [])
+        seq = 0
+
+        async def send(ids, value):
+            nonlocal seq
+            rows = [("u/count", id, None, INT, value) for id in ids]
+            await core.deliver(DRIVER, seq, pickle.dumps(rows), core.generation)
+            seq += 1
+            await _settle()
+
+        try:
+            await send(IDS[:100], 1)
+            part = await core.checkpoint(1)
+            store.commit(1, [part], key_groups=64)
+            await core.checkpoint_complete(1)
+            expected = _state(core)
+            for generation, changed in ((1, 10), (2, 80)):  # 10 % of the instances, then 80 %
+                await send(IDS[:changed], 2)
+                await send(IDS[100 : 100 + changed // 10], 3)  # new since the checkpoint: must go
+                await core.restore(generation, [None], [], 1)
+                seq = 0
+                await _settle()
+                assert _state(core) == expected
+            assert core.counters["restores_undone"] == 1  # the first; the second restored everything
+        finally:
+            await core.stop()
 
     asyncio.run(main())

@@ -11,13 +11,19 @@ noise would dominate; the rate is what is compared.
 What stops scaling first. The data path has no central part: each shard reads its own source partitions,
 routes each message to the shard owning its key group and ships batches to peers as pickled Ray actor
 calls; the coordinator issues checkpoint barriers and polls each shard's status (every
-MONITOR_INTERVAL_S), and the driver is not on the path at all. On one machine the shards' own CPU per
-message is the limit (it scales with cores until they run out; a Ray worker per shard). The next limit is
-the shard-to-shard traffic: with N shards a message leaves its reading shard with probability (N-1)/N, so
-past one machine every message crosses the network and is pickled twice; that is Ray's object transfer
-between nodes, and it is what a cluster would have to be sized for (or sources partitioned by key, so that
-most messages stay where they are read). The coordinator's work grows with N per barrier and per status
-poll (one call per shard), which is small against the data path up to hundreds of shards.
+MONITOR_INTERVAL_S), and the driver is not on the path at all. Measured on a 16-core machine (2026-12-06,
+1M messages a shard, before messages in flight replaced batches in flight as the backpressure rule):
+1, 2, 4, 8, 16 shards ran 726k, 915k, 1.70M, 2.59M, 3.62M msgs/s (1.26x, 2.34x, 3.57x, 4.99x), the
+shards' CPU per message 1.28, 2.00, 2.19, 2.83, 3.68 us, and each shard idle ~20 % at 16. The first
+limit is the message that crosses to a peer: with N shards a share (N-1)/N of them does, and crossing
+costs its sender and receiver half again what all of a message's work costs at one shard (pickling, the
+Ray call, unpickling into new objects: ~1.3 us on top of ~2.4 us on the 2-core machine). The next
+was the acknowledgements: a shard paused its sources while any peer held 4 of its batches, and a batch per
+peer shrinks as N grows, so shards waited on each other (now MAX_IN_FLIGHT messages, shared among the
+peers). The coordinator and the driver are not limits here: one status call a shard every
+MONITOR_INTERVAL_S. Past one machine every crossing message also crosses the network; what it would take
+is sources partitioned by key (most messages stay where they are read) or a wire format that moves
+columns rather than one Python object per message.
 """
 
 from __future__ import annotations

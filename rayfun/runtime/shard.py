@@ -631,11 +631,9 @@ class ShardCore:
         self._halt()
         self.held = False
         keep = self._keeps_live_state(checkpoint_id)
-        undo = None if keep else self._changed_since(checkpoint_id)
         old_range = self.key_group_range
         self._place(len(peers))  # a rescale changes the shard count and so this shard's key groups
-        if self.key_group_range != old_range:
-            undo = None
+        undo = None if keep else self._changed_since(checkpoint_id)  # after _place: a rescale drops the copy
         # every stage back to empty (what survives a rollback, each stage's reset says)
         self.timers.reset()
         self.outbox.reset(peers, generation)
@@ -722,9 +720,8 @@ class ShardCore:
         stay as they are: it reads and decodes the changed instances only, which for state of which a
         little changes between checkpoints is a small part of a whole restore."""
         began = time.perf_counter()
-        layouts = {t: StateLayout.of(t, self.runners[t].state.specs) for t in undo}
         rest, undone = await self.snapshots.read_instances(
-            checkpoint_id, {t: (ids, layouts[t]) for t, ids in undo.items()}
+            checkpoint_id, {t: (ids, self._layout(t)) for t, ids in undo.items()}
         )
         if generation != self.generation:
             return  # superseded while it read: the newer rollback undoes from the same recorded changes

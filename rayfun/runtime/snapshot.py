@@ -86,6 +86,24 @@ class LocalCopy(NamedTuple):
             chain_rows=sum(t.num_rows for t in self.layers),
         )
 
+    def rest(self, key_group_range: tuple[int, int], key_groups: int) -> RestoredShard:
+        """This copy's timers, messages and egress, without its state (a restore that keeps or undoes the
+        live instances)."""
+        from ..checkpoint.restore import FoldedState, RestoredShard
+
+        if self.checkpoint_id is None:  # as ``restored``: "no checkpoint yet" has nothing to restore
+            raise RuntimeError("the in-memory copy holds no checkpoint to restore")
+        return RestoredShard(
+            self.checkpoint_id,
+            key_group_range,
+            key_groups,
+            FoldedState.of_tables([]),
+            {},
+            self.timers,
+            self.messages,
+            self.egress,
+        )
+
 
 class Snapshot:
     """A checkpoint in progress on one shard: what was captured at the cut, and the channels whose marker
@@ -381,17 +399,13 @@ class Snapshots:
         and egress of checkpoint ``checkpoint_id`` for this shard's range (from the in-memory copy when it is
         that checkpoint's and the range gains nothing), and the state of each of ``state_ranges`` (from
         storage), read in a thread."""
-        from ..checkpoint.restore import FoldedState, RestoredShard
 
         local, key_group_range, key_groups = self.local, self.key_group_range, self.key_groups
         store = self._store()
 
         def read():
             if not state_ranges and local is not None and local.checkpoint_id == checkpoint_id:
-                empty = FoldedState.of_tables([])
-                rest = RestoredShard(
-                    checkpoint_id, key_group_range, key_groups, empty, {}, local.timers, local.messages, local.egress
-                )
+                rest = local.rest(key_group_range, key_groups)
             else:
                 rest = store.load_shard(checkpoint_id, key_group_range, tables=("timers", "messages", "egress"))
             return rest, [store.load_shard(checkpoint_id, r, tables=("state",)) for r in state_ranges]
@@ -405,23 +419,14 @@ class Snapshots:
         ``ShardCore._changed_since``): the copy's timers, messages and egress, and per function type the
         checkpoint's cells of the ids ``wanted`` (``typename -> (ids, StateLayout)``; an id it did not hold
         is absent), folded from the copy's layers the way a restore folds them; read in a thread."""
-        from ..checkpoint.restore import FoldedState, RestoredShard
+        from ..checkpoint.restore import FoldedState
 
         local, key_group_range, key_groups = self.local, self.key_group_range, self.key_groups
         if local is None or local.checkpoint_id != checkpoint_id:
             raise RuntimeError(f"shard {self.index}: no in-memory copy of checkpoint {checkpoint_id}")
 
         def read():
-            rest = RestoredShard(
-                checkpoint_id,
-                key_group_range,
-                key_groups,
-                FoldedState.of_tables([]),
-                {},
-                local.timers,
-                local.messages,
-                local.egress,
-            )
+            rest = local.rest(key_group_range, key_groups)
             cells = {}
             for typename, (ids, layout) in wanted.items():
                 value_set = pa.array(ids, pa.string())

@@ -1,10 +1,13 @@
 """Ingress: the mailbox the processing loop drains, the source partitions that feed it, and backpressure.
 
-Backpressure, by the mailbox's marks: a delivery from a peer returns only once the shard holds no more
+Backpressure, by the mailbox's marks: a delivery from a peer returns only once the mailbox holds no more
 than ``high`` messages (``wait_for_room``), and is let go once it is back under ``low``; sources are read
-only under ``low``. "Held" counts the mailbox and the messages runners park until their invocations end
-(async functions: running and queued per address; remote functions: in flight and queued), or a slow
-async function would let the sources read without bound. Processing itself never waits on a peer, so
+only under ``low``. The messages runners park until their invocations end (async functions: running and
+queued per address; remote functions: in flight and queued) have a bound of their own, ``max_parked``,
+or a slow async function would let the sources read without bound. It is separate from the mailbox's
+because what waits behind a remote invocation is what makes its next batch: under the mailbox's low mark
+a remote function over 1,000 addresses got batches of ~25 messages, and the function's server spent a
+fifth of its time on HTTP requests (StateFun's own bound is per address: ``max_num_batch_requests``). Processing itself never waits on a peer, so
 cyclic messaging cannot deadlock. The other reasons not to read (peers that have not accepted our
 batches, egress held for a checkpoint, a saturated remote function) belong to other stages: the shard
 core asks them and this stage together.
@@ -42,10 +45,13 @@ class Ingress:
     ``mailbox``, ``backlog`` and ``parked`` are read and written by the shard's processing loop directly
     (once per chunk, not per message): they are this stage's state, exposed for the hot path."""
 
-    def __init__(self, sources: list[Source], high: int, low: int, counters: dict[str, Any]) -> None:
+    def __init__(
+        self, sources: list[Source], high: int, low: int, counters: dict[str, Any], max_parked: int | None = None
+    ) -> None:
         self.sources_config = sources
         self.high = high
         self.low = low
+        self.max_parked = low if max_parked is None else max_parked
         self.counters = counters  # the shard's: "ingested"
         self.mailbox: deque = deque()
         self.backlog = 0  # messages in the mailbox
@@ -76,17 +82,18 @@ class Ingress:
         self.parked += n
 
     def unpark(self, n: int = 1) -> None:
-        """``n`` held messages are done: room for deliveries and sources again once under the low mark."""
+        """``n`` parked messages are done: room for deliveries and sources again once under the marks."""
         self.parked -= n
         self.release()
 
     def release(self) -> None:
-        """The one place that lets waiting deliveries go, once the shard holds no more than ``low``."""
-        if self.backlog + self.parked <= self.low and not self._room.is_set():
+        """The one place that lets waiting deliveries go, once the mailbox holds no more than ``low`` and
+        the runners no more than ``max_parked``."""
+        if self.backlog <= self.low and self.parked <= self.max_parked and not self._room.is_set():
             self._room.set()
 
     def over_high(self) -> bool:
-        return self.backlog + self.parked > self.high
+        return self.backlog > self.high or self.parked > self.max_parked
 
     async def wait_for_room(self) -> None:
         """Hold a delivery (and so its sender's flush) until the shard is back under ``low``."""
@@ -115,8 +122,9 @@ class Ingress:
             self.sources.append(slot)
 
     def may_read(self) -> bool:
-        """This stage's part of whether to read sources: there are some, and the shard is under ``low``."""
-        return bool(self.sources) and not self.paused and self.backlog + self.parked <= self.low
+        """This stage's part of whether to read sources: there are some, the mailbox is under ``low`` and
+        the runners hold no more than ``max_parked``."""
+        return bool(self.sources) and not self.paused and self.backlog <= self.low and self.parked <= self.max_parked
 
     def read(self) -> list[tuple[str, list]]:
         """Poll every partition once: ``(source id, batch)`` for each that returned something."""

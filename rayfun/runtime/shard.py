@@ -44,6 +44,7 @@ from ..constants import (  # tuning knobs: see rayfun/constants.py
     MAILBOX_HIGH,
     MAILBOX_LOW,
     MAX_IN_FLIGHT,
+    MAX_PARKED,
     MAX_STEP,
     METRICS_INTERVAL_S,
     SWEEP_INTERVAL_S,
@@ -90,6 +91,7 @@ class ShardConfig:
     chunk_size: int = CHUNK_SIZE  # messages processed between flushes
     mailbox_high: int = MAILBOX_HIGH  # deliver() waits while the mailbox holds more than this
     mailbox_low: int = MAILBOX_LOW  # ... until it is back under this; sources read only below it
+    max_parked: int = MAX_PARKED  # messages waiting for async or remote invocations: sources pause past it
     max_in_flight: int = MAX_IN_FLIGHT  # messages sent, not accepted yet, all peers together: sources pause
     egress_high: int = EGRESS_HIGH  # exactly-once records held for their checkpoint before sources pause
     local_copy_max_bytes: int = LOCAL_COPY_MAX_BYTES  # the in-memory rollback copy is dropped past this
@@ -141,7 +143,9 @@ class ShardCore:
         self.metrics_publisher: MetricsPublisher | None = None  # made in the actor (needs Ray)
         # -- the stages, wired (each gets the shard's counters dict and writes its own keys) --
         self.channels = Channels()
-        self.ingress = Ingress(config.sources, config.mailbox_high, config.mailbox_low, self.counters)
+        self.ingress = Ingress(
+            config.sources, config.mailbox_high, config.mailbox_low, self.counters, config.max_parked
+        )
         self.outbox = Outbox(self, index, config.shards, self.partitioner, self.registry)
         self.egress = Egress(
             self,

@@ -12,7 +12,7 @@ def _row(i: int) -> tuple:
 
 def test_a_delivery_waits_above_the_high_mark_until_the_shard_is_back_under_the_low_mark():
     async def main():
-        ingress = Ingress([], high=10, low=4, counters={})
+        ingress = Ingress([], high=10, low=4, counters={}, max_parked=6)
         ingress.start()
         ingress.accept([_row(i) for i in range(8)])
         assert not ingress.over_high() and not ingress.may_read()  # no sources, and above the low mark
@@ -24,16 +24,33 @@ def test_a_delivery_waits_above_the_high_mark_until_the_shard_is_back_under_the_
         ingress.release()
         await asyncio.sleep(0)
         assert not waiting.done()
-        ingress.park(2)  # a runner holds messages: they count too
+        ingress.park(7)  # runners hold more than max_parked: the mailbox's room is not enough
         ingress.backlog = 3
         ingress.release()
         await asyncio.sleep(0)
         assert not waiting.done()
-        ingress.unpark(1)  # 3 + 1 <= low: room again
+        ingress.unpark(1)  # 6 parked, 3 in the mailbox: room again
         await asyncio.sleep(0)
         assert waiting.done()
 
     asyncio.run(main())
+
+
+def test_parked_messages_have_their_own_bound():
+    """What waits behind a remote invocation makes its next batch: it is bounded by ``max_parked``, not by
+    the mailbox's low mark (which kept a remote function's batches at ~25 messages)."""
+    source = ListSource("src/a", {"p0": [[_row(1)]]})
+    ingress = Ingress([source], high=10, low=4, counters={"ingested": 0}, max_parked=100)
+    ingress.start()
+    ingress.open([(0, "p0", None)])
+    ingress.park(60)  # far above the low mark, under max_parked
+    assert ingress.may_read() and not ingress.over_high()
+    ingress.park(41)
+    assert not ingress.may_read() and ingress.over_high()
+    ingress.unpark(1)
+    assert ingress.may_read()
+    ingress.accept([_row(i) for i in range(5)])  # the mailbox's own mark still holds
+    assert not ingress.may_read()
 
 
 def test_sources_are_read_only_under_the_low_mark_and_report_their_positions():

@@ -64,6 +64,8 @@ __all__ = [
     "STATUS_TIMEOUT_S",
     "STOP_TIMEOUT_S",
     "SWEEP_INTERVAL_S",
+    "TRICKLE_ROWS",
+    "TRICKLE_WAIT_S",
     "TURN_S",
     "UNDO_MAX_SHARE",
 ]
@@ -100,6 +102,12 @@ EGRESS_FLUSH_S = _float("EGRESS_FLUSH_S", 0.005)
 CHUNK_SIZE = _int("CHUNK_SIZE", 16384)
 #: A processing turn ends after about this long, so status calls and deliveries wait no longer (seconds).
 TURN_S = _float("TURN_S", 0.05)
+#: A loop turn that read fewer records than this from the sources and left the mailbox empty is a trickle:
+#: the shard waits up to TRICKLE_WAIT_S for more (a delivery wakes it at once) instead of polling again
+#: at once. Spinning on a trickle made a shard run ~10k turns a second of ~10 records each, 100 % busy at a
+#: quarter of its capacity, and the two shards then starved Ray's own threads on 2 cores.
+TRICKLE_ROWS = _int("TRICKLE_ROWS", 256)
+TRICKLE_WAIT_S = _float("TRICKLE_WAIT_S", 0.001)
 #: Messages run between two looks at the clock in a turn (fewer when functions are slow).
 MAX_STEP = _int("MAX_STEP", 4096)
 #: A peer's delivery waits while the mailbox holds more than this many messages ...

@@ -48,6 +48,8 @@ from ..constants import (  # tuning knobs: see rayfun/constants.py
     MAX_STEP,
     METRICS_INTERVAL_S,
     SWEEP_INTERVAL_S,
+    TRICKLE_ROWS,
+    TRICKLE_WAIT_S,
     TURN_S,
     UNDO_MAX_SHARE,
 )
@@ -374,41 +376,54 @@ class ShardCore:
                 raise RuntimeError("the processing loop started before the shard's event-loop objects")
             # Python 3.11's wait_for can swallow a cancellation that races its timeout: the loop also ends
             # once it is no longer the shard's loop (it would read sources already closed)
+            busy = False  # the last turn worked: a small batch for a peer may wait (see Outbox.flush)
+            await asyncio.sleep(0)  # the call that started the loop answers first: a first turn may block
             while self._loop_task is me:
                 worked = False
+                read = 0
                 held = self.held
+                if not held and ingress.may_read() and self._may_read_sources():
+                    read = self._read_sources()
+                    if read:
+                        self._flush(hold=busy)  # this shard's own rows join the mailbox: processed this turn
+                        worked = True
                 if ingress.mailbox and not held:
                     self._process(self.config.chunk_size)
                     worked = True
-                if not held and ingress.may_read() and self._may_read_sources():
-                    worked = self._read_sources() or worked
-                worked = self._flush(hold=True) or worked
+                worked = self._flush(hold=busy) or worked
                 now = time.monotonic()
                 if now >= self._next_sweep and not held:
                     self._housekeeping()
                 publisher = self.metrics_publisher
                 if publisher is not None and now >= publisher.next_at:
                     self.publish_metrics()
-                if worked:
+                busy = worked
+                if worked and (read >= TRICKLE_ROWS or ingress.mailbox):
                     await asyncio.sleep(0)
-                    continue
-                self._flush()  # nothing else to do: what was held back goes now
-                wake_event.clear()
-                timeout = 0.01 if ingress.polling() else None
-                if publisher is not None and publisher.behind(self.counters["processed"]):
-                    # idle with counts Ray has not seen: wake for the next publish (once: then it is even)
-                    timeout = max(0.0, min(timeout or METRICS_INTERVAL_S, publisher.next_at - now))
-                t0 = time.perf_counter()
-                try:
-                    await asyncio.wait_for(wake_event.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
-                self.counters["idle_s"] += time.perf_counter() - t0
+                elif worked:  # a trickle: a moment for more to come (a delivery wakes it) rather than spin
+                    await self._idle(wake_event, TRICKLE_WAIT_S)
+                else:
+                    self._flush()  # nothing else to do: what was held back goes now
+                    timeout = 0.01 if ingress.polling() else None
+                    if publisher is not None and publisher.behind(self.counters["processed"]):
+                        # idle with counts Ray has not seen: wake for the next publish (once: then it is even)
+                        timeout = max(0.0, min(timeout or METRICS_INTERVAL_S, publisher.next_at - now))
+                    await self._idle(wake_event, timeout)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug: make it visible to the coordinator rather than hang
             log.exception("shard %d processing loop failed", self.index)
             self._failure = f"{type(exc).__name__}: {exc}"
+
+    async def _idle(self, wake_event: asyncio.Event, timeout: float | None) -> None:
+        """Wait until woken (a delivery, a finished invocation, a timer) or ``timeout``; counted as idle."""
+        wake_event.clear()
+        began = time.perf_counter()
+        try:
+            await asyncio.wait_for(wake_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self.counters["idle_s"] += time.perf_counter() - began
 
     def _process(self, budget: int) -> None:
         """Run up to ``budget`` mailbox rows, or fewer once the turn has taken ``TURN_S``. The hot path: the
@@ -471,12 +486,13 @@ class ShardCore:
             return False  # a remote function is the bottleneck: let it catch up (StateFun's backpressure)
         return self.outbox.accepting(self.config.max_in_flight)
 
-    def _read_sources(self) -> bool:
-        got = False
+    def _read_sources(self) -> int:
+        """Poll the sources once; returns the records they returned."""
+        got = 0
         route_input = self.outbox.route_input
         for source_id, batch in self.ingress.read():
             route_input(batch, source_id)
-            got = True
+            got += len(batch)
         return got
 
     def _flush(self, hold: bool = False) -> bool:

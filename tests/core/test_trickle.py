@@ -1,0 +1,97 @@
+"""A shard fed a trickle (a source that has a few records at each poll) waits a moment between polls instead
+of spinning. It used to poll again at once: under bench/latency.py's load (100k msgs/s a shard, a quarter of
+what it can take) a shard ran ~10k loop turns a second of ~10 records each and was never idle, and two such
+shards starved Ray's own threads on 2 cores (loaded p99 ~50-100 ms). Driven on one ShardCore without Ray,
+as in test_shard_rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from rayfun import IntType, StatefulFunctions, ValueSpec
+from rayfun.constants import TRICKLE_ROWS, TRICKLE_WAIT_S
+from rayfun.io import Source, SourcePartition
+from rayfun.runtime.shard import ShardConfig, ShardCore
+
+INT = "io.statefun.types/int"
+RATE = 20_000  # records a second: each poll finds a few, far fewer than TRICKLE_ROWS
+SECONDS = 1.5
+
+
+class _TricklePartition(SourcePartition):
+    """The records due since the last poll (by the clock), for SECONDS."""
+
+    def __init__(self) -> None:
+        self.began = time.perf_counter()
+        self.sent = 0
+        self.polls = 0
+
+    def next_rows(self):
+        self.polls += 1
+        elapsed = time.perf_counter() - self.began
+        if elapsed > SECONDS:
+            return None
+        due = int(elapsed * RATE) - self.sent
+        rows = [("t/count", f"k{(self.sent + k) % 100}", None, INT, 1) for k in range(due)]
+        self.sent += due
+        return rows
+
+    def next_batch(self):
+        raise AssertionError("next_rows is offered")
+
+    def snapshot(self):
+        return self.sent
+
+
+class _TrickleSource(Source):
+    id = "t/trickle"
+
+    def __init__(self) -> None:
+        self.partition = _TricklePartition()
+
+    def partitions(self):
+        return ["0"]
+
+    def build_partition(self, partition, resume_state):
+        return self.partition
+
+
+def _functions() -> StatefulFunctions:
+    functions = StatefulFunctions()
+
+    @functions.bind("t/count", specs=[ValueSpec("n", IntType)])
+    def count(context, message):
+        context.storage.n = (context.storage.n or 0) + message.as_int()
+
+    return functions
+
+
+def test_a_trickle_is_polled_about_once_per_wait_not_in_a_spin():
+    assert RATE * TRICKLE_WAIT_S < TRICKLE_ROWS, "the source must be a trickle for this test"
+    source = _TrickleSource()
+
+    async def main():
+        core = ShardCore(0, ShardConfig(functions=_functions(), shards=1, key_groups=64, sources=[source]))
+        await core.start([None], [(0, "0", None)])
+        try:
+            began = time.perf_counter()
+            while not core.ingress.exhausted() and time.perf_counter() - began < SECONDS + 10:
+                await asyncio.sleep(0.05)
+            while core.ingress.backlog:
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - began
+            return core, elapsed
+        finally:
+            await core.stop()
+
+    core, elapsed = asyncio.run(main())
+    partition = source.partition
+    per_second = partition.polls / elapsed
+    idle = core.counters["idle_s"] / elapsed
+    print(f"{partition.polls} polls in {elapsed:.2f} s ({per_second:.0f}/s), idle {idle:.0%}, {partition.sent} records")
+    state = core.runners["t/count"].state.instances
+    assert sum(cells[0] for cells in state.values()) == partition.sent  # every record processed, once
+    # one poll per TRICKLE_WAIT_S at most (plus the turns a delivery or a timer wakes): spinning made ~10k/s
+    assert per_second < 2 / TRICKLE_WAIT_S, f"{per_second:.0f} polls a second: the shard spins on a trickle"
+    assert idle > 0.5, f"idle {idle:.0%} of the time at {RATE} records/s: the shard spins on a trickle"

@@ -224,11 +224,13 @@ class CheckpointStore:
         *,
         key_groups: int | None = None,
         app_meta: dict | None = None,
+        retain: bool = True,
     ) -> Manifest:
         """Make checkpoint ``checkpoint_id`` complete: write its manifest (last, atomically), then apply
-        retention. Call once every shard has reported its part; the parts must tile ``[0, key_groups)`` and
-        their deltas share one committed parent. Retention failures are logged, never raised: the checkpoint
-        is complete at that point."""
+        retention (``retain=False``: the caller does, with ``retain_quietly``, once what waits for the
+        checkpoint has gone on). Call once every shard has reported its part; the parts must tile
+        ``[0, key_groups)`` and their deltas share one committed parent. Retention failures are logged,
+        never raised: the checkpoint is complete at that point."""
         if not parts:
             raise CheckpointError(f"checkpoint {checkpoint_id}: no shard parts to commit")
         for p in parts:
@@ -306,11 +308,17 @@ class CheckpointStore:
         self.blobs.put_atomic(self.manifest_path(checkpoint_id), manifest.to_json_bytes(self.checksum))
         with self._lock:
             self._manifests[checkpoint_id] = manifest
+        if retain:
+            self.retain_quietly(checkpoint_id)
+        return manifest
+
+    def retain_quietly(self, checkpoint_id: int) -> None:
+        """Retention after checkpoint ``checkpoint_id``'s commit: a failure is logged, never raised (the
+        checkpoint is complete; a failed cleanup is retried at the next commit)."""
         try:
             self.apply_retention()
-        except Exception:  # the checkpoint is complete; a failed cleanup is retried at the next commit
+        except Exception:
             log.exception("checkpoint %d: retention failed (will retry at the next commit)", checkpoint_id)
-        return manifest
 
     # ----------------------------------------------------------------------------------------------------
     # Listing and verifying.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -170,17 +171,25 @@ def test_driver_and_coordinator_kills_resume_from_the_checkpoint_dir(ray_session
             stderr=subprocess.DEVNULL,
         )
 
-    def wait_for_checkpoints(count: int, proc) -> None:
-        deadline = time.monotonic() + 60
+    def newest_checkpoint() -> int:
         manifests = os.path.join(work, "cp", "manifests")
+        names = os.listdir(manifests) if os.path.isdir(manifests) else []
+        return max((int(m.group(1)) for m in map(re.compile(r"cp-(\d+)\.json$").search, names) if m), default=0)
+
+    def wait_for_checkpoints(past: int, proc) -> None:
+        """Until a checkpoint newer than ``past`` is committed by ``proc``'s application (a count of files
+        would not do: retention deletes manifests, and the killed driver's coordinator may commit one more
+        before Ray stops it)."""
+        deadline = time.monotonic() + 60
+        coordinator = os.path.join(work, f"coordinator-{proc.pid}")
         while time.monotonic() < deadline and proc.poll() is None:
-            if os.path.isdir(manifests) and len(os.listdir(manifests)) >= count:
+            if os.path.exists(coordinator) and newest_checkpoint() > past:
                 return
             time.sleep(0.05)
 
     # 1: kill the whole driver process
     first = launch()
-    wait_for_checkpoints(2, first)
+    wait_for_checkpoints(1, first)
     time.sleep(rng.uniform(0.2, 1.0))
     assert first.poll() is None, "the first driver finished before it could be killed"
     first.send_signal(signal.SIGKILL)
@@ -188,7 +197,7 @@ def test_driver_and_coordinator_kills_resume_from_the_checkpoint_dir(ray_session
 
     # 2: kill the coordinator of the next driver (the driver then fails on its next call)
     second = launch()
-    wait_for_checkpoints(len(os.listdir(os.path.join(work, "cp", "manifests"))) + 1, second)
+    wait_for_checkpoints(newest_checkpoint(), second)
     time.sleep(rng.uniform(0.2, 1.0))
     if second.poll() is None:
         name = open(os.path.join(work, f"coordinator-{second.pid}")).read()

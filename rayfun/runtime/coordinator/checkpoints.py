@@ -146,6 +146,7 @@ class CheckpointScheduler:
                         "run_id": fleet.run_id,
                         "coordinator": self.driver.incarnation,
                     },
+                    retain=False,  # below, once the shards know: exactly-once egress does not wait for it
                 ),
             )
         except CheckpointAbandoned:
@@ -162,6 +163,7 @@ class CheckpointScheduler:
         self.driver.covered([part.meta.get("driver_seq", 0) for part in parts])
         await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in fleet.shards])
         self._ended = time.monotonic()
+        await loop.run_in_executor(None, fleet.store.retain_quietly, n)
         self.last_duration_s = self._ended - began
         self.last_phases = {
             "parts": written - began,

@@ -42,7 +42,7 @@ __all__ = [
     "MAILBOX_LOW",
     "MAX_ID_CHARS",
     "MAX_IN_FLIGHT",
-    "MAX_PARKED",
+    "MAX_REMOTE_HELD",
     "MAX_STEP",
     "MAX_TYPENAME_CHARS",
     "MAX_VALUE_BYTES",
@@ -115,11 +115,11 @@ MAX_STEP = _int("MAX_STEP", 4096)
 MAILBOX_HIGH = _int("MAILBOX_HIGH", 65536)
 #: ... until it is back under this; sources are read only below it.
 MAILBOX_LOW = _int("MAILBOX_LOW", 16384)
-#: Messages a shard's runners hold until their invocations end (async functions: running and queued per
-#: address; remote functions: in flight and queued) before its sources pause and deliveries wait. What
-#: waits behind a remote invocation makes its next batch, so this bounds a remote function's batch sizes
-#: too: at 16384 (the mailbox's low mark, the rule before) 1,000 addresses got ~25 messages a request.
-MAX_PARKED = _int("MAX_PARKED", 131072)
+#: Messages a shard's remote functions hold (in flight and queued per address) before its sources pause
+#: and deliveries wait. What waits behind a remote invocation makes its next batch, so this bounds a remote
+#: function's batch sizes too: under the mailbox's low mark (the rule before) 1,000 addresses got ~25
+#: messages a request. (An async function's queues count with the mailbox: they do not batch.)
+MAX_REMOTE_HELD = _int("MAX_REMOTE_HELD", 131072)
 #: Messages a shard has sent to its peers and they have not accepted yet, all peers together, before its
 #: sources pause: each peer gets an even share (and always one batch), so what a shard receives but has not
 #: taken stays under this too, whatever the shard count. It covers a peer's turn (TURN_S) at full rate: a

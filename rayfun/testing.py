@@ -153,6 +153,12 @@ class _Shard:
     def unpark(self, n: int = 1) -> None:
         pass
 
+    def hold_remote(self, n: int = 1) -> None:
+        pass
+
+    def release_remote(self, n: int = 1) -> None:
+        pass
+
     def layout_changed(self, typename: str) -> None:
         pass
 

@@ -2,12 +2,12 @@
 
 Backpressure, by the mailbox's marks: a delivery from a peer returns only once the mailbox holds no more
 than ``high`` messages (``wait_for_room``), and is let go once it is back under ``low``; sources are read
-only under ``low``. The messages runners park until their invocations end (async functions: running and
-queued per address; remote functions: in flight and queued) have a bound of their own, ``max_parked``,
-or a slow async function would let the sources read without bound. It is separate from the mailbox's
-because what waits behind a remote invocation is what makes its next batch: under the mailbox's low mark
-a remote function over 1,000 addresses got batches of ~25 messages, and the function's server spent a
-fifth of its time on HTTP requests (StateFun's own bound is per address: ``max_num_batch_requests``). Processing itself never waits on a peer, so
+only under ``low``. "Held" counts the mailbox and the messages async functions park until their
+invocations end (running and queued per address), or a slow async function would let the sources read
+without bound. What remote functions hold (in flight and queued per address) has a bound of its own,
+``max_remote_held``: what waits behind a remote invocation is its next batch, and under the mailbox's low
+mark a remote function over 1,000 addresses got batches of ~25 messages, and the function's server spent
+a fifth of its time on HTTP (StateFun's own bound is per address: ``max_num_batch_requests``). Processing itself never waits on a peer, so
 cyclic messaging cannot deadlock. The other reasons not to read (peers that have not accepted our
 batches, egress held for a checkpoint, a saturated remote function) belong to other stages: the shard
 core asks them and this stage together.
@@ -42,20 +42,26 @@ class SourceSlot:
 class Ingress:
     """The mailbox (batches of rows with a start offset), its held count, and the source partitions.
 
-    ``mailbox``, ``backlog`` and ``parked`` are read and written by the shard's processing loop directly
+    ``mailbox``, ``backlog``, ``parked`` and ``remote_held`` are read and written by the shard's processing loop directly
     (once per chunk, not per message): they are this stage's state, exposed for the hot path."""
 
     def __init__(
-        self, sources: list[Source], high: int, low: int, counters: dict[str, Any], max_parked: int | None = None
+        self,
+        sources: list[Source],
+        high: int,
+        low: int,
+        counters: dict[str, Any],
+        max_remote_held: int | None = None,
     ) -> None:
         self.sources_config = sources
         self.high = high
         self.low = low
-        self.max_parked = low if max_parked is None else max_parked
+        self.max_remote_held = low if max_remote_held is None else max_remote_held
         self.counters = counters  # the shard's: "ingested"
         self.mailbox: deque = deque()
         self.backlog = 0  # messages in the mailbox
-        self.parked = 0  # messages runners hold until their invocations end
+        self.parked = 0  # messages async functions hold until their invocations end
+        self.remote_held = 0  # messages remote functions hold (in flight and queued)
         self.sources: list[SourceSlot] = []
         self.paused = False  # a savepoint or rescale is under way: no source is read (a rollback unpauses)
         # checkpoint id -> (slot, position) of each partition at that checkpoint's cut, until it completes
@@ -86,14 +92,30 @@ class Ingress:
         self.parked -= n
         self.release()
 
+    def hold_remote(self, n: int = 1) -> None:
+        self.remote_held += n
+
+    def release_remote(self, n: int = 1) -> None:
+        """``n`` messages a remote function held are done."""
+        self.remote_held -= n
+        self.release()
+
+    def held(self) -> int:
+        """Every message accepted and not yet done (the ``backlog`` a shard reports)."""
+        return self.backlog + self.parked + self.remote_held
+
     def release(self) -> None:
-        """The one place that lets waiting deliveries go, once the mailbox holds no more than ``low`` and
-        the runners no more than ``max_parked``."""
-        if self.backlog <= self.low and self.parked <= self.max_parked and not self._room.is_set():
+        """The one place that lets waiting deliveries go, once the shard holds no more than ``low`` (and its
+        remote functions no more than ``max_remote_held``)."""
+        if (
+            self.backlog + self.parked <= self.low
+            and self.remote_held <= self.max_remote_held
+            and not self._room.is_set()
+        ):
             self._room.set()
 
     def over_high(self) -> bool:
-        return self.backlog > self.high or self.parked > self.max_parked
+        return self.backlog + self.parked > self.high or self.remote_held > self.max_remote_held
 
     async def wait_for_room(self) -> None:
         """Hold a delivery (and so its sender's flush) until the shard is back under ``low``."""
@@ -122,9 +144,14 @@ class Ingress:
             self.sources.append(slot)
 
     def may_read(self) -> bool:
-        """This stage's part of whether to read sources: there are some, the mailbox is under ``low`` and
-        the runners hold no more than ``max_parked``."""
-        return bool(self.sources) and not self.paused and self.backlog <= self.low and self.parked <= self.max_parked
+        """This stage's part of whether to read sources: there are some, the shard is under ``low`` and its
+        remote functions hold no more than ``max_remote_held``."""
+        return (
+            bool(self.sources)
+            and not self.paused
+            and self.backlog + self.parked <= self.low
+            and self.remote_held <= self.max_remote_held
+        )
 
     def read(self) -> list[tuple[str, list]]:
         """Poll every partition once: ``(source id, batch)`` for each that returned something."""
@@ -206,6 +233,7 @@ class Ingress:
         self.mailbox.clear()
         self.backlog = 0
         self.parked = 0
+        self.remote_held = 0
         self.sources = []
         self._cuts.clear()
         self.paused = False  # the coordinator pauses the restored sources again if it must

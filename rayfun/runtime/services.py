@@ -95,6 +95,12 @@ class RunnerServices(ShardServices, Protocol):
     def unpark(self, n: int = 1) -> None:
         """``n`` held messages are done."""
 
+    def hold_remote(self, n: int = 1) -> None:
+        """A remote function holds ``n`` more messages (in flight or queued; backlog, with a bound of its own)."""
+
+    def release_remote(self, n: int = 1) -> None:
+        """``n`` messages a remote function held are done."""
+
     def layout_changed(self, typename: str) -> None:
         """A remote function registered new state specs: its checkpoint layout is stale."""
 

@@ -44,7 +44,7 @@ from ..constants import (  # tuning knobs: see rayfun/constants.py
     MAILBOX_HIGH,
     MAILBOX_LOW,
     MAX_IN_FLIGHT,
-    MAX_PARKED,
+    MAX_REMOTE_HELD,
     MAX_STEP,
     METRICS_INTERVAL_S,
     SWEEP_INTERVAL_S,
@@ -93,7 +93,7 @@ class ShardConfig:
     chunk_size: int = CHUNK_SIZE  # messages processed between flushes
     mailbox_high: int = MAILBOX_HIGH  # deliver() waits while the mailbox holds more than this
     mailbox_low: int = MAILBOX_LOW  # ... until it is back under this; sources read only below it
-    max_parked: int = MAX_PARKED  # messages waiting for async or remote invocations: sources pause past it
+    max_remote_held: int = MAX_REMOTE_HELD  # messages remote functions hold: sources pause past it
     max_in_flight: int = MAX_IN_FLIGHT  # messages sent, not accepted yet, all peers together: sources pause
     egress_high: int = EGRESS_HIGH  # exactly-once records held for their checkpoint before sources pause
     local_copy_max_bytes: int = LOCAL_COPY_MAX_BYTES  # the in-memory rollback copy is dropped past this
@@ -146,7 +146,7 @@ class ShardCore:
         # -- the stages, wired (each gets the shard's counters dict and writes its own keys) --
         self.channels = Channels()
         self.ingress = Ingress(
-            config.sources, config.mailbox_high, config.mailbox_low, self.counters, config.max_parked
+            config.sources, config.mailbox_high, config.mailbox_low, self.counters, config.max_remote_held
         )
         self.outbox = Outbox(self, index, config.shards, self.partitioner, self.registry)
         self.egress = Egress(
@@ -180,6 +180,8 @@ class ShardCore:
         self.dead_letter = self.effects.dead_letter
         self.park = self.ingress.park
         self.unpark = self.ingress.unpark
+        self.hold_remote = self.ingress.hold_remote
+        self.release_remote = self.ingress.release_remote
         # -- the runners --
         self.runners: dict[str, Any] = {spec.typename: EmbeddedFunction(spec, self) for spec in config.functions}
         self._run_fns = {typename: runner.run for typename, runner in self.runners.items()}
@@ -843,7 +845,7 @@ class ShardCore:
         return ShardStatus(
             index=self.index,
             pid=os.getpid(),
-            backlog=self.ingress.backlog + self.ingress.parked,  # every message accepted and not yet done
+            backlog=self.ingress.held(),  # every message accepted and not yet done
             in_progress=sum(getattr(r, "in_progress", 0) for r in self.runners.values()),
             sent=list(self.outbox.sent),
             received=self.channels.received(),
@@ -872,7 +874,7 @@ class ShardCore:
         publisher.publish(
             self.functions,
             {client.endpoint.functions: (client.stats, client.latency) for client in self._clients.values()},
-            self.ingress.backlog + self.ingress.parked,
+            self.ingress.held(),
             self._function_backlog(),
             self.ingress.lags(),
             self.counters["processed"],

@@ -12,7 +12,7 @@ def _row(i: int) -> tuple:
 
 def test_a_delivery_waits_above_the_high_mark_until_the_shard_is_back_under_the_low_mark():
     async def main():
-        ingress = Ingress([], high=10, low=4, counters={}, max_parked=6)
+        ingress = Ingress([], high=10, low=4, counters={}, max_remote_held=6)
         ingress.start()
         ingress.accept([_row(i) for i in range(8)])
         assert not ingress.over_high() and not ingress.may_read()  # no sources, and above the low mark
@@ -24,32 +24,37 @@ def test_a_delivery_waits_above_the_high_mark_until_the_shard_is_back_under_the_
         ingress.release()
         await asyncio.sleep(0)
         assert not waiting.done()
-        ingress.park(7)  # runners hold more than max_parked: the mailbox's room is not enough
+        ingress.park(2)  # an async function holds messages: they count with the mailbox
         ingress.backlog = 3
         ingress.release()
         await asyncio.sleep(0)
         assert not waiting.done()
-        ingress.unpark(1)  # 6 parked, 3 in the mailbox: room again
+        ingress.hold_remote(7)  # a remote function holds more than max_remote_held
+        ingress.unpark(1)  # 3 + 1 <= low, but the remote functions' bound holds the delivery still
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        ingress.release_remote(1)  # 6 held by remote functions: room again
         await asyncio.sleep(0)
         assert waiting.done()
+        assert ingress.held() == 3 + 1 + 6
 
     asyncio.run(main())
 
 
-def test_parked_messages_have_their_own_bound():
-    """What waits behind a remote invocation makes its next batch: it is bounded by ``max_parked``, not by
-    the mailbox's low mark (which kept a remote function's batches at ~25 messages)."""
+def test_what_remote_functions_hold_has_its_own_bound():
+    """What waits behind a remote invocation makes its next batch: it is bounded by ``max_remote_held``, not
+    by the mailbox's low mark (which kept a remote function's batches at ~25 messages)."""
     source = ListSource("src/a", {"p0": [[_row(1)]]})
-    ingress = Ingress([source], high=10, low=4, counters={"ingested": 0}, max_parked=100)
+    ingress = Ingress([source], high=10, low=4, counters={"ingested": 0}, max_remote_held=100)
     ingress.start()
     ingress.open([(0, "p0", None)])
-    ingress.park(60)  # far above the low mark, under max_parked
+    ingress.hold_remote(60)  # far above the low mark, under max_remote_held
     assert ingress.may_read() and not ingress.over_high()
-    ingress.park(41)
+    ingress.hold_remote(41)
     assert not ingress.may_read() and ingress.over_high()
-    ingress.unpark(1)
+    ingress.release_remote(1)
     assert ingress.may_read()
-    ingress.accept([_row(i) for i in range(5)])  # the mailbox's own mark still holds
+    ingress.park(5)  # an async function's queues count with the mailbox, under its low mark
     assert not ingress.may_read()
 
 

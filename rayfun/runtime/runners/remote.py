@@ -141,7 +141,7 @@ class RemoteFunction:
         return run
 
     def invoke(self, id: str, caller, vtype: str, payload: Any) -> None:
-        self.shard.park()
+        self.shard.hold_remote()
         if id in self.inflight:
             queue = self.queued.setdefault(id, [])
             queue.append((caller, vtype, payload))
@@ -189,7 +189,7 @@ class RemoteFunction:
             return
         if epoch is not shard.epoch_token:
             return
-        shard.unpark(len(batch))
+        shard.release_remote(len(batch))
         queued = self.queued.pop(id, None)
         if queued:
             if len(queued) >= self.endpoint.max_num_batch_requests:

@@ -171,11 +171,16 @@ class _Store:
     def __init__(self) -> None:
         self.fail: Exception | None = None
         self.committed: list[int] = []
+        self.retained: list[int] = []
 
     def commit(self, n, parts, **kwargs) -> None:
         if self.fail is not None:
             raise self.fail
+        assert kwargs.get("retain") is False, "retention must not hold up the egress the checkpoint releases"
         self.committed.append(n)
+
+    def retain_quietly(self, n) -> None:
+        self.retained.append(n)
 
     def latest(self):
         return None
@@ -213,6 +218,7 @@ def test_a_failed_checkpoint_is_aborted_counted_and_the_next_attempt_gets_a_new_
 
     asyncio.run(scenario())
     assert fleet.last_checkpoint == 9 and fleet.store.committed == [9]
+    assert fleet.store.retained == [9]  # after the shards were told, once per completed checkpoint
     assert scheduler.failures == 0 and scheduler.failures_total == 2
     assert [a.checkpoint_complete.calls for a in actors] == [[(9,)]] * 2
     assert metrics.events == ["failed", "failed", "completed"]

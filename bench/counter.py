@@ -159,7 +159,7 @@ def run(args) -> tuple[float, float]:
     for m in metrics:
         print(
             f"shard {m['index']}: processed {m['processed']}, idle {m['idle_s']:.2f} s, snapshot capture "
-            f"{m['snapshot_capture_s']:.2f} s, write {m['snapshot_write_s']:.2f} s in a thread "
+            f"{m['snapshot_capture_s']:.2f} s, write {m['snapshot_write_s']:.2f} s "
             f"({m['snapshot_write_cpu_s']:.2f} s CPU), commit {m['snapshot_commit_s']:.2f} s"
         )
     print(

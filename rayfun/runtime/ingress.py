@@ -7,8 +7,8 @@ invocations end (running and queued per address), or a slow async function would
 without bound. What remote functions hold (in flight and queued per address) has a bound of its own,
 ``max_remote_held``: what waits behind a remote invocation is its next batch, and under the mailbox's low
 mark a remote function over 1,000 addresses got batches of ~25 messages, and the function's server spent
-a fifth of its time on HTTP (StateFun's own bound is per address: ``max_num_batch_requests``). Processing itself never waits on a peer, so
-cyclic messaging cannot deadlock. The other reasons not to read (peers that have not accepted our
+a fifth of its time on HTTP (StateFun's own bound is per address: ``max_num_batch_requests``). Processing
+itself never waits on a peer, so cyclic messaging cannot deadlock. The other reasons not to read (peers that have not accepted our
 batches, egress held for a checkpoint, a saturated remote function) belong to other stages: the shard
 core asks them and this stage together.
 """
@@ -42,8 +42,8 @@ class SourceSlot:
 class Ingress:
     """The mailbox (batches of rows with a start offset), its held count, and the source partitions.
 
-    ``mailbox``, ``backlog``, ``parked`` and ``remote_held`` are read and written by the shard's processing loop directly
-    (once per chunk, not per message): they are this stage's state, exposed for the hot path."""
+    ``mailbox``, ``backlog``, ``parked`` and ``remote_held`` are read and written by the shard's processing
+    loop directly (once per chunk, not per message): they are this stage's state, exposed for the hot path."""
 
     def __init__(
         self,
@@ -104,14 +104,14 @@ class Ingress:
         """Every message accepted and not yet done (the ``backlog`` a shard reports)."""
         return self.backlog + self.parked + self.remote_held
 
+    def has_room(self) -> bool:
+        """The shard holds no more than ``low`` and its remote functions no more than ``max_remote_held``:
+        deliveries go on and sources may be read."""
+        return self.backlog + self.parked <= self.low and self.remote_held <= self.max_remote_held
+
     def release(self) -> None:
-        """The one place that lets waiting deliveries go, once the shard holds no more than ``low`` (and its
-        remote functions no more than ``max_remote_held``)."""
-        if (
-            self.backlog + self.parked <= self.low
-            and self.remote_held <= self.max_remote_held
-            and not self._room.is_set()
-        ):
+        """The one place that lets waiting deliveries go, once the shard ``has_room``."""
+        if self.has_room() and not self._room.is_set():
             self._room.set()
 
     def over_high(self) -> bool:
@@ -144,14 +144,8 @@ class Ingress:
             self.sources.append(slot)
 
     def may_read(self) -> bool:
-        """This stage's part of whether to read sources: there are some, the shard is under ``low`` and its
-        remote functions hold no more than ``max_remote_held``."""
-        return (
-            bool(self.sources)
-            and not self.paused
-            and self.backlog + self.parked <= self.low
-            and self.remote_held <= self.max_remote_held
-        )
+        """This stage's part of whether to read sources: there are some, and the shard ``has_room``."""
+        return bool(self.sources) and not self.paused and self.has_room()
 
     def read(self) -> list[tuple[str, list]]:
         """Poll every partition once: ``(source id, batch)`` for each that returned something."""

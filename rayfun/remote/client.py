@@ -20,6 +20,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -173,19 +174,25 @@ class RemoteFunctionClient:
         target_id: str,
         states: list[tuple[str, str, Any]],
         invocations: list[tuple[tuple[str, str] | None, str, Any]],
+        on_send: Callable[[], None] | None = None,
     ) -> InvocationResult | MissingStates:
         """Send one batch to ``target_typename``/``target_id`` and return its validated answer.
 
         ``states``: ``(state_name, state_typename, payload or None)`` for every registered state;
         ``invocations``: ``(caller (typename, id) or None, value_typename, payload)`` in arrival order.
+        ``on_send`` is called once a request slot is free, right before ``invocations`` is encoded: until
+        then the caller may still add to the list (messages that arrive while the call waits for a slot go
+        with it, so a saturated endpoint gets fewer, bigger requests).
         Raises ``RemoteFunctionError`` when the call fails for good.
         """
         session, slots = self._ensure_session()
         self.stats["calls"] += 1
         url = self.endpoint.url_for(target_typename)
-        body = encode_request(target_typename, target_id, states, invocations)
         registered = {name: typename for name, typename, _ in states}
         async with slots:
+            if on_send is not None:
+                on_send()
+            body = encode_request(target_typename, target_id, states, invocations)
             self.in_flight += 1
             began = time.monotonic()
             try:

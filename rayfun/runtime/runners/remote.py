@@ -72,6 +72,7 @@ class RemoteFunction:
         self.uncommitted: list[dict] = []  # changes taken by snapshots not yet committed, oldest first
         self.inflight: dict[str, list] = {}  # id -> the batch being sent
         self.queued: dict[str, list] = {}  # id -> messages that arrived meanwhile
+        self.unsent: dict[str, list] = {}  # id -> a batch whose request has not started: it still takes messages
         self.blocked = 0  # addresses at max_num_batch_requests (backpressure)
         self.counts = shard.counts_of(typename)
         self.run = self._make_run()
@@ -142,6 +143,12 @@ class RemoteFunction:
 
     def invoke(self, id: str, caller, vtype: str, payload: Any) -> None:
         self.shard.hold_remote()
+        unsent = self.unsent.get(id)
+        if unsent is not None and len(unsent) < self.endpoint.max_num_batch_requests:
+            # the request has not gone out yet (it starts after this turn, or waits for a request slot):
+            # the message goes with it rather than wait for its answer
+            unsent.append((caller, vtype, payload))
+            return
         if id in self.inflight:
             queue = self.queued.setdefault(id, [])
             queue.append((caller, vtype, payload))
@@ -151,18 +158,23 @@ class RemoteFunction:
         self._send(id, [(caller, vtype, payload)])
 
     def _send(self, id: str, batch: list) -> None:
-        self.inflight[id] = batch
+        self.inflight[id] = self.unsent[id] = batch
         self.shard.track_task(asyncio.get_running_loop().create_task(self._call(id, batch)))
 
     async def _call(self, id: str, batch: list) -> None:
         shard = self.shard
         epoch = shard.epoch_token
+
+        def sent() -> None:  # from here on the batch is what the request carries
+            if self.unsent.get(id) is batch:
+                del self.unsent[id]
+
         try:
             while True:
                 states = self._states(id, shard.now_ms())
                 began = time.perf_counter()
                 try:
-                    result = await self.client.invoke(self.typename, id, states, batch)
+                    result = await self.client.invoke(self.typename, id, states, batch, on_send=sent)
                 except RemoteFunctionError as exc:
                     if epoch is not shard.epoch_token:
                         return
@@ -295,4 +307,5 @@ class RemoteFunction:
     def reset(self) -> None:
         self.inflight.clear()
         self.queued.clear()
+        self.unsent.clear()
         self.blocked = 0

@@ -39,6 +39,10 @@ class ShardActor:
             )
         self.core = ShardCore(index, config)
         self.core.standby = standby
+        if standby and config.checkpoint_url is not None:
+            from ..checkpoint.warmup import warm_up_restore
+
+            warm_up_restore()  # its restore is a recovery's critical path: the first one's costs are paid now
 
     def __repr__(self) -> str:  # Ray shows it in the dashboard and before every log line of the actor
         return getattr(self.core, "role", "rayfun shard")

@@ -132,7 +132,8 @@ EGRESS_HIGH = _int("EGRESS_HIGH", 262144)
 #: they are at most this share of its instances; past it, folding and decoding all of its copy is cheaper
 #: (an undone instance costs about twice a restored one: 258k of 500k took 0.8 s, all 500k 0.75 s).
 UNDO_MAX_SHARE = _float("UNDO_MAX_SHARE", 0.25)
-#: A batch for a peer smaller than this is held back while the shard is busy ...
+#: A batch for a peer smaller than this is held back while the shard is busy and an earlier batch to that
+#: peer is not accepted yet (with nothing in flight it goes at once: waiting would only add latency) ...
 FLUSH_ROWS = _int("FLUSH_ROWS", 2048)
 #: ... for at most this long (seconds), then sent however small: a Ray call costs a sender and its receiver
 #: ~0.1-0.3 ms of CPU, which a loop that read a few messages at a time paid for every few messages (17 % of

@@ -11,15 +11,19 @@ def test_a_held_batch_counts_as_outstanding_and_goes_when_the_loop_is_idle():
     async def scenario(core, peers):
         target = _id_on(core, "t/count", 1)
         core.outbox.route("t/count", target, None, INT, 7)
-        core._flush(hold=True)  # a busy loop's flush: one small batch waits
-        assert not peers[1].deliver.calls
-        assert core.status().outstanding == 1, "a held batch must keep the application from looking idle"
+        core._flush(hold=True)  # nothing in flight to the peer: even a busy loop sends at once
+        assert len(peers[1].deliver.calls) == 1 and core.status().outstanding == 1
+        core.outbox.route("t/count", target, None, INT, 8)
+        core._flush(hold=True)  # a busy loop's flush: a small batch waits behind the one in flight
+        assert len(peers[1].deliver.calls) == 1
+        assert core.status().outstanding == 2, "a held batch must keep the application from looking idle"
         core.wake()  # the loop turns, finds nothing else to do, and sends what it held
         await _settle()
-        assert len(peers[1].deliver.calls) == 1 and core.outbox.held() == 0
-        assert core.status().outstanding == 1  # now as a batch the peer has not accepted yet
-        peers[1].deliver.replies[0].set_result(None)
+        assert len(peers[1].deliver.calls) == 2 and core.outbox.held() == 0
+        assert core.status().outstanding == 2  # now as batches the peer has not accepted yet
+        for reply in peers[1].deliver.replies:
+            reply.set_result(None)
         await _settle()
-        assert core.status().outstanding == 0 and core.status().sent == [0, 1]
+        assert core.status().outstanding == 0 and core.status().sent == [0, 2]
 
     _run(scenario)

@@ -152,37 +152,59 @@ def test_a_big_batch_goes_in_calls_small_enough_for_ray_to_inline_in_order_and_c
 
 
 def test_a_busy_shard_holds_small_batches_back_until_they_fill_or_wait_long_enough(monkeypatch):
-    """flush(hold=True) keeps a batch under FLUSH_ROWS until the oldest held row has waited FLUSH_DELAY_S;
-    a plain flush (the shard goes idle, or takes a checkpoint's cut) sends everything, before any marker."""
+    """flush(hold=True) keeps a batch under FLUSH_ROWS while an earlier batch to that peer is not accepted
+    yet, until the oldest held row has waited FLUSH_DELAY_S; a small batch to a peer with nothing in
+    flight goes at once (the channel is free: waiting would only add latency); a plain flush (the shard
+    goes idle, or takes a checkpoint's cut) sends everything, before any marker."""
     clock = [100.0]  # the outbox's clock, moved by the test alone
     monkeypatch.setattr(outbox_module, "perf_counter", lambda: clock[0])
+
+    def rows_to(peer: Peer) -> list:
+        return [row[1] for _, _, data, _ in peer.deliver.calls if data is not None for row in pickle.loads(data)]
 
     async def main():
         services = FakeServices()
         outbox = _outbox(services)
         peers = [None, Peer(), Peer()]
         outbox.reset(peers, generation=1)
-        mine, to_1, to_2 = _ids_on(outbox, 0, 2), _ids_on(outbox, 1, FLUSH_ROWS + 5), _ids_on(outbox, 2, 3)
+        mine, to_1, to_2 = _ids_on(outbox, 0, 2), _ids_on(outbox, 1, FLUSH_ROWS + 6), _ids_on(outbox, 2, 5)
+        first_1, first_2 = to_1.pop(0), to_2.pop(0)
+        # nothing in flight: a busy shard's small batches go at once
+        outbox.route("t/f", first_1, None, "int", 0)
+        outbox.route("t/f", first_2, None, "int", 0)
+        assert outbox.flush(hold=True) is None
+        assert rows_to(peers[1]) == [first_1] and rows_to(peers[2]) == [first_2]
+        assert outbox.outstanding == [0, 1, 1] and outbox.held() == 0 and outbox.held_since is None
+        # both are in flight (not accepted yet): small batches wait behind them
         for i in mine + to_1[:3] + to_2:
             outbox.route("t/f", i, None, "int", i)
         local = outbox.flush(hold=True)
         assert [r[1] for r in local] == mine  # this shard's own rows never wait
-        assert not peers[1].deliver.calls and not peers[2].deliver.calls
-        assert outbox.held() == 2 and outbox.sent == [0, 0, 0] and outbox.held_since is not None
+        assert len(peers[1].deliver.calls) == 1 and len(peers[2].deliver.calls) == 1
+        assert outbox.held() == 2 and outbox.held_since is not None
         # peer 1's batch fills up: it goes, in routing order; peer 2's stays
         for i in to_1[3:]:
             outbox.route("t/f", i, None, "int", i)
         assert outbox.flush(hold=True) is None
-        assert [row[1] for _, _, data, _ in peers[1].deliver.calls for row in pickle.loads(data)] == to_1
-        assert not peers[2].deliver.calls and outbox.held() == 1
+        assert rows_to(peers[1]) == [first_1, *to_1]
+        assert len(peers[2].deliver.calls) == 1 and outbox.held() == 1
         # the oldest held row has waited long enough: it goes however small its batch
         clock[0] += FLUSH_DELAY_S * 0.9
         outbox.flush(hold=True)
-        assert not peers[2].deliver.calls
+        assert len(peers[2].deliver.calls) == 1
         clock[0] += FLUSH_DELAY_S * 0.1
         outbox.flush(hold=True)
-        assert [row[1] for row in pickle.loads(peers[2].deliver.calls[0][2])] == to_2
-        assert outbox.held() == 0 and outbox.held_since is None and outbox.sent == [0, len(to_1), len(to_2)]
+        assert rows_to(peers[2]) == [first_2, *to_2]
+        assert outbox.held() == 0 and outbox.held_since is None
+        assert outbox.sent == [0, len(to_1) + 1, len(to_2) + 1]
+        # peer 2 accepts everything: with nothing in flight, a small batch goes at once again
+        for reply in peers[2].deliver.replies:
+            reply.set_result(None)
+        await asyncio.sleep(0)
+        assert outbox.outstanding[2] == 0
+        outbox.route("t/f", to_2[0], None, "int", 1)
+        outbox.flush(hold=True)
+        assert len(peers[2].deliver.calls) == 3 and outbox.held() == 0
         # a cut: the shard flushes without holding, then sends markers, which travel after the rows
         outbox.route("t/f", to_2[0], None, "int", 0)
         outbox.flush()
@@ -190,7 +212,9 @@ def test_a_busy_shard_holds_small_batches_back_until_they_fill_or_wait_long_enou
         assert [(seq, data is None) for _, seq, data, *_ in peers[2].deliver.calls] == [
             (0, False),
             (1, False),
-            (2, True),
+            (2, False),
+            (3, False),
+            (4, True),
         ]
         for reply in peers[1].deliver.replies + peers[2].deliver.replies:
             if not reply.done():

@@ -7,7 +7,10 @@ alone) and loaded (probes among counter messages at a background rate).
 The source is the path a user's records take (a partition read by the shard, like a Kafka partition): it
 stamps each probe with the wall clock (one machine, so the shards' clocks agree) when it returns it from
 ``next_rows``; the function sends the stamp to an egress; the sink's partition takes the difference in
-``write_batch`` and appends it to a file the bench reads afterwards (a sample costs a subtraction). The
+``write_batch`` and appends it to a file the bench reads afterwards (a sample costs a subtraction). Each
+probe also carries the process that read it, so the figures are split too: probes whose function lives on
+the shard that read them, and probes that crossed to the peer shard (one more Ray call, and the batching
+before it). The
 background load is counter messages at ``--rate`` (default 200k msgs/s, about half of bench/counter.py's
 rate on the 2-core machine), given as rows the way the counter's source gives them, so that a load message
 costs what a counter message costs. Targets (issue 15): at-least-once idle p99 <= 5 ms, loaded p99 <= 20 ms;
@@ -59,7 +62,8 @@ class TimedPartition(SourcePartition):
         self.load_sent += max(0, due)
         if now >= self.next_probe:
             self.next_probe = now + PROBE_EVERY_S
-            batch.append((PROBE, f"p{self.index}", None, StringType.typename, f"{time.time():.6f}"))
+            # the reading process rides along: the sink tells a probe that crossed to the peer shard
+            batch.append((PROBE, f"p{self.index}", None, StringType.typename, f"{time.time():.6f} {os.getpid()}"))
         self.sent += len(batch)
         return batch
 
@@ -95,8 +99,8 @@ class LatencySinkPartition(SinkPartition):
         lines = []
         for r in records:
             p = r.payload
-            stamp = StringType.serializer().deserialize(p) if isinstance(p, (bytes, bytearray)) else p
-            lines.append(f"{(now - float(stamp)) * 1000:.3f}\n")
+            stamp, reader = (StringType.serializer().deserialize(p) if isinstance(p, (bytes, bytearray)) else p).split()
+            lines.append(f"{(now - float(stamp)) * 1000:.3f} {int(reader) != os.getpid()}\n")
         with open(self.path, "a") as f:
             f.writelines(lines)
 
@@ -124,8 +128,9 @@ def build_functions() -> StatefulFunctions:
     return functions
 
 
-def measure(delivery: str, rate: float, seconds: float, interval: float) -> tuple[float, float, int]:
-    """(p50 ms, p99 ms, samples) of one run; every probe processed must reach the sink exactly once."""
+def measure(delivery: str, rate: float, seconds: float, interval: float) -> tuple[float, float, int, str]:
+    """(p50 ms, p99 ms, samples, the same split by whether the probe crossed to the peer shard) of one run;
+    every probe processed must reach the sink exactly once."""
     samples_dir = tempfile.mkdtemp(prefix="rayfun-latency-")
     checkpoints = tempfile.mkdtemp(prefix="rayfun-latency-cp-") if delivery == DeliverySemantic.EXACTLY_ONCE else None
     app = rayfun.start(
@@ -149,18 +154,25 @@ def measure(delivery: str, rate: float, seconds: float, interval: float) -> tupl
         probes = sum(app.state(PROBE, f"p{i}", wait=False).get("n", 0) for i in range(2))
     finally:
         app.stop()
-    values = []
+    values, local, crossed = [], [], []
     for name in os.listdir(samples_dir):
         with open(os.path.join(samples_dir, name)) as f:
-            values += [float(line) for line in f]
+            for line in f:
+                value, across = line.split()
+                values.append(float(value))
+                (crossed if across == "True" else local).append(float(value))
     shutil.rmtree(samples_dir, ignore_errors=True)
     if checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     if len(values) != probes or not probes:
         raise SystemExit(f"WRONG: {probes} probes were processed and {len(values)} reached the sink")
-    values.sort()
+    split = "; ".join(
+        f"{what} {len(part)}: p50 {statistics.median(part):.1f}, p99 {statistics.quantiles(part, n=100)[98]:.1f} ms"
+        for what, part in (("on the reading shard", local), ("crossed to the peer", crossed))
+        if len(part) >= 2
+    )
     q = statistics.quantiles(values, n=100)
-    return q[49], q[98], len(values)
+    return q[49], q[98], len(values), split
 
 
 def main() -> None:
@@ -179,13 +191,14 @@ def main() -> None:
     results = {}
     for (delivery, load), target in targets.items():
         rate = 0.0 if load == "idle" else args.rate
-        p50, p99, n = measure(delivery, rate, args.seconds, args.checkpoint_interval)
+        p50, p99, n, split = measure(delivery, rate, args.seconds, args.checkpoint_interval)
         results[(delivery, load)] = p99
         verdict = "met" if p99 <= target else "NOT met"
         print(
             f"{delivery}, {load} ({rate:,.0f} msgs/s load): p50 {p50:.1f} ms, p99 {p99:.1f} ms over {n} probes "
             f"(target p99 <= {target:.0f} ms: {verdict})"
         )
+        print(f"    probes {split}")
     print(f"latency p99: {results[(DeliverySemantic.AT_LEAST_ONCE, 'loaded')]:.1f} ms")
 
 

@@ -199,6 +199,8 @@ class RemoteFunction:
             if epoch is shard.epoch_token:
                 shard.fail(f"remote function {self.typename}: {type(exc).__name__}: {exc}")
             return
+        finally:
+            sent()  # however the call ended, its batch takes no more messages
         if epoch is not shard.epoch_token:
             return
         shard.release_remote(len(batch))

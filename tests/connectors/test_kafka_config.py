@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import os
+import shutil
+import tempfile
 
 import pytest
 import yaml
@@ -172,7 +175,17 @@ def test_broker_lifecycle():
         topics = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics
         assert len(topics["x"].partitions) == 2 and len(topics["y"].partitions) == 2
         proc = broker._proc
+        log = broker.log_path
+        assert log is not None and os.path.exists(log)
     assert proc.poll() is not None and not broker.running
+    assert not os.path.exists(log)  # the temporary log went with the broker
+    kept = tempfile.mkdtemp(prefix="rayfun-test-broker-")
+    try:
+        with KafkaBroker(log_path=os.path.join(kept, "tansu.log")) as broker:
+            pass
+        assert os.path.exists(os.path.join(kept, "tansu.log"))  # a log the caller named stays
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
 
 
 def test_broker_start_failure_is_reported_and_cleaned_up(tmp_path):
@@ -180,6 +193,7 @@ def test_broker_start_failure_is_reported_and_cleaned_up(tmp_path):
     fake.write_text("#!/bin/sh\necho 'cannot start: storage unavailable' >&2\nexit 3\n")
     fake.chmod(0o755)
     broker = KafkaBroker(binary=str(fake), startup_timeout=5)
-    with pytest.raises(BrokerError, match="storage unavailable"):
+    with pytest.raises(BrokerError, match="storage unavailable"):  # the log's last lines, quoted
         broker.start()
     assert not broker.running
+    assert broker.log_path is None  # the temporary log went once its lines were in the error

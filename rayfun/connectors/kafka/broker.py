@@ -60,7 +60,8 @@ class KafkaBroker:
 
     ``start()`` returns once the broker answers Kafka metadata requests; ``bootstrap`` is the address
     for clients. The broker's output goes to ``log_path`` (a temporary file by default) and its last lines
-    are quoted in the error when it fails to start.
+    are quoted in the error when it fails to start. A temporary log goes when the broker stops (a test
+    suite or ``make demo`` left one file per broker in the temp directory): pass ``log_path`` to keep it.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class KafkaBroker:
         self.stop_timeout = stop_timeout
         self._binary = binary
         self.log_path = log_path
+        self._temporary_log = False  # log_path is a temporary file this broker made (see __exit__)
         self._proc: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -102,6 +104,7 @@ class KafkaBroker:
         if self.log_path is None:
             fd, self.log_path = tempfile.mkstemp(prefix="rayfun-tansu-", suffix=".log")
             os.close(fd)
+            self._temporary_log = True
         log_path = self.log_path
         fixed_port = self.port is not None
         attempts = 1 if fixed_port else 3  # a free port can be taken before the broker binds it
@@ -111,10 +114,11 @@ class KafkaBroker:
             try:
                 self._launch(binary, log_path)
                 return self
-            except BrokerError:
-                self.stop()
+            except BrokerError:  # its message quotes the log's last lines
                 if attempt == attempts - 1:
+                    self.stop()
                     raise
+                self._halt()
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _resolve_binary(self) -> str:
@@ -186,7 +190,17 @@ class KafkaBroker:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        """Stop the broker: interrupt, then kill after ``stop_timeout``; safe to call twice."""
+        """Stop the broker: interrupt, then kill after ``stop_timeout``; safe to call twice. A temporary
+        log goes too."""
+        self._halt()
+        if self._temporary_log and self.log_path is not None:
+            try:
+                os.remove(self.log_path)
+            except FileNotFoundError:
+                pass
+            self.log_path, self._temporary_log = None, False
+
+    def _halt(self) -> None:
         proc, self._proc = self._proc, None
         if self._finalizer is not None:
             self._finalizer.detach()

@@ -47,18 +47,18 @@ def warm_up_restore(instances: int = 256) -> int:
         ranges = [(0, half), (half, _KEY_GROUPS)]
         # each shard's part holds the instances of its key groups, as a real shard's does
         owner = {t: [int(g >= half) for g in key_groups_of(t, ids, _KEY_GROUPS).to_pylist()] for t in _TYPES}
+        message = ("rayfun/warm-up-single", ids[0], None, IntType.typename, IntType.serialize(1))
         for checkpoint_id, changed in ((1, range(instances)), (2, range(0, instances, 3))):
             parts = []
             for shard, key_range in enumerate(ranges):
-                deltas = [
+                deltas = [  # a single-cell type as the runtime records it (values), the other as cells
                     StateDelta(
                         layout,
-                        {ids[i]: (i if single else [i, ids[i]]) for i in changed if owner[t][i] == shard},
-                        values=single,
+                        {ids[i]: (i if layout.width == 1 else [i, ids[i]]) for i in changed if owner[t][i] == shard},
+                        values=layout.width == 1,
                     )
-                    for (t, layout), single in zip(layouts.items(), (True, False))
+                    for t, layout in layouts.items()
                 ]
-                message = ("rayfun/warm-up-single", ids[0], None, IntType.typename, IntType.serialize(1))
                 parts.append(
                     store.write_shard_part(
                         checkpoint_id,

@@ -80,7 +80,7 @@ class KafkaBroker:
         self.stop_timeout = stop_timeout
         self._binary = binary
         self.log_path = log_path
-        self._temporary_log = False  # log_path is a temporary file this broker made (see __exit__)
+        self._temporary_log = False  # log_path is a temporary file this broker made (see stop)
         self._proc: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
 

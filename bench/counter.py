@@ -55,6 +55,38 @@ def expected_state(messages: int, addresses: int) -> dict[str, int]:
     return {str(a): t for a, t in enumerate(totals)}
 
 
+def owned_ids(addresses: int, partition: int, partitions: int) -> list[str]:
+    """The ids of ``addresses`` that shard ``partition`` of ``partitions`` owns (rayfun's default key groups)."""
+    from rayfun.keygroups import DEFAULT_KEY_GROUPS
+    from rayfun.runtime.partitioning import Partitioner
+
+    owner = Partitioner(DEFAULT_KEY_GROUPS, partitions).shard_of
+    return [str(a) for a in range(addresses) if owner(TYPENAME, str(a)) == partition]
+
+
+def make_local_records(messages: int, addresses: int):
+    """A diagnostic variant for bench/scaling.py, not the benchmark: partition p (read by shard p) holds
+    messages only for the instances shard p owns, so no message crosses to a peer. The same number of
+    messages, values and instances as ``make_records``; what it shows is what the crossing costs."""
+
+    def records(partition: int, partitions: int):
+        ids = owned_ids(addresses, partition, partitions)
+        n = len(ids)
+        return ((TYPENAME, ids[(i // partitions) % n], i % 7 + 1) for i in range(partition, messages, partitions))
+
+    return records
+
+
+def expected_local_state(messages: int, addresses: int, partitions: int) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for p in range(partitions):
+        ids = owned_ids(addresses, p, partitions)
+        for i in range(p, messages, partitions):
+            id = ids[(i // partitions) % len(ids)]
+            totals[id] = totals.get(id, 0) + value_of(i)
+    return totals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1_000_000)
@@ -123,9 +155,9 @@ def run(args) -> tuple[float, float]:
 
     if not ray.is_initialized():
         ray.init(num_cpus=max(2, args.shards), include_dashboard=False, log_to_driver=True)
-    source = MemorySource(
-        make_records(args.messages, args.addresses), partitions=args.shards, id="bench/numbers", batch_size=16384
-    )
+    local = getattr(args, "local", False)  # see make_local_records: a diagnostic of bench/scaling.py
+    records = (make_local_records if local else make_records)(args.messages, args.addresses)
+    source = MemorySource(records, partitions=args.shards, id="bench/numbers", batch_size=16384)
     app = rayfun.start(
         build_functions(),
         shards=args.shards,
@@ -143,8 +175,11 @@ def run(args) -> tuple[float, float]:
     metrics = app._statuses()
     processed = sum(m["processed"] for m in metrics)
     cpu_us = 1e6 * (sum(m["cpu_s"] for m in metrics) - cpu_before) / max(1, processed - done_before)
-    expected = expected_state(args.messages, args.addresses)
-    sample = list(expected)[:: max(1, args.addresses // 200)]
+    if local:
+        expected = expected_local_state(args.messages, args.addresses, args.shards)
+    else:
+        expected = expected_state(args.messages, args.addresses)
+    sample = list(expected)[:: max(1, len(expected) // 200)]
     wrong = [a for a in sample if app.state(TYPENAME, a, wait=False).get("count") != expected[a]]
     info = app.info()
     checkpoints = info["last_checkpoint"] if checkpoint_dir else 0

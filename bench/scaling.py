@@ -55,11 +55,19 @@ def main() -> None:
         )
         rates[shards] = counter.run(run_args)[0]
         print(f"{shards} shard(s): {rates[shards]:,.0f} msgs/s, {rates[shards] / rates[1]:.2f}x of 1")
+    top = counts[-1]
+    if top > 1:  # the same run with no message crossing to a peer: how much of the gap the crossing is
+        local_args = argparse.Namespace(**{**vars(run_args), "shards": top, "local": True})
+        local_args.messages = max(args.messages, top * args.messages_per_shard)
+        local = counter.run(local_args)[0]
+        print(
+            f"{top} shards, each reading only messages for its own instances (no crossing; a diagnostic, "
+            f"counter.make_local_records): {local:,.0f} msgs/s, {local / rates[1]:.2f}x of 1"
+        )
     limit = counter.plain_loop_rate(args.messages, args.addresses)
     print(f"plain loop (one core): {limit:,.0f} msgs/s; on {os.cpu_count()} cores")
     for shards, rate in rates.items():
         print(f"{shards} shard(s): {rate / (shards * limit):.2f} of {shards} cores' limit")
-    top = counts[-1]
     print(f"scaling: {top} shards {rates[top] / rates[1]:.2f}x of 1")
 
 

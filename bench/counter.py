@@ -78,12 +78,12 @@ def make_local_records(messages: int, addresses: int):
 
 
 def expected_local_state(messages: int, addresses: int, partitions: int) -> dict[str, int]:
+    """The counts ``make_local_records``' partitions add up to (its own records, summed here)."""
+    records = make_local_records(messages, addresses)
     totals: dict[str, int] = {}
     for p in range(partitions):
-        ids = owned_ids(addresses, p, partitions)
-        for i in range(p, messages, partitions):
-            id = ids[(i // partitions) % len(ids)]
-            totals[id] = totals.get(id, 0) + value_of(i)
+        for _, id, value in records(p, partitions):
+            totals[id] = totals.get(id, 0) + value
     return totals
 
 

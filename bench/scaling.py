@@ -62,9 +62,7 @@ def main() -> None:
         print(f"{shards} shard(s): {rates[shards]:,.0f} msgs/s, {rates[shards] / rates[1]:.2f}x of 1")
     top = counts[-1]
     if top > 1:  # the same run with no message crossing to a peer: how much of the gap the crossing is
-        local_args = argparse.Namespace(**{**vars(run_args), "shards": top, "local": True})
-        local_args.messages = max(args.messages, top * args.messages_per_shard)
-        local = counter.run(local_args)[0]
+        local = counter.run(argparse.Namespace(**vars(run_args), local=True))[0]  # run_args: the top count's
         print(
             f"{top} shards, each reading only messages for its own instances (no crossing; a diagnostic, "
             f"counter.make_local_records): {local:,.0f} msgs/s, {local / rates[1]:.2f}x of 1"

@@ -18,11 +18,13 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from ..types import BUILTIN_TYPES, decode_payload, encode_payload
+from ..types import BUILTIN_TYPES, IntType, LongType, decode_payload, encode_payload
 from .errors import CheckpointError
 from .schema import EGRESS_SCHEMA, MESSAGES_SCHEMA, TIMERS_SCHEMA
 from .state_codec import key_groups_mixed
@@ -43,7 +45,7 @@ EgressRow = tuple  # (shard, epoch, seq, egress_id, value_typename, payload)
 
 
 def _wire(typenames: Sequence[str], payloads: Sequence[Any], what: str) -> list[bytes]:
-    """The wire bytes of each payload. Runs for every unprocessed message at every checkpoint, so the
+    """The wire bytes of each payload, row by row (``_wire_column`` vectorizes the common cases). The
     serializer is looked up once per typename rather than through ``encode_payload`` per row (3x faster)."""
     serializers: dict[str, Any] = {}
     out: list[bytes] = []
@@ -69,8 +71,121 @@ def _wire(typenames: Sequence[str], payloads: Sequence[Any], what: str) -> list[
     return out
 
 
+def _fixed_int_layout(t: Any, dtype: str) -> tuple[int, np.dtype]:
+    """(tag byte, little-endian dtype) of a built-in integer type, whose wire bytes are the tag and the
+    value, or nothing for 0 (proto3 leaves a default out): taken from the type's own serializer."""
+    one = t.serialize(1)
+    layout = np.dtype(dtype)
+    if len(one) != 1 + layout.itemsize:
+        raise AssertionError(f"{t.typename}: unexpected wire layout {one!r}")
+    return one[0], layout
+
+
+#: Built-in integer types whose payload columns are encoded and decoded as arrays, not row by row.
+_FIXED_INTS: dict[str, tuple[int, np.dtype]] = {
+    IntType.typename: _fixed_int_layout(IntType, "<i4"),
+    LongType.typename: _fixed_int_layout(LongType, "<i8"),
+}
+
+
+def _fixed_ints_wire(layout: tuple[int, np.dtype], payloads: list) -> pa.Array | None:
+    """The wire bytes of ``payloads`` (Python ints) as a binary array built in numpy; None if one does not
+    fit the type (the row-by-row path then says which)."""
+    tag, dtype = layout
+    try:
+        values = np.array(payloads)
+    except (OverflowError, ValueError):
+        return None
+    info = np.iinfo(dtype)
+    if values.dtype.kind != "i" or values.ndim != 1 or values.min() < info.min or values.max() > info.max:
+        return None
+    n, width = len(values), 1 + dtype.itemsize
+    records = np.empty((n, width), np.uint8)
+    records[:, 0] = tag
+    records[:, 1:] = values.astype(dtype).view(np.uint8).reshape(n, width - 1)
+    nonzero = values != 0
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(nonzero * width, dtype=np.int32, out=offsets[1:])
+    data = records if nonzero.all() else records[nonzero]
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _wire_column(typenames: list[str], payloads: list, what: str) -> pa.Array:
+    """The wire bytes of each payload, as a binary array. Runs for every unprocessed message at every
+    checkpoint (tens of thousands a shard under load): payloads that are all bytes go to Arrow as they
+    are, and a column of one built-in integer type is encoded in numpy (~0.5 us a row less)."""
+    n = len(payloads)
+    if n and typenames.count(typenames[0]) == n:
+        kinds = set(map(type, payloads))
+        if kinds == {bytes}:
+            return pa.array(payloads, pa.binary())
+        layout = _FIXED_INTS.get(typenames[0])
+        if kinds == {int} and layout is not None:
+            column = _fixed_ints_wire(layout, payloads)
+            if column is not None:
+                return column
+    return pa.array(_wire(typenames, payloads, what), pa.binary())
+
+
+def _fixed_ints_read(layout: tuple[int, np.dtype], values: pa.Array) -> list[int] | None:
+    """The ints a binary column of one built-in integer type holds, decoded in numpy; None unless every
+    value is in the layout ``_fixed_ints_wire`` writes (anything else is decoded row by row)."""
+    tag, dtype = layout
+    width = 1 + dtype.itemsize
+    n = len(values)
+    if values.null_count:
+        return None
+    _, offsets_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int32, n + 1, values.offset * 4)
+    lengths = np.diff(offsets)
+    present = lengths != 0
+    if not np.all(lengths[present] == width):
+        return None
+    starts = offsets[:-1][present]
+    data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
+    if not np.all(data[starts] == tag):
+        return None
+    out = np.zeros(n, np.int64)
+    out[present] = data[starts[:, None] + np.arange(1, width)].view(dtype).reshape(-1)
+    return out.tolist()
+
+
 def _payloads(table: pa.Table) -> list[Any]:
-    return list(map(decode_payload, table["value_typename"].to_pylist(), table["value"].to_pylist()))
+    """The runtime payloads of a table's ``value_typename`` and ``value`` columns."""
+    typenames = table["value_typename"]
+    if table.num_rows and typenames.null_count == 0:
+        kinds = typenames.unique()
+        layout = _FIXED_INTS.get(kinds[0].as_py()) if len(kinds) == 1 else None
+        if layout is not None:
+            decoded = _fixed_ints_read(layout, table["value"].combine_chunks())
+            if decoded is not None:
+                return decoded
+    return list(map(decode_payload, typenames.to_pylist(), table["value"].to_pylist()))
+
+
+_COLUMN = [itemgetter(i) for i in range(9)]
+
+
+def _string_list(column: pa.ChunkedArray) -> list:
+    """A string column as a list; one value repeated (a typename, usually) is not converted row by row."""
+    if column.null_count == 0:
+        distinct = column.unique()
+        if len(distinct) == 1:
+            return [distinct[0].as_py()] * len(column)
+    return column.to_pylist()
+
+
+def _strings(column: list[str]) -> pa.Array:
+    """A string column; one value repeated (a typename, usually) is built without reading every row."""
+    if column and column.count(column[0]) == len(column):
+        return pa.repeat(pa.scalar(column[0], pa.string()), len(column))
+    return pa.array(column, pa.string())
+
+
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    """The ``width`` columns of ``rows``. A C-level ``map`` per column: ``zip(*rows)`` builds an iterator
+    per row for the garbage collector to walk (0.95 us a row of 50k, against ~0.1)."""
+    return [list(map(_COLUMN[i], rows)) for i in range(width)]
 
 
 def _key_groups(typenames: list, ids: list, key_groups: int | None) -> pa.Array:
@@ -82,19 +197,19 @@ def encode_timers(timers: Iterable[Timer], key_groups: int | None) -> pa.Table:
     rows = list(timers)
     if not rows:
         return TIMERS_SCHEMA.empty_table()
-    due, seq, stype, sid, token, ttype, tid, vtype, payload = (list(c) for c in zip(*rows))
+    due, seq, stype, sid, token, ttype, tid, vtype, payload = _columns(rows, 9)
     return pa.Table.from_arrays(
         [
             _key_groups(stype, sid, key_groups),
             pa.array(due, pa.int64()),
             pa.array(seq, pa.int64()),
-            pa.array(stype, pa.string()),
+            _strings(stype),
             pa.array(sid, pa.string()),
             pa.array(token, pa.string()),
-            pa.array(ttype, pa.string()),
+            _strings(ttype),
             pa.array(tid, pa.string()),
-            pa.array(vtype, pa.string()),
-            pa.array(_wire(vtype, payload, "timer"), pa.binary()),
+            _strings(vtype),
+            _wire_column(vtype, payload, "timer"),
         ],
         schema=TIMERS_SCHEMA,
     )
@@ -127,16 +242,21 @@ def encode_messages(messages: Iterable[MessageRow], key_groups: int | None) -> p
     rows = list(messages)
     if not rows:
         return MESSAGES_SCHEMA.empty_table()
-    ttype, tid, caller, vtype, payload = (list(c) for c in zip(*rows))
+    ttype, tid, caller, vtype, payload = _columns(rows, 5)
+    if caller.count(None) == len(caller):  # from sources: no caller
+        caller_type = caller_id = pa.nulls(len(caller), pa.string())
+    else:
+        caller_type = pa.array([c[0] if c else None for c in caller], pa.string())
+        caller_id = pa.array([c[1] if c else None for c in caller], pa.string())
     return pa.Table.from_arrays(
         [
             _key_groups(ttype, tid, key_groups),
-            pa.array(ttype, pa.string()),
+            _strings(ttype),
             pa.array(tid, pa.string()),
-            pa.array([c[0] if c else None for c in caller], pa.string()),
-            pa.array([c[1] if c else None for c in caller], pa.string()),
-            pa.array(vtype, pa.string()),
-            pa.array(_wire(vtype, payload, "message"), pa.binary()),
+            caller_type,
+            caller_id,
+            _strings(vtype),
+            _wire_column(vtype, payload, "message"),
         ],
         schema=MESSAGES_SCHEMA,
     )
@@ -146,14 +266,18 @@ def decode_messages(table: pa.Table) -> list[MessageRow]:
     """``MESSAGES_SCHEMA`` -> message rows, in stored order."""
     if table.num_rows == 0:
         return []
-    ctype, cid = table["caller_typename"].to_pylist(), table["caller_id"].to_pylist()
-    callers = [None if t is None else (t, i) for t, i in zip(ctype, cid)]
+    n = table.num_rows
+    if table["caller_typename"].null_count == n:  # from sources: no caller
+        callers: list = [None] * n
+    else:
+        ctype, cid = table["caller_typename"].to_pylist(), table["caller_id"].to_pylist()
+        callers = [None if t is None else (t, i) for t, i in zip(ctype, cid)]
     return list(
         zip(
-            table["target_typename"].to_pylist(),
+            _string_list(table["target_typename"]),
             table["target_id"].to_pylist(),
             callers,
-            table["value_typename"].to_pylist(),
+            _string_list(table["value_typename"]),
             _payloads(table),
         )
     )
@@ -164,15 +288,15 @@ def encode_egress(records: Iterable[EgressRow]) -> pa.Table:
     rows = list(records)
     if not rows:
         return EGRESS_SCHEMA.empty_table()
-    shard, epoch, seq, egress_id, vtype, payload = (list(c) for c in zip(*rows))
+    shard, epoch, seq, egress_id, vtype, payload = _columns(rows, 6)
     return pa.Table.from_arrays(
         [
             pa.array(shard, pa.int32()),
             pa.array(epoch, pa.int64()),
             pa.array(seq, pa.int64()),
-            pa.array(egress_id, pa.string()),
-            pa.array(vtype, pa.string()),
-            pa.array(_wire(vtype, payload, "egress record"), pa.binary()),
+            _strings(egress_id),
+            _strings(vtype),
+            _wire_column(vtype, payload, "egress record"),
         ],
         schema=EGRESS_SCHEMA,
     )

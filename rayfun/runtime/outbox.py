@@ -2,11 +2,10 @@
 
 Messages between shards travel in batches of rows ``(target type, target id, caller, value type,
 payload)`` (see ``services.Row``): one Ray call per destination shard per flush, never one per message;
-a batch of more than ``DELIVERY_INLINE_BYTES`` pickled goes in a few calls small enough for Ray to pass
-inline, rather than one through its object store.
-Rows, not columns: building and iterating them is the cheapest thing in Python, and pickle moves them at
-~0.1 us each (measured); the per-message Python work, not the transfer, is what bounds throughput. Rows
-for this shard skip Ray entirely: ``flush`` hands them back to the shard core for its mailbox. A busy shard
+a batch of more than ``DELIVERY_INLINE_BYTES`` encoded (``batchcodec``: by column) goes in a few calls
+small enough for Ray to pass inline, rather than one through its object store. Rows, not columns, in
+the shard: building and iterating them is the cheapest thing in Python. Rows for this shard skip Ray
+entirely: ``flush`` hands them back to the shard core for its mailbox. A busy shard
 may hold a small batch back (``flush(hold=True)``) until it has ``FLUSH_ROWS`` rows or its oldest row has
 waited ``FLUSH_DELAY_S``: on size or on a short timer, whichever comes first.
 
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 from time import perf_counter
 from typing import Any
 
@@ -33,6 +31,7 @@ from ..constants import (  # tuning knobs: constants.py
 )
 from ..io import DeadLetter
 from ..messages import Message
+from .batchcodec import encode_rows
 from .partitioning import Partitioner
 from .registry import TypeRegistry
 from .services import ShardServices
@@ -56,7 +55,7 @@ class Outbox:
         self.route_cache: dict[str, dict[str, int]] = {}  # type -> id -> shard (kept across rollbacks)
         self.peers: list = []
         self.generation = 0
-        self.rows_per_call = 4096  # rows that pickle to about DELIVERY_INLINE_BYTES (learnt from each batch)
+        self.rows_per_call = 4096  # rows that encode to about DELIVERY_INLINE_BYTES (learnt from each batch)
         self.reset([], 0)
 
     def resize(self, shards: int, partitioner: Partitioner) -> None:
@@ -170,7 +169,7 @@ class Outbox:
             self.outstanding[dest] += 1  # a batch, however many calls carry it
             self.in_flight[dest] += len(rows)
             peer, refs = self.peers[dest], []
-            for data in self._pickled(rows):
+            for data in self._encoded(rows):
                 seq = self.send_seq[dest]
                 self.send_seq[dest] = seq + 1
                 refs.append(peer.deliver.remote(self.index, seq, data, self.generation))
@@ -185,15 +184,15 @@ class Outbox:
         """Batches built for peers and not sent yet."""
         return sum(1 for dest, rows in enumerate(self.out) if rows is not None and dest != self.index)
 
-    def _pickled(self, rows: list) -> list[bytes]:
-        """``rows`` pickled (pickle here: Ray's own path for a list, msgpack then pickle per element, costs
-        ~5x more), in parts of about ``DELIVERY_INLINE_BYTES`` when a few such parts hold them all."""
+    def _encoded(self, rows: list) -> list[bytes]:
+        """``rows`` as bytes (``batchcodec``; Ray's own path for a list, msgpack then pickle per element,
+        costs ~5x more), in parts of about ``DELIVERY_INLINE_BYTES`` when a few such parts hold them all."""
         per_call = self.rows_per_call
         if len(rows) <= per_call or len(rows) > per_call * DELIVERY_MAX_CALLS:
-            parts = [pickle.dumps(rows, protocol=5)]
+            parts = [encode_rows(rows)]
             measured = len(rows)
         else:
-            parts = [pickle.dumps(rows[k : k + per_call], protocol=5) for k in range(0, len(rows), per_call)]
+            parts = [encode_rows(rows[k : k + per_call]) for k in range(0, len(rows), per_call)]
             measured = per_call
         self.rows_per_call = max(16, DELIVERY_INLINE_BYTES * measured // max(len(parts[0]), 1))
         return parts

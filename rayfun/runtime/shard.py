@@ -26,7 +26,6 @@ import asyncio
 import gc
 import logging
 import os
-import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from ..functions import StatefulFunctions
 from ..io import Sink, Source
 from ..keygroups import keep_key_groups
 from ..logs import configure_logging
+from .batchcodec import decode_rows
 from .channels import DRIVER, Channels
 from .effects import Effects
 from .egress import Egress
@@ -338,7 +338,7 @@ class ShardCore:
     async def deliver(
         self, sender: int, seq: int, data: bytes | None, generation: int, marker: int | None = None
     ) -> None:
-        """Accept a pickled batch of rows, or checkpoint ``marker``, from ``sender`` (a shard index, or
+        """Accept an encoded batch of rows (``batchcodec``), or checkpoint ``marker``, from ``sender`` (a shard index, or
         DRIVER) in channel order. Anything from an older generation (before a rollback) is dropped; a
         batch from a newer one (a peer that finished its rollback first) waits until this shard has too.
         Returns once the shard has room (backpressure, see ``ingress``)."""
@@ -346,7 +346,7 @@ class ShardCore:
             generation < self.generation or not await self._restored(generation)
         ):
             return
-        arrived = marker if data is None else pickle.loads(data)
+        arrived = marker if data is None else decode_rows(data)
         for item in self.channels.take(sender, seq, arrived):  # in channel order, markers among the batches
             if type(item) is int:
                 self._on_marker(sender, item)

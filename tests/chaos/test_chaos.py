@@ -5,7 +5,6 @@ what the workload implies, exactly: nothing lost, nothing twice. Set RAYFUN_CHAO
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 import threading
@@ -113,11 +112,12 @@ def test_shard_kills_with_big_batches_split_into_inline_calls(ray_session, tmp_p
     Ray to pass inline, see outbox.py): kills between and during such calls lose and repeat nothing."""
     from rayfun.connectors.memory import to_row
     from rayfun.constants import DELIVERY_INLINE_BYTES, DELIVERY_MAX_CALLS
+    from rayfun.runtime.batchcodec import encode_rows
 
     batch = 12000
     gen = Generator(SEED, instances=300, messages=40000)
     # a third of a source batch stays on its shard: what goes to one peer must need a few calls, not one
-    to_peer = len(pickle.dumps([to_row(r, Commands) for r in gen.records[: batch // 3]], protocol=5))
+    to_peer = len(encode_rows([to_row(r, Commands) for r in gen.records[: batch // 3]]))
     assert DELIVERY_INLINE_BYTES < to_peer < DELIVERY_MAX_CALLS * DELIVERY_INLINE_BYTES, to_peer
     run_with_shard_kills(str(tmp_path / "cp"), batch_size=batch, gen=gen)
 

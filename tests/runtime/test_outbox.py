@@ -1,13 +1,13 @@
 """Outbox: rows batched per destination shard, sequence numbers per channel, outstanding batches."""
 
 import asyncio
-import pickle
 
 from rayfun import StatefulFunctions
 from rayfun.constants import FLUSH_DELAY_S, FLUSH_ROWS
 from rayfun.io import DeadLetter
 from rayfun.messages import Message
 from rayfun.runtime import outbox as outbox_module
+from rayfun.runtime.batchcodec import decode_rows
 from rayfun.runtime.outbox import Outbox
 from rayfun.runtime.partitioning import Partitioner
 from rayfun.runtime.registry import TypeRegistry
@@ -44,7 +44,7 @@ def test_rows_go_out_in_one_batch_per_destination_with_increasing_sequence_numbe
         assert len(peers[1].deliver.calls) == 1 and not peers[2].deliver.calls
         sender, seq, data, generation = peers[1].deliver.calls[0]
         assert (sender, seq, generation) == (0, 0, 3)
-        assert pickle.loads(data) == [("t/f", i, None, "int", i) for i in theirs]
+        assert decode_rows(data) == [("t/f", i, None, "int", i) for i in theirs]
         assert outbox.sent == [0, 3, 0] and outbox.outstanding == [0, 1, 0]
         assert outbox.flush() is None  # nothing new: nothing sent
         outbox.route("t/f", theirs[0], ("t/f", "me"), "int", 1)
@@ -128,7 +128,7 @@ def test_a_big_batch_goes_in_calls_small_enough_for_ray_to_inline_in_order_and_c
         calls = send(theirs)
         assert len(calls) > 1 and all(len(data) <= 2000 * 1.2 for _, _, data, _ in calls)
         assert [seq for _, seq, _, _ in calls] == list(range(calls[0][1], calls[0][1] + len(calls)))
-        assert [row for _, _, data, _ in calls for row in pickle.loads(data)] == [
+        assert [row for _, _, data, _ in calls for row in decode_rows(data)] == [
             ("t/f", i, None, "int", i) for i in theirs
         ]
         assert outbox.sent == [0, 700] and outbox.outstanding == [0, 2]  # batches, not calls
@@ -146,7 +146,7 @@ def test_a_big_batch_goes_in_calls_small_enough_for_ray_to_inline_in_order_and_c
                 outbox.route("t/f", i, None, "bytes", b"z" * 1000)
             calls = send([])
         (one,) = calls
-        assert len(pickle.loads(one[2])) == 40
+        assert len(decode_rows(one[2])) == 40
 
     asyncio.run(main())
 
@@ -160,7 +160,7 @@ def test_a_busy_shard_holds_small_batches_back_until_they_fill_or_wait_long_enou
     monkeypatch.setattr(outbox_module, "perf_counter", lambda: clock[0])
 
     def rows_to(peer: Peer) -> list:
-        return [row[1] for _, _, data, _ in peer.deliver.calls if data is not None for row in pickle.loads(data)]
+        return [row[1] for _, _, data, _ in peer.deliver.calls if data is not None for row in decode_rows(data)]
 
     async def main():
         services = FakeServices()

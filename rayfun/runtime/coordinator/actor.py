@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 import time
 import uuid
 
@@ -27,6 +26,7 @@ from ...functions import StatefulFunctions
 from ...io import AppContext, Sink, Source
 from ...logs import configure_logging
 from ...usercode import UserCode, UserCodeError, user_code_error
+from ..batchcodec import encode_rows
 from ..egress_collector import EgressCollector
 from ..partitioning import Partitioner
 from ..registry import TypeRegistry
@@ -77,7 +77,7 @@ class Coordinator:
         ] = []  # the sources and sinks whose start hook ran (their stop runs at the end)
 
     def _deliver_driver(self, dest: int, seq: int, rows: list) -> None:
-        self.fleet.shards[dest].deliver.remote(DRIVER, seq, pickle.dumps(rows, protocol=5), self.fleet.generation)
+        self.fleet.shards[dest].deliver.remote(DRIVER, seq, encode_rows(rows), self.fleet.generation)
 
     async def start(self) -> list:
         """Create the shards and start them, resuming from the newest complete checkpoint if there is one."""

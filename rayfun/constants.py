@@ -160,9 +160,13 @@ LATENCY_SAMPLES = _int("LATENCY_SAMPLES", 64)
 
 #: The in-memory rollback copy of the last checkpoint is dropped past this (big state rolls back from storage).
 LOCAL_COPY_MAX_BYTES = _int("LOCAL_COPY_MAX_BYTES", 256 * 2**20)
-#: A full base once the deltas on the last one hold this many times the live rows (a restore then reads
-#: at most 4x the live rows; 1.5 wrote ~20 % more rows where most state changes).
-FULL_AFTER = _float("FULL_AFTER", 3.0)
+#: A full base once the deltas on the last one hold this many times the live rows. A restore folds the
+#: base and its deltas, and the fold is most of its read: at 1M instances, a third changing every second,
+#: 3.0 (chains of up to 4x the live rows) gave recovery 1.4-1.5 s, 1.5 (a base, then at most a delta or
+#: two) 1.0 s. It writes more rows (a third of the state, ~55 % more where a third changes a second), and
+#: costs no throughput measured (bench/counter.py, 8M messages over 1M instances, alternating: 4.27-4.34
+#: us of shard CPU a message at 1.5, 4.27-4.47 at 3.0).
+FULL_AFTER = _float("FULL_AFTER", 1.5)
 #: A shard's checkpoint part of at most this many rows (changed instances, messages, timers, egress) to a
 #: local disk is written on the event loop, not in a thread: ~10 ms of CPU at this size, against ~30 ms of
 #: wall time in a thread that waits for the GIL at every handoff while the loop is busy.

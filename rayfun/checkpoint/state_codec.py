@@ -581,14 +581,39 @@ def fold_masks(layers: Sequence[pa.Table]) -> list[pa.BooleanArray | None]:
 
 def _newest_layer_rows(ids: pa.Array, layer: pa.Array) -> pa.BooleanArray:
     """True at the rows whose layer is the first (newest, with layers numbered newest first) to hold their id.
-    ``dictionary_encode`` numbers ids in the order they first appear, so an id's first row is where the
-    running maximum of the codes grows, and those rows, taken in order, give each code's layer."""
-    codes = pc.dictionary_encode(ids).indices
+
+    The oldest layer (usually a base) comes last. Under a single newer layer, or newer layers of fewer
+    than 2/3 of its rows, its rows survive where no newer row holds their id: a probe of a hash set of the
+    newer ids (``is_in``) costs half of numbering its ids too (51 against 122 ms for a base of 500k under a
+    delta of 160k). Otherwise, and among the newer layers, ``_first_layer_rows`` numbers the ids."""
+    n = len(ids)
+    oldest = layer[n - 1].as_py()
+    split = pc.index(layer, oldest).as_py()  # the oldest layer's rows are the tail
+    if split == 0:
+        return pa.repeat(pa.scalar(True), n)
+    newer_ids, newer_layer = ids.slice(0, split), layer.slice(0, split)
+    if newer_layer[0].as_py() == newer_layer[split - 1].as_py():  # one newer layer: all of it survives
+        newer_keep: pa.Array = pa.repeat(pa.scalar(True), split)
+        newer_set = newer_ids
+    elif 2 * (n - split) > 3 * split:  # the base outweighs the newer layers: numbering them alone pays
+        newer_keep, newer_set = _first_layer_rows(newer_ids, newer_layer)
+    else:
+        return _first_layer_rows(ids, layer)[0]
+    older_keep = pc.invert(pc.is_in(ids.slice(split), value_set=newer_set))
+    return pa.concat_arrays([newer_keep, older_keep])
+
+
+def _first_layer_rows(ids: pa.Array, layer: pa.Array) -> tuple[pa.BooleanArray, pa.Array]:
+    """``_newest_layer_rows`` by numbering every id, and the distinct ids. ``dictionary_encode`` numbers ids
+    in the order they first appear, so an id's first row is where the running maximum of the codes grows,
+    and those rows, taken in order, give each code's layer."""
+    encoded = pc.dictionary_encode(ids)
+    codes = encoded.indices
     running = pc.cumulative_max(codes)
     n = len(running)
     first = pa.concat_arrays([pa.array([True]), pc.greater(running.slice(1), running.slice(0, n - 1))])
     layer_of_code = layer.filter(first)
-    return pc.equal(pc.take(layer_of_code, codes), layer)
+    return pc.equal(pc.take(layer_of_code, codes), layer), encoded.dictionary
 
 
 def _needs_conversion(stored: str, declared: str) -> bool:

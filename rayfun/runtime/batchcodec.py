@@ -23,12 +23,13 @@ _TTYPE, _ID, _CALLER, _VTYPE, _PAYLOAD = (itemgetter(i) for i in range(5))
 
 
 def _same(column: list) -> bool:
-    """Every row of ``column`` holds its first value (the same object, or an equal one)."""
-    return column.count(column[0]) == len(column)
+    """Every row of ``column`` holds its first value (the same object, or an equal one); an empty column
+    travels as the list it is."""
+    return bool(column) and column.count(column[0]) == len(column)
 
 
 def encode_rows(rows: list[tuple]) -> bytes:
-    """A non-empty batch of rows ``(target type, target id, caller, value type, payload)`` as bytes."""
+    """A batch of rows ``(target type, target id, caller, value type, payload)`` as bytes."""
     ttypes = list(map(_TTYPE, rows))
     ids = list(map(_ID, rows))
     callers = list(map(_CALLER, rows))
@@ -39,7 +40,7 @@ def encode_rows(rows: list[tuple]) -> bytes:
         (
             n,
             ttypes[0] if _same(ttypes) else ttypes,  # a str, or a list
-            joined if joined.count(_SEPARATOR) == n - 1 else ids,  # a str, or a list
+            joined if n and joined.count(_SEPARATOR) == n - 1 else ids,  # a str, or a list
             callers[0] if _same(callers) else callers,  # None or a (type, id) tuple, or a list
             vtypes[0] if _same(vtypes) else vtypes,
             list(map(_PAYLOAD, rows)),

@@ -4,12 +4,12 @@ only at its end: a turn may run for TURN_S, and a record handed over at its end 
 from __future__ import annotations
 
 import asyncio
-import pickle
 import time
 
 from rayfun import IntType, StatefulFunctions, egress_message_builder
 from rayfun.constants import EGRESS_FLUSH_S, TURN_S
 from rayfun.io import DeliverySemantic
+from rayfun.runtime.batchcodec import encode_rows
 from rayfun.runtime.shard import DRIVER, ShardConfig, ShardCore
 from tests.core.test_shard_rollback import INT
 from tests.support.fakes import RecordingSink
@@ -39,7 +39,7 @@ def test_a_long_turn_hands_at_least_once_records_over_as_it_goes():
         try:
             for seq in range(2):  # the first turn teaches the shard how long a message takes (its step)
                 rows = [("t/slow", f"k{i}", None, INT, seq * 100 + i) for i in range(20)]
-                await core.deliver(DRIVER, seq, pickle.dumps(rows), 0)  # one batch: one turn runs all 20
+                await core.deliver(DRIVER, seq, encode_rows(rows), 0)  # one batch: one turn runs all 20
                 for _ in range(100):
                     await asyncio.sleep(0.01)
                     if sum(len(records) for _, _, records in sink.written) == 20:

@@ -7,10 +7,10 @@ after the cut, the restore must read the state back instead (a kept state would 
 from __future__ import annotations
 
 import asyncio
-import pickle
 
 from rayfun.checkpoint import CheckpointStore, StateDelta, StateLayout
 from rayfun.keygroups import key_group
+from rayfun.runtime.batchcodec import encode_rows
 from rayfun.runtime.shard import DRIVER, ShardConfig, ShardCore
 from tests.core.test_shard_rollback import INT, _functions, _settle
 from tests.support.fakes import Peer
@@ -31,7 +31,7 @@ class Driver:
 
     async def send(self, ids, value: int = 1) -> None:
         rows = [("t/count", id, None, INT, value) for id in ids]
-        await self.core.deliver(DRIVER, self.seq, pickle.dumps(rows), self.core.generation)
+        await self.core.deliver(DRIVER, self.seq, encode_rows(rows), self.core.generation)
         self.seq += 1
         await _settle()
 

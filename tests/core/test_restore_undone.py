@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import random
 from datetime import timedelta
 
@@ -20,6 +19,7 @@ import pytest
 from rayfun import IntType, StatefulFunctions, StringType, ValueSpec
 from rayfun.checkpoint import CheckpointStore
 from rayfun.runtime import shard as shard_module
+from rayfun.runtime.batchcodec import encode_rows
 from rayfun.runtime.shard import DRIVER, ShardConfig, ShardCore
 from tests.core.test_shard_rollback import INT, _settle
 
@@ -84,7 +84,7 @@ def test_a_survivor_rolls_back_by_undoing_its_changes_and_stays_exact(tmp_path, 
                 (rng.choice(TYPES), rng.choice(IDS), None, INT, rng.choice([0, 1, 2, 3, 5, -4]))
                 for _ in range(rng.randint(1, 80))
             ]
-            await core.deliver(DRIVER, seq, pickle.dumps(rows), core.generation)
+            await core.deliver(DRIVER, seq, encode_rows(rows), core.generation)
             seq += 1
             await _settle()
 
@@ -148,7 +148,7 @@ def test_a_survivor_restores_all_its_state_once_most_of_it_changed(tmp_path):
         async def send(ids, value):
             nonlocal seq
             rows = [("u/count", id, None, INT, value) for id in ids]
-            await core.deliver(DRIVER, seq, pickle.dumps(rows), core.generation)
+            await core.deliver(DRIVER, seq, encode_rows(rows), core.generation)
             seq += 1
             await _settle()
 

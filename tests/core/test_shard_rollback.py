@@ -6,9 +6,9 @@ Both were real: each left the chaos test's application never idle after a recove
 from __future__ import annotations
 
 import asyncio
-import pickle
 
 from rayfun import IntType, StatefulFunctions, ValueSpec, message_builder
+from rayfun.runtime.batchcodec import encode_rows
 from rayfun.runtime.shard import DRIVER, ShardConfig, ShardCore
 from tests.support.fakes import Peer
 
@@ -68,7 +68,7 @@ def test_a_delivery_pending_at_rollback_does_not_unbalance_the_outstanding_count
             if core.partitioner.shard_of("t/forward", f"k{i}") == 0
             and core.partitioner.shard_of("t/count", f"to-k{i}") == 1
         )
-        await core.deliver(DRIVER, 0, pickle.dumps([("t/forward", fid, None, INT, 5)]), 0)
+        await core.deliver(DRIVER, 0, encode_rows([("t/forward", fid, None, INT, 5)]), 0)
         await _settle()
         assert len(peers[1].deliver.calls) == 1 and core.status().outstanding == 1
         await core.restore(1, peers, [], None)  # rolls back; the pending delivery task is cancelled
@@ -83,7 +83,7 @@ def test_a_batch_of_the_next_generation_that_arrives_before_the_rollback_is_kept
         cid = _id_on(core, "t/count", 0)
         # a peer that already rolled back to generation 1 sends before this shard is told to roll back
         early = asyncio.get_running_loop().create_task(
-            core.deliver(1, 0, pickle.dumps([("t/count", cid, None, INT, 7)]), 1)
+            core.deliver(1, 0, encode_rows([("t/count", cid, None, INT, 7)]), 1)
         )
         await _settle()
         assert not early.done(), "the batch must wait for the rollback, not be dropped"
@@ -101,7 +101,7 @@ def test_a_batch_of_an_older_generation_is_dropped():
     async def scenario(core, peers):
         await core.restore(2, peers, [], None)
         cid = _id_on(core, "t/count", 0)
-        await core.deliver(1, 0, pickle.dumps([("t/count", cid, None, INT, 7)]), 1)
+        await core.deliver(1, 0, encode_rows([("t/count", cid, None, INT, 7)]), 1)
         await _settle()
         assert core.status().received == {} and core.get_state("t/count", cid) == {}
 
@@ -155,7 +155,7 @@ def test_full_bases_follow_the_size_of_the_deltas_not_a_fixed_interval(tmp_path)
 
         async def send(ids):
             nonlocal seq
-            await core.deliver(DRIVER, seq, pickle.dumps([("t/count", i, None, INT, 1) for i in ids]), 0)
+            await core.deliver(DRIVER, seq, encode_rows([("t/count", i, None, INT, 1) for i in ids]), 0)
             seq += 1
             await _settle()
 
@@ -196,7 +196,7 @@ def test_the_first_base_is_the_recorded_changes_later_bases_every_instance(tmp_p
         store = CheckpointStore(str(tmp_path))
 
         async def send(seq, rows):
-            await core.deliver(DRIVER, seq, pickle.dumps([("t/count", i, None, INT, v) for i, v in rows]), 0)
+            await core.deliver(DRIVER, seq, encode_rows([("t/count", i, None, INT, v) for i, v in rows]), 0)
             await _settle()
 
         async def checkpoint(n, full=False):
@@ -238,7 +238,7 @@ def test_a_shard_with_a_rollback_pending_refuses_the_cut(tmp_path):
             await core.checkpoint(2)
         await core.restore(1, peers, [], None)
         cid = _id_on(core, "t/count", 0)
-        await core.deliver(DRIVER, 0, pickle.dumps([("t/count", cid, None, INT, 3)]), 1)
+        await core.deliver(DRIVER, 0, encode_rows([("t/count", cid, None, INT, 3)]), 1)
         await _settle()
         pending = asyncio.get_running_loop().create_task(core.checkpoint(3))
         await _settle()
@@ -257,7 +257,7 @@ def test_an_aborted_checkpoint_loses_nothing_and_its_late_markers_are_ignored(tm
     async def scenario(core, peers):
         store = CheckpointStore(str(tmp_path))
         cid = _id_on(core, "t/count", 0)
-        await core.deliver(DRIVER, 0, pickle.dumps([("t/count", cid, None, INT, 5)]), 0)
+        await core.deliver(DRIVER, 0, encode_rows([("t/count", cid, None, INT, 5)]), 0)
         await _settle()
         write = core.snapshots.store.write_shard_part
 
@@ -274,7 +274,7 @@ def test_an_aborted_checkpoint_loses_nothing_and_its_late_markers_are_ignored(tm
             pass
         core.checkpoint_aborted(1)
         core.snapshots.store.write_shard_part = write
-        await core.deliver(DRIVER, 1, pickle.dumps([("t/count", cid, None, INT, 2)]), 0)
+        await core.deliver(DRIVER, 1, encode_rows([("t/count", cid, None, INT, 2)]), 0)
         await _settle()
         pending = asyncio.get_running_loop().create_task(core.checkpoint(2))
         await _settle()

@@ -34,6 +34,7 @@ def test_random_batches_arrive_as_they_left():
 @pytest.mark.parametrize(
     "rows",
     [
+        [],  # nothing (the driver's channel may send an empty batch)
         [("ex/a", "", None, "v", 1)],  # one empty id
         [("ex/a", "", None, "v", 1), ("ex/a", "", None, "v", 2)],  # empty ids joined: one separator
         [("ex/a", _SEPARATOR, None, "v", 1)],  # an id that is the separator

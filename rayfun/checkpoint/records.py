@@ -133,7 +133,7 @@ def _fixed_ints_read(layout: tuple[int, np.dtype], values: pa.Array) -> list[int
     tag, dtype = layout
     width = 1 + dtype.itemsize
     n = len(values)
-    if values.null_count:
+    if values.null_count or values.type != pa.binary():  # large_binary has 64-bit offsets: row by row
         return None
     _, offsets_buffer, data_buffer = values.buffers()
     offsets = np.frombuffer(offsets_buffer, np.int32, n + 1, values.offset * 4)

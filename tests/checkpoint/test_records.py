@@ -112,3 +112,12 @@ def test_the_numpy_reader_honours_an_array_that_starts_at_an_offset():
     column = values.combine_chunks().slice(2)
     assert column.offset == 2
     assert _fixed_ints_read(_FIXED_INTS[INT], column) == EDGES[INT][2:]
+
+
+def test_a_large_binary_value_column_is_read_row_by_row():
+    """A file another writer made may hold the values as large_binary (64-bit offsets)."""
+    rows = [("ex/a", str(i), None, LONG, v) for i, v in enumerate(EDGES[LONG])]
+    table = encode_messages(rows, None)
+    i = table.schema.get_field_index("value")
+    table = table.set_column(i, pa.field("value", pa.large_binary()), table["value"].cast(pa.large_binary()))
+    assert decode_messages(table) == rows

@@ -14,9 +14,9 @@ instance count, nothing crossing to a peer), and prints its speed-up too: the ga
 the crossing costs. On the 2-core machine (session 19): 1.41x with crossing, 1.81x without, in one run.
 
 What stops scaling first. The data path has no central part: each shard reads its own source partitions,
-routes each message to the shard owning its key group and ships batches to peers as pickled Ray actor
-calls; the coordinator issues checkpoint barriers and polls each shard's status (every
-MONITOR_INTERVAL_S), and the driver is not on the path at all. Measured on a 16-core machine (2026-12-06,
+routes each message to the shard owning its key group and ships batches to peers as Ray actor calls (encoded
+by column, ``runtime/batchcodec.py``); the coordinator issues checkpoint barriers and polls each shard's
+status (every MONITOR_INTERVAL_S), and the driver is not on the path at all. Measured on a 16-core machine (2026-12-06,
 1M messages a shard, before messages in flight replaced batches in flight as the backpressure rule):
 1, 2, 4, 8, 16 shards ran 726k, 915k, 1.70M, 2.59M, 3.62M msgs/s (1.26x, 2.34x, 3.57x, 4.99x), the
 shards' CPU per message 1.28, 2.00, 2.19, 2.83, 3.68 us, and each shard idle ~20 % at 16. The first

@@ -150,17 +150,16 @@ def _fixed_ints_read(layout: tuple[int, np.dtype], values: pa.Array) -> list[int
     return out.tolist()
 
 
-def _payloads(table: pa.Table) -> list[Any]:
-    """The runtime payloads of a table's ``value_typename`` and ``value`` columns."""
-    typenames = table["value_typename"]
-    if table.num_rows and typenames.null_count == 0:
-        kinds = typenames.unique()
-        layout = _FIXED_INTS.get(kinds[0].as_py()) if len(kinds) == 1 else None
-        if layout is not None:
-            decoded = _fixed_ints_read(layout, table["value"].combine_chunks())
-            if decoded is not None:
-                return decoded
-    return list(map(decode_payload, typenames.to_pylist(), table["value"].to_pylist()))
+def _payloads(values: pa.ChunkedArray, typenames: list) -> list[Any]:
+    """The runtime payloads of a table's ``value`` column; ``typenames``: its ``value_typename`` column,
+    as the caller's rows already hold it."""
+    n = len(typenames)
+    layout = _FIXED_INTS.get(typenames[0]) if n and typenames.count(typenames[0]) == n else None
+    if layout is not None:
+        decoded = _fixed_ints_read(layout, values.combine_chunks())
+        if decoded is not None:
+            return decoded
+    return list(map(decode_payload, typenames, values.to_pylist()))
 
 
 _COLUMN = [itemgetter(i) for i in range(9)]
@@ -233,7 +232,7 @@ def decode_timers(table: pa.Table) -> list[Timer]:
             "value_typename",
         )
     ]
-    return list(zip(*cols, _payloads(table)))
+    return list(zip(*cols, _payloads(table["value"], cols[-1])))
 
 
 def encode_messages(messages: Iterable[MessageRow], key_groups: int | None) -> pa.Table:
@@ -272,13 +271,14 @@ def decode_messages(table: pa.Table) -> list[MessageRow]:
     else:
         ctype, cid = table["caller_typename"].to_pylist(), table["caller_id"].to_pylist()
         callers = [None if t is None else (t, i) for t, i in zip(ctype, cid)]
+    vtypes = _string_list(table["value_typename"])
     return list(
         zip(
             _string_list(table["target_typename"]),
             table["target_id"].to_pylist(),
             callers,
-            _string_list(table["value_typename"]),
-            _payloads(table),
+            vtypes,
+            _payloads(table["value"], vtypes),
         )
     )
 
@@ -320,13 +320,14 @@ def decode_egress(table: pa.Table) -> list[EgressRow]:
     if table.num_rows == 0:
         return []
     table = table.sort_by([("shard", "ascending"), ("epoch", "ascending"), ("seq", "ascending")])
+    vtypes = table["value_typename"].to_pylist()
     return list(
         zip(
             table["shard"].to_pylist(),
             table["epoch"].to_pylist(),
             table["seq"].to_pylist(),
             table["egress_id"].to_pylist(),
-            table["value_typename"].to_pylist(),
-            _payloads(table),
+            vtypes,
+            _payloads(table["value"], vtypes),
         )
     )

@@ -338,8 +338,8 @@ class ShardCore:
     async def deliver(
         self, sender: int, seq: int, data: bytes | None, generation: int, marker: int | None = None
     ) -> None:
-        """Accept an encoded batch of rows (``batchcodec``), or checkpoint ``marker``, from ``sender`` (a shard index, or
-        DRIVER) in channel order. Anything from an older generation (before a rollback) is dropped; a
+        """Accept an encoded batch of rows (``batchcodec``), or checkpoint ``marker``, from ``sender`` (a
+        shard index, or DRIVER) in channel order. Anything from an older generation (before a rollback) is dropped; a
         batch from a newer one (a peer that finished its rollback first) waits until this shard has too.
         Returns once the shard has room (backpressure, see ``ingress``)."""
         if (generation != self.generation or self._restoring) and (

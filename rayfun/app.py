@@ -221,10 +221,9 @@ def connect(name: str, *, address: str | None = None) -> App:
             f"no rayfun application named {name!r} on this Ray cluster "
             f"(running: {', '.join(running) if running else 'none'})"
         ) from None
-    app = App(coordinator, owner=False)
-    if app.info()["state"] == "stopped":
+    if _get(coordinator.info.remote())["state"] in ("stopping", "stopped"):  # its shards are gone
         raise ApplicationNotFound(f"the rayfun application {name!r} has stopped")
-    return app
+    return App(coordinator, owner=False)
 
 
 def applications() -> list[str]:
@@ -451,6 +450,11 @@ class App:
         else:
             if self._owner:
                 ray.kill(self._coordinator)
+            else:  # the owning driver waits for this before it exits (see Coordinator.stop_answered)
+                try:
+                    _get(self._coordinator.answer_received.remote(), timeout=10)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    pass
         self._coordinator = None
         return saved
 

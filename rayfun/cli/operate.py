@@ -234,6 +234,25 @@ def _default_name(target: str) -> str:
     return "module" if name in ("module", "") else name
 
 
+def _await_stop_answer(app) -> None:
+    """Another driver stopped the application: stay until it has the answer (the savepoint's id), for
+    this process owns the coordinator, and its exit would end the coordinator before it could reply."""
+    import ray
+
+    from ..constants import STOP_TIMEOUT_S
+
+    deadline = time.monotonic() + STOP_TIMEOUT_S + 30
+    while time.monotonic() < deadline:
+        try:
+            info = app.info()
+        except ray.exceptions.RayActorError:
+            return
+        if info["state"] == "stopped" and info.get("stop_answered"):
+            return
+        time.sleep(0.1)
+    click.echo(f"rayfun: {info.get('name')}: the driver that stopped it did not confirm its answer in time", err=True)
+
+
 def _watch(app, stop: _Stop) -> str:
     """Until a stop is asked for here ("signal") or the application was stopped by another driver."""
     tty = sys.stderr.isatty()
@@ -245,6 +264,7 @@ def _watch(app, stop: _Stop) -> str:
             continue
         info = app.info()
         if info["state"] in ("stopping", "stopped"):
+            _await_stop_answer(app)
             return "stopped elsewhere"
         if tty:
             metrics = app.shard_metrics()

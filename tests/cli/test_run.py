@@ -159,3 +159,43 @@ def test_run_module_yaml_stops_with_a_savepoint_and_resumes_exactly(kafka_broker
         assert any(len(c) < sent[k] for k, c in after_first.items()), "the first run had read everything"
     finally:
         server.close()
+
+
+def test_the_owning_run_waits_until_whoever_stopped_it_has_the_savepoint_id(ray_session, tmp_path):
+    """``rayfun stop`` from another driver: the coordinator belongs to ``rayfun run``'s driver, whose exit
+    ends it. ``rayfun run`` leaves once the state says stopped; if it left before the stopping driver had its
+    answer, that driver saw the actor die and printed "stopped" with no savepoint (seen once in CI)."""
+    import threading
+
+    import rayfun
+    from examples.greeter import functions
+    from rayfun.cli.operate import _await_stop_answer
+    from rayfun.connectors.memory import MemorySource
+
+    name = f"handshake-{uuid.uuid4().hex[:6]}"
+    source = MemorySource([("example/person", "Ann", "visit")] * 20, id="example/names")
+    owner = rayfun.start(functions, shards=1, ingresses=[source], name=name, checkpoint_dir=str(tmp_path / "cp"))
+    try:
+        other = rayfun.connect(name)
+        saved = ray_session.get(other._coordinator.stop.remote(True), timeout=120)  # stopped, not yet answered
+        assert saved is not None and owner.info()["state"] == "stopped"
+        waiter = threading.Thread(target=_await_stop_answer, args=(owner,), daemon=True)
+        waiter.start()
+        waiter.join(1.5)
+        assert waiter.is_alive(), "rayfun run would have exited before the stopping driver had its answer"
+        ray_session.get(other._coordinator.answer_received.remote(), timeout=30)
+        waiter.join(10)
+        assert not waiter.is_alive()
+
+        with pytest.raises(rayfun.ApplicationNotFound, match="has stopped"):  # not a bare error about 0 shards
+            rayfun.connect(name)
+    finally:
+        owner.stop()
+
+    # App.stop from an attached driver (as `rayfun stop` does) gives the answer by itself
+    owner = rayfun.start(functions, shards=1, ingresses=[], name=name, checkpoint_dir=str(tmp_path / "cp2"))
+    try:
+        assert isinstance(rayfun.connect(name).stop(savepoint=True), int)
+        assert owner.info()["stop_answered"] and owner.info()["state"] == "stopped"
+    finally:
+        owner.stop()

@@ -70,6 +70,9 @@ class Coordinator:
         self.supervisor = Supervisor(self.fleet, self.driver, RecoveryMetrics(config.name))
         self.operations = Operations(self.fleet, self.driver, self.checkpoints, self.supervisor)
         self.state = "starting"  # running, stopping, stopped (rayfun status; rayfun run exits on stopped)
+        # The driver that asked for the stop has its answer (the savepoint id): until then the owning driver
+        # (``rayfun run``) must not exit, for its exit ends this actor and the answer with it.
+        self.stop_answered = False
         self._partitioner, self._routed_for = Partitioner(config.key_groups, config.shards), config.shards
         self._tasks: list[asyncio.Task] = []
         self._started_io: list[
@@ -231,6 +234,7 @@ class Coordinator:
             "standby": None if supervisor.spare is None else supervisor.spare._actor_id.hex(),
             "name": self.config.name,
             "state": self.state,
+            "stop_answered": self.stop_answered,
             "shards": len(fleet.shards),
             "nodes": [fleet.nodes.get(i) for i in range(len(fleet.shards))],
             "rescales": self.operations.rescales,
@@ -297,6 +301,10 @@ class Coordinator:
         await self._stop()
         self.state = "stopped"
         return saved
+
+    def answer_received(self) -> None:
+        """The caller of ``stop`` has its answer: the owning driver may now exit (and end this actor)."""
+        self.stop_answered = True
 
     async def _stop(self) -> None:
         self.fleet.stopped = True

@@ -119,6 +119,7 @@ class ShardCore:
         self.epoch_token = object()
         self.generation = 0
         self._failure: str | None = None
+        self._failed_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None  # see ``failed``
         self._tasks: set[asyncio.Task] = set()
         self._wake_event: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -202,11 +203,25 @@ class ShardCore:
         return int(time.time() * 1000)
 
     def fail(self, reason: str) -> bool:
-        """Ask the coordinator to roll everything back to the last checkpoint (it polls for this)."""
+        """Ask the coordinator to roll everything back to the last checkpoint (its pending ``failed`` call
+        answers now; safe from any thread)."""
         if self._failure is None:
             self._failure = reason
+            waiter = self._failed_waiter
+            if waiter is not None:
+                loop, event = waiter
+                loop.call_soon_threadsafe(event.set)
             return True
         return False
+
+    async def failed(self) -> None:
+        """Return once this shard asks for a rollback: the coordinator keeps one such call pending on each
+        shard, so a failure, and a shard that dies (the call fails), are noticed at once without asking
+        every shard many times a second (each question costs the busy loop a GIL handoff)."""
+        if self._failed_waiter is None:
+            self._failed_waiter = (asyncio.get_running_loop(), asyncio.Event())
+        if self._failure is None:
+            await self._failed_waiter[1].wait()
 
     def track_task(self, task: asyncio.Task) -> None:
         self._tasks.add(task)
@@ -415,7 +430,7 @@ class ShardCore:
             raise
         except BaseException as exc:  # a bug: make it visible to the coordinator rather than hang
             log.exception("shard %d processing loop failed", self.index)
-            self._failure = f"{type(exc).__name__}: {exc}"
+            self.fail(f"{type(exc).__name__}: {exc}")
 
     async def _idle(self, wake_event: asyncio.Event, timeout: float | None) -> None:
         """Wait until woken (a delivery, a finished invocation, a timer) or ``timeout``; counted as idle."""
@@ -671,6 +686,8 @@ class ShardCore:
         self.egress.reset()
         self.snapshots.reset(checkpoint_id)
         self._failure = None
+        if self._failed_waiter is not None:
+            self._failed_waiter[1].clear()
         for runner in self.runners.values():
             runner.reset()
             if undo is not None:

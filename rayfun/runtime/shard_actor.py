@@ -95,6 +95,10 @@ class ShardActor:
     ) -> None:
         await self.core.restore(generation, peers, source_partitions, checkpoint_id, driver_from)
 
+    async def failed(self) -> None:
+        """Returns once this shard asks for a rollback (see ``ShardCore.failed``)."""
+        await self.core.failed()
+
     @ray.method(concurrency_group=HEALTH_GROUP)
     async def health(self) -> tuple[str | None, float, str | None]:
         """``(failure, seconds its event loop has been blocked, in what)``: answered on the actor's own

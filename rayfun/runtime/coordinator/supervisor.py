@@ -17,6 +17,7 @@ from ray.exceptions import RayActorError
 
 from ...constants import (  # tuning knobs: see rayfun/constants.py
     ADOPT_TIMEOUT_S,
+    HEALTH_CHECK_S,
     LOOP_STALL_S,
     MONITOR_INTERVAL_S,
     RECOVERY_BACKOFF_FIRST_S,
@@ -81,21 +82,50 @@ class Supervisor:
         self._in_a_row = 0
         self._recovered_at = 0.0
         self._blocked_warned: dict[int, float] = {}  # shard -> how long it was blocked when last warned about
+        self._watches: dict[Any, asyncio.Future] = {}  # shard actor id -> its pending ``failed`` call (_news)
 
     async def run(self) -> None:
-        """Look at the shards every MONITOR_INTERVAL_S and recover from what failed, until the app stops."""
-        while not self.fleet.stopped:
-            await asyncio.sleep(MONITOR_INTERVAL_S)
-            if self.fleet.recovering:
-                continue
-            try:
-                failed = await self.failed_shards()
-                if failed and not self.fleet.stopped:
-                    await self.recover(failed)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # e.g. another shard died during the recovery: look again, recover again
-                log.warning("recovery failed (%s); recovering again", first_line(exc))
+        """Look at the shards whenever one of them fails or dies (see ``_news``), and at the latest every
+        HEALTH_CHECK_S (a frozen process, a blocked loop), and recover from what failed, until the app stops."""
+        try:
+            while not self.fleet.stopped:
+                await asyncio.sleep(MONITOR_INTERVAL_S)  # at most this often, whatever happens
+                await self._news(HEALTH_CHECK_S)
+                if self.fleet.recovering or self.fleet.stopped:
+                    continue
+                try:
+                    failed = await self.failed_shards()
+                    if failed and not self.fleet.stopped:
+                        await self.recover(failed)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # e.g. another shard died during the recovery: look again, recover again
+                    log.warning("recovery failed (%s); recovering again", first_line(exc))
+        finally:
+            for watch in self._watches.values():
+                watch.cancel()
+            self._watches.clear()
+
+    async def _news(self, timeout: float) -> None:
+        """Wait until a shard asks for a rollback or dies, or ``timeout``. Each shard has one ``failed`` call
+        pending, which answers when it fails and raises when it dies: no shard is asked anything while all
+        is well (asking each one ten times a second cost its busy loop a GIL handoff each time, and the
+        latency of the messages that crossed to it)."""
+        watches = self._watches
+        current = {shard._actor_id: shard for shard in self.fleet.shards}
+        for actor_id in [a for a in watches if a not in current]:  # replaced or rescaled away
+            del watches[actor_id]
+        for actor_id, shard in current.items():
+            if actor_id not in watches:
+                watches[actor_id] = asyncio.ensure_future(shard.failed.remote())
+        if not watches:
+            await asyncio.sleep(timeout)
+            return
+        done, _ = await asyncio.wait(list(watches.values()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for actor_id in [a for a, w in watches.items() if w in done]:
+            watch = watches.pop(actor_id)  # a new one is made next time
+            if not watch.cancelled():
+                watch.exception()  # retrieved here: failed_shards asks the shard itself what happened
 
     async def failed_shards(self) -> dict[int, tuple[bool, str]]:
         """Shards that died or report a failure: ``index -> (dead, reason)``. A shard's health is answered on

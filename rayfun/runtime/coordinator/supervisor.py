@@ -114,7 +114,7 @@ class Supervisor:
         watches = self._watches
         current = {shard._actor_id: shard for shard in self.fleet.shards}
         for actor_id in [a for a in watches if a not in current]:  # replaced or rescaled away
-            del watches[actor_id]
+            watches.pop(actor_id).cancel()
         for actor_id, shard in current.items():
             if actor_id not in watches:
                 watches[actor_id] = asyncio.ensure_future(shard.failed.remote())

@@ -15,8 +15,8 @@ the crossing costs. On the 2-core machine (session 19): 1.41x with crossing, 1.8
 
 What stops scaling first. The data path has no central part: each shard reads its own source partitions,
 routes each message to the shard owning its key group and ships batches to peers as Ray actor calls (encoded
-by column, ``runtime/batchcodec.py``); the coordinator issues checkpoint barriers and polls each shard's
-status (every MONITOR_INTERVAL_S), and the driver is not on the path at all. Measured on a 16-core machine (2026-12-06,
+by column, ``runtime/batchcodec.py``); the coordinator issues checkpoint barriers and asks each shard for
+its health (every HEALTH_CHECK_S; a pending call tells it of a failure at once), and the driver is not on the path at all. Measured on a 16-core machine (2026-12-06,
 1M messages a shard, before messages in flight replaced batches in flight as the backpressure rule):
 1, 2, 4, 8, 16 shards ran 726k, 915k, 1.70M, 2.59M, 3.62M msgs/s (1.26x, 2.34x, 3.57x, 4.99x), the
 shards' CPU per message 1.28, 2.00, 2.19, 2.83, 3.68 us, and each shard idle ~20 % at 16. The first
@@ -25,8 +25,8 @@ costs its sender and receiver half again what all of a message's work costs at o
 Ray call, unpickling into new objects: ~1.3 us on top of ~2.4 us on the 2-core machine). The next
 was the acknowledgements: a shard paused its sources while any peer held 4 of its batches, and a batch per
 peer shrinks as N grows, so shards waited on each other (now MAX_IN_FLIGHT messages, shared among the
-peers). The coordinator and the driver are not limits here: one status call a shard every
-MONITOR_INTERVAL_S. Past one machine every crossing message also crosses the network; what it would take
+peers). The coordinator and the driver are not limits here: one health call a shard every
+HEALTH_CHECK_S. Past one machine every crossing message also crosses the network; what it would take
 is sources partitioned by key (most messages stay where they are read) or a wire format that moves
 columns rather than one Python object per message.
 """

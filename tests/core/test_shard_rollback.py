@@ -6,6 +6,7 @@ Both were real: each left the chaos test's application never idle after a recove
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from rayfun import IntType, StatefulFunctions, ValueSpec, message_builder
 from rayfun.runtime.batchcodec import encode_rows
@@ -313,3 +314,37 @@ def test_a_delay_past_the_clock_is_refused_before_anything_is_applied(tmp_path):
         assert part.files["timers"].rows == 0
 
     _run(scenario, shards=1, checkpoint_url=str(tmp_path))
+
+
+# -- the pending ``failed`` call the coordinator keeps on each shard instead of polling its health -----------
+
+
+def test_failed_answers_when_the_shard_fails_not_before_and_not_after_the_rollback():
+    async def scenario(core, peers):
+        watch = asyncio.ensure_future(core.failed())
+        await asyncio.sleep(0.2)
+        assert not watch.done(), "answered although nothing failed"
+        assert core.fail("a sink refused epoch 3")
+        await asyncio.wait_for(watch, 1.0)
+        await asyncio.wait_for(core.failed(), 1.0)  # the failure stands: a new call answers at once
+        assert not core.fail("a second reason")  # the first one is kept
+        assert core.health()[0] == "a sink refused epoch 3"
+        await core.restore(1, peers, [], None)  # the rollback clears the failure: the next call waits again
+        watch = asyncio.ensure_future(core.failed())
+        await asyncio.sleep(0.2)
+        assert not watch.done() and core.health()[0] is None, "the rollback left the failure standing"
+        watch.cancel()
+
+    _run(scenario, shards=1)
+
+
+def test_a_failure_from_another_thread_wakes_the_pending_call():
+    async def scenario(core, peers):
+        watch = asyncio.ensure_future(core.failed())
+        await asyncio.sleep(0.05)
+        thread = threading.Thread(target=core.fail, args=("writing checkpoint 7 failed",))
+        thread.start()
+        thread.join()
+        await asyncio.wait_for(watch, 1.0)  # an Event set from the thread itself would not wake the loop
+
+    _run(scenario, shards=1)

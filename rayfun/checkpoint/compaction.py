@@ -78,12 +78,12 @@ def compact(store: CheckpointStore, checkpoint: Manifest | int | None = None) ->
             rng = shard.key_group_range
             restored = store.load_shard(m, rng, tables=("state",))  # every file verified
             try:
-                rel = f"compacted/{name}/range-{rng[0]:06d}-{rng[1]:06d}.state.parquet"
-                ref, data = store.files.encode("state", restored.state.batches(), rel, rng, k, -1, base=True)
+                stem = f"compacted/{name}/range-{rng[0]:06d}-{rng[1]:06d}.state"
+                ref, data = store.files.encode("state", restored.state.batches(), stem, rng, k, -1, base=True)
             finally:
                 restored.close()
             if data is not None:
-                store.files.put(rel, data)
+                store.files.put(ref.stored_path, data)
             refs.append(ref)
         body = {"source": k, "created_ms": now_ms(), "files": [r.to_json() for r in refs]}
         record = f"compactions/{name}.json"

@@ -1,5 +1,6 @@
-"""Checkpoint data files: tables encoded as Parquet with their reference (size, digest, rows), and files
-read back only after they check out against it.
+"""Checkpoint data files: tables encoded as Arrow IPC or Parquet (see fileformat.py for which and why) with
+their reference (size, digest, rows), and files read back only after they check out against it. A file's
+format is its name's suffix (``.arrow``, ``.parquet``), recorded in the manifest with its digest.
 
 Files are checked against the size and SHA-256 in the manifest before they are parsed (or HMAC-SHA256
 with a key: see checksum.py for what each protects against). SHA-256 costs ~1.5 ms per MB here (OpenSSL),
@@ -24,20 +25,25 @@ from ..constants import IO_THREADS  # tuning knobs: see rayfun/constants.py
 from .blobs import BlobStore, remove_file
 from .checksum import Checksum
 from .errors import CorruptCheckpointError
-from .manifest import FileRef
-from .parquet import (
+from .fileformat import (
+    ARROW_CODECS,
     STAGE_ABOVE_BYTES,
     ParquetFileReader,
     ParquetFileWriter,
     ParquetOptions,
+    read_arrow,
     read_parquet,
+    write_arrow,
     write_parquet,
 )
+from .manifest import FileRef
 from .records import upgrade_egress
 from .restore import StateLayer
 from .schema import DICTIONARY_COLUMNS, SCHEMAS
 
-__all__ = ["DataFiles", "Encoded"]
+__all__ = ["ARROW_SUFFIX", "PARQUET_SUFFIX", "DataFiles", "Encoded"]
+
+ARROW_SUFFIX, PARQUET_SUFFIX = ".arrow", ".parquet"
 
 
 Encoded: TypeAlias = pa.Buffer | str  # a file's bytes in memory, or the path of its staging file
@@ -49,6 +55,7 @@ class DataFiles:
     def __init__(self, blobs: BlobStore, checksum: Checksum, compression: str, compression_level: int | None) -> None:
         self.blobs, self.checksum = blobs, checksum
         self.compression, self.compression_level = compression, compression_level
+        self.arrow = compression.lower() in ARROW_CODECS  # else Parquet only: IPC has no such codec
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -56,16 +63,18 @@ class DataFiles:
         self,
         kind: str,
         table: pa.Table | Iterable[pa.Table],
-        rel: str,
+        stem: str,
         key_group_range: tuple[int, int],
         checkpoint_id: int,
         shard: int,
         base: bool = True,
     ) -> tuple[FileRef, Encoded | None]:
-        """Encode ``table`` (or tables that arrive one piece at a time) as Parquet: its reference and the
-        data, in memory (a buffer) or, past ``STAGE_ABOVE_BYTES``, in a staging file (its path), written
-        piece by piece so big state is never one table; ``put`` puts either in place. An empty table gives
-        a reference with no path and no data."""
+        """Encode ``table`` (or tables that arrive one piece at a time) as the file ``stem`` + its format's
+        suffix: its reference (``ref.path`` is where ``put`` puts it) and the data, in memory (a buffer) or,
+        past ``STAGE_ABOVE_BYTES``, in a staging file (its path), written piece by piece so big state is
+        never one table. A state base (``kind="state"``, ``base``) and anything past ``STAGE_ABOVE_BYTES``
+        is Parquet, everything else Arrow IPC (see fileformat.py). An empty table gives a reference with no
+        path and no data."""
         pieces: list[pa.Table] = []
         held = 0
         writer: ParquetFileWriter | None = None
@@ -85,6 +94,7 @@ class DataFiles:
                 pieces.append(piece)
                 held += piece.nbytes
                 if held > STAGE_ABOVE_BYTES:  # big: to a staging file, a row group at a time
+                    rel = stem + PARQUET_SUFFIX
                     writer, staged = self.blobs.with_staging_file(
                         rel, lambda path: ParquetFileWriter(path, schema, **options)
                     )
@@ -97,7 +107,12 @@ class DataFiles:
                     return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
                 whole = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
                 del pieces
-                data = write_parquet(whole, None, **options)
+                if self.arrow and not (kind == "state" and base):
+                    rel = stem + ARROW_SUFFIX
+                    data = write_arrow(whole, compression=self.compression, compression_level=self.compression_level)
+                else:
+                    rel = stem + PARQUET_SUFFIX
+                    data = write_parquet(whole, None, **options)
                 digest = self.checksum.of(data)
                 return FileRef(kind, rel, len(data), digest, rows, key_group_range, checkpoint_id, shard, base), data
             writer.close()
@@ -146,7 +161,7 @@ class DataFiles:
             raise CorruptCheckpointError(path, "missing", checkpoint_id=checkpoint_id) from None
         self._check(path, ref, len(data), self.checksum.of(data), checkpoint_id)
         try:
-            table = read_parquet(data)
+            table = read_arrow(data) if ref.path.endswith(ARROW_SUFFIX) else read_parquet(data)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise CorruptCheckpointError(path, "unreadable", str(exc), checkpoint_id) from None
         expected = SCHEMAS[ref.kind]
@@ -188,8 +203,8 @@ class DataFiles:
 
     @staticmethod
     def streamed(ref: FileRef) -> bool:
-        """Whether ``ref`` is read a row group at a time from a local file (big), not whole."""
-        return ref.size > STAGE_ABOVE_BYTES
+        """Whether ``ref`` is read a row group at a time from a local file (big Parquet), not whole."""
+        return ref.size > STAGE_ABOVE_BYTES and ref.path is not None and ref.path.endswith(PARQUET_SUFFIX)
 
     def state_layer(
         self, ref: FileRef, checkpoint_id: int, key_group_range: tuple[int, int], key_groups: int

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from ..keygroups import in_range
 from .errors import CheckpointError, CorruptCheckpointError
-from .parquet import ParquetFileReader
+from .fileformat import ParquetFileReader
 from .schema import STATE_SCHEMA
 from .state_codec import (
     FOLD_COLUMNS,

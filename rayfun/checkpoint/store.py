@@ -1,12 +1,13 @@
-"""CheckpointStore: checkpoints as Parquet files plus a manifest, on any fsspec URL.
+"""CheckpointStore: checkpoints as Arrow IPC and Parquet files plus a manifest, on any fsspec URL.
 
 Layout under the root URL (a local directory, ``s3://bucket/prefix``, ``memory://...``)::
 
     manifests/cp-0000000012.json                          the commit point, written last (atomically)
-    data/cp-0000000012/shard-0003-<token>.state.parquet   a shard's part: state delta or base,
-                                     .timers.parquet      timers, messages, egress (full each time)
-                                     .messages.parquet
-                                     .egress.parquet
+    data/cp-0000000012/shard-0003-<token>.state.arrow     a shard's part: a state delta (Arrow IPC),
+                                     .state.parquet       or a base (Parquet, as is any file past 64 MB),
+                                     .timers.arrow        timers, messages, egress (full each time)
+                                     .messages.arrow
+                                     .egress.arrow
     compacted/cp-0000000010-<token>/range-000000-000512.state.parquet   compaction output (bases)
     compactions/cp-0000000010-<token>.json | .pending     compaction record | in-progress marker
     damaged/cp-0000000013.json, cp-0000000013.reason.txt  a quarantined manifest and why (see quarantine)
@@ -76,9 +77,10 @@ class CheckpointStore:
     One store object may be created per process (each shard actor, the coordinator): all state lives in
     the files, the object only caches parsed manifests (immutable). It pickles as its constructor arguments.
 
-    ``compression`` is the Parquet codec. LZ4 by default: the shards compress while they process, and it
+    ``compression`` is the files' codec. LZ4 by default: the shards compress while they process, and it
     costs them a third of the CPU of zstd (level 1) for about twice the bytes (measured on a 190k-row
-    delta: 14 vs 45 ms); pass ``"zstd"`` where storage or bandwidth costs more than CPU.
+    delta: 14 vs 45 ms); pass ``"zstd"`` where storage or bandwidth costs more than CPU. Arrow IPC knows
+    only lz4, zstd and none: with another codec (snappy, gzip, brotli) every file is Parquet.
     """
 
     def __init__(
@@ -192,7 +194,7 @@ class CheckpointStore:
         try:
             for kind, table in tables.items():
                 ref, data = self.files.encode(
-                    kind, table, f"{prefix}.{kind}.parquet", key_group_range, checkpoint_id, shard_index, base=full
+                    kind, table, f"{prefix}.{kind}", key_group_range, checkpoint_id, shard_index, base=full
                 )
                 if kind == "state" and ref.rows == 0 and not full:
                     continue  # an empty delta changes nothing: no chain entry at all

@@ -845,7 +845,7 @@ class _Run:
         files = (
             []
             if f.mode == "manifest"
-            else sorted(p for p in fs.find(f"{root}/data/cp-{newest:010d}") if p.endswith(".parquet"))
+            else sorted(p for p in fs.find(f"{root}/data/cp-{newest:010d}") if p.endswith((".parquet", ".arrow")))
         )
         if not files:  # asked for, or the checkpoint wrote no files (nothing changed): damage its manifest
             fs.pipe_file(manifest, b"{ this is not a manifest")

@@ -1,6 +1,7 @@
 """Reading a checkpoint never runs code, even with the lowest pyarrow rayfun allows (CVE-2023-47248: a
-crafted Parquet file in a bucket someone else can write). The probe runs in ``.venv-floor`` (``make test``
-creates it with exactly the floor of pyproject.toml), loading ``rayfun/checkpoint/parquet.py`` alone."""
+crafted Parquet or Arrow IPC file in a bucket someone else can write). The probe runs in ``.venv-floor``
+(``make test`` creates it with exactly the floor of pyproject.toml), loading ``rayfun/checkpoint/fileformat.py``
+alone."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _floor() -> str:
     return match.group(1)
 
 
-def test_a_crafted_parquet_file_runs_no_code_with_the_lowest_allowed_pyarrow(tmp_path):
+def test_crafted_parquet_and_arrow_files_run_no_code_with_the_lowest_allowed_pyarrow(tmp_path):
     python = Path(os.environ.get("RAYFUN_FLOOR_PYTHON", REPO / ".venv-floor" / "bin" / "python"))
     if not python.exists():
         pytest.skip(f"no interpreter with the lowest allowed pyarrow at {python} (run `make test`)")
@@ -29,7 +30,7 @@ def test_a_crafted_parquet_file_runs_no_code_with_the_lowest_allowed_pyarrow(tmp
         [
             str(python),
             str(Path(__file__).parent / "parquet_probe.py"),
-            str(REPO / "rayfun" / "checkpoint" / "parquet.py"),
+            str(REPO / "rayfun" / "checkpoint" / "fileformat.py"),
             str(tmp_path),
         ],
         capture_output=True,
@@ -39,6 +40,7 @@ def test_a_crafted_parquet_file_runs_no_code_with_the_lowest_allowed_pyarrow(tmp
     assert out.returncode == 0, out.stderr[-2000:]
     outcome = json.loads(out.stdout.strip().splitlines()[-1])
     assert outcome["pyarrow"] == _floor(), f"{python} has pyarrow {outcome['pyarrow']}, the floor is {_floor()}"
-    assert outcome["code_ran_with_auto_load"], "the crafted file does not exercise the hole: the test proves nothing"
-    assert not outcome["code_ran_in_rayfun_read"], f"reading the crafted file ran code: {outcome}"
+    for kind in ("parquet", "arrow"):
+        assert outcome["code_ran_with_auto_load"][kind], f"the crafted {kind} file does not exercise the hole"
+        assert not outcome["code_ran_in_rayfun_read"][kind], f"reading the crafted {kind} file ran code: {outcome}"
     assert outcome["read_file"] == "ok", f"the row-group reader failed on the lowest pyarrow: {outcome}"

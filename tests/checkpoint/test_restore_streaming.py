@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from rayfun.checkpoint import CheckpointStore, CorruptCheckpointError, StateDelta, parquet, state_codec
+from rayfun.checkpoint import CheckpointStore, CorruptCheckpointError, StateDelta, fileformat, state_codec
 from rayfun.checkpoint import datafiles as store_module
 from rayfun.runtime.partitioning import key_group
 from tests.support.checkpoints import LAYOUTS, random_cells
@@ -91,7 +91,7 @@ def test_streamed_restore_equals_a_plain_fold(store_url, monkeypatch, tmp_path, 
     rng = random.Random(seed)
     history = _history(rng, checkpoints=rng.randint(2, 6))
     monkeypatch.setattr(state_codec, "PIECE_BYTES", rng.choice([256, 2048, 10**9]))
-    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", rng.choice([512, 4096]))
+    monkeypatch.setattr(fileformat, "ROW_GROUP_BYTES", rng.choice([512, 4096]))
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(downloads))

@@ -137,9 +137,11 @@ def test_incremental_chain_with_tombstones_equals_full_snapshot(store_url):
         assert restored_state(store.load_shard(cid)) == model.state
     chain = store.latest().state_chain
     assert [f.checkpoint_id for f in chain] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
-    # each delta is small next to the base
-    base = sum(f.size for f in chain if f.checkpoint_id == 1)
-    assert all(f.size < base / 4 for f in chain if f.checkpoint_id > 1)
+    # each delta holds the changed instances only, in the cheap-to-write format; the base is Parquet
+    base = sum(f.rows for f in chain if f.checkpoint_id == 1)
+    assert all(f.rows < base / 4 for f in chain if f.checkpoint_id > 1)
+    assert all(f.path.endswith(".parquet") == (f.checkpoint_id == 1) for f in chain), [f.path for f in chain]
+    assert all(f.path.endswith(".arrow") for f in chain if f.checkpoint_id > 1)
     # every retained checkpoint still restores to what it was: compare against a full snapshot of now
     full = CheckpointStore(store_url + "-full")
     write_checkpoint(full, 1, model, 2, parent=None, full=True)
@@ -377,6 +379,70 @@ def test_store_parts_and_errors_pickle(store_url):
     assert (err.path, err.reason, err.checkpoint_id) == ("/x/y", "missing", 3)
 
 
+def test_a_chain_of_parquet_and_arrow_deltas_restores_exactly_in_any_order_of_formats(store_url):
+    """Deltas are Arrow IPC (cheap to write), bases Parquet; a store with a codec that IPC lacks writes
+    Parquet deltas, as rayfun did before deltas were IPC. A chain that mixes both (a checkpoint directory
+    written by the older rayfun, continued by this one, then by a snappy store again) restores exactly, on
+    every shard count, and so does its compaction."""
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    model = Model(rng, n=200)
+    stores = {c: CheckpointStore(store_url, retain=20, compression=c) for c in ("snappy", "lz4", "zstd", "none")}
+    formats = []
+    for cid in range(1, 9):
+        compression = rng.choice(list(stores))
+        if cid > 1:
+            model.mutate(rng.randrange(1, 60))
+        parts = write_checkpoint(stores[compression], cid, model, 2, parent=cid - 1 if cid > 1 else None)
+        for part in parts:
+            ref = part.files.get("state")
+            if ref is None or ref.path is None:
+                continue
+            arrow = ref.path.endswith(".arrow")
+            assert arrow == (compression != "snappy" and not part.full), (compression, part.full, ref.path)
+            formats.append(arrow)
+        for store in stores.values():  # any store reads what any other wrote
+            for shards in (1, 3):
+                whole: dict[str, dict] = {ft: {} for ft in model.state}
+                for rng_ in shard_ranges(G, shards):
+                    for ft, inst in restored_state(store.load_shard(cid, rng_)).items():
+                        whole[ft].update(inst)
+                assert whole == model.state, (
+                    f"checkpoint {cid} on {shards} shards read by a {store.compression} store (seed {seed})"
+                )
+    assert True in formats and False in formats, f"the chain did not mix the formats (seed {seed})"
+    result = stores["lz4"].compact()  # folds the mixed chain into Parquet bases
+    assert result is not None and all(f.path is None or f.path.endswith(".parquet") for f in result.files)
+    model.mutate(30)
+    write_checkpoint(stores["lz4"], 9, model, 2, parent=8)
+    assert stores["lz4"].manifest(9).compacted_through == 8
+    assert restored_state(stores["snappy"].load_shard(9)) == model.state, f"seed {seed}"
+
+
+@pytest.mark.parametrize("suffix", [".arrow", ".parquet"])
+def test_a_file_of_the_right_digest_but_not_its_format_is_named_unreadable(store_url, suffix):
+    """What a writer bug (or a key holder) could leave: bytes that match the manifest but are no table of
+    the format the file's name says, or a table of the other format under that name."""
+    from rayfun.checkpoint import CorruptCheckpointError
+    from rayfun.checkpoint.manifest import FileRef
+
+    store = CheckpointStore(store_url)
+    model = Model(random.Random(3), n=20)
+    [base] = write_checkpoint(store, 1, model, 1, None)
+    model.mutate(10)
+    [delta] = write_checkpoint(store, 2, model, 1, 1)
+    other = (delta if suffix == ".parquet" else base).files["state"]  # a real file of the other format
+    assert other.path is not None and not other.path.endswith(suffix)
+    for data in (b"not a table at all " * 50, store.blobs.get(other.path)):
+        rel = f"data/bogus/file.state{suffix}"
+        store.blobs.put(rel, data)
+        ref = FileRef("state", rel, len(data), store.checksum.of(data), 3, (0, G), 2, 0, False)
+        with pytest.raises(CorruptCheckpointError, match="unreadable") as caught:
+            store.files.read(ref, 2)
+        assert caught.value.path.endswith(rel)
+
+
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 def test_other_compression_round_trips_and_unknown_is_refused(store_url, compression):
     model = Model(random.Random(5), n=50)
@@ -484,11 +550,11 @@ def test_big_tables_go_through_a_staging_file_and_read_back_the_same(store_url, 
     staging or downloaded file is left behind, also when the write fails."""
     import pyarrow.parquet as pq
 
-    from rayfun.checkpoint import StateDelta, StateLayout, parquet, state_codec
+    from rayfun.checkpoint import StateDelta, StateLayout, fileformat, state_codec
     from rayfun.checkpoint import datafiles as store_module
 
     monkeypatch.setattr(store_module, "STAGE_ABOVE_BYTES", 0)
-    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 1024)
+    monkeypatch.setattr(fileformat, "ROW_GROUP_BYTES", 1024)
     monkeypatch.setattr(state_codec, "PIECE_BYTES", 4096)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "staging"))
     (tmp_path / "staging").mkdir()

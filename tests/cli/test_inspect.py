@@ -149,7 +149,7 @@ def copy_of(written: Written, tmp_path) -> str:
 
 
 def data_files(url: str, cid: int, kind: str = "state") -> list[pathlib.Path]:
-    return sorted(pathlib.Path(url, "data", f"cp-{cid:010d}").glob(f"*.{kind}.parquet"))
+    return sorted(pathlib.Path(url, "data", f"cp-{cid:010d}").glob(f"*.{kind}.*"))
 
 
 def one_error_line(err: str) -> str:

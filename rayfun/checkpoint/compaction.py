@@ -79,7 +79,9 @@ def compact(store: CheckpointStore, checkpoint: Manifest | int | None = None) ->
             restored = store.load_shard(m, rng, tables=("state",))  # every file verified
             try:
                 stem = f"compacted/{name}/range-{rng[0]:06d}-{rng[1]:06d}.state"
-                ref, data = store.files.encode("state", restored.state.batches(), stem, rng, k, -1, base=True)
+                ref, data = store.files.encode(
+                    "state", restored.state.batches(), stem, rng, k, -1, base=True, parquet=True
+                )
             finally:
                 restored.close()
             if data is not None:

@@ -68,13 +68,14 @@ class DataFiles:
         checkpoint_id: int,
         shard: int,
         base: bool = True,
+        parquet: bool = False,
     ) -> tuple[FileRef, Encoded | None]:
         """Encode ``table`` (or tables that arrive one piece at a time) as the file ``stem`` + its format's
         suffix: its reference (``ref.path`` is where ``put`` puts it) and the data, in memory (a buffer) or,
         past ``STAGE_ABOVE_BYTES``, in a staging file (its path), written piece by piece so big state is
-        never one table. A state base (``kind="state"``, ``base``) and anything past ``STAGE_ABOVE_BYTES``
-        is Parquet, everything else Arrow IPC (see fileformat.py). An empty table gives a reference with no
-        path and no data."""
+        never one table. What is written in memory is Arrow IPC, what is staged Parquet, as is everything with
+        ``parquet`` (compaction output: kept for long) or a codec IPC lacks (see fileformat.py). An empty
+        table gives a reference with no path and no data."""
         pieces: list[pa.Table] = []
         held = 0
         writer: ParquetFileWriter | None = None
@@ -107,7 +108,7 @@ class DataFiles:
                     return FileRef(kind, None, 0, "", 0, key_group_range, checkpoint_id, shard, base), None
                 whole = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
                 del pieces
-                if self.arrow and not (kind == "state" and base):
+                if self.arrow and not parquet:
                     rel = stem + ARROW_SUFFIX
                     data = write_arrow(whole, compression=self.compression, compression_level=self.compression_level)
                 else:

@@ -19,7 +19,7 @@ from rayfun.checkpoint import (
 from rayfun.checkpoint.state_codec import fold_layers
 from rayfun.runtime.partitioning import key_group, shard_ranges
 from rayfun.types import IntType, StringType
-from tests.support.checkpoints import LAYOUTS, Model, restored_state
+from tests.support.checkpoints import LAYOUTS, Model, file_codec, restored_state
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -137,11 +137,10 @@ def test_incremental_chain_with_tombstones_equals_full_snapshot(store_url):
         assert restored_state(store.load_shard(cid)) == model.state
     chain = store.latest().state_chain
     assert [f.checkpoint_id for f in chain] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
-    # each delta holds the changed instances only, in the cheap-to-write format; the base is Parquet
+    # each delta holds the changed instances only; all are written in memory, so all are Arrow IPC
     base = sum(f.rows for f in chain if f.checkpoint_id == 1)
     assert all(f.rows < base / 4 for f in chain if f.checkpoint_id > 1)
-    assert all(f.path.endswith(".parquet") == (f.checkpoint_id == 1) for f in chain), [f.path for f in chain]
-    assert all(f.path.endswith(".arrow") for f in chain if f.checkpoint_id > 1)
+    assert all(f.path.endswith(".arrow") for f in chain), [f.path for f in chain]
     # every retained checkpoint still restores to what it was: compare against a full snapshot of now
     full = CheckpointStore(store_url + "-full")
     write_checkpoint(full, 1, model, 2, parent=None, full=True)
@@ -400,7 +399,7 @@ def test_a_chain_of_parquet_and_arrow_deltas_restores_exactly_in_any_order_of_fo
             if ref is None or ref.path is None:
                 continue
             arrow = ref.path.endswith(".arrow")
-            assert arrow == (compression != "snappy" and not part.full), (compression, part.full, ref.path)
+            assert arrow == (compression != "snappy"), (compression, ref.path)
             formats.append(arrow)
         for store in stores.values():  # any store reads what any other wrote
             for shards in (1, 3):
@@ -429,10 +428,10 @@ def test_a_file_of_the_right_digest_but_not_its_format_is_named_unreadable(store
 
     store = CheckpointStore(store_url)
     model = Model(random.Random(3), n=20)
-    [base] = write_checkpoint(store, 1, model, 1, None)
+    [arrow] = write_checkpoint(store, 1, model, 1, None)
     model.mutate(10)
-    [delta] = write_checkpoint(store, 2, model, 1, 1)
-    other = (delta if suffix == ".parquet" else base).files["state"]  # a real file of the other format
+    [parquet] = write_checkpoint(CheckpointStore(store_url, compression="snappy"), 2, model, 1, 1)
+    other = (arrow if suffix == ".parquet" else parquet).files["state"]  # a real file of the other format
     assert other.path is not None and not other.path.endswith(suffix)
     for data in (b"not a table at all " * 50, store.blobs.get(other.path)):
         rel = f"data/bogus/file.state{suffix}"
@@ -443,19 +442,22 @@ def test_a_file_of_the_right_digest_but_not_its_format_is_named_unreadable(store
         assert caught.value.path.endswith(rel)
 
 
-@pytest.mark.parametrize("compression", ["zstd", "none"])
+@pytest.mark.parametrize("compression", ["zstd", "none", "snappy"])
 def test_other_compression_round_trips_and_unknown_is_refused(store_url, compression):
     model = Model(random.Random(5), n=50)
-    import pyarrow.parquet as pq
 
     def codec(store: CheckpointStore, part: ShardPart) -> str:
-        with store.blobs.fs.open(store.blobs.abs(part.files["state"].path)) as f:
-            return pq.ParquetFile(f).metadata.row_group(0).column(2).compression
+        return file_codec(store.blobs.get(part.files["state"].stored_path))
 
     store = CheckpointStore(store_url, compression=compression)
     [part] = write_checkpoint(store, 1, model, 1, None)
     assert restored_state(store.load_shard(1, (0, G))) == model.state
-    assert codec(store, part) == {"zstd": "ZSTD", "none": "UNCOMPRESSED"}[compression]
+    assert codec(store, part) == {"zstd": "ZSTD", "none": "UNCOMPRESSED", "snappy": "SNAPPY"}[compression]
+    model.mutate(20)
+    [part] = write_checkpoint(store, 2, model, 1, 1)  # a delta: the same codec
+    assert restored_state(store.load_shard(2, (0, G))) == model.state
+    assert codec(store, part) == {"zstd": "ZSTD", "none": "UNCOMPRESSED", "snappy": "SNAPPY"}[compression]
+    assert part.files["state"].path.endswith(".parquet" if compression == "snappy" else ".arrow")
     lz4 = CheckpointStore(store_url + "-lz4")
     [part] = write_checkpoint(lz4, 1, model, 1, None)
     assert restored_state(lz4.load_shard(1, (0, G))) == model.state and codec(lz4, part).startswith("LZ4")

@@ -110,3 +110,18 @@ class Model:
 
 def restored_state(restored) -> dict[str, dict[str, list]]:
     return {ft: restored.instances(ft) for ft in LAYOUTS}
+
+
+def file_codec(data: bytes) -> str:
+    """The codec of a checkpoint file's bytes, as Parquet names it: read from a Parquet file's metadata, and
+    for an Arrow IPC file (whose reader does not tell) from the frames in its body: each compressed buffer
+    is an LZ4 frame (magic 04 22 4D 18) or a zstd frame (28 B5 2F FD)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if data[:4] == b"PAR1":
+        return pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0).column(2).compression
+    assert data[:6] == b"ARROW1", data[:8]
+    lz4, zstd = b"\x04\x22\x4d\x18" in data, b"\x28\xb5\x2f\xfd" in data
+    assert not (lz4 and zstd), "both LZ4 and zstd frames in one file"
+    return "LZ4" if lz4 else "ZSTD" if zstd else "UNCOMPRESSED"

@@ -19,8 +19,9 @@ class CheckpointConfig:
     ``dir``: any fsspec URL (a local path, ``s3://bucket/prefix``, ``memory://...``); None turns
     checkpoints off (at-least-once egress, no recovery of state). ``interval``: seconds between
     checkpoints (None: only on ``app.checkpoint()``). ``retain``: how many complete checkpoints are kept.
-    ``storage_options`` go to fsspec (e.g. S3 credentials and endpoint). ``compression``: the Parquet codec
-    (LZ4 costs the shards the least CPU; ``"zstd"`` writes about half the bytes for three times the CPU).
+    ``storage_options`` go to fsspec (e.g. S3 credentials and endpoint). ``compression``: the files' codec
+    (LZ4 costs the shards the least CPU; ``"zstd"`` writes about half the bytes for three times the CPU;
+    snappy, gzip or brotli, which Arrow IPC lacks, make every file Parquet).
     ``key``: at least 16 bytes (default ``$RAYFUN_CHECKPOINT_KEY``) turns the files' SHA-256 digests into
     HMACs that only holders of the key can forge; anything in the bucket the key did not sign is refused.
     """

@@ -7,7 +7,7 @@ intact checkpoint, compact, expire); users read state offline with ``read_state`
 - ``state_codec``  in-memory ``id -> cells`` <-> state rows (vectorized), key groups, folding deltas;
 - ``records``      timers, messages, egress records <-> rows;
 - ``manifest``     the manifest and the state chain (base + deltas) rules;
-- ``parquet``      Parquet bytes <-> tables (the one reader of files: it must never run code);
+- ``fileformat``   Arrow IPC and Parquet bytes <-> tables (the one reader of files: it must never run code);
 - ``checksum``     SHA-256, or HMAC-SHA256 with a user's key, of files and manifests;
 - ``store``        files, commit, listing, verification, quarantine, restore, retention;
 - ``compaction``   folding a chain into bases in the background;

@@ -1,12 +1,12 @@
 """Checkpoint file bytes <-> Arrow tables, as Parquet or as Arrow IPC: the one place that calls
 ``pyarrow.parquet`` and ``pyarrow.ipc``.
 
-Two formats, for two kinds of file. What a checkpoint writes every time (state deltas, timers, messages in
-flight, egress) is an Arrow IPC file, LZ4 (or zstd) compressed: writing one is little more than a copy and
-a compression, ~90 ns a row of a counter's delta against ~200 ns as Parquet (measured, session 22), and it
-is written while the shard processes messages, on the same cores. What is kept for long (state bases: full
-snapshots and compaction output) is Parquet, a quarter smaller and read a row group at a time. Both are
-Arrow's own formats: DuckDB, Polars and pyarrow read either.
+Two formats, for two kinds of file. What a shard writes at a checkpoint (state deltas and bases, timers,
+messages in flight, egress) is an Arrow IPC file, LZ4 (or zstd) compressed: writing one is little more than
+a copy and a compression, ~50-90 ns a row of a counter's delta against ~200 ns as Parquet (measured,
+session 22), and it is written while the shard processes messages, on the same cores. Compaction output,
+which is kept for long, and any file past ``STAGE_ABOVE_BYTES`` are Parquet: a quarter smaller, and read a
+row group at a time. Both are Arrow's own formats: DuckDB, Polars and pyarrow read either.
 
 Reading a checkpoint must never run code. pyarrow before 14.0.1 rebuilt an Arrow extension type named
 ``arrow.py_extension_type`` in a file's schema by unpickling bytes taken from the file (CVE-2023-47248), in

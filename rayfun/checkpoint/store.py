@@ -3,8 +3,8 @@
 Layout under the root URL (a local directory, ``s3://bucket/prefix``, ``memory://...``)::
 
     manifests/cp-0000000012.json                          the commit point, written last (atomically)
-    data/cp-0000000012/shard-0003-<token>.state.arrow     a shard's part: a state delta (Arrow IPC),
-                                     .state.parquet       or a base (Parquet, as is any file past 64 MB),
+    data/cp-0000000012/shard-0003-<token>.state.arrow     a shard's part: state delta or base (Arrow IPC;
+                                     .state.parquet       Parquet, any file past 64 MB),
                                      .timers.arrow        timers, messages, egress (full each time)
                                      .messages.arrow
                                      .egress.arrow

@@ -378,11 +378,11 @@ def test_store_parts_and_errors_pickle(store_url):
     assert (err.path, err.reason, err.checkpoint_id) == ("/x/y", "missing", 3)
 
 
-def test_a_chain_of_parquet_and_arrow_deltas_restores_exactly_in_any_order_of_formats(store_url):
-    """Deltas are Arrow IPC (cheap to write), bases Parquet; a store with a codec that IPC lacks writes
-    Parquet deltas, as rayfun did before deltas were IPC. A chain that mixes both (a checkpoint directory
-    written by the older rayfun, continued by this one, then by a snappy store again) restores exactly, on
-    every shard count, and so does its compaction."""
+def test_a_chain_of_parquet_and_arrow_files_restores_exactly_in_any_order_of_formats(store_url):
+    """A shard's files are Arrow IPC (cheap to write), bases and deltas alike; a store with a codec that IPC
+    lacks writes Parquet, as rayfun did before. A chain that mixes both (a checkpoint directory written by
+    the older rayfun, continued by this one, then by a snappy store again) restores exactly, on every shard
+    count, and so does its compaction (Parquet bases)."""
     seed = random.randrange(2**32)
     print(f"seed {seed}")
     rng = random.Random(seed)
@@ -449,14 +449,15 @@ def test_other_compression_round_trips_and_unknown_is_refused(store_url, compres
     def codec(store: CheckpointStore, part: ShardPart) -> str:
         return file_codec(store.blobs.get(part.files["state"].stored_path))
 
+    expected = {"zstd": "ZSTD", "none": "UNCOMPRESSED", "snappy": "SNAPPY"}[compression]
     store = CheckpointStore(store_url, compression=compression)
     [part] = write_checkpoint(store, 1, model, 1, None)
     assert restored_state(store.load_shard(1, (0, G))) == model.state
-    assert codec(store, part) == {"zstd": "ZSTD", "none": "UNCOMPRESSED", "snappy": "SNAPPY"}[compression]
+    assert codec(store, part) == expected
     model.mutate(20)
     [part] = write_checkpoint(store, 2, model, 1, 1)  # a delta: the same codec
     assert restored_state(store.load_shard(2, (0, G))) == model.state
-    assert codec(store, part) == {"zstd": "ZSTD", "none": "UNCOMPRESSED", "snappy": "SNAPPY"}[compression]
+    assert codec(store, part) == expected
     assert part.files["state"].path.endswith(".parquet" if compression == "snappy" else ".arrow")
     lz4 = CheckpointStore(store_url + "-lz4")
     [part] = write_checkpoint(lz4, 1, model, 1, None)

@@ -445,8 +445,9 @@ class App:
         except ray.exceptions.GetTimeoutError:  # the shards it owns die with it (Ray's fate sharing)
             log.warning("the coordinator did not stop in time: killing it and its shards")
             ray.kill(self._coordinator)
-        except ray.exceptions.RayActorError:
-            pass  # stopped (and ended) already
+        except ray.exceptions.RayActorError:  # stopped (and ended) already, or it died meanwhile
+            if savepoint:
+                log.warning("the application ended before it took the savepoint: none was taken")
         else:
             if self._owner:
                 ray.kill(self._coordinator)

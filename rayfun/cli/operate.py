@@ -329,7 +329,15 @@ def status(name: str | None, as_json: bool, address: str | None) -> None:
 def stop_command(name: str, no_savepoint: bool, address: str | None) -> None:
     """Stop application NAME, with a savepoint unless told otherwise (the next run resumes there)."""
     app = _connect(name, address)
-    saved = app.stop(savepoint=not no_savepoint and app.info().get("checkpoint_dir") is not None)
+    savepoint = not no_savepoint and app.info().get("checkpoint_dir") is not None
+    saved = app.stop(savepoint=savepoint)
+    if savepoint and saved is None:  # the coordinator ended before it answered (it died, or another stop won)
+        click.echo(
+            f"{name}: stopped, without a savepoint (the application ended before it could take one); "
+            "a new run resumes from the newest complete checkpoint",
+            err=True,
+        )
+        return
     click.echo(f"{name}: stopped" + (f" with a savepoint: checkpoint {saved}" if saved is not None else ""))
 
 

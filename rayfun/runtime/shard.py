@@ -210,7 +210,10 @@ class ShardCore:
             waiter = self._failed_waiter
             if waiter is not None:
                 loop, event = waiter
-                loop.call_soon_threadsafe(event.set)
+                try:
+                    loop.call_soon_threadsafe(event.set)
+                except RuntimeError:  # the loop is closed (the shard is going away): nobody waits any more
+                    pass
             return True
         return False
 

@@ -47,3 +47,31 @@ def test_the_status_line_says_throughput_backlog_and_checkpoint(age, expected):
     info["last_checkpoint_age_s"] = age
     line = status_line(info, [{"backlog": 1200}, {"backlog": 34}], 51234.4)
     assert line == f"fraud: running, 2 shards, 51,234 msgs/s, backlog 1,234, {expected}"
+
+
+class _AppThatEndsBeforeItsSavepoint:
+    """What ``rayfun stop`` attaches to when the coordinator dies mid-stop: ``App.stop`` answers None."""
+
+    def __init__(self, checkpoint_dir: str | None) -> None:
+        self.checkpoint_dir, self.asked = checkpoint_dir, None
+
+    def info(self) -> dict:
+        return {"checkpoint_dir": self.checkpoint_dir}
+
+    def stop(self, savepoint: bool = False) -> int | None:
+        self.asked = savepoint
+        return None
+
+
+@pytest.mark.parametrize("checkpoint_dir, says", [("/cp", "without a savepoint"), (None, "app: stopped")])
+def test_stop_says_when_the_savepoint_it_asked_for_was_not_taken(monkeypatch, capsys, checkpoint_dir, says):
+    from rayfun.cli import operate
+
+    app = _AppThatEndsBeforeItsSavepoint(checkpoint_dir)
+    monkeypatch.setattr(operate, "_connect", lambda name, address: app)
+    assert main(["stop", "app"]) == 0
+    out = capsys.readouterr()
+    assert app.asked is (checkpoint_dir is not None)
+    assert says in out.out + out.err and "with a savepoint" not in out.out
+    if checkpoint_dir:  # a savepoint was asked for: the user learns where the next run resumes
+        assert "newest complete checkpoint" in out.err and not out.out

@@ -142,3 +142,20 @@ def test_the_metrics_dict_is_flat_as_before():
     d = st.as_dict()
     assert d["processed"] == 3 and d["egress"] == 1 and d["backlog"] == 0 and "counters" not in d
     assert list(d)[:3] == ["index", "pid", "backlog"] and list(d)[-2:] == ["processed", "egress"]
+
+
+def test_looks_back_off_while_busy_and_a_first_quiet_look_is_confirmed_at_once():
+    from rayfun.constants import IDLE_POLL_FIRST_S, IDLE_POLL_MAX_S
+
+    watch = IdleWatch()
+    pauses = []
+    for _ in range(6):
+        assert not watch.look(_quiet_pair(backlog=1), 1, [0, 0])
+        pauses.append(watch.pause())
+    assert pauses[0] == IDLE_POLL_FIRST_S and pauses == sorted(pauses) and pauses[-1] == IDLE_POLL_MAX_S
+    assert not watch.look(_quiet_pair(counters={"processed": 5}), 1, [0, 0])  # quiet at last
+    assert watch.pause() == IDLE_POLL_FIRST_S  # confirmed soon: app.wait returns soon after the work ends
+    # a trickle: quiet looks whose counters keep moving are not confirmed at that pace
+    assert not watch.look(_quiet_pair(counters={"processed": 6}), 1, [0, 0])
+    assert watch.pause() == IDLE_POLL_MAX_S
+    assert watch.look(_quiet_pair(counters={"processed": 6}), 1, [0, 0])

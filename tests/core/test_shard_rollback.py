@@ -348,3 +348,30 @@ def test_a_failure_from_another_thread_wakes_the_pending_call():
         await asyncio.wait_for(watch, 1.0)  # an Event set from the thread itself would not wake the loop
 
     _run(scenario, shards=1)
+
+
+def test_a_failure_from_a_thread_after_the_loop_closed_is_kept_not_raised():
+    """A writer or source thread may fail the shard while it shuts down: the loop that waited is closed
+    (``call_soon_threadsafe`` raises there), and the failure must still be recorded, not crash the thread."""
+    holder = {}
+
+    async def scenario(core, peers):
+        watch = asyncio.ensure_future(core.failed())
+        await asyncio.sleep(0.05)
+        holder["core"] = core
+        watch.cancel()
+
+    _run(scenario, shards=1)  # asyncio.run has closed its loop now
+    core = holder["core"]
+    errors = []
+
+    def fail_late():
+        try:
+            errors.append(core.fail("late failure"))
+        except Exception as exc:  # the bug: RuntimeError('Event loop is closed') in the failing thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=fail_late)
+    thread.start()
+    thread.join()
+    assert errors == [True] and core.health()[0] == "late failure"

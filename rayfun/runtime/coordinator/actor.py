@@ -21,7 +21,7 @@ import uuid
 import ray
 from ray.exceptions import RayActorError
 
-from ...constants import IDLE_POLL_FIRST_S, IDLE_POLL_MAX_S, STOP_TIMEOUT_S  # tuning knobs: see rayfun/constants.py
+from ...constants import STOP_TIMEOUT_S  # tuning knobs: see rayfun/constants.py
 from ...functions import StatefulFunctions
 from ...io import AppContext, Sink, Source
 from ...logs import configure_logging
@@ -275,7 +275,6 @@ class Coordinator:
         A verdict that is not idle says what was still busy at the deadline (for the caller's error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         watch = IdleWatch()
-        delay = IDLE_POLL_FIRST_S
         while True:
             recovering = self.fleet.recovering
             statuses = [] if recovering else await self._shard_statuses()
@@ -285,8 +284,7 @@ class Coordinator:
             if deadline is not None and time.monotonic() > deadline:
                 log.info("not idle within %s s: %s", timeout, verdict.reason)
                 return verdict
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, IDLE_POLL_MAX_S)
+            await asyncio.sleep(watch.pause())
 
     async def stop(self, savepoint: bool = False) -> int | None:
         """Stop the application: with ``savepoint``, first a checkpoint with the sources paused (see

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ...constants import IDLE_POLL_FIRST_S, IDLE_POLL_MAX_S
 from ..status import DRIVER, ShardStatus
 
 __all__ = ["IdleWatch", "Verdict", "progress_key", "why_busy"]
@@ -76,6 +77,18 @@ class IdleWatch:
 
     def __init__(self) -> None:
         self._previous: list[tuple] | None = None
+        self._backoff = IDLE_POLL_FIRST_S / 2
+        self._was_quiet = False
+
+    def pause(self) -> float:
+        """Seconds to wait before the next look: longer the longer the shards stay busy (each look asks
+        every shard; ``IDLE_POLL_FIRST_S`` doubling up to ``IDLE_POLL_MAX_S``), but the first quiet look is
+        confirmed at once (waiting up to the longest pause for it and as long again to confirm it made a
+        1 s run's ``app.wait`` ~10 % longer). Quiet looks whose counters keep moving (a trickle) back off."""
+        self._backoff = min(self._backoff * 2, IDLE_POLL_MAX_S)
+        quiet = self._previous is not None
+        first_quiet, self._was_quiet = quiet and not self._was_quiet, quiet
+        return IDLE_POLL_FIRST_S if first_quiet else self._backoff
 
     def look(
         self,

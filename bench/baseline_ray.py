@@ -4,16 +4,18 @@ The first design: counter actors (one per core), each holding a dict of counts; 
 message, at most ``--in-flight`` calls outstanding (so the driver's memory stays bounded), all awaited at
 the end. rayfun runs the same workload (bench/counter.py: 1M messages over 10k instances from a source,
 2 shards); the Ray baseline runs ``--baseline-messages`` of them (it manages a few thousand a second: the
-full million would take minutes). Both final states are checked exact; the last line is the ratio:
+full million would take minutes). Both final states are checked exact. ``--rounds`` pairs (3), each
+measured back to back; the last line is the median of their ratios:
 
-    baseline_ray: rayfun 480000 msgs/s / ray actors 1900 msgs/s = 252x
+    baseline_ray: rayfun / ray actors = 252x (median of 3 pairs)
 
-    python bench/baseline_ray.py [--messages N] [--baseline-messages N] [--addresses N]
+    python bench/baseline_ray.py [--messages N] [--baseline-messages N] [--addresses N] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import zlib
 
@@ -70,13 +72,20 @@ def main() -> None:
     parser.add_argument("--addresses", type=int, default=10_000)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=1000, help="most .remote() calls outstanding")
+    parser.add_argument("--rounds", type=int, default=3, help="pairs of runs, each measured back to back (median)")
     args = parser.parse_args()
     ray.init(num_cpus=max(2, args.shards), include_dashboard=False, log_to_driver=False)
-    baseline = baseline_rate(args.baseline_messages, args.addresses, args.shards, args.in_flight)
-    print(f"ray actors, one .remote() per message: {baseline:,.0f} msgs/s ({args.baseline_messages} messages)")
     args.checkpoint_dir, args.checkpoint_interval = None, 1.0
-    rate = counter.run(args)[0]
-    print(f"baseline_ray: rayfun {rate:.0f} msgs/s / ray actors {baseline:.0f} msgs/s = {rate / baseline:.0f}x")
+    ratios = []
+    for round_ in range(1, args.rounds + 1):  # pairs: a slow spell of the machine slows both halves alike
+        baseline = baseline_rate(args.baseline_messages, args.addresses, args.shards, args.in_flight)
+        rate = counter.run(args)[0]
+        ratios.append(rate / baseline)
+        print(
+            f"round {round_}: ray actors, one .remote() per message: {baseline:,.0f} msgs/s "
+            f"({args.baseline_messages} messages); rayfun {rate:,.0f} msgs/s; {ratios[-1]:.0f}x"
+        )
+    print(f"baseline_ray: rayfun / ray actors = {statistics.median(ratios):.0f}x (median of {len(ratios)} pairs)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 shards, as many as the machine's cores allow, each rate exact and its speed-up over 1 shard printed; the
 last line is the largest shard count that fits the cores (``scaling: 2 shards 1.85x of 1``).
 
-    python bench/scaling.py [--messages N] [--messages-per-shard N] [--max-shards N]
+    python bench/scaling.py [--messages N] [--messages-per-shard N] [--max-shards N] [--rounds N]
+
+Each round runs every shard count in turn; the speed-ups printed are medians over the rounds of each
+round's own ratio (a slow spell of this shared machine then slows both sides of a ratio alike).
 
 Each run processes at least ``--messages`` and at least ``--messages-per-shard`` per shard (weak scaling
 past 2 shards), so that a run at 16 shards still lasts seconds, not the tenth of a second that start-up
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 
 import counter
 import ray
@@ -46,32 +50,48 @@ def main() -> None:
     parser.add_argument("--addresses", type=int, default=10_000)
     parser.add_argument("--messages-per-shard", type=int, default=500_000)
     parser.add_argument("--max-shards", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every shard count in turn (median)")
     args = parser.parse_args()
     counts = [n for n in (1, 2, 4, 8, 16) if n <= max(1, args.max_shards)]
-    ray.init(num_cpus=max(counts), include_dashboard=False, log_to_driver=False)
-    rates: dict[int, float] = {}
-    for shards in counts:
-        run_args = argparse.Namespace(
-            messages=max(args.messages, shards * args.messages_per_shard),
-            addresses=args.addresses,
-            shards=shards,
-            checkpoint_dir=None,
-            checkpoint_interval=1.0,
-        )
-        rates[shards] = counter.run(run_args)[0]
-        print(f"{shards} shard(s): {rates[shards]:,.0f} msgs/s, {rates[shards] / rates[1]:.2f}x of 1")
     top = counts[-1]
-    if top > 1:  # the same run with no message crossing to a peer: how much of the gap the crossing is
-        local = counter.run(argparse.Namespace(**vars(run_args), local=True))[0]  # run_args: the top count's
-        print(
-            f"{top} shards, each reading only messages for its own instances (no crossing; a diagnostic, "
-            f"counter.make_local_records): {local:,.0f} msgs/s, {local / rates[1]:.2f}x of 1"
-        )
+    ray.init(num_cpus=max(counts), include_dashboard=False, log_to_driver=False)
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    local_rates: list[float] = []
+    for round_ in range(1, args.rounds + 1):
+        # every count in turn, then the next round: a slow spell of the machine hits all counts alike
+        for shards in counts:
+            run_args = argparse.Namespace(
+                messages=max(args.messages, shards * args.messages_per_shard),
+                addresses=args.addresses,
+                shards=shards,
+                checkpoint_dir=None,
+                checkpoint_interval=1.0,
+            )
+            rates[shards].append(counter.run(run_args)[0])
+            print(
+                f"round {round_}, {shards} shard(s): {rates[shards][-1]:,.0f} msgs/s, {rates[shards][-1] / rates[1][-1]:.2f}x of 1"
+            )
+        if top > 1:  # the same run with no message crossing to a peer: how much of the gap the crossing is
+            local_rates.append(counter.run(argparse.Namespace(**vars(run_args), local=True))[0])  # the top count's
+            print(
+                f"round {round_}, {top} shards, each reading only messages for its own instances (no crossing; "
+                f"a diagnostic, counter.make_local_records): {local_rates[-1]:,.0f} msgs/s, "
+                f"{local_rates[-1] / rates[1][-1]:.2f}x of 1"
+            )
     limit = counter.plain_loop_rate(args.messages, args.addresses)
     print(f"plain loop (one core): {limit:,.0f} msgs/s; on {os.cpu_count()} cores")
-    for shards, rate in rates.items():
-        print(f"{shards} shard(s): {rate / (shards * limit):.2f} of {shards} cores' limit")
-    print(f"scaling: {top} shards {rates[top] / rates[1]:.2f}x of 1")
+    for shards, runs in rates.items():
+        rate = statistics.median(runs)
+        speedup = statistics.median(r / one for r, one in zip(runs, rates[1]))
+        print(
+            f"{shards} shard(s): median {rate:,.0f} msgs/s, {speedup:.2f}x of 1 (median of rounds), {rate / (shards * limit):.2f} of {shards} cores' limit"
+        )
+    if local_rates:
+        print(
+            f"{top} shards, no crossing: {statistics.median(r / one for r, one in zip(local_rates, rates[1])):.2f}x of 1 (median of rounds)"
+        )
+    speedup = statistics.median(r / one for r, one in zip(rates[top], rates[1]))
+    print(f"scaling: {top} shards {speedup:.2f}x of 1")
 
 
 if __name__ == "__main__":

@@ -237,7 +237,8 @@ STOP_TIMEOUT_S = _float("STOP_TIMEOUT_S", 30.0)
 SAVEPOINT_DRAIN_S = _float("SAVEPOINT_DRAIN_S", 5.0)
 #: A savepoint whose checkpoint fails (storage down) is tried this many times before the stop gives up.
 SAVEPOINT_ATTEMPTS = _int("SAVEPOINT_ATTEMPTS", 3)
-#: wait_idle looks again after this, doubling ... (seconds)
+#: wait_idle looks again after this, doubling while the shards stay busy ... (seconds); a first quiet look
+#: is confirmed after this too (see IdleWatch.pause)
 IDLE_POLL_FIRST_S = _float("IDLE_POLL_FIRST_S", 0.005)
 #: ... up to this (seconds).
 IDLE_POLL_MAX_S = _float("IDLE_POLL_MAX_S", 0.05)

@@ -14,7 +14,8 @@ noise would dominate; the rate is what is compared.
 The top shard count also runs once with each shard's source partition holding messages only for the
 instances that shard owns (``counter.make_local_records``, a diagnostic: the same messages, values and
 instance count, nothing crossing to a peer), and prints its speed-up too: the gap between the two is what
-the crossing costs. On the 2-core machine (session 19): 1.41x with crossing, 1.81x without, in one run.
+the crossing costs. On the 2-core machine (session 19): 1.41x with crossing, 1.81x without, in one run;
+(session 23, medians of 3 rounds) 1.29x and 1.89x: the crossing is the whole gap to the 1.8x target.
 
 What stops scaling first. The data path has no central part: each shard reads its own source partitions,
 routes each message to the shard owning its key group and ships batches to peers as Ray actor calls (encoded

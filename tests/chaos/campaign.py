@@ -836,6 +836,7 @@ class _Run:
 
     def fault_damage(self, f: Fault) -> None:
         fs, root = self._fs()
+        set_aside_before = self.quarantined_ids()  # an earlier damage fault's, rightly set aside then
         newest = max(self.info()["last_checkpoint"] or 0, 0)
         if newest < 2 and not self.wait_for(lambda: (self.info()["last_checkpoint"] or 0) >= 2, 10):
             self.did.append("damage skipped (fewer than 2 checkpoints)")
@@ -862,7 +863,7 @@ class _Run:
         # A checkpoint may complete between the damage and the kill (it references the damaged file and
         # is set aside too): its epoch's egress was published and is then replayed. Which ones were set
         # aside is the store's word; one older than the damaged checkpoint would be a wrong quarantine.
-        set_aside = self.quarantined_ids()
+        set_aside = self.quarantined_ids() - set_aside_before
         older = sorted(i for i in set_aside if i < newest)
         if older:
             self.violations.append(f"checkpoints {older}, older than the damaged {newest}, were set aside")

@@ -827,12 +827,19 @@ class _Run:
         direct = self.servers.s3_options  # straight to moto: the damage must not depend on the proxy
         return fsspec.filesystem("s3", **direct), self.checkpoint_dir[len("s3://") :]
 
-    def quarantined_ids(self) -> set[int]:
-        """The checkpoints the store set aside as damaged, as the store itself lists them."""
+    def _store(self):
         from rayfun.checkpoint.store import CheckpointStore
 
-        options = None if self.s3_proxy is None else self.servers.s3_options
-        return set(CheckpointStore(self.checkpoint_dir, storage_options=options).quarantined_ids())
+        options = None if self.s3_proxy is None else self.servers.s3_options  # straight to moto
+        return CheckpointStore(self.checkpoint_dir, storage_options=options)
+
+    def quarantined_ids(self) -> set[int]:
+        """The checkpoints the store set aside as damaged, as the store itself lists them."""
+        return set(self._store().quarantined_ids())
+
+    def complete_ids(self) -> list[int]:
+        """The checkpoints with a manifest (complete), oldest first."""
+        return list(self._store().checkpoint_ids())
 
     def fault_damage(self, f: Fault) -> None:
         fs, root = self._fs()
@@ -842,6 +849,9 @@ class _Run:
             self.did.append("damage skipped (fewer than 2 checkpoints)")
             return
         newest = self.info()["last_checkpoint"]
+        # The replay republishes all that checkpoint ``newest`` published: its epoch's records and those of
+        # any epoch whose own checkpoint failed since the one before it (they were published with it)
+        previous = max((i for i in self.complete_ids() if i < newest), default=0)
         manifest = f"{root}/manifests/cp-{newest:010d}.json"
         files = (
             []
@@ -858,7 +868,7 @@ class _Run:
             what = f"{os.path.basename(victim)} of checkpoint {newest} truncated to {len(data) // 2} bytes"
         info = self.info()
         self.kill_shard()
-        self.damaged_epochs.update(range(newest, (info["last_checkpoint"] or 0) + 1))
+        self.damaged_epochs.update(range(previous + 1, (info["last_checkpoint"] or 0) + 1))
         self.wait_recovered(info["recoveries"], "damage")
         # A checkpoint may complete between the damage and the kill (it references the damaged file and
         # is set aside too): its epoch's egress was published and is then replayed. Which ones were set

@@ -37,11 +37,21 @@ def check_outcome(app, gen: Generator, tally: bool = False) -> None:
     assert not wrong, f"{len(wrong)} instances differ, e.g. {list(wrong.items())[:3]}"
 
 
-def kill_shards_meanwhile(app, rng: random.Random, kills: int, stop: threading.Event) -> list[int]:
+def _processed(app) -> int:
+    return sum(status["processed"] for status in app._statuses())
+
+
+def kill_shards_meanwhile(app, rng: random.Random, kills: int, stop: threading.Event, every: int = 0) -> list[int]:
+    """Kill ``kills`` shards while the work goes on, each once ``every`` more messages were processed since
+    the last recovery (by progress, not time: a 3x faster machine read a whole workload before a kill timed
+    for the slower one), plus up to 0.2 s at random."""
     killed = []
-    for k in range(kills):
-        # the first soon (on a fast machine the workload is done in under 2 s), the others spread out
-        if stop.wait(rng.uniform(0.3, 0.9) if k == 0 else rng.uniform(0.8, 2.0)):
+    for _ in range(kills):
+        target = _processed(app) + every
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and _processed(app) < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if stop.wait(rng.uniform(0.0, 0.2)):
             break
         shards = ray.get(app._coordinator.shard_handles.remote())
         victim = rng.randrange(len(shards))
@@ -62,7 +72,7 @@ def run_with_shard_kills(
     tally: bool = False,
 ) -> None:
     rng = random.Random(SEED)
-    gen = gen or Generator(SEED, instances=300, messages=5000)
+    gen = gen or Generator(SEED, instances=300, messages=15000)
     source = MemorySource(gen.records, partitions=3, id="chaos/commands", batch_size=batch_size, value_type=Commands)
     app = rayfun.start(
         build_functions(tally),
@@ -74,7 +84,8 @@ def run_with_shard_kills(
     )
     stop = threading.Event()
     killed: list[int] = []
-    killer = threading.Thread(target=lambda: killed.extend(kill_shards_meanwhile(app, rng, kills, stop)))
+    every = len(gen.records) // 10  # three kills take a third of the work or so: most of it comes after
+    killer = threading.Thread(target=lambda: killed.extend(kill_shards_meanwhile(app, rng, kills, stop, every)))
     try:
         killer.start()
         app.wait(timeout=180)

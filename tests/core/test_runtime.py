@@ -167,7 +167,12 @@ def test_ingress_records_reach_functions(app):
 
 
 def test_context_address_caller_and_egress_by_short_name(app):
+    # one at a time: a message the driver sends bob and one the relay sends him come down different
+    # channels, and nothing orders two channels (a faster machine ran the relay's first)
     app.send("test/greeter", "bob", "hi")
+    assert [g for g in app.egress("greetings") if g.startswith("test/greeter/bob")] == [
+        "test/greeter/bob #1 hi from ingress"
+    ]
     app.send("test/relay", "r1", "bob")
     greetings = [g for g in app.egress("greetings") if g.startswith("test/greeter/bob")]
     assert greetings == ["test/greeter/bob #1 hi from ingress", "test/greeter/bob #2 relayed from test/relay/r1"]

@@ -40,7 +40,12 @@ def test_rescale_under_load_is_exact(ray_session, tmp_path):
         for step, shards in enumerate([4, 1, 3]):
             for chunk in chunks[step * 10 : step * 10 + 5]:
                 app.send_many(chunk, value_type=Commands)
-            time.sleep(0.3)
+            if step == 0:  # early in the source (by progress: a fixed 0.3 s read all of it on a fast machine)
+                deadline = time.monotonic() + 30
+                while sum(st["processed"] for st in app._statuses()) < 300 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            else:
+                time.sleep(0.3)
             before = not all(m["sources_exhausted"] for m in app.shard_metrics())  # the source is still being read
             # in the middle of the work (the sources are far from their end); the second time by the attached
             # driver, so that `app` sends rows routed for the old shard count, which the coordinator re-routes
@@ -53,7 +58,7 @@ def test_rescale_under_load_is_exact(ray_session, tmp_path):
         app.wait(timeout=240)
         for shards, _, reported, statuses in layouts:
             assert reported == shards and statuses == shards
-        # the first rescale comes 0.3 s in, far from the source's end; on a slow machine the later ones may
+        # the first rescale comes 300 messages in, far from the source's end; on a slow machine the later ones may
         # come after the source is read (the driver's sends and the cascades are still under way then)
         assert layouts[0][1], "the source was read to its end before the first rescale: nothing was under way"
         assert app.info()["rescales"] == 3

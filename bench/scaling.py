@@ -69,9 +69,8 @@ def main() -> None:
                 checkpoint_interval=1.0,
             )
             rates[shards].append(counter.run(run_args)[0])
-            print(
-                f"round {round_}, {shards} shard(s): {rates[shards][-1]:,.0f} msgs/s, {rates[shards][-1] / rates[1][-1]:.2f}x of 1"
-            )
+            rate = rates[shards][-1]
+            print(f"round {round_}, {shards} shard(s): {rate:,.0f} msgs/s, {rate / rates[1][-1]:.2f}x of 1")
         if top > 1:  # the same run with no message crossing to a peer: how much of the gap the crossing is
             local_rates.append(counter.run(argparse.Namespace(**vars(run_args), local=True))[0])  # the top count's
             print(
@@ -79,20 +78,22 @@ def main() -> None:
                 f"a diagnostic, counter.make_local_records): {local_rates[-1]:,.0f} msgs/s, "
                 f"{local_rates[-1] / rates[1][-1]:.2f}x of 1"
             )
+
+    def speedup(runs: list[float]) -> float:
+        """The median over rounds of each round's rate over that round's one-shard rate."""
+        return statistics.median(r / one for r, one in zip(runs, rates[1]))
+
     limit = counter.plain_loop_rate(args.messages, args.addresses)
     print(f"plain loop (one core): {limit:,.0f} msgs/s; on {os.cpu_count()} cores")
     for shards, runs in rates.items():
         rate = statistics.median(runs)
-        speedup = statistics.median(r / one for r, one in zip(runs, rates[1]))
         print(
-            f"{shards} shard(s): median {rate:,.0f} msgs/s, {speedup:.2f}x of 1 (median of rounds), {rate / (shards * limit):.2f} of {shards} cores' limit"
+            f"{shards} shard(s): median {rate:,.0f} msgs/s, {speedup(runs):.2f}x of 1 (median of rounds), "
+            f"{rate / (shards * limit):.2f} of {shards} cores' limit"
         )
     if local_rates:
-        print(
-            f"{top} shards, no crossing: {statistics.median(r / one for r, one in zip(local_rates, rates[1])):.2f}x of 1 (median of rounds)"
-        )
-    speedup = statistics.median(r / one for r, one in zip(rates[top], rates[1]))
-    print(f"scaling: {top} shards {speedup:.2f}x of 1")
+        print(f"{top} shards, no crossing: {speedup(local_rates):.2f}x of 1 (median of rounds)")
+    print(f"scaling: {top} shards {speedup(rates[top]):.2f}x of 1")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import ray
 import rayfun
 from rayfun.connectors.memory import MemorySource
 from tests.chaos.workload import EGRESS, FN, TALLY, Commands, Generator, build_functions
+from tests.support.progress import processed, wait_until_processed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -37,20 +38,13 @@ def check_outcome(app, gen: Generator, tally: bool = False) -> None:
     assert not wrong, f"{len(wrong)} instances differ, e.g. {list(wrong.items())[:3]}"
 
 
-def _processed(app) -> int:
-    return sum(status["processed"] for status in app._statuses())
-
-
 def kill_shards_meanwhile(app, rng: random.Random, kills: int, stop: threading.Event, every: int = 0) -> list[int]:
     """Kill ``kills`` shards while the work goes on, each once ``every`` more messages were processed since
     the last recovery (by progress, not time: a 3x faster machine read a whole workload before a kill timed
     for the slower one), plus up to 0.2 s at random."""
     killed = []
     for _ in range(kills):
-        target = _processed(app) + every
-        deadline = time.monotonic() + 60
-        while not stop.is_set() and _processed(app) < target and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until_processed(app, processed(app) + every, stop=stop)
         if stop.wait(rng.uniform(0.0, 0.2)):
             break
         shards = ray.get(app._coordinator.shard_handles.remote())

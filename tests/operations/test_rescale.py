@@ -13,6 +13,7 @@ import pytest
 import rayfun
 from rayfun.connectors.memory import MemorySource
 from tests.chaos.workload import EGRESS, FN, Commands, Generator, build_functions
+from tests.support.progress import wait_until_processed
 
 SEED = int(os.environ.get("RAYFUN_TEST_SEED", random.randrange(1_000_000)))
 INSTANCES = 200
@@ -41,9 +42,7 @@ def test_rescale_under_load_is_exact(ray_session, tmp_path):
             for chunk in chunks[step * 10 : step * 10 + 5]:
                 app.send_many(chunk, value_type=Commands)
             if step == 0:  # early in the source (by progress: a fixed 0.3 s read all of it on a fast machine)
-                deadline = time.monotonic() + 30
-                while sum(st["processed"] for st in app._statuses()) < 300 and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                wait_until_processed(app, 300, timeout=30)
             else:
                 time.sleep(0.3)
             before = not all(m["sources_exhausted"] for m in app.shard_metrics())  # the source is still being read

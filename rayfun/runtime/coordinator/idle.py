@@ -77,7 +77,7 @@ class IdleWatch:
 
     def __init__(self) -> None:
         self._previous: list[tuple] | None = None
-        self._backoff = IDLE_POLL_FIRST_S / 2
+        self._backoff = IDLE_POLL_FIRST_S  # the next pause while busy
         self._was_quiet = False
 
     def pause(self) -> float:
@@ -85,10 +85,10 @@ class IdleWatch:
         every shard; ``IDLE_POLL_FIRST_S`` doubling up to ``IDLE_POLL_MAX_S``), but the first quiet look is
         confirmed at once (waiting up to the longest pause for it and as long again to confirm it made a
         1 s run's ``app.wait`` ~10 % longer). Quiet looks whose counters keep moving (a trickle) back off."""
-        self._backoff = min(self._backoff * 2, IDLE_POLL_MAX_S)
+        pause, self._backoff = self._backoff, min(self._backoff * 2, IDLE_POLL_MAX_S)
         quiet = self._previous is not None
         first_quiet, self._was_quiet = quiet and not self._was_quiet, quiet
-        return IDLE_POLL_FIRST_S if first_quiet else self._backoff
+        return IDLE_POLL_FIRST_S if first_quiet else pause
 
     def look(
         self,

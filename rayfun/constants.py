@@ -64,6 +64,8 @@ __all__ = [
     "STANDBY_DELAY_S",
     "STATUS_TIMEOUT_S",
     "STOP_TIMEOUT_S",
+    "STORAGE_CALL_TIMEOUT_S",
+    "STORAGE_MIN_BYTES_PER_S",
     "SWEEP_INTERVAL_S",
     "TRICKLE_ROWS",
     "TRICKLE_WAIT_S",
@@ -189,6 +191,11 @@ IO_THREADS = _int("IO_THREADS", 8)
 FULL_EVERY = _int("FULL_EVERY", 50)
 #: A checkpoint not complete by then is abandoned, e.g. storage that hangs (seconds).
 CHECKPOINT_TIMEOUT_S = _float("CHECKPOINT_TIMEOUT_S", 60.0)
+#: A call to an object store (one file, its retries included) is given up on after this (seconds), plus
+#: the time its bytes take at STORAGE_MIN_BYTES_PER_S: storage that hangs (see rayfun/storage.py).
+STORAGE_CALL_TIMEOUT_S = _float("STORAGE_CALL_TIMEOUT_S", 30.0)
+#: The slowest transfer (bytes per second) a big file's storage call is given time for.
+STORAGE_MIN_BYTES_PER_S = _float("STORAGE_MIN_BYTES_PER_S", 1_000_000.0)
 #: While checkpoints fail, attempts back off up to this far apart (seconds).
 CHECKPOINT_BACKOFF_MAX_S = _float("CHECKPOINT_BACKOFF_MAX_S", 5.0)
 #: Consecutive failed checkpoints before the log says so at ERROR level ...

@@ -6,7 +6,7 @@ directory created on demand: retention may remove an empty one meanwhile, so a w
 atomic write is temp file + fsync + rename locally and a single PUT elsewhere, a big file is staged
 beside its final path (then renamed) or in the local temp directory (then uploaded), and a big file is
 read from its own path locally or from a downloaded copy. Listings never come from fsspec's cache: other
-processes write here.
+processes write here. Every call to an object store is bounded in time (rayfun/storage.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
+
+from ..storage import call_bounded
 
 __all__ = ["BlobStore", "remove_file"]
 
@@ -58,13 +60,14 @@ class BlobStore:
                     if attempt == 2:
                         raise
         else:  # object-store clients want bytes
-            self.fs.pipe_file(path, data if isinstance(data, bytes) else data.to_pybytes())
+            payload = data if isinstance(data, bytes) else data.to_pybytes()
+            call_bounded(self.fs, "pipe_file", path, payload, size=len(payload))
 
     def put_atomic(self, rel: str, data: bytes) -> None:
         """All or nothing: temp file + fsync + rename locally; a single PUT on object stores."""
         path = self.abs(rel)
         if not self.local:
-            self.fs.pipe_file(path, data)
+            call_bounded(self.fs, "pipe_file", path, data, size=len(data))
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -105,7 +108,7 @@ class BlobStore:
             if self.local:
                 os.replace(staged, self.abs(rel))
             else:
-                self.fs.put_file(staged, self.abs(rel))
+                call_bounded(self.fs, "put_file", staged, self.abs(rel), size=os.path.getsize(staged))
         finally:
             remove_file(staged)
 
@@ -114,11 +117,11 @@ class BlobStore:
             return
         paths = [self.abs(r) for r in rels]
         try:
-            self.fs.rm(paths)
+            call_bounded(self.fs, "rm", paths)
         except FileNotFoundError:
             for p in paths:
                 try:
-                    self.fs.rm_file(p)
+                    call_bounded(self.fs, "rm_file", p)
                 except FileNotFoundError:
                     pass
 
@@ -141,7 +144,7 @@ class BlobStore:
     # -- reading --------------------------------------------------------------------------------------
 
     def get(self, rel: str) -> bytes:
-        return self.fs.cat_file(self.abs(rel))
+        return call_bounded(self.fs, "cat_file", self.abs(rel))
 
     def local_copy(self, rel: str) -> tuple[str, bool]:
         """A local path holding ``rel`` and whether it is a temporary copy (the caller removes it): the
@@ -151,7 +154,8 @@ class BlobStore:
         token = uuid.uuid4().hex[:8]
         local = os.path.join(tempfile.gettempdir(), f"rayfun-restore-{token}-{rel.rsplit('/', 1)[-1]}")
         try:
-            self.fs.get_file(self.abs(rel), local)
+            path = self.abs(rel)
+            call_bounded(self.fs, "get_file", path, local, size=self.size(rel))
         except BaseException:
             remove_file(local)
             raise
@@ -160,20 +164,20 @@ class BlobStore:
     def exists(self, rel: str) -> bool:
         path = self.abs(rel)
         self.fs.invalidate_cache(path)
-        return self.fs.exists(path)
+        return call_bounded(self.fs, "exists", path)
 
     def size(self, rel: str) -> int:
         """The size of ``rel`` (FileNotFoundError if absent)."""
         path = self.abs(rel)
         self.fs.invalidate_cache(path)
-        return self.fs.size(path)
+        return call_bounded(self.fs, "size", path)
 
     def ls(self, rel_dir: str, detail: bool = False) -> list:
         """Entries directly under ``rel_dir`` (full paths, or fsspec's dicts with ``detail``); [] if none."""
         path = self.abs(rel_dir)
         try:
             self.fs.invalidate_cache(path)  # other processes write here: never trust a cached listing
-            return self.fs.ls(path, detail=detail)
+            return call_bounded(self.fs, "ls", path, detail=detail)
         except FileNotFoundError:
             return []
 
@@ -182,7 +186,7 @@ class BlobStore:
         path = self.abs(rel_dir)
         self.fs.invalidate_cache(path)
         try:
-            return [self.rel(p) for p in self.fs.find(path)]
+            return [self.rel(p) for p in call_bounded(self.fs, "find", path)]
         except FileNotFoundError:
             return []
 

@@ -5,11 +5,11 @@ and travels with it, so a partition rebuilt after a failure sees the same files 
 are dealt round-robin to ``partitions``; a partition's position is ``(file index, byte offset)`` of the
 next line, which makes it replayable: a restore re-reads exactly the lines after the checkpointed one.
 
-``FileSink`` writes, per shard and epoch, one JSON-lines file, first under a temporary name and then
-renamed to its final name ``part-<shard>-<epoch>.jsonl``. A repeated epoch (after a crash) writes the
+``FileSink`` writes, per shard and epoch, one JSON-lines file ``part-<shard>-<epoch>.jsonl``: on a local
+disk under a temporary name and then renamed, on an object store in one PUT (the object appears in one
+piece; the call is bounded in time, see rayfun/storage.py). A repeated epoch (after a crash) writes the
 same final file again with the same records, so publication is idempotent per ``(partition, epoch)`` and
-readers never see half a file (on object stores the final object appears in one piece). Without
-checkpoints (epoch -1) every batch gets a file of its own.
+readers never see half a file. Without checkpoints (epoch -1) every batch gets a file of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 from rayfun.io import DeadLetter, DeliverySemantic, Sink, SinkPartition, Source, SourcePartition, SourceRows
 from rayfun.messages import KAFKA_PRODUCER_RECORD, EgressMessage, Message
+from rayfun.storage import call_bounded
 from rayfun.types import BUILTIN_TYPES, check_id, display_value, validate_typename
 
 __all__ = ["FileSink", "FileSource", "read_sink_records"]
@@ -331,15 +332,15 @@ class FileSinkPartition(SinkPartition):
             lines.append(json.dumps(row, ensure_ascii=False))
         data = ("\n".join(lines) + "\n").encode("utf-8")
         final = f"{self._dir}/{name}"
-        temp = f"{self._dir}/.tmp-{name}-{uuid.uuid4().hex[:8]}"
         fs = self._fs
+        if not _is_local(fs):  # one PUT: atomic on an object store, and bounded in time (rayfun/storage.py)
+            call_bounded(fs, "pipe_file", final, data, size=len(data))
+            return
+        temp = f"{self._dir}/.tmp-{name}-{uuid.uuid4().hex[:8]}"
         with fs.open(temp, "wb") as f:
             f.write(data)
         try:
-            if _is_local(fs):
-                os.replace(temp, final)  # atomic, and overwrites a file left by an earlier attempt
-            else:
-                fs.mv(temp, final)
+            os.replace(temp, final)  # atomic, and overwrites a file left by an earlier attempt
         except BaseException:
             try:
                 fs.rm(temp)

@@ -23,8 +23,6 @@ import os
 import random
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from types import SimpleNamespace
 
+from rayfun.constants import STORAGE_CALL_TIMEOUT_S
+from tests.support.proxy import TcpProxy
 from tests.support.servers import MOTO_BUCKET, free_port, s3_options, start_moto, stop, wait_for_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -293,89 +293,6 @@ def sdk_python() -> str | None:
     return path if os.path.exists(path) else None
 
 
-class TcpProxy:
-    """A loopback TCP proxy that can refuse service for a while: an outage of what sits behind it (S3,
-    a function server) without stopping it (moto holds its data in memory). While down, live connections
-    are reset and new ones are reset on accept."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._down = False
-        self._closed = False
-        self._lock = threading.Lock()
-        self._live: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True, name=f"proxy-{self.port}").start()
-
-    @staticmethod
-    def _reset(sock: socket.socket) -> None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
-        except OSError:
-            pass
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._down:
-                self._reset(client)
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                self._reset(client)
-                continue
-            with self._lock:
-                self._live.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._live.discard(src)
-                self._live.discard(dst)
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-
-    def down(self) -> None:
-        self._down = True
-        with self._lock:
-            live, self._live = list(self._live), set()
-        for s in live:
-            self._reset(s)
-
-    def up(self) -> None:
-        self._down = False
-
-    def close(self) -> None:
-        self._closed = True
-        self.down()
-        try:  # wakes the thread blocked in accept (close alone does not, on Linux)
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
-
-
 # -- scenarios ------------------------------------------------------------------------------------------
 
 
@@ -384,7 +301,7 @@ class Fault:
     kind: str
     at_s: float  # not before this many seconds after the application (re)started
     duration_s: float = 0.0  # outages
-    mode: str = ""  # storage: -; remote: "500" | "refuse"; damage: "truncate" | "manifest"
+    mode: str = ""  # storage: "refuse" | "blackhole" on S3, - locally; remote: "500" | "refuse"; damage: "truncate" | "manifest"
 
 
 @dataclass
@@ -438,7 +355,7 @@ def make_scenario(seed: int, only: tuple[str, ...] | None = None) -> Scenario:
         elif kind == "damage":
             fault.mode = rng.choice(["truncate", "manifest"])
         faults.append(fault)
-    return Scenario(
+    scenario = Scenario(
         seed=seed,
         shards=rng.randint(2, 3),
         interval=round(rng.uniform(0.2, 0.5), 2),
@@ -451,6 +368,12 @@ def make_scenario(seed: int, only: tuple[str, ...] | None = None) -> Scenario:
         spread_ms=spread_ms,
         faults=faults,
     )
+    if scenario.storage == "s3":  # drawn apart, so that the seeds from before this choice keep their scenarios
+        modes = random.Random(f"{seed}/storage-outage")
+        for fault in faults:
+            if fault.kind == "storage-outage":
+                fault.mode = modes.choice(["refuse", "blackhole"])
+    return scenario
 
 
 # -- the oracle -----------------------------------------------------------------------------------------
@@ -684,11 +607,17 @@ class _Run:
             )
 
     def begin_outage(
-        self, resource: str, label: str, duration: float, down: Callable[[], None], up: Callable[[], None]
+        self,
+        resource: str,
+        label: str,
+        duration: float,
+        down: Callable[[], None],
+        up: Callable[[], None],
+        heal_within: float = HEAL_TIMEOUT_S,
     ) -> None:
         """Take ``resource`` down now and heal it ``duration`` seconds later (a timer), while the next
         faults go on: a shard killed during a storage outage must restore through it. An outage of a
-        resource already down extends that one."""
+        resource already down extends that one. Checkpoints must resume within ``heal_within`` of the heal."""
         with self.lock:
             outage = self.outages.get(resource)
             extends = outage is not None
@@ -697,8 +626,9 @@ class _Run:
             else:
                 down()
                 outage = self.outages[resource] = SimpleNamespace(
-                    label=label, up=up, recoveries=self.info()["recoveries"]
+                    label=label, up=up, recoveries=self.info()["recoveries"], heal_within=heal_within
                 )
+            outage.heal_within = max(outage.heal_within, heal_within)
             outage.heal_at = max(getattr(outage, "heal_at", 0.0), time.monotonic() + duration)
             outage.timer = threading.Timer(outage.heal_at - time.monotonic(), self._heal, args=(resource,))
             outage.timer.daemon = True
@@ -717,6 +647,7 @@ class _Run:
                     (
                         f"{outage.label} ({info['recoveries'] - outage.recoveries} rollbacks meanwhile)",
                         info["last_checkpoint"] or 0,
+                        outage.heal_within,
                     )
                 )
             finally:  # only now: an outage is always either under way or in ``healed``
@@ -728,14 +659,17 @@ class _Run:
         if wait:
             self.wait_for(lambda: not self.outages, 60)
         while self.healed:
-            label, healed = self.healed.pop(0)
-            if self.wait_for(lambda: (self.info()["last_checkpoint"] or 0) > healed, HEAL_TIMEOUT_S):
-                self.did.append(f"after {label}: checkpoints resumed past {healed}")
+            label, healed, within = self.healed.pop(0)
+            began = time.monotonic()
+            if self.wait_for(lambda: (self.info()["last_checkpoint"] or 0) > healed, within):
+                self.did.append(
+                    f"after {label}: checkpoints resumed past {healed} ({time.monotonic() - began:.1f}s later)"
+                )
             else:
                 self.did.append(f"after {label}: checkpoints did NOT resume")
                 self.violations.append(
                     f"checkpoints did not resume after {label}: last_checkpoint stayed at "
-                    f"{healed} for {HEAL_TIMEOUT_S:.0f} s after it healed (info {self.info()})"
+                    f"{healed} for {within:.0f} s after it healed (info {self.info()})"
                 )
 
     def fault_kill(self, f: Fault) -> None:
@@ -781,7 +715,17 @@ class _Run:
         self.wait_recovered(before, "kill-checkpoint")
 
     def fault_storage_outage(self, f: Fault) -> None:
-        if self.s3_proxy is not None:
+        if self.s3_proxy is not None and f.mode == "blackhole":
+            # a request in flight, or sent meanwhile, may wait until rayfun gives it up (STORAGE_CALL_TIMEOUT_S)
+            self.begin_outage(
+                "storage",
+                "S3 silent (proxy black-holes)",
+                f.duration_s,
+                self.s3_proxy.blackhole,
+                self.s3_proxy.up,
+                heal_within=HEAL_TIMEOUT_S + STORAGE_CALL_TIMEOUT_S,
+            )
+        elif self.s3_proxy is not None:
             self.begin_outage(
                 "storage", "S3 unreachable (proxy resets)", f.duration_s, self.s3_proxy.down, self.s3_proxy.up
             )

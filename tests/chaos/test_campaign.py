@@ -11,13 +11,15 @@ from tests.chaos.campaign import EMBEDDED, Servers, Workload, make_scenario, run
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 # (seed, fault kinds): kills of every sort with app.send_many and a file egress on a local dir; a damaged
-# checkpoint (fallback) and a kill during a checkpoint, with the remote SDK function; an S3 outage and a
+# checkpoint (fallback) and a kill during a checkpoint, with the remote SDK function; S3 gone silent (a
+# black hole: requests in flight never answered) and a kill during it; S3 refusing connections and a
 # kill; a remote function that is unreachable and a coordinator death, on S3; two damaged checkpoints in
 # one run, on S3 (the second's check once counted the first's, rightly set aside, as a wrong quarantine)
 SEEDS = [
     (5, ("kill-burst", "kill-restore", "sigkill")),
     (1, ("damage", "kill-checkpoint")),
     (3, ("storage-outage", "kill")),
+    (4, ("storage-outage", "kill")),
     (4, ("remote-outage", "coordinator-kill", "driver-kill")),
     (4, ("damage",)),
 ]

@@ -83,3 +83,39 @@ def test_s3_checkpoint_without_manifest_is_invisible(moto_s3):
     assert store.latest() is None and store.checkpoint_ids() == []
     _checkpoint(store, 2, model, 1, None)
     assert store.latest().checkpoint_id == 2
+
+
+def test_storage_that_goes_silent_fails_the_call_in_bounded_time_and_the_next_works(moto_s3, monkeypatch):
+    """S3 that answers nothing (a partition: no reset, no answer). botocore asks for ``100-continue`` on a
+    PUT and aiohttp waits for it without a timer: without rayfun's bound the PUT waited forever. With it,
+    each kind of call fails with a clear StorageTimeout, and once S3 answers again the next call works."""
+    import time
+
+    from rayfun import storage
+    from rayfun.checkpoint.blobs import BlobStore
+    from tests.support.proxy import TcpProxy
+    from tests.support.servers import MOTO_BUCKET, s3_options
+
+    monkeypatch.setattr(storage, "STORAGE_CALL_TIMEOUT_S", 1.5)
+    moto_port = int(moto_s3["client_kwargs"]["endpoint_url"].rsplit(":", 1)[1])
+    proxy = TcpProxy(moto_port)
+    try:
+        blobs = BlobStore(f"s3://{MOTO_BUCKET}/silent-{uuid.uuid4().hex[:8]}", s3_options(proxy.port))
+        blobs.put_atomic("manifests/a.json", b"{}")
+        proxy.blackhole()
+        for call in (
+            lambda: blobs.put_atomic("manifests/b.json", b"{}"),
+            lambda: blobs.put("data/c.arrow", b"x" * 5000),
+            lambda: blobs.get("manifests/a.json"),
+            lambda: blobs.ls("manifests"),
+        ):
+            began = time.monotonic()
+            with pytest.raises(storage.StorageTimeout, match="storage did not answer within 2 s"):
+                call()
+            assert time.monotonic() - began < 6.0
+        proxy.up()
+        blobs.put_atomic("manifests/b.json", b"{}")
+        assert blobs.get("manifests/b.json") == b"{}"
+        assert sorted(p.rsplit("/", 1)[1] for p in blobs.ls("manifests")) == ["a.json", "b.json"]
+    finally:
+        proxy.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 import types
 
 import pytest
@@ -170,10 +172,13 @@ class _Metrics:
 class _Store:
     def __init__(self) -> None:
         self.fail: Exception | None = None
+        self.hang: threading.Event | None = None  # set: commits wait for it (storage that hangs)
         self.committed: list[int] = []
         self.retained: list[int] = []
 
     def commit(self, n, parts, **kwargs) -> None:
+        if self.hang is not None:
+            self.hang.wait(30)
         if self.fail is not None:
             raise self.fail
         assert kwargs.get("retain") is False, "retention must not hold up the egress the checkpoint releases"
@@ -222,6 +227,55 @@ def test_a_failed_checkpoint_is_aborted_counted_and_the_next_attempt_gets_a_new_
     assert scheduler.failures == 0 and scheduler.failures_total == 2
     assert [a.checkpoint_complete.calls for a in actors] == [[(9,)]] * 2
     assert metrics.events == ["failed", "failed", "completed"]
+
+
+def test_a_commit_that_hangs_fails_at_the_deadline_and_the_next_checkpoint_goes_on(monkeypatch, caplog):
+    """Storage that hangs while the manifest is written (a request in flight when the network dropped):
+    the checkpoint fails at CHECKPOINT_TIMEOUT_S instead of holding the fleet for the client's timeouts, and
+    a manifest that lands later is reported, not counted."""
+    monkeypatch.setattr(cp, "CHECKPOINT_TIMEOUT_S", 0.3)
+    fleet, actors = _fleet()
+    scheduler = cp.CheckpointScheduler(fleet, _channel()[0], _Metrics(), next_id=4)
+    hang = fleet.store.hang = threading.Event()
+
+    async def scenario():
+        began = time.monotonic()
+        with pytest.raises(TimeoutError, match="writing its manifest did not finish"):
+            await scheduler.checkpoint()
+        assert time.monotonic() - began < 2.0
+        assert [a.checkpoint_aborted.calls for a in actors] == [[(4,)]] * 2 and scheduler.failures == 1
+        fleet.store.hang = None
+        hang.set()  # the hung call ends after all: its manifest lands, uncounted
+        assert await scheduler.checkpoint() == 5
+
+    with caplog.at_level(logging.WARNING, logger="rayfun"):
+        asyncio.run(scenario())
+    assert fleet.store.committed == [4, 5] and fleet.last_checkpoint == 5
+    assert "checkpoint 4: writing its manifest, given up on, finished later" in caplog.text
+
+
+def test_a_recovery_does_not_wait_for_a_commit_that_hangs():
+    """A shard fails while the manifest write hangs: the checkpoint is let go at once (the recovery takes
+    the fleet lock), not after the storage client's timeouts."""
+    fleet, actors = _fleet()
+    scheduler = cp.CheckpointScheduler(fleet, _channel()[0], _Metrics())
+    hang = fleet.store.hang = threading.Event()
+
+    async def scenario():
+        checkpoint = asyncio.ensure_future(scheduler.checkpoint())
+        await asyncio.sleep(0.2)
+        assert not checkpoint.done()
+        began = time.monotonic()
+        fleet.abandon = True  # what Supervisor.recover sets before it waits for the fleet lock
+        async with fleet.lock:
+            waited = time.monotonic() - began
+        with pytest.raises(cp.CheckpointAbandoned, match="while writing its manifest"):
+            await checkpoint
+        hang.set()
+        return waited
+
+    assert asyncio.run(scenario()) < 0.5
+    assert scheduler.failures == 0 and actors[0].checkpoint_aborted.calls == []
 
 
 def test_a_checkpoint_of_a_generation_rolled_back_meanwhile_is_abandoned_not_failed():

@@ -112,6 +112,7 @@ class CheckpointScheduler:
         self._last_alarm = 0.0
         self._since_full = 0
         self._compaction = None
+        self._retention: asyncio.Future | None = None
 
     async def checkpoint(self) -> int:
         """Take a checkpoint now; returns its id once it is complete (its manifest written)."""
@@ -131,10 +132,11 @@ class CheckpointScheduler:
         # full bases cost the shards an encode (no read, no fold), not a compaction's full cycle
         full = full or self._since_full + 1 >= FULL_EVERY
         loop = asyncio.get_running_loop()
+        deadline = began + CHECKPOINT_TIMEOUT_S
         try:
-            parts = await self._gather_parts(n, full, generation)
+            parts = await self._gather_parts(n, full, generation, deadline)
             written = time.monotonic()
-            await loop.run_in_executor(
+            commit = loop.run_in_executor(
                 None,
                 lambda: fleet.store.commit(
                     n,
@@ -149,6 +151,7 @@ class CheckpointScheduler:
                     retain=False,  # below, once the shards know: exactly-once egress does not wait for it
                 ),
             )
+            await self._storage_step(n, commit, deadline, "writing its manifest")
         except CheckpointAbandoned:
             raise
         except Exception as exc:
@@ -163,7 +166,7 @@ class CheckpointScheduler:
         self.driver.covered([part.meta.get("driver_seq", 0) for part in parts])
         await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in fleet.shards])
         self._ended = time.monotonic()
-        await loop.run_in_executor(None, fleet.store.retain_quietly, n)
+        self._retain(loop, n)
         self.last_duration_s = self._ended - began
         self.last_phases = {
             "parts": written - began,
@@ -174,13 +177,51 @@ class CheckpointScheduler:
         self.metrics.completed(self.last_duration_s, self.last_size_bytes)
         return n
 
-    async def _gather_parts(self, n: int, full: bool, generation: int) -> list:
+    async def _storage_step(self, n: int, step: asyncio.Future, deadline: float, what: str) -> None:
+        """Wait for a storage call of checkpoint ``n`` running in a thread, but no longer than the
+        checkpoint's deadline, and not at all once a recovery wants the fleet: storage that hangs (a
+        request in flight when the network dropped waits for the client's read timeout, and may be retried
+        as long) must neither hold the checkpoints back past CHECKPOINT_TIMEOUT_S nor keep a recovery from
+        starting. The thread cannot be stopped; if it writes the manifest after all, that checkpoint is a
+        complete one the coordinator does not count (the shards build on their last committed one, and a
+        restore of it is consistent: nothing is published before a checkpoint that counts completes)."""
+        while True:
+            done, _ = await asyncio.wait({step}, timeout=POLL_S)
+            if done:
+                step.result()
+                return
+            if self.fleet.abandon or time.monotonic() > deadline:
+                step.add_done_callback(lambda f: self._late(n, what, f))
+                if self.fleet.abandon:
+                    raise CheckpointAbandoned(f"checkpoint {n} abandoned while {what}: a shard failed, rolling back")
+                raise TimeoutError(f"checkpoint {n}: {what} did not finish within {CHECKPOINT_TIMEOUT_S:.0f} s")
+
+    @staticmethod
+    def _late(n: int, what: str, step: asyncio.Future) -> None:
+        """A storage call given up on has ended: say how (see ``_storage_step``)."""
+        if step.cancelled():
+            return
+        exc = step.exception()
+        if exc is not None:
+            log.info("checkpoint %d: %s, given up on, failed later: %s", n, what, first_line(exc))
+        else:
+            log.warning("checkpoint %d: %s, given up on, finished later; that checkpoint is not counted", n, what)
+
+    def _retain(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        """Apply retention after checkpoint ``n`` in the background, one run at a time (it deletes only what
+        no retained checkpoint needs, and logs its failures): storage that hangs in it must not hold the
+        next checkpoint back."""
+        if self._retention is not None and not self._retention.done():
+            return  # the next checkpoint's retention covers what this one's would have
+        self._retention = loop.run_in_executor(None, self.fleet.store.retain_quietly, n)
+        self._retention.add_done_callback(retrieve)
+
+    async def _gather_parts(self, n: int, full: bool, generation: int, deadline: float) -> list:
         """Every shard's part of checkpoint ``n``; raises the first shard's error, CheckpointAbandoned if a
-        recovery began meanwhile, TimeoutError after CHECKPOINT_TIMEOUT_S."""
+        recovery began meanwhile, TimeoutError after ``deadline`` (CHECKPOINT_TIMEOUT_S after it began)."""
         # return_exceptions: the errors of every shard are retrieved here, none is left for asyncio to
         # report as "never retrieved" when the gather is cancelled
         pending = asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.fleet.shards], return_exceptions=True)
-        deadline = time.monotonic() + CHECKPOINT_TIMEOUT_S
         while True:  # a shard that died mid-checkpoint leaves its peers waiting for its marker: give up then
             done, _ = await asyncio.wait({pending}, timeout=POLL_S)
             if done:

@@ -247,10 +247,15 @@ def test_a_commit_that_hangs_fails_at_the_deadline_and_the_next_checkpoint_goes_
         fleet.store.hang = None
         hang.set()  # the hung call ends after all: its manifest lands, uncounted
         assert await scheduler.checkpoint() == 5
+        for _ in range(200):  # the late one's thread and its done callback
+            if 4 in fleet.store.committed:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
 
     with caplog.at_level(logging.WARNING, logger="rayfun"):
         asyncio.run(scenario())
-    assert fleet.store.committed == [4, 5] and fleet.last_checkpoint == 5
+    assert sorted(fleet.store.committed) == [4, 5] and fleet.last_checkpoint == 5
     assert "checkpoint 4: writing its manifest, given up on, finished later" in caplog.text
 
 
@@ -276,6 +281,36 @@ def test_a_recovery_does_not_wait_for_a_commit_that_hangs():
 
     assert asyncio.run(scenario()) < 0.5
     assert scheduler.failures == 0 and actors[0].checkpoint_aborted.calls == []
+
+
+def test_a_recovery_does_not_wait_for_a_stuck_shard_to_hear_that_a_checkpoint_completed():
+    """A shard's loop got stuck (a ``def`` function that never returns) after it wrote its part: it never
+    answers ``checkpoint_complete``. The supervisor's recovery, which replaces it, must get the fleet lock."""
+    fleet, actors = _fleet()
+    never = asyncio.Event()
+
+    class _Stuck(_Remote):
+        def remote(self, *args):
+            self.calls.append(args)
+            return never.wait()
+
+    actors[1].checkpoint_complete = _Stuck()
+    scheduler = cp.CheckpointScheduler(fleet, _channel()[0], _Metrics(), next_id=3)
+
+    async def scenario():
+        checkpoint = asyncio.ensure_future(scheduler.checkpoint())
+        await asyncio.sleep(0.2)
+        assert not checkpoint.done() and fleet.last_checkpoint == 3  # committed; telling the shards hangs
+        began = time.monotonic()
+        fleet.abandon = True
+        async with fleet.lock:
+            waited = time.monotonic() - began
+        with pytest.raises(cp.CheckpointAbandoned, match="checkpoint 3 is complete"):
+            await checkpoint
+        return waited
+
+    assert asyncio.run(scenario()) < 0.5
+    assert fleet.store.committed == [3] and scheduler.failures == 0
 
 
 def test_a_checkpoint_of_a_generation_rolled_back_meanwhile_is_abandoned_not_failed():

@@ -164,7 +164,14 @@ class CheckpointScheduler:
         self._since_full = 0 if all(p.full for p in parts) else self._since_full + 1
         self._maybe_compact(loop)
         self.driver.covered([part.meta.get("driver_seq", 0) for part in parts])
-        await asyncio.gather(*[s.checkpoint_complete.remote(n) for s in fleet.shards])
+        # a shard whose loop is stuck answers this never (a `def` function that does not return): the
+        # recovery that replaces it takes the fleet lock, so stop waiting once it asks (it restores n or later)
+        told = asyncio.gather(*[s.checkpoint_complete.remote(n) for s in fleet.shards], return_exceptions=True)
+        if not await self._unless_abandoned(told):
+            raise CheckpointAbandoned(f"checkpoint {n} is complete; a shard failed before every shard heard it")
+        for result in told.result():
+            if isinstance(result, BaseException):
+                raise result
         self._ended = time.monotonic()
         self._retain(loop, n)
         self.last_duration_s = self._ended - began
@@ -179,22 +186,28 @@ class CheckpointScheduler:
 
     async def _storage_step(self, n: int, step: asyncio.Future, deadline: float, what: str) -> None:
         """Wait for a storage call of checkpoint ``n`` running in a thread, but no longer than the
-        checkpoint's deadline, and not at all once a recovery wants the fleet: storage that hangs (a
-        request in flight when the network dropped waits for the client's read timeout, and may be retried
-        as long) must neither hold the checkpoints back past CHECKPOINT_TIMEOUT_S nor keep a recovery from
-        starting. The thread cannot be stopped; if it writes the manifest after all, that checkpoint is a
-        complete one the coordinator does not count (the shards build on their last committed one, and a
-        restore of it is consistent: nothing is published before a checkpoint that counts completes)."""
+        checkpoint's deadline, and not at all once a recovery wants the fleet: storage that hangs must
+        neither hold the checkpoints back past CHECKPOINT_TIMEOUT_S nor keep a recovery from starting.
+        The thread goes on until its calls end (each is bounded, see rayfun/storage.py); if it writes the
+        manifest after all, that checkpoint is a complete one the coordinator does not count (the shards
+        build on their last committed one, and a restore of it is consistent: nothing is published before
+        a checkpoint that counts completes)."""
+        if await self._unless_abandoned(step, deadline):
+            step.result()
+            return
+        step.add_done_callback(lambda f: self._late(n, what, f))
+        if self.fleet.abandon:
+            raise CheckpointAbandoned(f"checkpoint {n} abandoned while {what}: a shard failed, rolling back")
+        raise TimeoutError(f"checkpoint {n}: {what} did not finish within {CHECKPOINT_TIMEOUT_S:.0f} s")
+
+    async def _unless_abandoned(self, step: asyncio.Future, deadline: float | None = None) -> bool:
+        """Wait for ``step``; False as soon as a recovery wants the fleet or ``deadline`` passed."""
         while True:
             done, _ = await asyncio.wait({step}, timeout=POLL_S)
             if done:
-                step.result()
-                return
-            if self.fleet.abandon or time.monotonic() > deadline:
-                step.add_done_callback(lambda f: self._late(n, what, f))
-                if self.fleet.abandon:
-                    raise CheckpointAbandoned(f"checkpoint {n} abandoned while {what}: a shard failed, rolling back")
-                raise TimeoutError(f"checkpoint {n}: {what} did not finish within {CHECKPOINT_TIMEOUT_S:.0f} s")
+                return True
+            if self.fleet.abandon or (deadline is not None and time.monotonic() > deadline):
+                return False
 
     @staticmethod
     def _late(n: int, what: str, step: asyncio.Future) -> None:

@@ -219,7 +219,7 @@ class DataFiles:
         path = self.blobs.abs(ref.path)
         local, temporary = path, False
         try:
-            local, temporary = self.blobs.local_copy(ref.path)
+            local, temporary = self.blobs.local_copy(ref.path, ref.size)
             size, digest = self.checksum.of_file(local)
         except FileNotFoundError:
             if temporary:

@@ -27,6 +27,7 @@ from .messages import (
 )
 from .module_yaml import load_module
 from .remote import HttpEndpoint, RemoteFunctionError, RequestReplyHandler, make_app, make_handler, serve
+from .storage import StorageTimeout
 from .types import (
     BoolType,
     DoubleType,
@@ -71,6 +72,7 @@ __all__ = [
     "Source",
     "SourcePartition",
     "StatefulFunctions",
+    "StorageTimeout",
     "StringType",
     "Type",
     "TypeSerializer",

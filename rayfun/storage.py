@@ -11,14 +11,20 @@ bytes at STORAGE_MIN_BYTES_PER_S. Local disks and filesystems that are not async
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .constants import STORAGE_CALL_TIMEOUT_S, STORAGE_MIN_BYTES_PER_S
+from .errors import RayfunError
 
 __all__ = ["StorageTimeout", "call_bounded"]
 
+log = logging.getLogger("rayfun")
 
-class StorageTimeout(TimeoutError):
+_UNBOUNDED: set[tuple[type, str]] = set()  # (filesystem class, method) found to take no timeout
+
+
+class StorageTimeout(RayfunError, TimeoutError):
     """A storage call did not finish in time (storage that hangs); it was cancelled."""
 
 
@@ -28,11 +34,18 @@ def call_bounded(fs: Any, method: str, *args: Any, size: int = 0, **kwargs: Any)
     from fsspec.asyn import AsyncFileSystem
     from fsspec.exceptions import FSTimeoutError
 
-    if not isinstance(fs, AsyncFileSystem):
-        return getattr(fs, method)(*args, **kwargs)
+    call = getattr(fs, method)
+    if not isinstance(fs, AsyncFileSystem) or (type(fs), method) in _UNBOUNDED:
+        return call(*args, **kwargs)
     timeout = STORAGE_CALL_TIMEOUT_S + size / STORAGE_MIN_BYTES_PER_S
     try:
-        return getattr(fs, method)(*args, timeout=timeout, **kwargs)
+        return call(*args, timeout=timeout, **kwargs)
+    except TypeError as exc:  # a method the filesystem wrote itself, not through fsspec's sync wrapper
+        if "timeout" not in str(exc):
+            raise
+        log.warning("%s.%s takes no timeout: its calls are not bounded in time", type(fs).__name__, method)
+        _UNBOUNDED.add((type(fs), method))
+        return call(*args, **kwargs)
     except FSTimeoutError as exc:
         where = f" {args[0]}" if args and isinstance(args[0], str) else ""
         raise StorageTimeout(f"storage did not answer within {timeout:.0f} s ({method}{where})") from exc

@@ -119,3 +119,24 @@ def test_storage_that_goes_silent_fails_the_call_in_bounded_time_and_the_next_wo
         assert sorted(p.rsplit("/", 1)[1] for p in blobs.ls("manifests")) == ["a.json", "b.json"]
     finally:
         proxy.close()
+
+
+def test_a_filesystem_method_without_a_timeout_is_called_unbounded_and_said_so(caplog):
+    """An async filesystem whose own sync method takes no ``timeout`` (not fsspec's wrapper) still works."""
+    import logging
+
+    from fsspec.asyn import AsyncFileSystem
+
+    from rayfun import storage
+
+    class Plain(AsyncFileSystem):
+        protocol = "plain-test"
+
+        def cat_file(self, path):
+            return b"data of " + path.encode()
+
+    fs = Plain()
+    with caplog.at_level(logging.WARNING, logger="rayfun"):
+        assert storage.call_bounded(fs, "cat_file", "x") == b"data of x"
+        assert storage.call_bounded(fs, "cat_file", "y") == b"data of y"
+    assert caplog.text.count("Plain.cat_file takes no timeout") == 1

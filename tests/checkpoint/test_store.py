@@ -389,8 +389,13 @@ def test_a_chain_of_parquet_and_arrow_files_restores_exactly_in_any_order_of_for
     model = Model(rng, n=200)
     stores = {c: CheckpointStore(store_url, retain=20, compression=c) for c in ("snappy", "lz4", "zstd", "none")}
     formats = []
-    for cid in range(1, 9):
-        compression = rng.choice(list(stores))
+    # a random order of codecs, with snappy (Parquet) and one of the others (Arrow IPC) at least once each
+    codecs = [rng.choice(list(stores)) for _ in range(8)]
+    spots = rng.sample(range(8), 2)
+    codecs[spots[0]] = "snappy"
+    if all(c == "snappy" for c in codecs):
+        codecs[spots[1]] = rng.choice(["lz4", "zstd", "none"])
+    for cid, compression in enumerate(codecs, start=1):
         if cid > 1:
             model.mutate(rng.randrange(1, 60))
         parts = write_checkpoint(stores[compression], cid, model, 2, parent=cid - 1 if cid > 1 else None)

@@ -5,7 +5,8 @@ both), which functions run (the embedded interpreter, plus in some seeds a remot
 official StateFun SDK that the embedded one messages both ways), 2-3 shards, a checkpoint interval, where
 checkpoints live (a local directory or S3 through a loopback proxy in front of moto_server), which egress
 (in memory or a per-epoch file egress), and a few faults at seeded moments while work is in flight: shard
-kills (``ray.kill``, SIGKILL, bursts, during a restore, during a checkpoint), storage outages, a damaged
+kills (``ray.kill``, SIGKILL, bursts, during a restore, during a checkpoint), storage outages (on S3: refused,
+or silent with requests in flight, see tests/support/proxy.py), a damaged
 newest checkpoint, a failing remote function, coordinator and driver deaths. The oracle then compares the
 final state of every instance and the egress multiset with what the workload implies, exactly (the only
 allowance: records of an epoch whose checkpoint was damaged may be published again, since that checkpoint

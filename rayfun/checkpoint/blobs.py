@@ -146,17 +146,16 @@ class BlobStore:
     def get(self, rel: str) -> bytes:
         return call_bounded(self.fs, "cat_file", self.abs(rel))
 
-    def local_copy(self, rel: str, size: int | None = None) -> tuple[str, bool]:
+    def local_copy(self, rel: str, size: int) -> tuple[str, bool]:
         """A local path holding ``rel`` and whether it is a temporary copy (the caller removes it): the
         file itself on a local disk, else a download into the local temp directory (``size``: its bytes,
-        if known, for the download's time bound; else asked of the store)."""
+        as the manifest records them, for the download's time bound)."""
         if self.local:
             return self.abs(rel), False
         token = uuid.uuid4().hex[:8]
         local = os.path.join(tempfile.gettempdir(), f"rayfun-restore-{token}-{rel.rsplit('/', 1)[-1]}")
         try:
-            path = self.abs(rel)
-            call_bounded(self.fs, "get_file", path, local, size=self.size(rel) if size is None else size)
+            call_bounded(self.fs, "get_file", self.abs(rel), local, size=size)
         except BaseException:
             remove_file(local)
             raise

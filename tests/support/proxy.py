@@ -59,11 +59,8 @@ class TcpProxy:
             except OSError:
                 return
             with self._lock:  # the mode cannot change between this look and the registration below
-                if self._mode == "down":
-                    self._reset(client)
-                    continue
-                if self._mode == "blackhole":
-                    self._dead.add(client)
+                if self._mode != "up":
+                    self._turn_away(client)
                     continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
@@ -74,14 +71,19 @@ class TcpProxy:
             with self._lock:
                 if self._mode != "up":  # the outage began while connecting upstream
                     self._reset(upstream)
-                    if self._mode == "down":
-                        self._reset(client)
-                    else:
-                        self._dead.add(client)
+                    self._turn_away(client)
                     continue
                 self._live.update((client, upstream))
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _turn_away(self, client: socket.socket) -> None:
+        """A connection that arrived during an outage (the lock held): reset when down, held unanswered in a
+        black hole."""
+        if self._mode == "down":
+            self._reset(client)
+        else:
+            self._dead.add(client)
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:

@@ -235,17 +235,13 @@ class CheckpointScheduler:
         # return_exceptions: the errors of every shard are retrieved here, none is left for asyncio to
         # report as "never retrieved" when the gather is cancelled
         pending = asyncio.gather(*[s.checkpoint.remote(n, full) for s in self.fleet.shards], return_exceptions=True)
-        while True:  # a shard that died mid-checkpoint leaves its peers waiting for its marker: give up then
-            done, _ = await asyncio.wait({pending}, timeout=POLL_S)
-            if done:
-                results = pending.result()
-                break
+        # a shard that died mid-checkpoint leaves its peers waiting for its marker: give up then
+        if not await self._unless_abandoned(pending, deadline):
+            cancel_quietly(pending)
             if self.fleet.abandon:
-                cancel_quietly(pending)
                 raise CheckpointAbandoned(f"checkpoint {n} abandoned: a shard failed, rolling back")
-            if time.monotonic() > deadline:
-                cancel_quietly(pending)
-                raise TimeoutError(f"checkpoint {n} did not complete within {CHECKPOINT_TIMEOUT_S:.0f} s")
+            raise TimeoutError(f"checkpoint {n} did not complete within {CHECKPOINT_TIMEOUT_S:.0f} s")
+        results = pending.result()
         if generation != self.fleet.generation:
             raise CheckpointAbandoned(f"checkpoint {n} abandoned: the application was rolled back meanwhile")
         for index, result in enumerate(results):

@@ -105,6 +105,10 @@ class ShardActor:
         health thread, so a shard whose loop waits in a slow sink call is not taken for dead."""
         return self.core.health()
 
+    async def until_quiet(self, timeout: float) -> bool:
+        """True once this shard has nothing to do, False after ``timeout`` (see ``ShardCore.until_quiet``)."""
+        return await self.core.until_quiet(timeout)
+
     def status(self) -> ShardStatus:
         status = self.core.status()
         status.node = self.node

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 
 from rayfun.runtime import shard
-from rayfun.runtime.coordinator.idle import IdleWatch, why_busy
+from rayfun.runtime.coordinator.idle import IdleWatch, wait_until_idle, why_busy
 from rayfun.runtime.status import DRIVER, ShardStatus
 
 
@@ -159,3 +161,73 @@ def test_looks_back_off_while_busy_and_a_first_quiet_look_is_confirmed_at_once()
     assert not watch.look(_quiet_pair(counters={"processed": 6}), 1, [0, 0])
     assert watch.pause() == IDLE_POLL_MAX_S
     assert watch.look(_quiet_pair(counters={"processed": 6}), 1, [0, 0])
+
+
+def test_work_under_way_is_told_apart_from_other_reasons_not_to_be_idle():
+    watch = IdleWatch()
+    working = [
+        _quiet_pair(backlog=3),
+        _quiet_pair(in_progress=1),
+        _quiet_pair(outstanding=2),
+        _quiet_pair(sources_busy=True, sources_exhausted=False),
+        [_status(0, sent=[0, 4]), _status(1, received={0: 3})],  # in flight to shard 1
+    ]
+    for statuses in working:
+        verdict = watch.look(statuses, 1, [0, 0])
+        assert not verdict and verdict.working, verdict.reason
+    for statuses in ([_status(0), None], _quiet_pair(failure="boom"), _quiet_pair(generation=0), _quiet_pair(timers=2)):
+        verdict = watch.look(statuses, 1, [0, 0])
+        assert not verdict and not verdict.working, verdict.reason
+    assert not watch.look(_quiet_pair(), 1, [0, 0]).working  # quiet, counters moved: a second look decides
+
+
+def _scripted(statuses_at):
+    """A ``look`` that sees ``statuses_at(seconds since the first look)``, and counts the looks."""
+    seen: list[float] = []
+
+    async def look(watch: IdleWatch):
+        seen.append(time.monotonic())
+        return watch.look(statuses_at(seen[-1] - seen[0]), 1, [0, 0])
+
+    return look, seen
+
+
+def test_the_look_that_ends_a_wait_comes_when_the_shards_go_quiet_not_at_the_next_poll():
+    """Work under way, the shards go quiet 280 ms later: the wait looks again then (a poll paced at
+    IDLE_POLL_MAX_S looked at 325 ms), and returns after the confirming look."""
+    from rayfun.constants import IDLE_POLL_MAX_S
+
+    quiet_after = 0.28
+    look, seen = _scripted(lambda t: _quiet_pair(backlog=5) if t < quiet_after else _quiet_pair())
+    asked = []
+
+    async def shards_quiet(timeout: float) -> bool:
+        asked.append(timeout)
+        wait = seen[0] + quiet_after - time.monotonic()
+        if wait > timeout:
+            await asyncio.sleep(timeout)
+            return False
+        await asyncio.sleep(max(0.0, wait))
+        return True
+
+    verdict = asyncio.run(wait_until_idle(look, shards_quiet, timeout=5))
+    late = time.monotonic() - seen[0] - quiet_after
+    assert verdict.idle and late < IDLE_POLL_MAX_S / 2, f"returned {late:.3f} s after the work ended"
+    assert asked  # the waits between busy looks were the shards' quiet, not sleeps
+
+
+def test_shards_that_are_quiet_while_the_application_is_not_idle_do_not_make_the_wait_spin():
+    """A look says work is under way (an async function running) while every shard's loop is quiet: the
+    quiet signal answers at once, every time. The looks must stay paced by the poll, not by that answer."""
+    for statuses in (_quiet_pair(in_progress=1), _quiet_pair(timers=1)):
+        look, seen = _scripted(lambda t, statuses=statuses: statuses)
+        woken = []
+
+        async def shards_quiet(timeout: float) -> bool:
+            woken.append(timeout)
+            return True
+
+        verdict = asyncio.run(wait_until_idle(look, shards_quiet, timeout=0.5))
+        assert not verdict
+        assert len(seen) < 40, f"{len(seen)} looks in 0.5 s"  # polled: ~14; spinning: thousands
+        assert len(woken) <= len(seen) // 2 + 1

@@ -95,3 +95,51 @@ def test_a_trickle_is_polled_about_once_per_wait_not_in_a_spin():
     # one poll per TRICKLE_WAIT_S at most (plus the turns a delivery or a timer wakes): spinning made ~10k/s
     assert per_second < 2 / TRICKLE_WAIT_S, f"{per_second:.0f} polls a second: the shard spins on a trickle"
     assert idle > 0.5, f"idle {idle:.0%} of the time at {RATE} records/s: the shard spins on a trickle"
+
+
+class _FirehosePartition(SourcePartition):
+    """A full batch at every poll for ``seconds``, then the end."""
+
+    def __init__(self, seconds: float) -> None:
+        self.began = time.perf_counter()
+        self.seconds = seconds
+        self.ended_at: float | None = None
+        self.sent = 0
+
+    def next_rows(self):
+        if time.perf_counter() - self.began > self.seconds:
+            self.ended_at = self.ended_at or time.perf_counter()
+            return None
+        rows = [("t/count", f"k{(self.sent + k) % 100}", None, INT, 1) for k in range(2048)]
+        self.sent += len(rows)
+        return rows
+
+    def next_batch(self):
+        raise AssertionError("next_rows is offered")
+
+    def snapshot(self):
+        return self.sent
+
+
+def test_a_shard_says_it_is_quiet_only_once_its_work_is_done_and_at_once_then():
+    """``until_quiet`` (what app.wait waits on between its looks): False while the shard works, True once
+    the work is done (what was read, all processed), without waiting out its timeout."""
+    source = _TrickleSource()
+    source.partition = _FirehosePartition(0.4)  # type: ignore[assignment]
+
+    async def main():
+        core = ShardCore(0, ShardConfig(functions=_functions(), shards=1, key_groups=64, sources=[source]))
+        await core.start([None], [(0, "0", None)])
+        try:
+            answers = [await core.until_quiet(0.02) for _ in range(5)]  # ~0.1 s, while the source flows
+            quiet = await core.until_quiet(5.0)
+            return answers, quiet, time.perf_counter(), core
+        finally:
+            await core.stop()
+
+    answers, quiet, answered_at, core = asyncio.run(main())
+    partition = source.partition
+    assert answers == [False] * 5 and quiet and partition.ended_at is not None
+    assert answered_at - partition.ended_at < 1.0, f"quiet said {answered_at - partition.ended_at:.3f} s late"
+    state = core.runners["t/count"].state.instances
+    assert sum(cells[0] for cells in state.values()) == partition.sent  # all of it done when it said so

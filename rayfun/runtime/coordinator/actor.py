@@ -35,7 +35,7 @@ from .checkpoints import CheckpointMetrics, CheckpointScheduler
 from .config import AppConfig, AppLayout
 from .driver_channel import DriverChannel
 from .fleet import Fleet, assign_partitions, end_shards, on_this_node
-from .idle import IdleWatch, Verdict
+from .idle import IdleWatch, Verdict, wait_until_idle
 from .operations import Operations
 from .supervisor import RecoveryMetrics, Supervisor
 
@@ -273,18 +273,25 @@ class Coordinator:
         """Wait until nothing is queued, running or in flight anywhere (and, with ``timers``, no delayed
         message is pending): the same counters twice in a row, with every message sent also received.
         A verdict that is not idle says what was still busy at the deadline (for the caller's error)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        watch = IdleWatch()
-        while True:
+
+        async def look(watch: IdleWatch) -> Verdict:
             recovering = self.fleet.recovering
             statuses = [] if recovering else await self._shard_statuses()
-            verdict = watch.look(statuses, self.fleet.generation, self.driver.sent, timers, recovering)
-            if verdict.idle:
-                return verdict
-            if deadline is not None and time.monotonic() > deadline:
-                log.info("not idle within %s s: %s", timeout, verdict.reason)
-                return verdict
-            await asyncio.sleep(watch.pause())
+            return watch.look(statuses, self.fleet.generation, self.driver.sent, timers, recovering)
+
+        verdict = await wait_until_idle(look, self._shards_quiet, timeout)
+        if not verdict:
+            log.info("not idle within %s s: %s", timeout, verdict.reason)
+        return verdict
+
+    async def _shards_quiet(self, timeout: float) -> bool:
+        """Wait until every shard's loop has nothing to do (True), or ``timeout`` (False): see idle.py."""
+        calls = [shard.until_quiet.remote(timeout) for shard in self.fleet.shards]
+        try:  # a shard whose loop is blocked answers late: the bound is the caller's pause, not the shard
+            answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 2 * timeout)
+        except asyncio.TimeoutError:
+            return False
+        return all(answer is True for answer in answers)
 
     async def stop(self, savepoint: bool = False) -> int | None:
         """Stop the application: with ``savepoint``, first a checkpoint with the sources paused (see

@@ -98,12 +98,19 @@ class Outbox:
     def route_input(self, batch: list, source_id: str) -> None:
         """Route what a source partition returned: rows, Messages or DeadLetters (rows: the fast path).
 
-        ``route``'s body is inlined in the loop (one call per message less, on the ingest path)."""
+        ``route``'s body is inlined in the loop (one call per message less, on the ingest path), with what
+        a batch shares looked up once: the destinations' lists and their ``append``, and the route cache of
+        the target type while it stays the same (a source's batch usually has one)."""
         registry, caches, out, owner = self.registry, self.route_cache, self.out, self.partitioner.shard_of
         dead_letter = self.services.dead_letter
+        lists = [rows if rows is not None else [] for rows in out]
+        appends = [rows.append for rows in lists]
+        last_type: str | None = None
+        cache: dict[str, int] = {}
         for item in batch:
             if type(item) is tuple:
-                ttype, tid = item[0], item[1]
+                ttype = item[0]
+                tid = item[1]
                 row = item
             elif isinstance(item, Message):
                 ttype, tid = item.target_typename, item.target_id
@@ -114,31 +121,32 @@ class Outbox:
             else:
                 dead_letter(f"source returned {type(item).__name__}, not a Message", source=source_id)
                 continue
-            cache = caches.get(ttype)
-            if cache is None:
-                if ttype not in registry:
-                    dead_letter(
-                        f"unknown function type {ttype!r} (bound: {registry.describe()})",
-                        source=source_id,
-                        function=ttype,
-                        id=tid,
-                        value_typename=row[3],
-                        payload=row[4],
-                    )
-                    continue
-                cache = caches[ttype] = {}
+            if ttype is not last_type:
+                known = caches.get(ttype)
+                if known is None:
+                    if ttype not in registry:
+                        dead_letter(
+                            f"unknown function type {ttype!r} (bound: {registry.describe()})",
+                            source=source_id,
+                            function=ttype,
+                            id=tid,
+                            value_typename=row[3],
+                            payload=row[4],
+                        )
+                        continue
+                    known = caches[ttype] = {}
+                cache, last_type = known, ttype
             dest = cache.get(tid)
             if dest is None:
                 if len(cache) > ROUTE_CACHE_MAX:
                     cache.clear()
                 dest = cache[tid] = owner(ttype, tid)
-            rows = out[dest]
-            if rows is None:
-                out[dest] = [row]
+            appends[dest](row)
+        for dest, rows in enumerate(lists):
+            if rows and out[dest] is None:
+                out[dest] = rows
                 if self.held_since is None:
                     self.held_since = perf_counter()
-            else:
-                rows.append(row)
 
     # -- sending ------------------------------------------------------------------------------------------
 

@@ -222,3 +222,56 @@ def test_a_busy_shard_holds_small_batches_back_until_they_fill_or_wait_long_enou
         await asyncio.gather(*services.tasks)
 
     asyncio.run(main())
+
+
+def test_a_mixed_source_batch_is_routed_as_one_route_per_item_would_route_it():
+    """``route_input`` looks a batch's shared parts up once (the destinations' lists, the route cache of a
+    type while it repeats): a batch that mixes types, unknown types, Messages and dead letters, into
+    destinations that already hold rows, must end exactly as routing each item on its own (seeded)."""
+    import random
+
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    functions = StatefulFunctions()
+    for typename in ("t/f", "t/g"):
+        functions.bind(typename)(lambda context, message: None)
+
+    def outbox() -> tuple[Outbox, FakeServices]:
+        services = FakeServices()
+        box = Outbox(services, 0, 3, Partitioner(64, 3), TypeRegistry(functions.typenames, []))
+        box.reset([None, Peer(), Peer()], generation=1)
+        return box, services
+
+    items: list = []
+    for k in range(3000):
+        kind = rng.random()
+        ttype = rng.choice(["t/f", "t/f", "t/g", "t/nope"])
+        id = f"k{rng.randrange(200)}"
+        if kind < 0.8:
+            items.append((ttype, id, None, "int", k))
+        elif kind < 0.95:
+            items.append(Message(ttype, id, "int", k))
+        else:
+            items.append(DeadLetter(f"bad {k}", "src/a", b"x"))
+    fast, fast_services = outbox()
+    reference, reference_services = outbox()
+    for box in (fast, reference):
+        box.route("t/g", "k1", None, "int", -1)  # destinations that already hold a row
+        box.route("t/f", "k2", None, "int", -2)
+    for start in range(0, len(items), 700):
+        fast.route_input(items[start : start + 700], "src/a")
+    for item in items:
+        if isinstance(item, DeadLetter):
+            reference_services.dead_letter(item.reason, source=item.source, payload=item.payload)
+        elif isinstance(item, Message) or item[0] == "t/nope":
+            reference.route_input([item], "src/a")
+        else:
+            reference.route(*item)
+    assert fast.out == reference.out and fast.held_since is not None
+    assert [reason for reason, _ in fast_services.dead_letters] == [r for r, _ in reference_services.dead_letters]
+    assert sum(len(rows) for rows in fast.out if rows) == 2 + sum(
+        1
+        for item in items
+        if not isinstance(item, DeadLetter) and (item[0] if type(item) is tuple else item.target_typename) != "t/nope"
+    )

@@ -10,7 +10,9 @@ to the machine's limit the runtime gets, which holds on a noisy machine where th
     python bench/counter.py [--messages N] [--addresses N] [--shards N] [--rounds N]
 
 A run of 1M messages lasts under a second here, so a slow spell of this shared machine moves one run by
-20 % or more: ``--rounds`` runs (3), each followed by its plain loop, and the last line gives the medians.
+20 % or more, and the plain loop's own rate moved by up to 2x within minutes (1.6M to 3.2M msgs/s in
+session 25): ``--rounds`` runs (5), each between two plain loops (the limit is their mean, so a spell that
+starts or ends during the round weighs on both sides), and the last line gives the medians.
 """
 
 from __future__ import annotations
@@ -102,17 +104,20 @@ def main() -> None:
         help="checkpoint here (a fresh temporary directory if 'tmp'); default: no checkpoints",
     )
     parser.add_argument("--checkpoint-interval", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=3, help="runs, each with its plain loop (medians)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs, each between two plain loops (medians)")
     args = parser.parse_args()
     cores = max(1, min(args.shards, os.cpu_count() or 1))
     rates, ratios = [], []
     for round_ in range(1, args.rounds + 1):
+        before = plain_loop_rate(args.messages, args.addresses)
         rates.append(run(args)[0])
-        limit = plain_loop_rate(args.messages, args.addresses)
+        after = plain_loop_rate(args.messages, args.addresses)
+        limit = statistics.fmean([before, after])
         ratios.append(rates[-1] / (cores * limit))
         print(
             f"round {round_}: {rates[-1]:,.0f} msgs/s; plain loop (one core, a function and a context object per "
-            f"message): {limit:,.0f} msgs/s; {ratios[-1]:.2f} of {cores} cores' limit"
+            f"message): {limit:,.0f} msgs/s ({before:,.0f} before, {after:,.0f} after); {ratios[-1]:.2f} of "
+            f"{cores} cores' limit"
         )
     rate, ratio = statistics.median(rates), statistics.median(ratios)
     print(f"counter: {rate:.0f} msgs/s ({ratio:.2f} of {cores} cores' limit)")

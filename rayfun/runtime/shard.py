@@ -446,7 +446,8 @@ class ShardCore:
                     await self._idle(wake_event, TRICKLE_WAIT_S)
                 else:
                     self._flush()  # nothing else to do: what was held back goes now
-                    quiet.set()
+                    if not any(getattr(r, "in_progress", 0) for r in self.runners.values()):
+                        quiet.set()  # (an invocation that ends wakes the loop, which comes back here)
                     timeout = 0.01 if ingress.polling() else None
                     if publisher is not None and publisher.behind(self.counters["processed"]):
                         # idle with counts Ray has not seen: wake for the next publish (once: then it is even)

@@ -143,3 +143,36 @@ def test_a_shard_says_it_is_quiet_only_once_its_work_is_done_and_at_once_then():
     assert answered_at - partition.ended_at < 1.0, f"quiet said {answered_at - partition.ended_at:.3f} s late"
     state = core.runners["t/count"].state.instances
     assert sum(cells[0] for cells in state.values()) == partition.sent  # all of it done when it said so
+
+
+def test_a_shard_with_an_async_invocation_running_is_not_quiet_until_it_ends():
+    """The loop has nothing to do while an ``async def`` function awaits, but the shard is not quiet: the
+    coordinator would otherwise be told to look again at once, every time, for as long as it runs."""
+    from rayfun.connectors.memory import MemorySource
+
+    release: dict[str, asyncio.Event] = {}
+    functions = StatefulFunctions()
+
+    @functions.bind("t/slow", specs=[ValueSpec("n", IntType)])
+    async def slow(context, message):
+        await release["event"].wait()
+        context.storage.n = message.as_int()
+
+    source = MemorySource([("t/slow", "a", 7)], id="t/one")
+
+    async def main():
+        release["event"] = asyncio.Event()
+        core = ShardCore(0, ShardConfig(functions=functions, shards=1, key_groups=64, sources=[source]))
+        await core.start([None], [(0, "0", None)])
+        try:
+            while not core.ingress.exhausted():
+                await asyncio.sleep(0.01)
+            running = [await core.until_quiet(0.05) for _ in range(3)]
+            release["event"].set()
+            ended = await core.until_quiet(5.0)
+            return running, ended, core.runners["t/slow"].state.instances.get("a")
+        finally:
+            await core.stop()
+
+    running, ended, cells = asyncio.run(main())
+    assert running == [False] * 3 and ended and cells == [7]

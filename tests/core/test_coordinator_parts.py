@@ -188,7 +188,7 @@ class _Store:
         self.retained.append(n)
 
     def latest(self):
-        return None
+        raise AssertionError("the coordinator asked storage for the newest manifest on its event loop")
 
 
 def _fleet(shards: int = 2):
@@ -407,3 +407,19 @@ def test_reported_failures_close_together_count_in_a_row_and_a_calm_spell_resets
     now[0] += sv.RECOVERY_CALM_S + 1
     asyncio.run(failures(2))
     assert pauses == [0.5, 1.0, 2.0, 0.5]
+
+
+def test_a_committed_checkpoint_asks_storage_nothing_more_on_the_coordinators_loop(monkeypatch):
+    """After a commit, whether the chain needs compacting is read off the manifest just committed: it used to
+    be read back from storage on the event loop, and S3 gone silent right then held the coordinator (status,
+    app.wait, recoveries) for the storage call's bound (the fault campaign, seed 2728)."""
+    from rayfun import checkpoint as checkpoint_module
+
+    fleet, actors = _fleet()
+    manifest = types.SimpleNamespace(shards=[0, 1])
+    fleet.store.commit = lambda n, parts, **kwargs: (fleet.store.committed.append(n), manifest)[1]
+    asked = []
+    monkeypatch.setattr(checkpoint_module, "needs_compaction", lambda m, max_chain: asked.append(m) or False)
+    scheduler = cp.CheckpointScheduler(fleet, _channel()[0], _Metrics(), next_id=2)
+    assert asyncio.run(scheduler.checkpoint()) == 2  # the fake store's ``latest`` raises if it is asked
+    assert asked == [manifest] and fleet.store.committed == [2]

@@ -152,6 +152,7 @@ class CheckpointScheduler:
                 ),
             )
             await self._storage_step(n, commit, deadline, "writing its manifest")
+            manifest = commit.result()
         except CheckpointAbandoned:
             raise
         except Exception as exc:
@@ -162,7 +163,7 @@ class CheckpointScheduler:
         committed = time.monotonic()
         self._succeeded()
         self._since_full = 0 if all(p.full for p in parts) else self._since_full + 1
-        self._maybe_compact(loop)
+        self._maybe_compact(loop, manifest)
         self.driver.covered([part.meta.get("driver_seq", 0) for part in parts])
         # a shard whose loop is stuck answers this never (a `def` function that does not return): the
         # recovery that replaces it takes the fleet lock, so stop waiting once it asks (it restores n or later)
@@ -290,15 +291,17 @@ class CheckpointScheduler:
         self.failures = 0
         self.last_complete_at = time.monotonic()
 
-    def _maybe_compact(self, loop) -> None:
-        """Fold the delta chain into bases in the background if it grew past its bound anyway (e.g. after a
-        restore onto another shard count); the next checkpoint's manifest then references the bases (the
-        store keeps this safe while checkpoints go on)."""
+    def _maybe_compact(self, loop, manifest) -> None:
+        """Fold the delta chain of ``manifest`` (the one just committed) into bases in the background if it
+        grew past its bound anyway (e.g. after a restore onto another shard count); the next checkpoint's
+        manifest then references the bases (the store keeps this safe while checkpoints go on). It asks
+        storage nothing: it used to read the newest manifest here, on the coordinator's event loop, and S3
+        gone silent right after a commit then held the whole coordinator (status, app.wait, recoveries) for
+        the storage call's bound, 30 s (the fault campaign, seed 2728)."""
         if self._compaction is not None and not self._compaction.done():
             return
         from ...checkpoint import needs_compaction
 
-        manifest = self.fleet.store.latest()
         if manifest is not None and needs_compaction(manifest, max_chain=2 * FULL_EVERY * len(manifest.shards)):
             self._compaction = loop.run_in_executor(None, self.fleet.store.compact, manifest)
 

@@ -212,7 +212,9 @@ def test_the_look_that_ends_a_wait_comes_when_the_shards_go_quiet_not_at_the_nex
 
     verdict = asyncio.run(wait_until_idle(look, shards_quiet, timeout=5))
     late = time.monotonic() - seen[0] - quiet_after
-    assert verdict.idle and late < IDLE_POLL_MAX_S / 2, f"returned {late:.3f} s after the work ended"
+    assert verdict.idle and late < 0.7 * IDLE_POLL_MAX_S, (
+        f"returned {late:.3f} s after the work ended"
+    )  # ~5 ms; polled: ~50
     assert asked  # the waits between busy looks were the shards' quiet, not sleeps
 
 

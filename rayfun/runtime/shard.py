@@ -446,7 +446,7 @@ class ShardCore:
                     await self._idle(wake_event, TRICKLE_WAIT_S)
                 else:
                     self._flush()  # nothing else to do: what was held back goes now
-                    if not any(getattr(r, "in_progress", 0) for r in self.runners.values()):
+                    if not self._in_progress():
                         quiet.set()  # (an invocation that ends wakes the loop, which comes back here)
                     timeout = 0.01 if ingress.polling() else None
                     if publisher is not None and publisher.behind(self.counters["processed"]):
@@ -897,7 +897,7 @@ class ShardCore:
             index=self.index,
             pid=os.getpid(),
             backlog=self.ingress.held(),  # every message accepted and not yet done
-            in_progress=sum(getattr(r, "in_progress", 0) for r in self.runners.values()),
+            in_progress=self._in_progress(),
             sent=list(self.outbox.sent),
             received=self.channels.received(),
             early=self.channels.early(),
@@ -916,6 +916,10 @@ class ShardCore:
             functions={typename: counts.as_dict() for typename, counts in self.functions.items()},
             function_backlog=self._function_backlog(),
         )
+
+    def _in_progress(self) -> int:
+        """Invocations started and not finished (async functions awaiting, remote calls in flight)."""
+        return sum(getattr(r, "in_progress", 0) for r in self.runners.values())
 
     def publish_metrics(self) -> None:
         """Hand Ray's metrics what this shard counted since the last time (see runtime/metrics.py)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from ...checkpoint.errors import CheckpointError
 from ...constants import (  # tuning knobs: see rayfun/constants.py
@@ -151,8 +152,7 @@ class CheckpointScheduler:
                     retain=False,  # below, once the shards know: exactly-once egress does not wait for it
                 ),
             )
-            await self._storage_step(n, commit, deadline, "writing its manifest")
-            manifest = commit.result()
+            manifest = await self._storage_step(n, commit, deadline, "writing its manifest")
         except CheckpointAbandoned:
             raise
         except Exception as exc:
@@ -185,8 +185,8 @@ class CheckpointScheduler:
         self.metrics.completed(self.last_duration_s, self.last_size_bytes)
         return n
 
-    async def _storage_step(self, n: int, step: asyncio.Future, deadline: float, what: str) -> None:
-        """Wait for a storage call of checkpoint ``n`` running in a thread, but no longer than the
+    async def _storage_step(self, n: int, step: asyncio.Future, deadline: float, what: str) -> Any:
+        """Wait for a storage call of checkpoint ``n`` running in a thread (its result), but no longer than the
         checkpoint's deadline, and not at all once a recovery wants the fleet: storage that hangs must
         neither hold the checkpoints back past CHECKPOINT_TIMEOUT_S nor keep a recovery from starting.
         The thread goes on until its calls end (each is bounded, see rayfun/storage.py); if it writes the
@@ -194,8 +194,7 @@ class CheckpointScheduler:
         build on their last committed one, and a restore of it is consistent: nothing is published before
         a checkpoint that counts completes)."""
         if await self._unless_abandoned(step, deadline):
-            step.result()
-            return
+            return step.result()
         step.add_done_callback(lambda f: self._late(n, what, f))
         if self.fleet.abandon:
             raise CheckpointAbandoned(f"checkpoint {n} abandoned while {what}: a shard failed, rolling back")

@@ -209,10 +209,10 @@ class FoldedState:
             return STATE_SCHEMA.empty_table()
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
 
-    def instances(self, layout: StateLayout, only_type: bool = True) -> dict[str, list]:
+    def instances(self, layout: StateLayout, only_type: bool = True, values: bool = False) -> dict[str, Any]:
         """``id -> cells`` of ``layout``'s function type, decoded a batch at a time (``only_type=False``: the
-        caller knows every row is of that type)."""
-        out: dict[str, list] = {}
+        caller knows every row is of that type; ``values``: see ``decode_instances``)."""
+        out: dict[str, Any] = {}
         collecting = gc.isenabled()
         gc.disable()  # hundreds of thousands of new lists: no collection can free any of them
         try:
@@ -220,7 +220,7 @@ class FoldedState:
                 if only_type:
                     batch = batch.filter(pc.equal(batch["function_type"], layout.function_type))
                 if batch.num_rows:
-                    decode_instances_into(out, batch, layout)
+                    decode_instances_into(out, batch, layout, values)
                 del batch
         finally:
             if collecting:
@@ -266,16 +266,17 @@ class RestoredShard:
         """The function types that have state in this range."""
         return self.state.function_types()
 
-    def instances(self, function_type: str, specs: Iterable[Any] | None = None) -> dict[str, list]:
+    def instances(self, function_type: str, specs: Iterable[Any] | None = None, values: bool = False) -> dict[str, Any]:
         """``id -> cells`` of one function type, laid out for ``specs`` (the function's current ValueSpecs or
-        ``(name, typename)`` pairs; default: the layout stored in the checkpoint)."""
+        ``(name, typename)`` pairs; default: the layout stored in the checkpoint); with ``values`` (a
+        single-cell layout) ``id -> the value``, as the runtime holds it."""
         layout = StateLayout.of(function_type, specs) if specs is not None else self.layouts.get(function_type)
         if layout is None:
             raise CheckpointError(
                 f"checkpoint {self.checkpoint_id} has no state layout for {function_type!r}; pass its specs"
             )
         only_type = len(self.layouts) != 1 or function_type not in self.layouts
-        return self.state.instances(layout, only_type)
+        return self.state.instances(layout, only_type, values)
 
     def close(self) -> None:
         self.state.close()

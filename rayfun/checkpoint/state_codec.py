@@ -145,9 +145,10 @@ class StateDelta:
         """From the runtime's ``FunctionState`` (``typename``, ``specs``, ``instances``, ``changed``): the
         changed instances and tombstones, or with ``full`` every live instance."""
         layout = StateLayout.of(state.typename, state.specs)
+        values = bool(getattr(state, "single", False))  # a single-cell type holds values, not cells
         if full:
-            return cls(layout, dict(state.instances))
-        return cls(layout, {id: state.instances.get(id) for id in state.changed})
+            return cls(layout, dict(state.instances), values=values)
+        return cls(layout, {id: state.instances.get(id) for id in state.changed}, values=values)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -639,8 +640,9 @@ def _convert(values: list, stored: str, declared: str, function_type: str, name:
     return out
 
 
-def decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
-    """``id -> cells`` for the rows of one function type (folded: no tombstones, one row per value).
+def decode_instances(table: pa.Table, layout: StateLayout, values: bool = False) -> dict[str, Any]:
+    """``id -> cells`` for the rows of one function type (folded: no tombstones, one row per value); with
+    ``values`` (a single-cell layout) ``id -> the value itself``, as the runtime holds such a type.
 
     Rows of a state name the layout does not declare are dropped with a warning (StateFun drops state of a
     removed spec too); a value stored under another type is converted through its wire bytes or raises.
@@ -651,16 +653,18 @@ def decode_instances(table: pa.Table, layout: StateLayout) -> dict[str, list]:
     collecting = gc.isenabled()
     gc.disable()  # hundreds of thousands of new lists: no collection can free any of them
     try:
-        decode_instances_into(out, table, layout)
+        decode_instances_into(out, table, layout, values)
         return out
     finally:
         if collecting:
             gc.enable()
 
 
-def decode_instances_into(out: dict[str, list], table: pa.Table, layout: StateLayout) -> None:
+def decode_instances_into(out: dict[str, Any], table: pa.Table, layout: StateLayout, values: bool = False) -> None:
     """``decode_instances`` into ``out``, which may hold instances of earlier batches: a restore decodes a
     row group at a time, and an instance's rows (one per value) may span two of them."""
+    if values and layout.width != 1:
+        raise ValueError(f"{layout.function_type}: values=True needs a single-cell layout")
     ft = layout.function_type
     index = {name: i for i, name in enumerate(layout.names)}
     n = len(layout.names)
@@ -685,22 +689,25 @@ def decode_instances_into(out: dict[str, list], table: pa.Table, layout: StateLa
         for stored in stored_types:
             part = sub if len(stored_types) == 1 else sub.filter(pc.equal(sub["value_typename"], stored))
             ids = part["id"].to_pylist()
-            values = part[value_column(stored)].to_pylist()
+            payloads = part[value_column(stored)].to_pylist()
             if stored != declared and _needs_conversion(stored, declared):
-                values = _convert(values, stored, declared, ft, name)
-            if width1:  # the common case, C-level: ~15% faster than a loop (after the fold an id has one row)
-                out.update(zip(ids, map(list, zip(values))))
+                payloads = _convert(payloads, stored, declared, ft, name)
+            if values:  # the runtime's single-cell types, C-level (after the fold an id has one row)
+                out.update(zip(ids, payloads))
+                continue
+            if width1:  # C-level: ~15% faster than a loop
+                out.update(zip(ids, map(list, zip(payloads))))
                 continue
             if layout.expiring:
                 deadlines = part["expires_at_ms"].fill_null(0).to_pylist()
-                for id, v, d in zip(ids, values, deadlines):
+                for id, v, d in zip(ids, payloads, deadlines):
                     cells = out.get(id)
                     if cells is None:
                         cells = out[id] = empty.copy()
                     cells[i] = v
                     cells[n + i] = d
             else:
-                for id, v in zip(ids, values):
+                for id, v in zip(ids, payloads):
                     cells = out.get(id)
                     if cells is None:
                         cells = out[id] = empty.copy()

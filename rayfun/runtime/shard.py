@@ -794,19 +794,19 @@ class ShardCore:
         little changes between checkpoints is a small part of a whole restore."""
         began = time.perf_counter()
         rest, undone = await self.snapshots.read_instances(
-            checkpoint_id, {t: (ids, self._layout(t)) for t, ids in undo.items()}
+            checkpoint_id, {t: (ids, self._layout(t), self.runners[t].state.single) for t, ids in undo.items()}
         )
         if generation != self.generation:
             return  # superseded while it read: the newer rollback undoes from the same recorded changes
         for typename, ids in undo.items():
             runner = self.runners[typename]
-            instances, values = runner.state.instances, undone[typename]
+            instances, held = runner.state.instances, undone[typename]
             for id in ids:
-                cells = values.get(id)
-                if cells is None:
+                old = held.get(id)  # cells, or a single-cell type's value: as ``instances`` holds them
+                if old is None:
                     instances.pop(id, None)  # it did not exist at the checkpoint
                 else:
-                    instances[id] = cells
+                    instances[id] = old
         for runner in self.runners.values():
             runner.state.changed.clear()
             runner.uncommitted.clear()
@@ -876,7 +876,8 @@ class ShardCore:
                 )
         for typename, runner in self.runners.items():
             if typename in restored.layouts:
-                runner.state.instances.update(restored.instances(typename, runner.state.specs))
+                state = runner.state
+                state.instances.update(restored.instances(typename, state.specs, values=state.single))
         for typename in set(restored.layouts) - set(self.runners):
             log.warning(
                 "checkpoint %d holds state of %s, which is no longer bound: ignored", restored.checkpoint_id, typename

@@ -234,7 +234,7 @@ class Snapshots:
                     merged.update(changes)
                 runner.uncommitted[:] = [merged]
             if snap.full and self.committed is not None:
-                captured = (runner.state.instances.copy(), False)
+                captured = (runner.state.instances.copy(), runner.state.single)
             else:  # a delta, or the first base: the state was empty before the changes, so they are all of it
                 captured = (runner.uncommitted[0], runner.state.single)
             by_type[typename] = captured
@@ -424,12 +424,13 @@ class Snapshots:
         return await asyncio.get_running_loop().run_in_executor(None, read)
 
     async def read_instances(
-        self, checkpoint_id: int, wanted: dict[str, tuple[list[str], Any]]
-    ) -> tuple[RestoredShard, dict[str, dict[str, list]]]:
+        self, checkpoint_id: int, wanted: dict[str, tuple[list[str], Any, bool]]
+    ) -> tuple[RestoredShard, dict[str, dict[str, Any]]]:
         """For a shard that undoes what changed since checkpoint ``checkpoint_id``, its in-memory copy's (see
         ``ShardCore._changed_since``): the copy's timers, messages and egress, and per function type the
-        checkpoint's cells of the ids ``wanted`` (``typename -> (ids, StateLayout)``; an id it did not hold
-        is absent), folded from the copy's layers the way a restore folds them; read in a thread."""
+        checkpoint's cells of the ids ``wanted`` (``typename -> (ids, StateLayout, values)``, ``values``:
+        a single-cell type's values instead of cells; an id it did not hold is absent), folded from the
+        copy's layers the way a restore folds them; read in a thread."""
         from ..checkpoint.restore import FoldedState
 
         local, key_group_range, key_groups = self.local, self.key_group_range, self.key_groups
@@ -439,13 +440,13 @@ class Snapshots:
         def read():
             rest = local.rest(key_group_range, key_groups)
             cells = {}
-            for typename, (ids, layout) in wanted.items():
+            for typename, (ids, layout, values) in wanted.items():
                 value_set = pa.array(ids, pa.string())
                 tables = [
                     t.filter(pc.and_(pc.equal(t["function_type"], typename), pc.is_in(t["id"], value_set=value_set)))
                     for t in local.layers
                 ]
-                cells[typename] = FoldedState.of_tables(tables).instances(layout, only_type=False)
+                cells[typename] = FoldedState.of_tables(tables).instances(layout, only_type=False, values=values)
             return rest, cells
 
         return await asyncio.get_running_loop().run_in_executor(None, read)

@@ -106,13 +106,13 @@ def test_from_function_state_of_the_runtime():
     fs.put("a", [5], maybe_empty=False)
     fs.put("b", [None])  # became empty: dropped, a tombstone
     delta = StateDelta.from_function_state(fs)
-    assert dict(delta.instances) == {"a": [5], "b": None}  # None: a tombstone
+    assert dict(delta.instances) == {"a": 5, "b": None} and delta.values  # a single-cell type: values; None: gone
     assert decode_instances(
         fold_layers([encode_state([StateDelta(COUNTER, {"a": [1], "b": [2]})], None), encode_state([delta], None)]),
         COUNTER,
     ) == {"a": [5]}
     full = StateDelta.from_function_state(fs, full=True)
-    assert dict(full.instances) == {"a": [5]} and not full.deleted
+    assert dict(full.instances) == {"a": 5} and full.values and not full.deleted
 
 
 def test_layout_from_value_specs_and_json():

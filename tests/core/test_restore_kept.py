@@ -44,7 +44,7 @@ async def _checkpoint(core: ShardCore, store: CheckpointStore, n: int, others=()
 
 
 def _counts(core: ShardCore) -> dict[str, int]:
-    return {id: cells[0] for id, cells in core.runners["t/count"].state.instances.items()}
+    return {id: cells[0] for id, cells in core.runners["t/count"].state.cell_items()}
 
 
 def _run(scenario, index: int, shards: int, tmp_path) -> None:

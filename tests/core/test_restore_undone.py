@@ -58,7 +58,7 @@ def _functions() -> StatefulFunctions:
 
 
 def _state(core: ShardCore) -> dict[str, dict[str, list]]:
-    return {t: {id: list(cells) for id, cells in core.runners[t].state.instances.items()} for t in TYPES}
+    return {t: {id: list(cells) for id, cells in core.runners[t].state.cell_items()} for t in TYPES}
 
 
 def _core(tmp_path) -> ShardCore:

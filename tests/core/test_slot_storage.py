@@ -128,9 +128,7 @@ def outcome(shard: _Shard, runners: dict) -> dict:
         return (type(v).__name__, v)
 
     return {
-        "state": {
-            t: {id: [same(c) for c in cells] for id, cells in r.state.instances.items()} for t, r in runners.items()
-        },
+        "state": {t: {id: [same(c) for c in cells] for id, cells in r.state.cell_items()} for t, r in runners.items()},
         "queue": list(shard.queue),
         "timers": len(shard.timers),
         "egress": {e: list(shard.collector.records(e)) for e in sorted(shard.collector.egress_ids())},
@@ -183,7 +181,7 @@ def run_both(seed: int, batches: int = 40) -> tuple[dict, dict, list, list]:
                 fold_changes(checkpointed, runners)
         fold_changes(checkpointed, runners)
         # the deltas, folded as a restore folds them, are the live state: what checkpoints rely on
-        assert checkpointed == {t: {id: c[0] for id, c in r.state.instances.items()} for t, r in runners.items()}
+        assert checkpointed == {t: {id: c[0] for id, c in r.state.cell_items()} for t, r in runners.items()}
         results.append(outcome(shard, runners))
         seen_by.append(seen)
     return results[0], results[1], seen_by[0], seen_by[1]
@@ -226,7 +224,7 @@ def test_the_slot_runners_documented_leniency():
         ("t/int", "a", None, StringType.typename, "none;e"),
     ]
     assert runner.run(rows, 0, 3, 0) == 3
-    assert runner.state.instances == {"a": [-5]}
+    assert dict(runner.state.cell_items()) == {"a": [-5]}
     assert shard.collector.records("t/out") == [(StringType.typename, "int:b")]
     (letter,) = shard.collector.records("rayfun/dead-letters")
     letter = json.loads(letter[1])

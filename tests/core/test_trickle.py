@@ -90,8 +90,8 @@ def test_a_trickle_is_polled_about_once_per_wait_not_in_a_spin():
     per_second = partition.polls / elapsed
     idle = core.counters["idle_s"] / elapsed
     print(f"{partition.polls} polls in {elapsed:.2f} s ({per_second:.0f}/s), idle {idle:.0%}, {partition.sent} records")
-    state = core.runners["t/count"].state.instances
-    assert sum(cells[0] for cells in state.values()) == partition.sent  # every record processed, once
+    state = core.runners["t/count"].state
+    assert sum(cells[0] for _, cells in state.cell_items()) == partition.sent  # every record processed, once
     # one poll per TRICKLE_WAIT_S at most (plus the turns a delivery or a timer wakes): spinning made ~10k/s
     assert per_second < 2 / TRICKLE_WAIT_S, f"{per_second:.0f} polls a second: the shard spins on a trickle"
     assert idle > 0.5, f"idle {idle:.0%} of the time at {RATE} records/s: the shard spins on a trickle"
@@ -141,8 +141,8 @@ def test_a_shard_says_it_is_quiet_only_once_its_work_is_done_and_at_once_then():
     partition = source.partition
     assert answers == [False] * 5 and quiet and partition.ended_at is not None
     assert answered_at - partition.ended_at < 1.0, f"quiet said {answered_at - partition.ended_at:.3f} s late"
-    state = core.runners["t/count"].state.instances
-    assert sum(cells[0] for cells in state.values()) == partition.sent  # all of it done when it said so
+    state = core.runners["t/count"].state
+    assert sum(cells[0] for _, cells in state.cell_items()) == partition.sent  # all of it done when it said so
 
 
 def test_a_shard_with_an_async_invocation_running_is_not_quiet_until_it_ends():
@@ -170,7 +170,7 @@ def test_a_shard_with_an_async_invocation_running_is_not_quiet_until_it_ends():
             running = [await core.until_quiet(0.05) for _ in range(3)]
             release["event"].set()
             ended = await core.until_quiet(5.0)
-            return running, ended, core.runners["t/slow"].state.instances.get("a")
+            return running, ended, core.runners["t/slow"].state.cells_of("a")
         finally:
             await core.stop()
 

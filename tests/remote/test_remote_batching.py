@@ -113,8 +113,8 @@ def test_messages_join_a_request_that_waits_for_its_slot():
             assert batches == [("a", 3), ("b", 5)]
             assert shard.failures == []
             # the answers were applied: each address's count is its number of messages
-            assert runner.state.instances["a"][0] == 3
-            assert runner.state.instances["b"][0] == 5
+            assert runner.state.cells_of("a")[0] == 3
+            assert runner.state.cells_of("b")[0] == 5
             assert not runner.inflight and not runner.queued and not runner.unsent
         finally:
             await client.close()

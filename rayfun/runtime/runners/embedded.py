@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +29,15 @@ __all__ = ["EmbeddedFunction", "FunctionState"]
 
 
 class FunctionState:
-    """All instances of one function type on one shard: ``id -> cells``, plus which changed since the
-    last checkpoint snapshot, with their new cells (None: gone), or for a single-cell type the value itself
-    (None: gone): what the checkpoint encoder reads (see ``StateDelta``), so a snapshot looks no id up and
-    follows one pointer less per instance."""
+    """All instances of one function type on one shard, plus which changed since the last checkpoint
+    snapshot, with their new cells (None: gone): what the checkpoint encoder reads (see ``StateDelta``), so
+    a snapshot looks no id up.
+
+    ``instances`` maps ``id -> cells``, except for a single-cell type (``single``: one value that never
+    expires, the common case), which maps ``id -> the value itself`` and records its changes as values:
+    no list to allocate at every write and one pointer less to follow at every read (a list per instance
+    cost ~150 ns a message, measured over 10k instances). Code that wants cells whatever the type uses
+    ``cells_of``, ``working_cells`` and ``put``."""
 
     def __init__(self, typename: str, specs) -> None:
         self.typename = typename
@@ -44,9 +50,23 @@ class FunctionState:
         self.after_call = tuple(
             (i, s.expire_after_millis) for i, s in enumerate(self.specs) if s.expire_mode == "after_call"
         )
-        self.single = self.width == 1  # ``changed`` holds values, not cells
-        self.instances: dict[str, list] = {}
+        self.single = self.width == 1  # ``instances`` and ``changed`` hold values, not cells
+        self.instances: dict[str, Any] = {}
         self.changed: dict[str, Any] = {}
+
+    def cells_of(self, id: str) -> list | None:
+        """The instance's cells (None: no instance); not to be changed in place (see ``working_cells``)."""
+        held = self.instances.get(id)
+        if self.single:
+            return None if held is None else [held]
+        return held
+
+    def working_cells(self, id: str) -> list:
+        """A fresh copy of the instance's cells (empty cells if there is none) for an invocation to change."""
+        held = self.instances.get(id)
+        if self.single:
+            return [held]
+        return held.copy() if held is not None else self.empty.copy()
 
     def put(self, id: str, cells: list, maybe_empty: bool = True) -> None:
         """Store an instance's cells, dropping the instance once it holds no value (idle costs nothing).
@@ -59,12 +79,16 @@ class FunctionState:
                 self.instances.pop(id, None)
                 self.changed[id] = None
                 return
-        self.instances[id] = cells
-        self.changed[id] = self.change_of(cells)
+        if self.single:
+            self.instances[id] = self.changed[id] = cells[0]
+        else:
+            self.instances[id] = self.changed[id] = cells
 
-    def change_of(self, cells: list | None) -> Any:
-        """What ``changed`` records for an instance now holding ``cells`` (None: gone)."""
-        return cells[0] if self.single and cells is not None else cells
+    def cell_items(self) -> Iterator[tuple[str, list]]:
+        """``(id, cells)`` of every instance (cells not to be changed in place)."""
+        if self.single:
+            return ((id, [value]) for id, value in self.instances.items())
+        return iter(self.instances.items())
 
     def take_changes(self) -> dict[str, Any]:
         """The changes recorded so far (see ``changed``), handed over for good: recording starts afresh."""
@@ -90,7 +114,7 @@ class FunctionState:
 
     def view(self, id: str, now_ms: int) -> dict[str, Any]:
         """The instance's current values by state name (decoded; expired values left out)."""
-        cells = self.instances.get(id)
+        cells = self.cells_of(id)
         out: dict[str, Any] = {}
         if cells is None:
             return out
@@ -182,8 +206,11 @@ class EmbeddedFunction:
                 if ttype != typename:
                     break
                 i += 1
-                cells = instances.get(id)
-                cells = cells.copy() if cells is not None else empty.copy()
+                if single:  # state.working_cells, inlined
+                    cells = [instances.get(id)]
+                else:
+                    held = instances.get(id)
+                    cells = held.copy() if held is not None else empty.copy()
                 storage._cells = cells
                 storage.dirty = 0
                 ctx._id = message.target_id = id
@@ -201,8 +228,7 @@ class EmbeddedFunction:
                     ctx.sends = ctx.timers = ctx.egress = None
                 elif storage.dirty:
                     if storage.dirty == 1:  # the last change was a write: the instance is not empty
-                        instances[id] = cells
-                        state.changed[id] = cells[0] if single else cells  # state.change_of, inlined
+                        instances[id] = state.changed[id] = cells[0] if single else cells  # state.put, inlined
                     else:
                         put(id, cells)
             if i > first:  # one count and one clock reading per run of messages, not per message
@@ -250,8 +276,7 @@ class EmbeddedFunction:
                 if ttype != typename:
                     break
                 i += 1
-                cells = instances.get(id)
-                old = storage._value = cells[0] if cells is not None else None
+                old = storage._value = instances.get(id)  # a single-cell type: the value itself
                 ctx._id = message.target_id = id
                 ctx._caller = caller
                 message.value_type_name = vtype
@@ -291,8 +316,7 @@ class EmbeddedFunction:
                         del instances[id]
                     changed[id] = None  # as FunctionState.put records it
                 else:
-                    instances[id] = [value]
-                    changed[id] = value
+                    instances[id] = changed[id] = value
             if i > first:  # one count and one clock reading per run of messages, not per message
                 counts.invocations += i - first - redone
                 counts.timed(perf_counter() - began, i - first)
@@ -346,8 +370,7 @@ class EmbeddedFunction:
     async def _run_async(self, id: str, caller, vtype: str, payload: Any, now_ms: int) -> None:
         state = self.state
         epoch = self.shard.epoch_token
-        cells = state.instances.get(id)
-        cells = cells.copy() if cells is not None else state.empty.copy()
+        cells = state.working_cells(id)
         storage = self.storage_cls(cells, now_ms)
         ctx = Context(self.typename, id, caller, storage, self.known)
         began = perf_counter()

@@ -103,7 +103,7 @@ class RemoteFunction:
         old_state = self.state
         self.state = FunctionState(self.typename, new)
         index = {s.name: i for i, s in enumerate(old_state.specs)}
-        for id, cells in old_state.instances.items():
+        for id, cells in old_state.cell_items():
             fresh = self.state.empty.copy()
             for j, spec in enumerate(new):
                 i = index.get(spec.name)
@@ -111,12 +111,14 @@ class RemoteFunction:
                     fresh[j] = cells[i]
                     if self.state.expiring and old_state.expiring:
                         fresh[self.state.n + j] = cells[old_state.n + i]
-            self.state.instances[id] = fresh
-        # recorded changes hold the old layout: record the same instances again, re-laid out
-        instances, change_of = self.state.instances, self.state.change_of
+            if any(v is not None for v in fresh[: self.state.n]):
+                self.state.instances[id] = fresh[0] if self.state.single else fresh
+        # recorded changes hold the old layout: record the same instances again, re-laid out (what
+        # ``changed`` records is what ``instances`` holds, None for an instance that is gone)
+        instances = self.state.instances
 
         def relaid(ids) -> dict:
-            return {id: change_of(instances.get(id)) for id in ids}
+            return {id: instances.get(id) for id in ids}
 
         self.state.changed = relaid(old_state.changed)
         self.uncommitted = [relaid(changes) for changes in self.uncommitted]
@@ -215,7 +217,7 @@ class RemoteFunction:
 
     def _states(self, id: str, now_ms: int) -> list[tuple[str, str, Any]]:
         state = self.state
-        cells = state.instances.get(id)
+        cells = state.cells_of(id)
         out = []
         for i, spec in enumerate(state.specs):
             value = None
@@ -246,8 +248,7 @@ class RemoteFunction:
             return
         state = self.state
         n = state.n
-        cells = state.instances.get(id)
-        cells = cells.copy() if cells is not None else state.empty.copy()
+        cells = state.working_cells(id)
         if state.expiring:  # drop what expired before this call
             for i in range(n):
                 if cells[i] is not None and 0 < cells[n + i] <= now_ms:
@@ -266,7 +267,7 @@ class RemoteFunction:
         for i, ttl in state.after_call:
             if cells[i] is not None:
                 cells[n + i] = now_ms + ttl
-        if cells != state.instances.get(id, state.empty):
+        if cells != (state.cells_of(id) or state.empty):
             state.put(id, cells)
 
     def _refused(self, id: str, batch: list, exc: RemoteFunctionError) -> None:

@@ -3,7 +3,9 @@
 (per-address batching must show), then the SDK server's own limit (its handler driven directly with batches
 of the same size, no HTTP, no rayfun), measured right after, and their ratio; ``--rounds`` such pairs (a
 noisy neighbour slows both halves of a pair alike), and last, alone, the median ratio:
-``remote/sdk ratio: 0.63``.
+``remote/sdk ratio: 0.63``. Each round also drives the same server with the same requests from a plain
+aiohttp client (no rayfun): the handler's limit has no HTTP in it, and on two cores the server's own HTTP
+work keeps any client below it; rayfun's rate over that client's is printed beside.
 
     python bench/remote.py [--messages N] [--addresses N] [--rounds N]   (needs .venv-sdk: `make test` creates it)
 """
@@ -87,6 +89,19 @@ def sdk_limit(n: int, batch: int) -> float:
     return float(out.strip().splitlines()[-1].split(":")[1].split()[0])
 
 
+def http_limit(url: str, n: int, batch: int) -> float:
+    """The same server's rate for the same requests from a plain aiohttp client (no rayfun): the most any
+    client gets from it, HTTP included."""
+    out = subprocess.run(
+        [SDK_PYTHON, os.path.join(HERE, "remote_app.py"), "--http-limit", url, str(min(n, 100_000)), str(batch)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1].split(":")[1].split()[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
@@ -96,7 +111,7 @@ def main() -> None:
     if not os.path.exists(SDK_PYTHON):
         raise SystemExit(f"no SDK interpreter at {SDK_PYTHON}: run `make test` (it creates .venv-sdk)")
     n, a = args.messages, args.addresses
-    ratios = []
+    ratios, of_http = [], []
     server, url = start_server()
     try:
         ray.init(num_cpus=2, include_dashboard=False)
@@ -105,16 +120,20 @@ def main() -> None:
             rate, requests = through_rayfun(url, n, a)
             batch = max(1, round(n / max(requests, 1)))
             limit = sdk_limit(n, batch)
+            plain = http_limit(url, n, batch)
             ratios.append(rate / limit)
+            of_http.append(rate / plain)
             print(
                 f"round {round_}: rayfun -> SDK over HTTP {rate:.0f} msgs/s ({requests} HTTP requests, "
                 f"{n / max(requests, 1):.1f} messages per request; state exact); SDK handler alone, batches of "
-                f"{batch}: {limit:.0f} msgs/s; ratio {rate / limit:.2f}"
+                f"{batch}: {limit:.0f} msgs/s; ratio {rate / limit:.2f}; a plain aiohttp client -> the same "
+                f"server: {plain:.0f} msgs/s ({plain / limit:.2f} of the handler alone; rayfun {rate / plain:.2f} of it)"
             )
         ray.shutdown()
     finally:
         server.terminate()
         server.wait(timeout=10)
+    print(f"rayfun / a plain HTTP client of the same server: {statistics.median(of_http):.2f} (median)")
     print(f"remote/sdk ratio: {statistics.median(ratios):.2f}")
 
 

@@ -1,6 +1,8 @@
 """The counter function of bench/remote.py, written with the official StateFun SDK (runs in the SDK's own
 interpreter). ``python bench/remote_app.py PORT`` serves it over aiohttp; ``python bench/remote_app.py
---limit N`` drives the SDK's handler directly (no HTTP, no rayfun) and prints its own limit in msgs/s."""
+--limit N BATCH`` drives the SDK's handler directly (no HTTP, no rayfun) and prints its own limit in
+msgs/s; ``--http-limit URL N BATCH`` drives a running server with the same requests from a plain aiohttp
+client (64 in flight, no rayfun): what any client can get from that server, HTTP included."""
 
 import asyncio
 import sys
@@ -19,9 +21,9 @@ def counter(context, message):
 handler = RequestReplyHandler(functions)
 
 
-def sdk_limit(messages: int, batch: int) -> float:
-    """Requests as the runtime would send them (state included, ``batch`` invocations each), straight into
-    the handler; only the handler is timed."""
+def requests_like_the_runtimes(messages: int, batch: int) -> list[bytes]:
+    """Requests as the runtime would send them: ``batch`` invocations each, with the state each would carry
+    (built up front, so that only the handler or the server is timed)."""
     from statefun.request_reply_pb2 import ToFunction
     from statefun.types_pb2 import IntWrapper, LongWrapper
 
@@ -41,12 +43,17 @@ def sdk_limit(messages: int, batch: int) -> float:
             i.argument.typename, i.argument.has_value, i.argument.value = "io.statefun.types/int", True, arg
         return req.SerializeToString()
 
-    # Build every request up front, with the state each would carry, so only the handler is timed.
     requests, counts = [], {}
     for k in range(max(1, messages // batch)):
         addr = k % 1000
         requests.append(request(addr, counts.get(addr)))
         counts[addr] = counts.get(addr, 0) + batch
+    return requests
+
+
+def sdk_limit(messages: int, batch: int) -> float:
+    """The SDK handler's own rate, driven straight with the runtime's requests; only the handler is timed."""
+    requests = requests_like_the_runtimes(messages, batch)
 
     async def drive() -> float:
         started = time.perf_counter()
@@ -57,10 +64,36 @@ def sdk_limit(messages: int, batch: int) -> float:
     return asyncio.run(drive())
 
 
+def http_limit(url: str, messages: int, batch: int, in_flight: int = 64) -> float:
+    """The rate of a running server driven with the runtime's requests by a plain aiohttp client."""
+    import aiohttp
+
+    requests = requests_like_the_runtimes(messages, batch)
+
+    async def drive() -> float:
+        todo = iter(requests)
+        headers = {"Content-Type": "application/octet-stream"}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as session:
+
+            async def worker() -> None:
+                for body in todo:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        resp.raise_for_status()
+                        await resp.read()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
+            return len(requests) * batch / (time.perf_counter() - started)
+
+    return asyncio.run(drive())
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--limit":
         n, batch = int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1
         print(f"sdk handler: {sdk_limit(n, batch):.0f} msgs/s")
+    elif sys.argv[1] == "--http-limit":
+        print(f"sdk server over HTTP: {http_limit(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])):.0f} msgs/s")
     else:
         from aiohttp import web
 

@@ -1,8 +1,9 @@
 """A shard that survives a failure rolls back by undoing what changed since the checkpoint (see
 ``ShardCore._changed_since``): only the changed instances are read back from its in-memory copy. Driven on
 one ShardCore without Ray, seeded (``RAYFUN_TEST_SEED`` replays one), against the state the shard held at
-each complete checkpoint: random batches over three kinds of state (a single int, the slot runner; two
-values, one of them deleted at times; an expiring value), checkpoints that complete, cuts that never do,
+each complete checkpoint: random batches over four kinds of state (a single int, the slot runner; a
+single float, held as a value too but run by the general runner; two values, one of them deleted at times;
+an expiring value), checkpoints that complete, cuts that never do,
 and rollbacks, also several in a row with no checkpoint between them. Afterwards a second shard restores
 the last checkpoint from storage and must hold the same state: the deltas written after undone rollbacks
 are right too."""
@@ -16,14 +17,14 @@ from datetime import timedelta
 
 import pytest
 
-from rayfun import IntType, StatefulFunctions, StringType, ValueSpec
+from rayfun import FloatType, IntType, StatefulFunctions, StringType, ValueSpec
 from rayfun.checkpoint import CheckpointStore
 from rayfun.runtime import shard as shard_module
 from rayfun.runtime.batchcodec import encode_rows
 from rayfun.runtime.shard import DRIVER, ShardConfig, ShardCore
 from tests.core.test_shard_rollback import INT, _settle
 
-TYPES = ("u/count", "u/pair", "u/ttl")
+TYPES = ("u/count", "u/float", "u/pair", "u/ttl")
 IDS = [f"i{k}" for k in range(150)]
 
 
@@ -36,6 +37,13 @@ def _functions() -> StatefulFunctions:
             del context.storage.n
         else:
             context.storage.n = (context.storage.n or 0) + message.as_int()
+
+    @functions.bind("u/float", specs=[ValueSpec("x", FloatType)])
+    def half(context, message):  # a float: not the slot runner's (it rounds as it is written)
+        if message.as_int() == 0:
+            del context.storage.x
+        else:
+            context.storage.x = (context.storage.x or 0.0) + message.as_int() / 2
 
     @functions.bind("u/pair", specs=[ValueSpec("n", IntType), ValueSpec("s", StringType)])
     def pair(context, message):

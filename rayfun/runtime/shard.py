@@ -125,6 +125,10 @@ class ShardCore:
         self._quiet: asyncio.Event | None = None  # set while the loop has nothing to do (see until_quiet)
         self._loop_task: asyncio.Task | None = None
         self._restoring = False  # a rollback is loading state: deliveries of its generation wait
+        # False from the start of a rollback until it has restored everything: one superseded while it read
+        # (a recovery the coordinator retried) leaves the live state emptied or half-undone, with bookkeeping
+        # that says "checkpoint n, nothing changed since", so the next rollback must not keep or undo it
+        self._state_whole = True
         self.held = False  # a rescale is under way: nothing is processed until the restore (see pause_sources)
         self._restore_waiters: list[asyncio.Future] = []
         self._beat: float | None = None  # when the event loop last turned (see health); None: not started
@@ -701,10 +705,12 @@ class ShardCore:
         self.epoch_token = object()
         self._halt()
         self.held = False
-        keep = self._keeps_live_state(checkpoint_id)
+        whole, self._state_whole = self._state_whole, False  # until this rollback has restored everything
+        keep = whole and self._keeps_live_state(checkpoint_id)
         old_range = self.key_group_range
         self._place(len(peers))  # a rescale changes the shard count and so this shard's key groups
-        undo = None if keep else self._changed_since(checkpoint_id)  # after _place: a rescale drops the copy
+        # after _place: a rescale drops the copy
+        undo = None if keep or not whole else self._changed_since(checkpoint_id)
         # every stage back to empty (what survives a rollback, each stage's reset says)
         self.timers.reset()
         self.outbox.reset(peers, generation)
@@ -762,6 +768,7 @@ class ShardCore:
         # them again and again right when the shard should catch up (gc.freeze: out of every collection;
         # no gc.collect first, it would walk them all once more, and the state holds no cycles to free)
         gc.freeze()
+        self._state_whole = True  # not superseded: every await above returns early if a newer rollback began
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self.wake()
 

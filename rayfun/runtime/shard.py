@@ -736,7 +736,7 @@ class ShardCore:
         elif undo is not None and checkpoint_id is not None:
             await self._restore_undone(generation, checkpoint_id, undo)
             if generation != self.generation:
-                return  # a newer rollback began while this one read: it wins (and undoes from the same changes)
+                return  # a newer rollback began while this one read: it wins (restoring everything: _state_whole)
         elif checkpoint_id is not None:
             began = time.perf_counter()
             from_memory = self.snapshots.in_memory(checkpoint_id)  # this shard survived
@@ -804,7 +804,7 @@ class ShardCore:
             checkpoint_id, {t: (ids, self._layout(t), self.runners[t].state.single) for t, ids in undo.items()}
         )
         if generation != self.generation:
-            return  # superseded while it read: the newer rollback undoes from the same recorded changes
+            return  # superseded while it read: the newer rollback restores everything (_state_whole)
         for typename, ids in undo.items():
             runner = self.runners[typename]
             instances, held = runner.state.instances, undone[typename]

@@ -77,29 +77,27 @@ def through_rayfun(url: str, n: int, a: int) -> tuple[float, int]:
     return n / elapsed, requests
 
 
-def sdk_limit(n: int, batch: int) -> float:
-    """The SDK handler's own rate for requests of ``batch`` invocations (its own process, no HTTP)."""
+def _remote_app_rate(*args: str) -> float:
+    """Run ``remote_app.py`` with ``args`` in the SDK's interpreter; the msgs/s its last line prints."""
     out = subprocess.run(
-        [SDK_PYTHON, os.path.join(HERE, "remote_app.py"), "--limit", str(min(n, 100_000)), str(batch)],
+        [SDK_PYTHON, os.path.join(HERE, "remote_app.py"), *args],
         capture_output=True,
         text=True,
         timeout=600,
         check=True,
     ).stdout
     return float(out.strip().splitlines()[-1].split(":")[1].split()[0])
+
+
+def sdk_limit(n: int, batch: int) -> float:
+    """The SDK handler's own rate for requests of ``batch`` invocations (its own process, no HTTP)."""
+    return _remote_app_rate("--limit", str(min(n, 100_000)), str(batch))
 
 
 def http_limit(url: str, n: int, batch: int) -> float:
     """The same server's rate for the same requests from a plain aiohttp client (no rayfun): the most any
     client gets from it, HTTP included."""
-    out = subprocess.run(
-        [SDK_PYTHON, os.path.join(HERE, "remote_app.py"), "--http-limit", url, str(min(n, 100_000)), str(batch)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    ).stdout
-    return float(out.strip().splitlines()[-1].split(":")[1].split()[0])
+    return _remote_app_rate("--http-limit", url, str(min(n, 100_000)), str(batch))
 
 
 def main() -> None:

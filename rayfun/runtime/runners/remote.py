@@ -111,8 +111,7 @@ class RemoteFunction:
                     fresh[j] = cells[i]
                     if self.state.expiring and old_state.expiring:
                         fresh[self.state.n + j] = cells[old_state.n + i]
-            if any(v is not None for v in fresh[: self.state.n]):
-                self.state.instances[id] = fresh[0] if self.state.single else fresh
+            self.state.put(id, fresh)  # as the new layout holds it (its recorded change is replaced below)
         # recorded changes hold the old layout: record the same instances again, re-laid out (what
         # ``changed`` records is what ``instances`` holds, None for an instance that is gone)
         instances = self.state.instances

@@ -229,7 +229,7 @@ def _spec_columns(layout: StateLayout, cells: list) -> list[tuple[list, list | N
     ]
 
 
-def _key_group_column(typename: str, ids: list, key_groups: int | None) -> pa.Array:
+def _key_group_column(typename: str, ids: Sequence[str] | pa.Array, key_groups: int | None) -> pa.Array:
     """The key groups of ``ids``, or nulls for readers to compute (``key_groups=None``, see ``schema``)."""
     return pa.nulls(len(ids), pa.int32()) if key_groups is None else key_groups_of(typename, ids, key_groups)
 
@@ -265,6 +265,8 @@ class _Pieces:
         layout, delta = self.layout, self.delta
         if not layout.names:
             self.deleted += [id for id, cells in delta.instances.items() if cells is None]
+        elif hasattr(delta.instances, "columns"):
+            yield from self._from_columns(delta.instances)
         else:
             mapping = delta.instances
             ids_left, cells_left = iter(mapping), iter(mapping.values())
@@ -285,6 +287,26 @@ class _Pieces:
             yield from self._flush()
         if self.deleted:
             yield _tombstones(self.layout.function_type, self.deleted, self.key_groups)
+
+    def _from_columns(self, changes: Any) -> Iterator[pa.Table]:
+        """Changes that the runtime holds by column (``ColumnChanges`` of a single-value type): its ids and
+        (for integers) its values are Arrow arrays already, so no Python object is touched per instance."""
+        layout = self.layout
+        ft, name, typename = layout.function_type, layout.names[0], layout.typenames[0]
+        ids, values = changes.columns()
+        self.deleted += changes.gone
+        column = value_column(typename)
+        if not isinstance(values, pa.Array) or values.type != _ARROW_TYPE[column]:
+            values = _typed_array(list(values), column, typename, ft, name)
+        step = max(1, PIECE_BYTES // 64)
+        for start in range(0, len(ids), step):
+            part = ids.slice(start, step)
+            self.ids.append(part)
+            self.kgs.append(
+                _key_group_column(ft, part if self.key_groups is None else part.to_pylist(), self.key_groups)
+            )
+            self.payloads[0].append(values.slice(start, step))
+            yield from self._flush()
 
     def _split(self, ids: list, cells: list) -> tuple[list, list]:
         """The live ids of a chunk and their columns; tombstones go to ``deleted``."""

@@ -234,7 +234,7 @@ class Snapshots:
                     merged.update(changes)
                 runner.uncommitted[:] = [merged]
             if snap.full and self.committed is not None:
-                captured = (runner.state.instances.copy(), runner.state.single)
+                captured = (runner.state.capture_all(), runner.state.single)
             else:  # a delta, or the first base: the state was empty before the changes, so they are all of it
                 captured = (runner.uncommitted[0], runner.state.single)
             by_type[typename] = captured

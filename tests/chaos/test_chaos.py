@@ -103,12 +103,13 @@ def test_shard_kills_with_a_slot_runner_function(ray_session, tmp_path):
     """Every increment is tallied by a single-int function (the slot runner, which checks its value once
     the function returns and keeps its changes for checkpoints itself): with shards killed meanwhile, each
     tally ends equal to its interpreter's count, as the generator computed it."""
-    from rayfun.runtime.runners.embedded import EmbeddedFunction
+    from rayfun.runtime.runners import ColumnState, EmbeddedFunction, FunctionState
     from rayfun.testing import _Shard
 
     functions = build_functions(tally=True)
     shard = _Shard(functions, 0, on_error="raise")
-    assert [EmbeddedFunction(spec, shard)._slot_eligible() for spec in functions] == [True, False]  # tally first
+    held = [type(EmbeddedFunction(spec, shard).state) for spec in functions]  # tally first
+    assert held == [ColumnState, FunctionState]  # the slot runner's state by column
     run_with_shard_kills(str(tmp_path / "cp"), tally=True)
 
 

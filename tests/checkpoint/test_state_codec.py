@@ -20,7 +20,7 @@ from rayfun.checkpoint.state_codec import (
 )
 from rayfun.functions import ValueSpec
 from rayfun.runtime.partitioning import key_group
-from rayfun.runtime.runners.embedded import FunctionState
+from rayfun.runtime.runners.state import FunctionState
 from rayfun.types import IntType, LongType, StringType, make_json_type
 from tests.support.checkpoints import COUNTER, LAYOUTS, PROFILE, random_cells, random_state
 

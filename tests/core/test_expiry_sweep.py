@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 from rayfun import IntType, ValueSpec
-from rayfun.runtime.runners.embedded import FunctionState
+from rayfun.runtime.runners.state import FunctionState
 
 
 def test_expire_drops_expired_values_and_empty_instances():

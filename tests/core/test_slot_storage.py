@@ -28,6 +28,7 @@ from rayfun import (
     message_builder,
 )
 from rayfun.context import SlotStorage, StorageBase
+from rayfun.runtime.runners import embedded
 from rayfun.runtime.runners.embedded import EmbeddedFunction
 from rayfun.testing import _Shard
 
@@ -163,14 +164,14 @@ def run_both(seed: int, batches: int = 40) -> tuple[dict, dict, list, list]:
         shard = _Shard(build(seen), 1_000, on_error="dead_letter")
         runners = {}
         for spec in build(seen):
-            if not slots:
-                original = EmbeddedFunction._slot_eligible
-                EmbeddedFunction._slot_eligible = lambda self: False  # type: ignore[method-assign]
+            if not slots:  # the reference: the general runner over a dict of instances
+                original = embedded.slot_eligible
+                embedded.slot_eligible = lambda specs: False  # type: ignore[assignment]
             try:
                 runners[spec.typename] = EmbeddedFunction(spec, shard)
             finally:
                 if not slots:
-                    EmbeddedFunction._slot_eligible = original  # type: ignore[method-assign]
+                    embedded.slot_eligible = original  # type: ignore[assignment]
         checkpointed: dict[str, dict] = {t: {} for t in runners}
         for k, rows in enumerate(rows_per_batch):
             rows = sorted(rows, key=lambda r: r[0]) if k % 2 else rows  # long runs of one type too

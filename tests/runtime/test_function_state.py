@@ -11,8 +11,8 @@ from datetime import timedelta
 from rayfun import HttpEndpoint, ValueSpec
 from rayfun.checkpoint.state_codec import StateDelta, decode_instances, encode_state
 from rayfun.remote import RemoteFunctionClient
-from rayfun.runtime.runners.embedded import FunctionState
 from rayfun.runtime.runners.remote import RemoteFunction
+from rayfun.runtime.runners.state import FunctionState
 from rayfun.types import IntType, LongType, StringType
 from tests.remote.test_remote_batching import Shard
 

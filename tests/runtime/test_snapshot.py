@@ -6,7 +6,7 @@ import pytest
 
 from rayfun import IntType, ValueSpec
 from rayfun.checkpoint.state_codec import StateLayout
-from rayfun.runtime.runners.embedded import FunctionState
+from rayfun.runtime.runners.state import FunctionState
 from rayfun.runtime.snapshot import CheckpointRefused, Snapshots
 from tests.support.fakes import FakeServices
 

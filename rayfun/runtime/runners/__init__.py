@@ -5,7 +5,8 @@ request-reply protocol to an HTTP endpoint. Both reach the shard only through ``
 (``rayfun.runtime.services``) and are handed mailbox rows by the shard's processing loop.
 """
 
-from .embedded import EmbeddedFunction, FunctionState
+from .embedded import EmbeddedFunction
 from .remote import RemoteFunction, RemoteSpec
+from .state import ColumnState, FunctionState
 
-__all__ = ["EmbeddedFunction", "FunctionState", "RemoteFunction", "RemoteSpec"]
+__all__ = ["ColumnState", "EmbeddedFunction", "FunctionState", "RemoteFunction", "RemoteSpec"]

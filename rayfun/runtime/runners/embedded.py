@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -21,112 +20,12 @@ from ...context import Context, explain_state_error, make_slot_storage_class, ma
 from ...functions import FunctionSpec
 from ...messages import Message
 from ...types import BUILTIN_TYPES, MAX_VALUE_BYTES
+from .state import ColumnState, FunctionState, slot_eligible
 
 if TYPE_CHECKING:
     from ..services import RunnerServices
 
-__all__ = ["EmbeddedFunction", "FunctionState"]
-
-
-class FunctionState:
-    """All instances of one function type on one shard, plus which changed since the last checkpoint
-    snapshot, with their new cells (None: gone): what the checkpoint encoder reads (see ``StateDelta``), so
-    a snapshot looks no id up.
-
-    ``instances`` maps ``id -> cells``, except for a single-cell type (``single``: one value that never
-    expires, the common case), which maps ``id -> the value itself`` and records its changes as values:
-    no list to allocate at every write and one pointer less to follow at every read (a list per instance
-    cost ~150 ns a message, measured over 10k instances). Code that wants cells whatever the type uses
-    ``cells_of``, ``working_cells`` and ``put``."""
-
-    def __init__(self, typename: str, specs) -> None:
-        self.typename = typename
-        self.specs = tuple(specs)
-        self.n = len(self.specs)
-        self.expiring = any(s.expire_mode for s in self.specs)
-        self.width = self.n * 2 if self.expiring else self.n
-        # the cells of a new instance: n values (payloads, None: absent), then n expiry deadlines (ms, 0: none)
-        self.empty: list[Any] = [None] * self.n + ([0] * self.n if self.expiring else [])
-        self.after_call = tuple(
-            (i, s.expire_after_millis) for i, s in enumerate(self.specs) if s.expire_mode == "after_call"
-        )
-        self.single = self.width == 1  # ``instances`` and ``changed`` hold values, not cells
-        self.instances: dict[str, Any] = {}
-        self.changed: dict[str, Any] = {}
-
-    def cells_of(self, id: str) -> list | None:
-        """The instance's cells (None: no instance); not to be changed in place (see ``working_cells``)."""
-        held = self.instances.get(id)
-        if self.single:
-            return None if held is None else [held]
-        return held
-
-    def working_cells(self, id: str) -> list:
-        """A fresh copy of the instance's cells (empty cells if there is none) for an invocation to change."""
-        held = self.instances.get(id)
-        if self.single:
-            return [held]
-        return held.copy() if held is not None else self.empty.copy()
-
-    def put(self, id: str, cells: list, maybe_empty: bool = True) -> None:
-        """Store an instance's cells, dropping the instance once it holds no value (idle costs nothing).
-        ``maybe_empty=False`` (no value was deleted) skips the emptiness scan: the hot path."""
-        if maybe_empty:
-            for i in range(self.n):
-                if cells[i] is not None:
-                    break
-            else:
-                self.instances.pop(id, None)
-                self.changed[id] = None
-                return
-        if self.single:
-            self.instances[id] = self.changed[id] = cells[0]
-        else:
-            self.instances[id] = self.changed[id] = cells
-
-    def cell_items(self) -> Iterator[tuple[str, list]]:
-        """``(id, cells)`` of every instance (cells not to be changed in place)."""
-        if self.single:
-            return ((id, [value]) for id, value in self.instances.items())
-        return iter(self.instances.items())
-
-    def take_changes(self) -> dict[str, Any]:
-        """The changes recorded so far (see ``changed``), handed over for good: recording starts afresh."""
-        changes, self.changed = self.changed, {}
-        return changes
-
-    def expire(self, now_ms: int) -> int:
-        """Drop expired values everywhere (reads already hide them; this frees memory). Returns count."""
-        if not self.expiring:
-            return 0
-        n, dropped = self.n, 0
-        for id, cells in list(self.instances.items()):
-            hit = False
-            for i in range(n):
-                d = cells[n + i]
-                if cells[i] is not None and 0 < d <= now_ms:
-                    cells = cells.copy() if not hit else cells
-                    cells[i], cells[n + i], hit = None, 0, True
-                    dropped += 1
-            if hit:
-                self.put(id, cells)
-        return dropped
-
-    def view(self, id: str, now_ms: int) -> dict[str, Any]:
-        """The instance's current values by state name (decoded; expired values left out)."""
-        cells = self.cells_of(id)
-        out: dict[str, Any] = {}
-        if cells is None:
-            return out
-        n = self.n
-        for i, spec in enumerate(self.specs):
-            value = cells[i]
-            if value is None or (self.expiring and 0 < cells[n + i] <= now_ms):
-                continue
-            if isinstance(value, (bytes, bytearray)):
-                value = spec.type.serializer().deserialize(value)
-            out[spec.name] = value
-        return out
+__all__ = ["EmbeddedFunction"]
 
 
 class EmbeddedFunction:
@@ -136,7 +35,9 @@ class EmbeddedFunction:
         self.typename = spec.typename
         self.fn = spec.fn
         self.is_async = spec.is_async
-        self.state = FunctionState(spec.typename, spec.specs)
+        # the slot runner's types are held by column (cheap checkpoints), the others as a dict of instances
+        columns = not spec.is_async and slot_eligible(spec.specs)
+        self.state = (ColumnState if columns else FunctionState)(spec.typename, spec.specs)
         self.storage_cls = make_storage_class(spec.typename, spec.specs)
         self.shard = shard
         self.known = shard.registry
@@ -153,16 +54,9 @@ class EmbeddedFunction:
         """Build ``run(rows, i, end, now_ms) -> next i``: the slot runner where the type allows it (see
         ``_make_slot_run``), else the general one."""
         run = self._make_general_run()
-        if not self.is_async and self._slot_eligible():
+        if isinstance(self.state, ColumnState):
             return self._make_slot_run(run)
         return run
-
-    def _slot_eligible(self) -> bool:
-        """One state value that never expires, of a built-in type stored as written (int, long, string,
-        bool: a float is rounded as it is written, which a slot cannot do): ``SlotStorage`` can hold it."""
-        specs = self.state.specs
-        builtin = BUILTIN_TYPES.get(specs[0].type.typename) if len(specs) == 1 else None
-        return builtin is not None and builtin.python_type is not float and not self.state.expiring
 
     def _make_general_run(self):
         """Build ``run(rows, i, end, now_ms) -> next i``: invoke this function for the consecutive mailbox rows
@@ -253,8 +147,9 @@ class EmbeddedFunction:
         Checking the value the function leaves rather than every write is more lenient in two corners, and
         nothing wrong is ever stored: a wrong value that the function overwrites or deletes before it
         returns is no error here, and None written over an absent value leaves it absent."""
-        typename, counts, state = self.typename, self.counts, self.state
-        instances, fn = state.instances, self.fn
+        typename, counts, fn = self.typename, self.counts, self.fn
+        state = self.state
+        assert isinstance(state, ColumnState)
         apply_effects = self._apply_effects
         builtin = BUILTIN_TYPES[state.specs[0].type.typename]
         check = builtin.check
@@ -270,13 +165,16 @@ class EmbeddedFunction:
 
         def run(rows: list, i: int, end: int, now_ms: int) -> int:
             began, first, redone = perf_counter(), i, 0
-            changed = state.changed  # only a checkpoint's cut swaps it, never during a run
+            # a cut swaps ``dirty`` and squeezing replaces all three, never during a run (``new_slot`` appends
+            # to them in place)
+            slots, values, dirty, new_slot = state.slots, state.values, state.dirty, state.new_slot
             while i < end:
                 ttype, id, caller, vtype, payload = rows[i]
                 if ttype != typename:
                     break
                 i += 1
-                old = storage._value = instances.get(id)  # a single-cell type: the value itself
+                slot = slots.get(id)
+                old = storage._value = None if slot is None else values[slot]
                 ctx._id = message.target_id = id
                 ctx._caller = caller
                 message.value_type_name = vtype
@@ -312,11 +210,12 @@ class EmbeddedFunction:
                 if value is old:
                     continue
                 if value is deleted:
-                    if old is not None:
-                        del instances[id]
-                    changed[id] = None  # as FunctionState.put records it
-                else:
-                    instances[id] = changed[id] = value
+                    state.delete(id)  # records the tombstone, as FunctionState.put does
+                    continue
+                if slot is None:
+                    slot = new_slot(id)
+                values[slot] = value
+                dirty[slot] = 1
             if i > first:  # one count and one clock reading per run of messages, not per message
                 counts.invocations += i - first - redone
                 counts.timed(perf_counter() - began, i - first)

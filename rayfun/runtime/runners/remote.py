@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ...remote import RemoteFunctionClient, RemoteFunctionError
 from ...types import type_for_typename
 from ..timers import InvalidEffect
-from .embedded import FunctionState
+from .state import FunctionState
 
 if TYPE_CHECKING:
     from ..services import RunnerServices

@@ -207,11 +207,16 @@ class ColumnState(FunctionState):
 
     def take_changes(self) -> ColumnChanges:
         changes = self._capture(self.dirty, list(self.gone))
+        self.forget_changes()
+        return changes
+
+    def forget_changes(self) -> None:
+        """Record changes afresh (after a cut took them, or where nothing checkpoints), and squeeze out the
+        holes once they outnumber the live instances: with no change marked, slots can be renumbered."""
         self.dirty = bytearray(len(self.ids))
         self.gone = {}
         if self.holes > max(4096, len(self.slots)):
             self._squeeze()
-        return changes
 
     def capture_all(self) -> ColumnChanges:
         return self._capture(bytearray(self.live), [])
@@ -236,7 +241,8 @@ class ColumnState(FunctionState):
         live = self.live
         ids = cast(list[str], list(itertools.compress(self.ids, live)))
         values = list(itertools.compress(self.values, live))
-        id_column = self.id_column.filter(_bool_column(live))
+        converted = len(self.id_column)  # a prefix of the slots; the ids after it are converted at the next cut
+        id_column = self.id_column.filter(_bool_column(live[:converted]))
         self._empty_columns()
         self.ids = list(ids)
         self.values = array("q", values) if self.integer else values
@@ -359,8 +365,7 @@ class ColumnChanged(MutableMapping):
         return self._state.dirty.count(1) + len(self._state.gone)
 
     def clear(self) -> None:
-        self._state.dirty = bytearray(len(self._state.ids))
-        self._state.gone = {}
+        self._state.forget_changes()
 
 
 class ColumnChanges(Mapping):
@@ -400,7 +405,9 @@ class ColumnChanges(Mapping):
         return self._as_dict()[id]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._as_dict())
+        if self._dict is not None:
+            return iter(self._dict)
+        return itertools.chain(self.columns()[0].to_pylist(), self.gone)  # a rollback's undo wants ids only
 
     def __len__(self) -> int:
         return self.count + len(self.gone)

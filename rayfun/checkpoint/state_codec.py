@@ -231,7 +231,11 @@ def _spec_columns(layout: StateLayout, cells: list) -> list[tuple[list, list | N
 
 def _key_group_column(typename: str, ids: Sequence[str] | pa.Array, key_groups: int | None) -> pa.Array:
     """The key groups of ``ids``, or nulls for readers to compute (``key_groups=None``, see ``schema``)."""
-    return pa.nulls(len(ids), pa.int32()) if key_groups is None else key_groups_of(typename, ids, key_groups)
+    if key_groups is not None:
+        return key_groups_of(typename, ids, key_groups)
+    n = len(ids)  # nulls on a lazily zeroed buffer, as in ``_null_columns`` (``pa.nulls`` memsets)
+    zeros = pa.py_buffer(bytes(4 * n + 8))
+    return pa.Array.from_buffers(pa.int32(), n, [zeros.slice(0, (n + 7) // 8), zeros.slice(0, 4 * n)], null_count=n)
 
 
 _SAMPLE = 8  # instances whose Python sizes guess the size of the first chunk

@@ -165,7 +165,7 @@ _ARRAY_CODE = {"value_int": "q", "value_float": "d"}
 _CONVERSION_ERRORS = (TypeError, ValueError, OverflowError, pa.ArrowInvalid, pa.ArrowTypeError)
 
 
-def _typed_array(values: list, column: str, typename: str, function_type: str, name: str) -> pa.Array:
+def _typed_array(values: Sequence, column: str, typename: str, function_type: str, name: str) -> pa.Array:
     """Arrow array of one spec's payloads (None = unset); tolerates wire bytes for built-in types."""
     code = _ARRAY_CODE.get(column)
     if code is not None:
@@ -239,6 +239,7 @@ def _key_group_column(typename: str, ids: Sequence[str] | pa.Array, key_groups: 
 
 
 _SAMPLE = 8  # instances whose Python sizes guess the size of the first chunk
+_COLUMN_CHUNK = 16 * ENCODE_CHUNK  # values of column-held changes converted at a time (no per-row Python work)
 
 
 class _Pieces:
@@ -293,24 +294,31 @@ class _Pieces:
             yield _tombstones(self.layout.function_type, self.deleted, self.key_groups)
 
     def _from_columns(self, changes: Any) -> Iterator[pa.Table]:
-        """Changes that the runtime holds by column (``ColumnChanges`` of a single-value type): its ids and
-        (for integers) its values are Arrow arrays already, so no Python object is touched per instance."""
+        """Changes that the runtime holds by column (``ColumnChanges`` of a single-value type): the ids are
+        an Arrow array already (converted once per instance, not once per checkpoint), the values a list in
+        the same order, converted a chunk at a time as ``__iter__`` does (big values never all at once)."""
         layout = self.layout
         ft, name, typename = layout.function_type, layout.names[0], layout.typenames[0]
+        column = value_column(typename)
         ids, values = changes.columns()
         self.deleted += changes.gone
-        column = value_column(typename)
-        if not isinstance(values, pa.Array) or values.type != _ARROW_TYPE[column]:
-            values = _typed_array(list(values), column, typename, ft, name)
-        step = max(1, PIECE_BYTES // 64)
-        for start in range(0, len(ids), step):
-            part = ids.slice(start, step)
-            self.ids.append(part)
+        start, chunk = 0, _first_chunk(list(values[:_SAMPLE]), True)
+        while start < len(values):
+            part = values[start : start + chunk]
+            arrow_values = _typed_array(part, column, typename, ft, name)
+            id_part = ids.slice(start, len(part))
+            self.ids.append(id_part)
             self.kgs.append(
-                _key_group_column(ft, part if self.key_groups is None else part.to_pylist(), self.key_groups)
+                _key_group_column(ft, id_part if self.key_groups is None else id_part.to_pylist(), self.key_groups)
             )
-            self.payloads[0].append(values.slice(start, step))
-            yield from self._flush()
+            self.payloads[0].append(arrow_values)
+            added = arrow_values.get_total_buffer_size() + 16 * len(part)  # the ids' share, about
+            self.nbytes += added
+            start += len(part)
+            if self.nbytes >= PIECE_BYTES:
+                yield from self._flush()
+            chunk = max(1, min(_COLUMN_CHUNK, len(part) * PIECE_BYTES // 4 // added))
+        yield from self._flush()
 
     def _split(self, ids: list, cells: list) -> tuple[list, list]:
         """The live ids of a chunk and their columns; tombstones go to ``deleted``."""

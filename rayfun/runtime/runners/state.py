@@ -8,13 +8,10 @@ Both record what changed since the last checkpoint's cut, which is what a snapsh
 from __future__ import annotations
 
 import itertools
-from array import array
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from operator import itemgetter
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, cast
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ...types import BUILTIN_TYPES
 
@@ -140,15 +137,16 @@ class ColumnState(FunctionState):
     """The state of a slot-runner type (``slot_eligible``: one value that never expires) held by column,
     so that a checkpoint takes arrays instead of walking Python objects.
 
-    Each instance has a slot for life: ``slots`` maps its id to it, ``values[slot]`` holds its value (an
-    ``array('q')`` for int and long: the values are not Python objects at all; a list for string and
-    bool), ``ids[slot]`` its id, ``live[slot]`` and ``dirty[slot]`` whether it exists and whether it
-    changed since the last cut (bytes of 0 or 1), and ``gone`` the ids deleted since then (tombstones).
-    ``id_column`` holds the ids as an Arrow array, each converted once, when the first cut after its
-    instance's creation takes it. A cut then swaps ``dirty`` for a zeroed one and copies ``values`` (a
-    memcpy for integers); the writer thread filters both columns in Arrow. Before, the cut handed over a
-    dict of the changes, and encoding it touched every changed id and value where it lay in memory: ~0.25
-    us a changed instance, most of a checkpoint's cost (bench/checkpoint_cpu.py).
+    Each instance has a slot for life: ``slots`` maps its id to it, ``values[slot]`` holds its value,
+    ``ids[slot]`` its id, ``live[slot]`` and ``dirty[slot]`` whether it exists and whether it changed since
+    the last cut (bytes of 0 or 1), and ``gone`` the ids deleted since then (tombstones). ``id_column``
+    holds the ids as an Arrow array, each converted once, when the first cut after its instance's creation
+    takes it. A cut swaps ``dirty`` for a zeroed one and picks the marked values (one C-level pass); the
+    writer thread filters the ids in Arrow and converts the values (for integers through ``array('q')``).
+    Before, the cut handed over a dict of the changes, and encoding it walked the dict and converted every
+    changed id where it lay in memory: ~0.25 us a changed instance, most of a checkpoint's cost
+    (bench/checkpoint_cpu.py). The values stay Python objects in a list: an ``array('q')`` would box an int
+    at every read, 70 ns a message more on the slot runner (measured over 10k instances).
 
     A deleted instance leaves a hole (its slot is not reused, so that ``id_column`` never changes under a
     slot); holes are squeezed out at a cut once they outnumber the live instances. ``instances`` and
@@ -159,14 +157,13 @@ class ColumnState(FunctionState):
         super().__init__(typename, specs)
         if not slot_eligible(self.specs):
             raise ValueError(f"{typename}: ColumnState holds one non-expiring value of a built-in type")
-        self.integer = BUILTIN_TYPES[self.specs[0].type.typename].python_type is int
         self._empty_columns()
         self.instances = ColumnInstances(self)
         self.changed = ColumnChanged(self)
 
     def _empty_columns(self) -> None:
         self.slots: dict[str, int] = {}
-        self.values: Any = array("q") if self.integer else []
+        self.values: list[Any] = []
         self.ids: list[str | None] = []
         self.live = bytearray()
         self.dirty = bytearray()
@@ -180,7 +177,7 @@ class ColumnState(FunctionState):
         """A slot for a new instance (no value yet, not marked changed)."""
         slot = len(self.ids)
         self.ids.append(id)
-        self.values.append(0 if self.integer else None)
+        self.values.append(None)
         self.live.append(1)
         self.dirty.append(0)
         self.slots[id] = slot
@@ -193,8 +190,7 @@ class ColumnState(FunctionState):
         slot = self.slots.pop(id)
         self.ids[slot] = None
         self.live[slot] = self.dirty[slot] = 0
-        if not self.integer:
-            self.values[slot] = None  # let the value go
+        self.values[slot] = None  # let the value go
         self.holes += 1
 
     def delete(self, id: str) -> None:
@@ -226,15 +222,8 @@ class ColumnState(FunctionState):
         n = len(self.ids)
         if len(self.id_column) < n:  # ids of the instances created since the last cut, converted once
             self.id_column = pa.concat_arrays([self.id_column, pa.array(self.ids[len(self.id_column) :], pa.string())])
-        count = mask.count(1)
-        if self.integer:
-            values: Any = self.values[:]  # a memcpy: the writer filters it in Arrow
-        elif count:
-            picked = pc.indices_nonzero(_bool_column(mask)).to_pylist()
-            values = list(itemgetter(*picked)(self.values)) if count > 1 else [self.values[picked[0]]]
-        else:
-            values = []
-        return ColumnChanges(self.id_column, mask, values, count, gone, self.specs[0].type.typename)
+        values = list(itertools.compress(self.values, mask))  # the marked values, in slot order
+        return ColumnChanges(self.id_column, mask, values, gone)
 
     def _squeeze(self) -> None:
         """Drop the holes (after a cut: nothing is marked changed)."""
@@ -245,7 +234,7 @@ class ColumnState(FunctionState):
         id_column = self.id_column.filter(_bool_column(live[:converted]))
         self._empty_columns()
         self.ids = list(ids)
-        self.values = array("q", values) if self.integer else values
+        self.values = values
         self.slots = dict(zip(ids, range(len(ids))))
         self.live = bytearray(b"\x01") * len(ids)
         self.dirty = bytearray(len(ids))
@@ -262,7 +251,7 @@ class ColumnState(FunctionState):
             return
         first, ids = len(self.ids), list(values_by_id)
         self.ids.extend(ids)
-        self.values.extend(array("q", values_by_id.values()) if self.integer else values_by_id.values())
+        self.values.extend(values_by_id.values())
         self.live.extend(b"\x01" * len(ids))
         self.dirty.extend(bytes(len(ids)))
         self.slots.update(zip(ids, range(first, first + len(ids))))
@@ -374,30 +363,24 @@ class ColumnChanges(Mapping):
     that want ``id -> value`` (a rollback's undo, merging the changes of a snapshot that never completed)
     read it as a mapping, built on first use.
 
-    ``ids`` (an Arrow array, one id a slot) and ``mask`` (a byte a slot) cover the slots at the cut;
-    ``values`` are every slot's (an ``array('q')``) or, for other types, the marked slots' only (a list)."""
+    ``ids`` (an Arrow array, one id a slot) and ``mask`` (a byte a slot) cover the slots at the cut,
+    ``values`` are the marked slots' values in slot order."""
 
-    def __init__(self, ids: pa.Array, mask: bytearray, values: Any, count: int, gone: list[str], typename: str) -> None:
-        self._ids, self._mask, self._values, self.count, self.gone = ids, mask, values, count, gone
-        self.typename = typename
+    def __init__(self, ids: pa.Array, mask: bytearray, values: Sequence[Any], gone: list[str]) -> None:
+        self._ids, self._mask, self._values, self.gone = ids, mask, values, gone
         self._dict: dict[str, Any] | None = None
 
-    def columns(self) -> tuple[pa.Array, Any]:
-        """The marked instances' ids (Arrow) and values: an Arrow int64 array for integers, else a list."""
+    def columns(self) -> tuple[pa.Array, Sequence[Any]]:
+        """The marked instances' ids (Arrow) and their values (in the same order)."""
+        if not self._values:
+            return pa.array([], pa.string()), []
         n = len(self._mask)
-        if not self.count:
-            return pa.array([], pa.string()), pa.array([], pa.int64()) if isinstance(self._values, array) else []
-        marked = _bool_column(self._mask)
-        ids = self._ids.slice(0, n).filter(marked)
-        if isinstance(self._values, array):
-            values = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(self._values)]).filter(marked)
-            return ids, values
-        return ids, self._values
+        return self._ids.slice(0, n).filter(_bool_column(self._mask)), self._values
 
     def _as_dict(self) -> dict[str, Any]:
         if self._dict is None:
             ids, values = self.columns()
-            self._dict = dict(zip(ids.to_pylist(), values.to_pylist() if isinstance(values, pa.Array) else values))
+            self._dict = dict(zip(ids.to_pylist(), values))
             self._dict.update(dict.fromkeys(self.gone))
         return self._dict
 
@@ -410,4 +393,4 @@ class ColumnChanges(Mapping):
         return itertools.chain(self.columns()[0].to_pylist(), self.gone)  # a rollback's undo wants ids only
 
     def __len__(self) -> int:
-        return self.count + len(self.gone)
+        return len(self._values) + len(self.gone)

@@ -20,6 +20,7 @@ import asyncio
 import ctypes
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
@@ -114,7 +115,7 @@ class Snapshot:
         self.waiting: set[int] = set()
         self.recorded: list[tuple] = []
         # per type (id -> cells, or -> value with True), until encoded
-        self.captured: dict[str, tuple[dict, bool]] | None = {}
+        self.captured: dict[str, tuple[Mapping, bool]] | None = {}
         self.layouts: dict[str, Any] = {}  # per type, as of the cut (what the captured cells are laid out by)
         self.rows = 0  # instances captured (changed ones, or all of them for a full snapshot)
         self.state: pa.Table | None = None  # the captured state, encoded (kept for the in-memory copy)
@@ -208,7 +209,7 @@ class Snapshots:
         """Capture the state of checkpoint ``n``: what changed since the last committed checkpoint, or every
         live instance (a full base). The other parts of the cut are the shard core's to fill in."""
         snap = Snapshot(n)
-        by_type: dict[str, tuple[dict, bool]] = {}  # what ``snap.captured`` holds until encoded
+        by_type: dict[str, tuple[Mapping, bool]] = {}  # what ``snap.captured`` holds until encoded
         snap.captured = by_type
         snap.parent_id = self.committed
         snap.layouts = layouts
@@ -226,8 +227,9 @@ class Snapshots:
         )
         self.full_next = False
         for typename, runner in runners.items():
-            # the thread that encodes reads dicts nobody writes to any more (so the encoding sees the cut
-            # and processing goes on): the changes taken, or a copy of every instance for a full snapshot
+            # the thread that encodes reads captures nobody writes to any more (so the encoding sees the cut
+            # and processing goes on): the changes taken, or every instance for a full snapshot
+            # (``capture_all``: a dict's copy, or a column state's columns)
             if len(runner.uncommitted) > 1:  # an earlier snapshot never completed (rare): newer wins
                 merged: dict = {}
                 for changes in runner.uncommitted:
@@ -299,7 +301,7 @@ class Snapshots:
                 part = self._write_part(snap)
             else:
                 # encoding and I/O run in a thread: Parquet compression and storage calls release the GIL,
-                # so processing goes on meanwhile (the captured dicts are not written to any more, and the
+                # so processing goes on meanwhile (the captures are not written to any more, and the
                 # cells lists in them are never mutated in place)
                 part = await asyncio.get_running_loop().run_in_executor(None, self._write_part, snap)
         except Exception as exc:

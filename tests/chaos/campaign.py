@@ -45,6 +45,7 @@ from tests.support.servers import MOTO_BUCKET, free_port, s3_options, start_moto
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 EMBEDDED = "chaos/interpreter"
+TALLY = "chaos/tally"  # one int per embedded instance, summing its increments: the slot runner's kind (ColumnState)
 REMOTE = "chaosr/interpreter"
 EGRESS = "chaos/out"
 COMMANDS = "chaos/Commands"
@@ -127,7 +128,15 @@ def build_functions():
         ],
     )
     def interpreter(context, message):
-        run_commands(context, message.as_type(api.Commands), api)
+        commands = message.as_type(api.Commands)
+        run_commands(context, commands, api)
+        increments = sum(1 for command in commands if command[0] == "inc")
+        if increments:  # the tally at the same id must end equal to the count
+            context.send(message_builder(TALLY, context.address.id, int_value=increments))
+
+    @functions.bind(TALLY, specs=[ValueSpec("total", IntType)])
+    def tally(context, message):
+        context.storage.total = (context.storage.total or 0) + message.as_int()
 
     return functions
 
@@ -409,6 +418,15 @@ def compare(
             state = states.get(key, {})
             if state.get("count", 0) != workload.expected[key] or "scratch" in state:
                 wrong[key] = (state, workload.expected[key])
+    tallies = {}  # the slot runner's function (state held by column) counts the embedded increments again
+    if EMBEDDED in workload.types:
+        for i in range(workload.instances):
+            total = states.get((TALLY, str(i)), {}).get("total", 0)
+            if total != workload.expected[(EMBEDDED, str(i))]:
+                tallies[i] = (total, workload.expected[(EMBEDDED, str(i))])
+    if tallies:
+        sample = "; ".join(f"{TALLY}/{i}: total {t} expected {e}" for i, (t, e) in list(tallies.items())[:3])
+        problems.append(f"tally: {len(tallies)} instances differ, e.g. {sample}")
     if wrong:
         lost = sum(max(0, e - s.get("count", 0)) for s, e in wrong.values())
         twice = sum(max(0, s.get("count", 0) - e) for s, e in wrong.values())
@@ -936,7 +954,7 @@ class _Run:
             allowed = Counter()
         states = {
             (t, str(i)): app.state(t, str(i), wait=False)
-            for t in self.workload.types
+            for t in (*self.workload.types, TALLY)
             for i in range(self.workload.instances)
         }
         self.violations.extend(compare(self.workload, states, egress, allowed))

@@ -17,6 +17,10 @@ from ...types import BUILTIN_TYPES
 
 __all__ = ["ColumnChanges", "ColumnState", "FunctionState", "slot_eligible"]
 
+#: A column state squeezes out the holes deleted instances leave once there are more of them than this and
+#: than live instances (renumbering costs about as much as a cut that takes every instance).
+SQUEEZE_MIN_HOLES = 4096
+
 
 def slot_eligible(specs: Iterable[Any]) -> bool:
     """One state value that never expires, of a built-in type stored as written (int, long, string, bool:
@@ -211,7 +215,7 @@ class ColumnState(FunctionState):
         holes once they outnumber the live instances: with no change marked, slots can be renumbered."""
         self.dirty = bytearray(len(self.ids))
         self.gone = {}
-        if self.holes > max(4096, len(self.slots)):
+        if self.holes > max(SQUEEZE_MIN_HOLES, len(self.slots)):
             self._squeeze()
 
     def capture_all(self) -> ColumnChanges:

@@ -19,7 +19,7 @@ import ray
 
 import rayfun
 from rayfun.connectors.memory import MemorySource
-from tests.chaos.campaign import EGRESS, EMBEDDED, Workload, build_functions, commands_type
+from tests.chaos.campaign import EGRESS, EMBEDDED, TALLY, Workload, build_functions, commands_type
 from tests.chaos.dir_sink import DirSink
 
 NAMESPACE = "rayfun-cluster"
@@ -85,9 +85,10 @@ def main(spec: dict) -> None:
         app.wait(timeout=spec["wait_s"])
         app.checkpoint()  # publishes the last epoch's egress
         state = {str(i): app.state(EMBEDDED, str(i), wait=False) for i in range(spec["instances"])}
+        tally = {str(i): app.state(TALLY, str(i), wait=False) for i in range(spec["instances"])}
         done.set()
         reporter.join(timeout=15)
-        write_json(os.path.join(work, "state.json"), {"state": state, "info": app.info()})
+        write_json(os.path.join(work, "state.json"), {"state": state, "tally": tally, "info": app.info()})
     finally:
         done.set()
         app.stop()

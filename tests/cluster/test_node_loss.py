@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from tests.chaos.campaign import EMBEDDED, compare, read_egress_files
+from tests.chaos.campaign import EMBEDDED, TALLY, compare, read_egress_files
 from tests.cluster.driver import workload
 from tests.support.ray_cluster import RayCluster, alive
 
@@ -138,11 +138,13 @@ def placement(cluster: RayCluster, status: dict) -> dict[str, list]:
     return out
 
 
-def check_exact(spec: dict, states: dict) -> None:
+def check_exact(spec: dict, states: dict, tallies: dict) -> None:
     wl = workload(spec)
     published = read_egress_files(os.path.join(spec["work"], "egress"))
     egress = Counter(r for _, r in published)
-    problems = compare(wl, {(EMBEDDED, i): s for i, s in states.items()}, egress)
+    held = {(EMBEDDED, i): s for i, s in states.items()}
+    held.update({(TALLY, i): s for i, s in tallies.items()})  # the slot runner's function (state by column)
+    problems = compare(wl, held, egress)
     assert not problems, f"seed {spec['seed']}: " + "; ".join(problems)
     assert sum(egress.values()) == sum(wl.egress.values()) > 0
     assert sum(wl.expected.values()) > 0
@@ -153,7 +155,7 @@ def finish_exact(driver: Driver, spec: dict, began: float) -> None:
     driver.finish(timeout=240)
     with open(os.path.join(spec["work"], "state.json")) as f:
         final = json.load(f)
-    check_exact(spec, final["state"])
+    check_exact(spec, final["state"], final["tally"])
     print(f"exact; info {final['info']}; {time.monotonic() - began:.1f} s in all")
 
 

@@ -230,19 +230,16 @@ class ColumnState(FunctionState):
         return ColumnChanges(self.id_column, mask, values, gone)
 
     def _squeeze(self) -> None:
-        """Drop the holes (after a cut: nothing is marked changed)."""
+        """Drop the holes (after a cut: nothing is marked changed, no tombstone is pending)."""
         live = self.live
-        ids = cast(list[str], list(itertools.compress(self.ids, live)))
-        values = list(itertools.compress(self.values, live))
         converted = len(self.id_column)  # a prefix of the slots; the ids after it are converted at the next cut
-        id_column = self.id_column.filter(_bool_column(live[:converted]))
-        self._empty_columns()
-        self.ids = list(ids)
-        self.values = values
-        self.slots = dict(zip(ids, range(len(ids))))
-        self.live = bytearray(b"\x01") * len(ids)
-        self.dirty = bytearray(len(ids))
-        self.id_column = id_column
+        self.id_column = self.id_column.filter(_bool_column(live[:converted]))
+        self.ids = list(itertools.compress(self.ids, live))
+        self.values = list(itertools.compress(self.values, live))
+        self.slots = dict(zip(cast(list[str], self.ids), range(len(self.ids))))
+        self.live = bytearray(b"\x01") * len(self.ids)
+        self.dirty = bytearray(len(self.ids))
+        self.holes = 0
 
     # -- bulk loading (restores) ------------------------------------------------------------------------
 
@@ -343,7 +340,8 @@ class ColumnChanged(MutableMapping):
 
     def __delitem__(self, id: str) -> None:
         state = self._state
-        if state.gone.pop(id, 0) is None:
+        if id in state.gone:
+            del state.gone[id]
             return
         slot = state.slots[id]
         if not state.dirty[slot]:

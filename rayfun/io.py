@@ -92,7 +92,9 @@ class SourcePartition(ABC):
     #: Optional fast path: a partition may define ``next_rows()`` instead of relying on ``next_batch``,
     #: returning rows ``(target typename, target id, None, value typename, payload)`` (``SourceRow``),
     #: DeadLetters, or None when exhausted. It skips one Message object per record, which matters at
-    #: hundreds of thousands of records/s. A subclass defines it as a method ``next_rows(self)``.
+    #: hundreds of thousands of records/s. A subclass defines it as a method ``next_rows(self)``. The
+    #: runtime checks each row's target where it routes it (a bound typename; a valid id, once per id) and
+    #: makes a dead letter of a row that fails; the payload must already be what its value type holds.
     next_rows: Callable[[], SourceRows | None] | None = None
 
     @abstractmethod

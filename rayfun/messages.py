@@ -7,6 +7,7 @@ encodes a built-in value and the remote path encodes it exactly once.
 
 from __future__ import annotations
 
+import reprlib
 import struct
 from typing import Any, NamedTuple
 
@@ -193,6 +194,16 @@ def egress_message_builder(target_typename: str, value: Any, value_type: Type) -
     """A generic egress record of ``value_type`` for the egress ``target_typename``."""
     validate_typename(target_typename)
     return EgressMessage(target_typename, value_type.typename, to_payload(value, value_type))
+
+
+_RECORD_REPR = reprlib.Repr()
+_RECORD_REPR.maxstring = _RECORD_REPR.maxother = 160
+_RECORD_REPR.maxlong = 80
+
+
+def describe_record(record: Any) -> str:
+    """``repr(record)``, with long parts cut (a 64 KB id must not become a 64 KB log line or dead letter)."""
+    return _RECORD_REPR.repr(record)
 
 
 #: typenames ``to_message`` has validated once; sources that inline its fast path read it too

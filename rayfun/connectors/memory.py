@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias, cast
 
 from rayfun.io import DeadLetter, Source, SourcePartition, SourceRow, SourceRows
-from rayfun.messages import _VALID_TYPENAMES, Message, to_message  # the cache is shared: to_row inlines its fast path
+from rayfun.messages import (  # the cache is shared: to_row inlines its fast path
+    _VALID_TYPENAMES,
+    Message,
+    describe_record,
+    to_message,
+)
 from rayfun.runtime.egress_collector import MemorySink
 from rayfun.types import MAX_ID_CHARS, IntType, StringType, Type
 
@@ -76,7 +81,7 @@ class _MemoryPartition(SourcePartition):
             return convert(record, self._value_type)
         except (TypeError, ValueError) as exc:
             return DeadLetter(
-                f"record {record!r} cannot become a message: {exc}",
+                f"record {describe_record(record)} cannot become a message: {exc}",
                 self._source_id,
                 repr(record).encode("utf-8", "backslashreplace"),
             )
@@ -88,20 +93,17 @@ class _MemoryPartition(SourcePartition):
         if self._value_type is not None:
             return [self._convert(to_row, r) for r in chunk]
         rows: SourceRows = []
-        valid = _VALID_TYPENAMES
         append = rows.append
-        for r in chunk:  # to_row's fast path, inlined: this loop runs once per ingested record
-            if type(r) is tuple and len(r) == 3:
-                typename, id, value = r
-                if (
-                    type(value) is int
-                    and typename in valid
-                    and type(id) is str
-                    and id
-                    and id.isascii()
-                    and len(id) <= MAX_ID_CHARS
-                    and -2147483648 <= value <= 2147483647
-                ):
+        for r in chunk:  # this loop runs once per ingested record: it checks only what routing does not
+            if type(r) is tuple:
+                try:
+                    typename, id, value = r
+                except ValueError:  # not three fields: to_row says so
+                    append(self._convert(to_row, r))
+                    continue
+                # the typename and the id are checked where the row is routed (``Outbox.route_input``: the
+                # typename once per batch, the id once per distinct id), not once per record here
+                if type(value) is int and -2147483648 <= value <= 2147483647:
                     append((typename, id, None, _INT, value))
                     continue
             append(self._convert(to_row, r))

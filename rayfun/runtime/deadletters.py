@@ -53,5 +53,7 @@ def dead_letter_record(
             record["message"] = repr(payload)
         if value_typename in BUILTIN_TYPES and not isinstance(payload, (bytes, bytearray)):
             record["message"] = payload
-    data = json.dumps(record, ensure_ascii=False, default=repr).encode("utf-8")
+    # backslashreplace: a field that is not valid text (a lone surrogate in a refused id) becomes the JSON
+    # escape ``\ud800``, which reads back as what came in, instead of failing the shard that reports it
+    data = json.dumps(record, ensure_ascii=False, default=repr).encode("utf-8", "backslashreplace")
     return EgressMessage(DEAD_LETTER_EGRESS, DeadLetterType.typename, data)

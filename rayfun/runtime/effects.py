@@ -155,8 +155,8 @@ class Effects:
     def dead_letter(self, reason: str, **fields: Any) -> None:
         self.counters["dead_letters"] += 1
         function = fields.get("function")
-        if function is not None and function not in self.registry:
-            function = None  # not per unknown name: metric series and log keys stay bounded
+        if function is not None and (type(function) is not str or function not in self.registry):
+            function = None  # not per unknown name (nor a record's garbage): metric series and log keys stay bounded
         if function is not None:
             self.counts_of(function).dead_letters += 1
         self._log.warning(("dead letter", function), "dead letter: %s", reason)

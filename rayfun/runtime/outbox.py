@@ -27,10 +27,12 @@ from ..constants import (  # tuning knobs: constants.py
     DELIVERY_MAX_CALLS,
     FLUSH_DELAY_S,
     FLUSH_ROWS,
+    MAX_ID_CHARS,
     ROUTE_CACHE_MAX,
 )
 from ..io import DeadLetter
-from ..messages import Message
+from ..messages import Message, describe_record
+from ..types import check_id
 from .batchcodec import encode_rows
 from .partitioning import Partitioner
 from .registry import TypeRegistry
@@ -39,6 +41,15 @@ from .services import ShardServices
 log = logging.getLogger("rayfun")
 
 __all__ = ["Outbox"]
+
+
+def _id_problem(id: object) -> str | None:
+    """Why ``id`` cannot address an instance (``check_id``'s words), or None if it can."""
+    try:
+        check_id(id, "its id")
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class Outbox:
@@ -98,6 +109,10 @@ class Outbox:
     def route_input(self, batch: list, source_id: str) -> None:
         """Route what a source partition returned: rows, Messages or DeadLetters (rows: the fast path).
 
+        This is where a row's target is checked: its typename must be bound (once per run of rows of one
+        type) and its id a valid id (once per id the route cache does not hold: every id it holds passed),
+        so a source need not check either per record; a row that fails is a dead letter naming why.
+
         ``route``'s body is inlined in the loop (one call per message less, on the ingest path), with what
         a batch shares looked up once: the destinations' lists and their ``append``, and the route cache of
         the target type while it stays the same (a source's batch usually has one)."""
@@ -122,9 +137,12 @@ class Outbox:
                 dead_letter(f"source returned {type(item).__name__}, not a Message", source=source_id)
                 continue
             if ttype is not last_type:
-                known = caches.get(ttype)
+                try:
+                    known = caches.get(ttype)
+                except TypeError:  # unhashable: not a typename
+                    known = None
                 if known is None:
-                    if ttype not in registry:
+                    if not isinstance(ttype, str) or ttype not in registry:
                         dead_letter(
                             f"unknown function type {ttype!r} (bound: {registry.describe()})",
                             source=source_id,
@@ -136,8 +154,22 @@ class Outbox:
                         continue
                     known = caches[ttype] = {}
                 cache, last_type = known, ttype
-            dest = cache.get(tid)
-            if dest is None:
+            try:
+                dest = cache.get(tid)
+            except TypeError:  # unhashable: not an id
+                dest = None
+            if dest is None:  # an id not seen lately: check it once, here, rather than per record at its source
+                if not (type(tid) is str and tid and tid.isascii() and len(tid) <= MAX_ID_CHARS):
+                    problem = _id_problem(tid)
+                    if problem is not None:
+                        dead_letter(
+                            f"record {describe_record((ttype, tid, row[4]))} cannot become a message: {problem}",
+                            source=source_id,
+                            function=ttype,
+                            value_typename=row[3],
+                            payload=row[4],
+                        )
+                        continue
                 if len(cache) > ROUTE_CACHE_MAX:
                     cache.clear()
                 dest = cache[tid] = owner(ttype, tid)

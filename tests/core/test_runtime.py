@@ -147,12 +147,29 @@ def build_functions() -> StatefulFunctions:
 def app(ray_session, request, tmp_path_factory):
     """The same behaviour must hold with and without exactly-once checkpoints (every 0.2 s here)."""
     source = MemorySource([("test/greeter", f"src{i}", "hi") for i in range(20)], partitions=2, id="test/names")
+    hostile = MemorySource(HOSTILE_RECORDS, id="test/hostile")
     options = {}
     if request.param == "checkpoints":
         options = {"checkpoint_dir": str(tmp_path_factory.mktemp("checkpoints")), "checkpoint_interval": 0.2}
-    app = rayfun.start(build_functions(), shards=3, ingresses=[source], **options)
+    app = rayfun.start(build_functions(), shards=3, ingresses=[source, hostile], **options)
     yield app
     app.stop()
+
+
+#: int records, the source's fast path, whose typename or id is wrong: the ids are checked where they are
+#: routed (once per id), so each must still become a dead letter, and the good ones around them arrive
+HOSTILE_RECORDS = [
+    ("test/log", "h1", 1),
+    ("test/log", "", 2),
+    ("test/log", 5, 3),
+    ("test/log", ["h1"], 4),
+    ("test/log", "h" * 70_000, 5),
+    (["test/log"], "h1", 6),
+    ("nonamespace", "h1", 7),
+    ("test/log", "h1\ud800", 8),
+    ("test/nope", "h1\ud800", 10),  # an unknown type and an id that is not text: the dead letter holds both
+    ("test/log", "h1", 9),
+]
 
 
 def dead_letters(app, match: str) -> list[dict]:
@@ -164,6 +181,19 @@ def test_ingress_records_reach_functions(app):
     assert sorted(g for g in greetings if g.startswith("test/greeter/src")) == sorted(
         f"test/greeter/src{i} #1 hi from ingress" for i in range(20)
     )
+
+
+def test_hostile_records_from_a_source_are_dead_letters_and_the_good_ones_around_them_arrive(app):
+    app.wait()
+    assert app.state("test/log", "h1") == {"items": [1, 9]}
+    letters = [d for d in app.egress("rayfun/dead-letters") if d.get("source") == "test/hostile"]
+    reasons = sorted(d["reason"] for d in letters)
+    assert len(letters) == len(HOSTILE_RECORDS) - 2, reasons
+    assert sum("must be a non-empty str" in r for r in reasons) == 3, reasons
+    assert sum("more than 65536" in r and len(r) < 400 for r in reasons) == 1, reasons
+    assert sum("not valid Unicode text" in r for r in reasons) == 1, reasons
+    assert sum(r.startswith("unknown function type") for r in reasons) == 3, reasons
+    assert [d["id"] for d in letters if d.get("function") == "test/nope"] == ["h1\ud800"]
 
 
 def test_context_address_caller_and_egress_by_short_name(app):

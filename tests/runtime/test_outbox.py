@@ -275,3 +275,47 @@ def test_a_mixed_source_batch_is_routed_as_one_route_per_item_would_route_it():
         for item in items
         if not isinstance(item, DeadLetter) and (item[0] if type(item) is tuple else item.target_typename) != "t/nope"
     )
+
+
+def test_hostile_records_from_a_source_are_dead_letters_that_name_why_and_never_enter_the_route_cache():
+    """A source's fast path (``MemorySource.next_rows``) leaves the typename and the id to routing, which
+    checks an id once per id it has not cached: every record a user could hand it must either route or be
+    a dead letter naming the cause, never raise, and a refused id must never be cached (it would pass)."""
+    from rayfun.connectors.memory import MemorySource
+    from rayfun.constants import MAX_ID_CHARS
+
+    services = FakeServices()
+    outbox = _outbox(services, shards=1)
+    long_id = "x" * (MAX_ID_CHARS + 1)
+    good = [("t/f", "a", 1), ("t/f", "é-ünïcode", 2), ("t/f", "a", 3)]
+    hostile = [
+        ("t/f", "", 1),  # empty id
+        ("t/f", 7, 1),  # not a str
+        ("t/f", ["a"], 1),  # unhashable id
+        ("t/f", long_id, 1),  # too long
+        ("t/f", "b\ud800", 1),  # not valid text
+        ("nonamespace", "a", 1),  # not a typename
+        (["t/f"], "a", 1),  # unhashable typename
+        ("t/f", "a"),  # two fields
+        ("t/f", "a", 1, 2),  # four fields
+        ("t/f", "a", 2**70),  # out of the long range
+        ("t/f", "a", object()),  # no type to infer
+        "t/f a 1",
+        None,
+    ]
+    records = good[:1] + hostile + good[1:] + hostile  # twice: a refused id is not remembered as checked
+    partition = MemorySource(records, batch_size=7).build_partition("0", None)
+    while (batch := partition.next_rows()) is not None:
+        outbox.route_input(batch, "src/a")
+    assert [(r[1], r[4]) for r in outbox.flush()] == [("a", 1), ("é-ünïcode", 2), ("a", 3)]
+    reasons = [r for r, _ in services.dead_letters]
+    assert len(reasons) == 2 * len(hostile), reasons
+    for reason in reasons[: len(hostile)]:
+        assert reason, "a dead letter without a reason"
+    assert "must be a non-empty str" in reasons[0] and "must be a non-empty str" in reasons[1]
+    assert "must be a non-empty str" in reasons[2] and f"more than {MAX_ID_CHARS}" in reasons[3]
+    assert "not valid Unicode text" in reasons[4] and len(reasons[3]) < 400  # a long id is cut short
+    assert reasons[5].startswith("unknown function type 'nonamespace'")
+    assert reasons[6].startswith("unknown function type ['t/f']")
+    assert reasons[len(hostile) :] == reasons[: len(hostile)]
+    assert set(outbox.route_cache["t/f"]) == {"a", "é-ünïcode"}

@@ -122,6 +122,7 @@ class Outbox:
         appends = [rows.append for rows in lists]
         last_type: str | None = None
         cache: dict[str, int] = {}
+        cached = cache.get
         for item in batch:
             if type(item) is tuple:
                 ttype = item[0]
@@ -153,26 +154,28 @@ class Outbox:
                         )
                         continue
                     known = caches[ttype] = {}
-                cache, last_type = known, ttype
+                cache, cached, last_type = known, known.get, ttype
             try:
-                dest = cache.get(tid)
+                dest = cached(tid)
             except TypeError:  # unhashable: not an id
                 dest = None
-            if dest is None:  # an id not seen lately: check it once, here, rather than per record at its source
-                if not (type(tid) is str and tid and tid.isascii() and len(tid) <= MAX_ID_CHARS):
-                    problem = _id_problem(tid)
-                    if problem is not None:
-                        dead_letter(
-                            f"record {describe_record((ttype, tid, row[4]))} cannot become a message: {problem}",
-                            source=source_id,
-                            function=ttype,
-                            value_typename=row[3],
-                            payload=row[4],
-                        )
-                        continue
-                if len(cache) > ROUTE_CACHE_MAX:
-                    cache.clear()
-                dest = cache[tid] = owner(ttype, tid)
+            if dest is not None:
+                appends[dest](row)
+                continue
+            if not (type(tid) is str and tid and tid.isascii() and len(tid) <= MAX_ID_CHARS):
+                problem = _id_problem(tid)  # checked once per id, here, rather than per record at the source
+                if problem is not None:
+                    dead_letter(
+                        f"record {describe_record((ttype, tid, row[4]))} cannot become a message: {problem}",
+                        source=source_id,
+                        function=ttype,
+                        value_typename=row[3],
+                        payload=row[4],
+                    )
+                    continue
+            if len(cache) > ROUTE_CACHE_MAX:
+                cache.clear()
+            dest = cache[tid] = owner(ttype, tid)
             appends[dest](row)
         for dest, rows in enumerate(lists):
             if rows and out[dest] is None:

@@ -145,7 +145,7 @@ class Outbox:
                 if known is None:
                     if not isinstance(ttype, str) or ttype not in registry:
                         dead_letter(
-                            f"unknown function type {ttype!r} (bound: {registry.describe()})",
+                            f"unknown function type {describe_record(ttype)} (bound: {registry.describe()})",
                             source=source_id,
                             function=ttype,
                             id=tid,

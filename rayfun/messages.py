@@ -7,7 +7,6 @@ encodes a built-in value and the remote path encodes it exactly once.
 
 from __future__ import annotations
 
-import reprlib
 import struct
 from typing import Any, NamedTuple
 
@@ -21,6 +20,7 @@ from .types import (
     StringType,
     Type,
     check_id,
+    describe_record,
     encode_payload,
     from_payload,
     infer_type,
@@ -196,16 +196,6 @@ def egress_message_builder(target_typename: str, value: Any, value_type: Type) -
     return EgressMessage(target_typename, value_type.typename, to_payload(value, value_type))
 
 
-_RECORD_REPR = reprlib.Repr()
-_RECORD_REPR.maxstring = _RECORD_REPR.maxother = 160
-_RECORD_REPR.maxlong = 80
-
-
-def describe_record(record: Any) -> str:
-    """``repr(record)``, with long parts cut (a 64 KB id must not become a 64 KB log line or dead letter)."""
-    return _RECORD_REPR.repr(record)
-
-
 #: typenames ``to_message`` has validated once; sources that inline its fast path read it too
 _VALID_TYPENAMES: set[str] = set()
 
@@ -227,10 +217,12 @@ def to_message(record: Any, value_type: Type | None = None) -> Message:
     try:
         typename, id, value = record
     except (TypeError, ValueError):
-        raise ValueError(f"a record must be a Message or (typename, id, value), got {record!r}") from None
+        raise ValueError(
+            f"a record must be a Message or (typename, id, value), got {describe_record(record)}"
+        ) from None
     validate_typename(typename)
     _VALID_TYPENAMES.add(typename)
-    check_id(id, f"the id of record {record!r}")
+    check_id(id, f"the id of record {describe_record(record)}")
     t = value_type or infer_type(value)
     return Message(typename, id, t.typename, to_payload(value, t))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copyreg
 import json
 import math
+import reprlib
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -84,6 +85,17 @@ class Type(ABC, Generic[T]):
         return hash(self.typename)
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 160
+_SHORT_REPR.maxlong = 80
+
+
+def describe_record(record: Any) -> str:
+    """``repr(record)`` with long parts cut: what an error message or a dead letter quotes of a user's input
+    (a 64 KB id must not become a 64 KB log line)."""
+    return _SHORT_REPR.repr(record)
+
+
 def validate_typename(typename: str) -> tuple[str, str]:
     """Split ``namespace/name`` on the last ``/`` (as the SDK does); reject anything else clearly: it is
     stored with every message and state row, so at most MAX_TYPENAME_CHARS of valid text, no control or
@@ -92,7 +104,7 @@ def validate_typename(typename: str) -> tuple[str, str]:
         raise TypeError(f"a typename must be a str 'namespace/name', got {type(typename).__name__}")
     namespace, sep, name = typename.rpartition("/")
     if not sep or not namespace or not name:
-        raise ValueError(f"invalid typename {typename!r}: expected 'namespace/name'")
+        raise ValueError(f"invalid typename {describe_record(typename)}: expected 'namespace/name'")
     if len(typename) > MAX_TYPENAME_CHARS:
         raise ValueError(
             f"typename {typename[:40]!r}... has {len(typename)} characters, more than {MAX_TYPENAME_CHARS}"
@@ -106,7 +118,7 @@ def validate_typename(typename: str) -> tuple[str, str]:
 def check_id(id: Any, what: str = "an id") -> str:
     """``id`` if it can address an instance: a non-empty str of valid text, at most MAX_ID_CHARS long."""
     if not isinstance(id, str) or not id:
-        raise ValueError(f"{what} must be a non-empty str, got {id!r}")
+        raise ValueError(f"{what} must be a non-empty str, got {describe_record(id)}")
     if len(id) > MAX_ID_CHARS:
         raise ValueError(f"{what} has {len(id)} characters, more than {MAX_ID_CHARS}")
     return check_text(id, what)

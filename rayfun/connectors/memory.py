@@ -14,14 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias, cast
 
 from rayfun.io import DeadLetter, Source, SourcePartition, SourceRow, SourceRows
-from rayfun.messages import (  # the cache is shared: to_row inlines its fast path
-    _VALID_TYPENAMES,
-    Message,
-    describe_record,
-    to_message,
-)
+from rayfun.messages import _VALID_TYPENAMES, Message, to_message  # the cache is shared: to_row inlines its fast path
 from rayfun.runtime.egress_collector import MemorySink
-from rayfun.types import MAX_ID_CHARS, IntType, StringType, Type
+from rayfun.types import MAX_ID_CHARS, IntType, StringType, Type, describe_record
 
 __all__ = ["MemorySink", "MemorySource", "to_message"]
 

@@ -31,8 +31,8 @@ from ..constants import (  # tuning knobs: constants.py
     ROUTE_CACHE_MAX,
 )
 from ..io import DeadLetter
-from ..messages import Message, describe_record
-from ..types import check_id
+from ..messages import Message
+from ..types import check_id, describe_record
 from .batchcodec import encode_rows
 from .partitioning import Partitioner
 from .registry import TypeRegistry

@@ -180,3 +180,16 @@ def test_rayfun_s_own_errors_share_one_base():
     }
     for module, name in errors.items():
         assert issubclass(getattr(importlib.import_module(module), name), RayfunError), f"{module}.{name}"
+
+
+def test_an_error_quotes_a_huge_input_cut_short():
+    """What an error or a dead letter quotes of a user's input is bounded: a 100 KB id or typename, or a
+    list of 100k items where an id belongs, must not become a 100 KB log line."""
+    import pytest
+
+    from rayfun.messages import to_message
+
+    for record in [("t/x", "a" * 100_000, 1), ("x" * 100_000, "a", 1), ("t/x", ["a"] * 100_000, 1), "r" * 100_000]:
+        with pytest.raises(ValueError) as caught:
+            to_message(record)
+        assert len(str(caught.value)) < 600, str(caught.value)[:200]

@@ -97,7 +97,7 @@ class _MemoryPartition(SourcePartition):
                     append(self._convert(to_row, r))
                     continue
                 # the typename and the id are checked where the row is routed (``Outbox.route_input``: the
-                # typename once per batch, the id once per distinct id), not once per record here
+                # typename once per run of one type, the id once per id), not once per record here
                 if type(value) is int and -2147483648 <= value <= 2147483647:
                     append((typename, id, None, _INT, value))
                     continue

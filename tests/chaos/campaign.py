@@ -554,6 +554,12 @@ class _Run:
 
         return ray.get(self.app._coordinator.info.remote(), timeout=30)
 
+    def _activity(self) -> dict:
+        """What moves when anything runs: the generation, recoveries and messages processed."""
+        info = self.info()
+        processed = sum(st.get("processed", 0) for st in self.app._statuses())
+        return {"generation": info.get("generation"), "recoveries": info.get("recoveries"), "processed": processed}
+
     def shards(self) -> list:
         import ray
 
@@ -944,6 +950,7 @@ class _Run:
             shards = [{k: st.get(k) for k in keys} for st in app._statuses()]
             self.violations.append(f"not idle after the faults: {exc} (info {self.info()}; shards {shards})")
             return
+        at_idle = self._activity()
         if self.sc.file_egress:
             app.checkpoint()  # publishes the last epoch
             published = read_egress_files(self.egress_dir)
@@ -958,6 +965,9 @@ class _Run:
             for i in range(self.workload.instances)
         }
         self.violations.extend(compare(self.workload, states, egress, allowed))
+        at_check = self._activity()
+        if at_check != at_idle:  # nothing may run once idle: say what did (a replay rewrites fresh scratch values)
+            self.notes.append(f"after app.wait() declared idle, before the states were read: {at_idle} -> {at_check}")
         self.timings.append(f"checked {time.monotonic() - began:.1f}s")
         if self.damaged_epochs:
             self.notes.append(

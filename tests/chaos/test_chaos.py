@@ -16,6 +16,7 @@ import ray
 
 import rayfun
 from rayfun.connectors.memory import MemorySource
+from tests.chaos.campaign import let_scratch_expire
 from tests.chaos.workload import EGRESS, FN, TALLY, Commands, Generator, build_functions
 from tests.support.progress import processed, wait_until_processed
 
@@ -26,6 +27,7 @@ SEED = int(os.environ.get("RAYFUN_CHAOS_SEED", "20261125"))
 
 def check_outcome(app, gen: Generator, tally: bool = False) -> None:
     app.wait(timeout=120)
+    let_scratch_expire()
     egress = Counter(app.egress(EGRESS))
     assert egress == gen.egress, f"egress differs: missing {gen.egress - egress}, extra {egress - gen.egress}"
     wrong = {}

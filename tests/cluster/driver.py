@@ -19,7 +19,7 @@ import ray
 
 import rayfun
 from rayfun.connectors.memory import MemorySource
-from tests.chaos.campaign import EGRESS, EMBEDDED, TALLY, Workload, build_functions, commands_type
+from tests.chaos.campaign import EGRESS, EMBEDDED, TALLY, Workload, build_functions, commands_type, let_scratch_expire
 from tests.chaos.dir_sink import DirSink
 
 NAMESPACE = "rayfun-cluster"
@@ -83,6 +83,7 @@ def main(spec: dict) -> None:
     reporter.start()
     try:
         app.wait(timeout=spec["wait_s"])
+        let_scratch_expire()
         app.checkpoint()  # publishes the last epoch's egress
         state = {str(i): app.state(EMBEDDED, str(i), wait=False) for i in range(spec["instances"])}
         tally = {str(i): app.state(TALLY, str(i), wait=False) for i in range(spec["instances"])}

@@ -39,6 +39,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 from rayfun.constants import STORAGE_CALL_TIMEOUT_S
+from tests.chaos.workload import SCRATCH_TTL, let_scratch_expire
 from tests.support.proxy import TcpProxy
 from tests.support.servers import MOTO_BUCKET, free_port, s3_options, start_moto, stop, wait_for_port
 
@@ -67,18 +68,6 @@ KINDS = (
 PROCESS_KINDS = ("coordinator-kill", "driver-kill")
 HEAL_TIMEOUT_S = 20.0  # checkpoints must resume this soon after a storage, damage or remote fault heals
 RECOVERY_TIMEOUT_S = 30.0
-
-
-#: every scratch value expires this long after its write (the functions' ``ValueSpec("scratch", ...)``)
-SCRATCH_TTL_S = 0.05
-
-
-def let_scratch_expire() -> None:
-    """Wait until every scratch value written before the application went idle has expired, before its
-    states are read: the last message (a delayed one, often) may land a few ms before the idle verdict, and
-    a read within the TTL would see its scratch, rightly (measured: 26 ms between the two). A value that
-    outlives this wait never expired, which the check is there to catch."""
-    time.sleep(4 * SCRATCH_TTL_S)
 
 
 # -- the workload ---------------------------------------------------------------------------------------
@@ -136,7 +125,7 @@ def build_functions():
         EMBEDDED,
         specs=[
             ValueSpec("count", IntType),
-            ValueSpec("scratch", IntType, expire_after_write=timedelta(milliseconds=50)),
+            ValueSpec("scratch", IntType, expire_after_write=SCRATCH_TTL),
         ],
     )
     def interpreter(context, message):
@@ -243,7 +232,7 @@ SDK_SERVER = (
     FLAG = sys.argv[2]
 
     @functions.bind({REMOTE!r}, specs=[ValueSpec("count", IntType),
-                                       ValueSpec("scratch", IntType, expire_after_write=timedelta(milliseconds=50))])
+                                       ValueSpec("scratch", IntType, expire_after_write=timedelta(milliseconds={SCRATCH_TTL // timedelta(milliseconds=1)}))])
     def interpreter(context, message):
         run_commands(context, message.as_type(api.Commands), api)
 

@@ -16,8 +16,7 @@ import ray
 
 import rayfun
 from rayfun.connectors.memory import MemorySource
-from tests.chaos.campaign import let_scratch_expire
-from tests.chaos.workload import EGRESS, FN, TALLY, Commands, Generator, build_functions
+from tests.chaos.workload import EGRESS, FN, TALLY, Commands, Generator, build_functions, let_scratch_expire
 from tests.support.progress import processed, wait_until_processed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]

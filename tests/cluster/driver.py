@@ -19,8 +19,9 @@ import ray
 
 import rayfun
 from rayfun.connectors.memory import MemorySource
-from tests.chaos.campaign import EGRESS, EMBEDDED, TALLY, Workload, build_functions, commands_type, let_scratch_expire
+from tests.chaos.campaign import EGRESS, EMBEDDED, TALLY, Workload, build_functions, commands_type
 from tests.chaos.dir_sink import DirSink
+from tests.chaos.workload import let_scratch_expire
 
 NAMESPACE = "rayfun-cluster"
 
